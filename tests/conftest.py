@@ -1,0 +1,18 @@
+"""Test-session setup: 8 simulated CPU devices, deterministic float32 matmuls."""
+
+import os
+
+# Must be set before jax is imported anywhere: every test sees 8 CPU devices and
+# single-device tests build their mesh from jax.devices()[:1].
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax  # noqa: E402
+
+# float32 matmuls at full precision so parity tolerances mean what they say.
+jax.config.update("jax_default_matmul_precision", "highest")
