@@ -1,0 +1,354 @@
+"""The diffusion transformer (DiT) of MDLM and DUO, in Flax NNX.
+
+The same function as ``models/dit.py`` of kuleshov-group/mdlm and s-sahoo/duo (class
+``DIT``; the Hugging Face release wraps it as ``backbone``):
+
+  x = E[ids]                                    (or soft embeddings, [B, L, d])
+  c = silu(MLP(timestep_embedding(sigma)))      (sigma zeroed if not time-conditioned)
+  for each block:
+    s1, g1, s2, g2 modulation = Linear(c) -> (shift_msa, scale_msa, gate_msa,
+                                              shift_mlp, scale_mlp, gate_mlp)
+    x = x + gate_msa * Wo attn(rope(Wqkv (LN(x) * (1 + scale_msa) + shift_msa)))
+    x = x + gate_mlp * MLP(LN(x) * (1 + scale_mlp) + shift_mlp)
+  logits = Linear(LN(x) * (1 + scale) + shift)  (final adaLN from c)
+
+Mixed precision follows the PyTorch ``autocast(bfloat16)`` region of the original: with
+``dtype=bfloat16`` every matmul (and attention) runs in bfloat16, LayerNorm statistics and
+the residual stream stay in float32, and parameters are always float32. Logits are
+returned in float32.
+
+Dropout is explicit (``dropout_rng``) so the training step stays a pure function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+FREQ_EMBED_DIM = 256     # TimestepEmbedder.frequency_embedding_size
+ROPE_BASE = 10_000.0
+LN_EPS = 1e-5            # torch.nn.functional.layer_norm default
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  """Architecture of a DiT backbone (what a checkpoint must agree with).
+
+  Field names follow the MDLM/DUO hydra configs (``model.hidden_size`` etc.); the
+  Hugging Face ``config.json`` names (``hidden_dim``, ``model_length``) are mapped by the
+  converter.
+  """
+  vocab_size: int = 50258
+  hidden_size: int = 768
+  cond_dim: int = 128
+  n_blocks: int = 12
+  n_heads: int = 12
+  length: int = 1024
+  dropout: float = 0.1
+  time_conditioning: bool = False
+  mlp_ratio: int = 4
+
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden_size", "cond_dim", "n_blocks", "n_heads", "length",
+                 "mlp_ratio"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"DiTConfig.{name} must be a positive int, got {value!r}")
+    if self.hidden_size % self.n_heads:
+      raise ValueError(f"DiTConfig.hidden_size={self.hidden_size} is not divisible by "
+                       f"n_heads={self.n_heads}")
+    if (self.hidden_size // self.n_heads) % 2:
+      raise ValueError(f"head dim {self.hidden_size // self.n_heads} must be even for rotary")
+    if not 0.0 <= float(self.dropout) < 1.0:
+      raise ValueError(f"DiTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.n_heads
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "DiTConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"unknown DiTConfig field(s) {unknown}; known: {sorted(known)}")
+    return cls(**d)
+
+  def num_params(self) -> int:
+    """Parameter count of the PyTorch ``DIT`` (the rotary buffer is not a parameter)."""
+    d, c, v, f = self.hidden_size, self.cond_dim, self.vocab_size, FREQ_EMBED_DIM
+    h = self.mlp_ratio * d
+    sigma_map = f * c + c + c * c + c
+    block = d + 3 * d * d + d * d + d + (d * h + h) + (h * d + d) + (c * 6 * d + 6 * d)
+    final = d + (d * v + v) + (c * 2 * d + 2 * d)
+    return v * d + sigma_map + self.n_blocks * block + final
+
+
+def mdlm_small() -> DiTConfig:
+  """The released 170M MDLM (kuleshov-group/mdlm-owt): GPT-2 vocab + mask token."""
+  return DiTConfig(vocab_size=50258, hidden_size=768, cond_dim=128, n_blocks=12, n_heads=12,
+                   length=1024, dropout=0.1, time_conditioning=False)
+
+
+def duo_small() -> DiTConfig:
+  """The released DUO OWT model: GPT-2 vocab (uniform state, no mask), time-conditioned."""
+  return DiTConfig(vocab_size=50257, hidden_size=768, cond_dim=128, n_blocks=12, n_heads=12,
+                   length=1024, dropout=0.1, time_conditioning=True)
+
+
+# ----------------------------------------------------------------------------- init
+# PyTorch defaults of the original modules, so a from-scratch model starts where the
+# PyTorch one would: nn.Linear weight and bias ~ U(+-1/sqrt(fan_in)); the embedding is
+# kaiming_uniform(a=sqrt(5)) on [V, d] -> U(+-1/sqrt(d)); adaLN and the output layer 0.
+
+
+def _torch_uniform(fan_in: int):
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def _linear(din: int, dout: int, *, bias: bool, dtype, rngs: nnx.Rngs, zero: bool = False):
+  init = nnx.initializers.zeros if zero else _torch_uniform(din)
+  return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=init, bias_init=init, rngs=rngs)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class LayerNorm(nnx.Module):
+  """Bias-free LayerNorm, statistics and output in float32 (as the original)."""
+
+  def __init__(self, dim: int):
+    self.weight = nnx.Param(jnp.ones((dim,), jnp.float32))
+
+  def __call__(self, x):
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * self.weight[...]
+
+
+def modulate(x, shift, scale):
+  """x [B, L, d] (float32), shift/scale [B, d] -> x * (1 + scale) + shift (float32)."""
+  # (1 + scale) is formed in scale's dtype before the float32 product, as under autocast.
+  return x * (1 + scale[:, None, :]).astype(jnp.float32) + shift[:, None, :].astype(jnp.float32)
+
+
+def timestep_embedding(t, dim: int = FREQ_EMBED_DIM, max_period: float = 10_000.0):
+  """Sinusoidal embedding [cos, sin] of t [B] -> [B, dim] float32 (GLIDE/DiT form)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+  return emb
+
+
+def rotary_cos_sin(length: int, head_dim: int):
+  """cos, sin of shape [L, head_dim/2] in float32 (Rotary buffer inv_freq, base 1e4)."""
+  inv_freq = 1.0 / (ROPE_BASE ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  return jnp.cos(freqs), jnp.sin(freqs)
+
+
+def apply_rotary(x, cos, sin):
+  """Non-interleaved rotary (halves) on x [B, L, H, Dh]; cos/sin [L, Dh/2].
+
+  out = [x1 cos - x2 sin, x2 cos + x1 sin] with x1, x2 the two halves: flash-attn's
+  ``apply_rotary_emb(interleaved=False)`` over the full head dim. Computed in x's dtype,
+  as the original casts cos/sin to the qkv dtype.
+  """
+  cos = cos.astype(x.dtype)[None, :, None, :]
+  sin = sin.astype(x.dtype)[None, :, None, :]
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _dropout(x, rate: float, rng):
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class TimestepEmbedder(nnx.Module):
+  def __init__(self, cond_dim: int, *, rngs: nnx.Rngs):
+    self.mlp = nnx.List([
+        _linear(FREQ_EMBED_DIM, cond_dim, bias=True, dtype=jnp.float32, rngs=rngs),
+        _linear(cond_dim, cond_dim, bias=True, dtype=jnp.float32, rngs=rngs),
+    ])
+
+  def __call__(self, sigma):
+    h = self.mlp[0](timestep_embedding(sigma))
+    return self.mlp[1](jax.nn.silu(h))
+
+
+class Embedding(nnx.Module):
+  def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs):
+    self.embedding = nnx.Param(_torch_uniform(dim)(rngs.params(), (vocab_size, dim)))
+
+  def __call__(self, ids):
+    return jnp.take(self.embedding[...], ids, axis=0)
+
+
+class DiTBlock(nnx.Module):
+  """DDiTBlock with adaLN (the non-causal block of both repositories)."""
+
+  def __init__(self, cfg: DiTConfig, *, dtype, attention_impl, rngs: nnx.Rngs):
+    d, h = cfg.hidden_size, cfg.mlp_ratio * cfg.hidden_size
+    self.n_heads = cfg.n_heads
+    self.dropout = float(cfg.dropout)
+    self.dtype = dtype
+    self.attention_impl = attention_impl
+    self.norm1 = LayerNorm(d)
+    self.attn_qkv = _linear(d, 3 * d, bias=False, dtype=dtype, rngs=rngs)
+    self.attn_out = _linear(d, d, bias=False, dtype=dtype, rngs=rngs)
+    self.norm2 = LayerNorm(d)
+    self.mlp = nnx.List([
+        _linear(d, h, bias=True, dtype=dtype, rngs=rngs),
+        _linear(h, d, bias=True, dtype=dtype, rngs=rngs),
+    ])
+    self.adaLN_modulation = _linear(cfg.cond_dim, 6 * d, bias=True, dtype=dtype, rngs=rngs,
+                                    zero=True)
+
+  def __call__(self, x, cos, sin, c, dropout_rng=None):
+    b, length, d = x.shape
+    (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp,
+     gate_mlp) = jnp.split(self.adaLN_modulation(c), 6, axis=-1)
+    rngs = (None, None) if dropout_rng is None else tuple(jax.random.split(dropout_rng))
+
+    qkv = self.attn_qkv(modulate(self.norm1(x), shift_msa, scale_msa))
+    qkv = qkv.reshape(b, length, 3, self.n_heads, d // self.n_heads)
+    q = apply_rotary(qkv[:, :, 0], cos, sin)
+    k = apply_rotary(qkv[:, :, 1], cos, sin)
+    attn = jax.nn.dot_product_attention(q, k, qkv[:, :, 2], is_causal=False,
+                                        implementation=self.attention_impl)
+    out = self.attn_out(attn.reshape(b, length, d))
+    x = x + gate_msa[:, None, :] * _dropout(out, self.dropout, rngs[0])
+
+    hid = jax.nn.gelu(self.mlp[0](modulate(self.norm2(x), shift_mlp, scale_mlp)),
+                      approximate=True)
+    out = self.mlp[1](hid)
+    return x + gate_mlp[:, None, :] * _dropout(out, self.dropout, rngs[1])
+
+
+class FinalLayer(nnx.Module):
+  def __init__(self, cfg: DiTConfig, *, dtype, rngs: nnx.Rngs):
+    d = cfg.hidden_size
+    self.norm_final = LayerNorm(d)
+    self.linear = _linear(d, cfg.vocab_size, bias=True, dtype=dtype, rngs=rngs, zero=True)
+    self.adaLN_modulation = _linear(cfg.cond_dim, 2 * d, bias=True, dtype=dtype, rngs=rngs,
+                                    zero=True)
+
+  def __call__(self, x, c):
+    shift, scale = jnp.split(self.adaLN_modulation(c), 2, axis=-1)
+    return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class DiT(nnx.Module):
+  """The MDLM/DUO backbone.
+
+  Args:
+    config: architecture.
+    dtype: compute dtype of matmuls and attention (float32 or bfloat16). Parameters are
+      float32 either way.
+    attention_impl: passed to ``jax.nn.dot_product_attention`` (None lets XLA pick;
+      "xla"; "cudnn" for the cuDNN flash kernel on GPU).
+    remat: rematerialise each block in the backward pass (saves activation memory).
+  """
+
+  def __init__(self, config: DiTConfig, *, dtype=jnp.float32, attention_impl: str | None = None,
+               remat: bool = False, rngs: nnx.Rngs):
+    self.config = config
+    self.dtype = jnp.dtype(dtype)
+    if self.dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+      raise ValueError(f"DiT compute dtype must be float32 or bfloat16, got {self.dtype}")
+    self.remat = bool(remat)
+    self.vocab_embed = Embedding(config.vocab_size, config.hidden_size, rngs=rngs)
+    self.sigma_map = TimestepEmbedder(config.cond_dim, rngs=rngs)
+    self.blocks = nnx.List([
+        DiTBlock(config, dtype=self.dtype, attention_impl=attention_impl, rngs=rngs)
+        for _ in range(config.n_blocks)
+    ])
+    self.output_layer = FinalLayer(config, dtype=self.dtype, rngs=rngs)
+
+  def embed(self, input_ids):
+    """int[B, L] -> float32[B, L, d] token embeddings."""
+    return self.vocab_embed(input_ids)
+
+  def __call__(self, input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
+               return_hidden: bool = False):
+    """Raw backbone output (before SUBS / log-softmax).
+
+    Args:
+      input_ids: int[B, L] token ids, or None when ``embeds`` is given.
+      sigma: float[B] noise level; zeroed when the config is not time-conditioned (MDLM),
+        exactly as the released MDLM backbone does. None means zeros.
+      embeds: float[B, L, d] input embeddings used instead of the lookup (soft tokens).
+      dropout_rng: PRNG key enabling dropout (training); None = deterministic.
+      return_hidden: also return the list of the n_blocks block outputs, each float32
+        [B, L, d].
+
+    Returns:
+      float32[B, L, V] logits, or (logits, hidden) when ``return_hidden``.
+    """
+    cfg = self.config
+    if embeds is None:
+      if input_ids is None:
+        raise ValueError("DiT needs input_ids or embeds")
+      if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+      x = self.embed(input_ids)
+    else:
+      if input_ids is not None:
+        raise ValueError("pass either input_ids or embeds, not both")
+      if embeds.ndim != 3 or embeds.shape[-1] != cfg.hidden_size:
+        raise ValueError(f"embeds must be [B, L, {cfg.hidden_size}], got {tuple(embeds.shape)}")
+      x = embeds.astype(jnp.float32)
+    b, length = x.shape[:2]
+    if length > cfg.length:
+      raise ValueError(f"sequence length {length} exceeds the model length {cfg.length}")
+    if sigma is None or not cfg.time_conditioning:
+      sigma = jnp.zeros((b,), jnp.float32)
+    sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (b,))
+    c = jax.nn.silu(self.sigma_map(sigma))
+    cos, sin = rotary_cos_sin(length, cfg.head_dim)
+
+    keys = [None] * cfg.n_blocks
+    if dropout_rng is not None and cfg.dropout > 0:
+      keys = list(jax.random.split(dropout_rng, cfg.n_blocks))
+    hidden = []
+    for block, key in zip(self.blocks, keys):
+      if self.remat:
+        x = nnx.remat(lambda blk, *a: blk(*a))(block, x, cos, sin, c, key)
+      else:
+        x = block(x, cos, sin, c, key)
+      if return_hidden:
+        hidden.append(x)
+    logits = self.output_layer(x, c).astype(jnp.float32)
+    return (logits, hidden) if return_hidden else logits
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def block_param_names() -> Sequence[str]:
+  return ("norm1", "attn_qkv", "attn_out", "norm2", "mlp", "adaLN_modulation")
