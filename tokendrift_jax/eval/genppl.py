@@ -1,0 +1,399 @@
+"""Generative perplexity (Gen-PPL) of text samples under a GPT-2 judge, in JAX.
+
+Protocol of MDLM ``Diffusion.compute_generative_perplexity`` / ``eval_retokenize``
+and DUO ``Metrics.record_generative_perplexity`` / ``_eval_retokenize``:
+
+1. The diffusion samples are decoded to text (caller) and retokenized with the
+   judge's tokenizer, pad token = EOS, in one call per group of texts with
+   ``truncation=True, padding=True, max_length=<diffusion model length>``:
+   ``padding=True`` pads to the longest text *of that call* (right side).
+2. Each padded row is split into consecutive chunks of the judge context (1024
+   for GPT-2); every chunk is scored on its own, with the tokenizer's attention
+   mask.
+3. Per chunk: NLL of ``tokens[1:]`` under ``logits[:-1]``, weights on positions
+   ``1:`` = ``(token != eos) | (cumsum(token == eos) == 1)`` (the chunk's first
+   EOS counts, later EOS / padding do not).
+4. Gen-PPL = exp(sum(nll * w) / sum(w)) over all chunks of all samples.
+
+Scoring runs jitted over fixed-shape batches of chunks ``int32[batch_size,
+context]`` (the last batch is padded with weight-0 rows, so it compiles once),
+with the batch split over the mesh by :mod:`tokendrift_jax.sharding`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+import transformers
+from jax.sharding import Mesh
+
+from tokendrift_jax import sharding
+
+DEFAULT_JUDGE = "gpt2-large"
+# How a PyTorch GPT-2 directory becomes a judge directory (convert/gpt2.py).
+CONVERT_COMMAND = "python -m convert.gpt2"
+# The config field that names the judge (MDLM/DUO call it the same).
+JUDGE_CONFIG_FIELD = "eval.gen_ppl_eval_model_name_or_path"
+FLAX_WEIGHTS = ("flax_model.msgpack", "flax_model.msgpack.index.json")
+_PT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json",
+               "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _how_to_get(name: str) -> str:
+  return (
+      f"Download {DEFAULT_JUDGE} on a machine with network (e.g. `hf download "
+      f"openai-community/{DEFAULT_JUDGE} --local-dir SRC`), convert it with "
+      f"`{CONVERT_COMMAND} SRC DST`, and set {JUDGE_CONFIG_FIELD}=DST "
+      f"(currently {name!r}).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Judge:
+  """A loaded Gen-PPL judge.
+
+  Attributes:
+    module: the linen ``FlaxGPT2LMHeadModule`` (its ``dtype`` is the compute dtype).
+    params: its parameters (float32 as stored).
+    tokenizer: the judge's tokenizer with pad = EOS.
+    context_size: the judge's context (``n_positions``; 1024 for GPT-2).
+    eos_id: EOS token id (50256 for GPT-2).
+    name: where it was loaded from.
+  """
+  module: Any
+  params: Any
+  tokenizer: Any
+  context_size: int
+  eos_id: int
+  name: str
+
+
+def _looks_like_path(name: str) -> bool:
+  return name.startswith(("/", "./", "../", "~")) or os.path.exists(name)
+
+
+def load_judge(model_name_or_path: str = DEFAULT_JUDGE,
+               tokenizer_name_or_path: str | None = None,
+               *, dtype: str = "float32") -> Judge:
+  """Loads ``FlaxGPT2LMHeadModel`` weights and the GPT-2 tokenizer.
+
+  Args:
+    model_name_or_path: a local directory with ``flax_model.msgpack`` (see
+      ``python -m convert.gpt2``) or a hub name (default ``gpt2-large``; needs the
+      hub or its cache).
+    tokenizer_name_or_path: defaults to ``model_name_or_path``, like MDLM/DUO
+      (all GPT-2 sizes share one tokenizer; the converter copies it beside the
+      weights).
+    dtype: compute dtype, ``"float32"`` (default, the protocol's) or
+      ``"bfloat16"`` (parameters stay float32, logits are cast back to float32).
+
+  Raises:
+    FileNotFoundError: missing directory, a directory without Flax weights, or a
+      hub name that cannot be fetched; the message says how to convert.
+    ValueError: unknown dtype, or a tokenizer without EOS.
+  """
+  if dtype not in DTYPES:
+    raise ValueError(f"Gen-PPL dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  name = str(model_name_or_path)
+  if _looks_like_path(name):
+    path = pathlib.Path(name).expanduser()
+    if not path.is_dir():
+      raise FileNotFoundError(f"Gen-PPL judge directory {name!r} does not exist. " + _how_to_get(name))
+    if not any((path / f).is_file() for f in FLAX_WEIGHTS):
+      pt = [f for f in _PT_WEIGHTS if (path / f).is_file()]
+      found = f"it has PyTorch weights ({', '.join(pt)}) only" if pt else "it has no model weights"
+      raise FileNotFoundError(
+          f"Gen-PPL judge directory {name!r} has no {FLAX_WEIGHTS[0]}: {found}. "
+          f"Convert it with `{CONVERT_COMMAND} {name} DST` and set "
+          f"{JUDGE_CONFIG_FIELD}=DST.")
+    name = str(path)
+  try:
+    # _do_init=False: read the weights without a throw-away random init.
+    model, params = transformers.FlaxGPT2LMHeadModel.from_pretrained(
+        name, dtype=DTYPES[dtype], _do_init=False)
+  except OSError as e:
+    raise FileNotFoundError(
+        f"cannot load the Gen-PPL judge {name!r} as a Flax GPT-2 ({e}). " + _how_to_get(name)) from e
+  tok_name = name if tokenizer_name_or_path is None else str(tokenizer_name_or_path)
+  if _looks_like_path(tok_name):
+    tok_path = pathlib.Path(tok_name).expanduser()
+    if not any((tok_path / f).is_file() for f in TOKENIZER_FILES):
+      raise FileNotFoundError(
+          f"no GPT-2 tokenizer files ({', '.join(TOKENIZER_FILES)}) in {tok_name!r}; "
+          f"`{CONVERT_COMMAND}` copies them beside the weights, or pass tokenizer_name_or_path")
+    tok_name = str(tok_path)
+  try:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tok_name)
+  except OSError as e:
+    raise FileNotFoundError(
+        f"cannot load the Gen-PPL tokenizer {tok_name!r} ({e}). " + _how_to_get(tok_name)) from e
+  if tokenizer.eos_token_id is None:
+    raise ValueError(f"tokenizer {tok_name!r} has no eos_token; Gen-PPL pads and weights with EOS")
+  if tokenizer.pad_token is None:
+    # MDLM/DUO: pad = EOS when the tokenizer has no pad token (GPT-2 has none).
+    tokenizer.pad_token = tokenizer.eos_token
+  if tokenizer.padding_side != "right" or tokenizer.truncation_side != "right":
+    raise ValueError(
+        f"tokenizer {tok_name!r} pads on the {tokenizer.padding_side} and truncates on the "
+        f"{tokenizer.truncation_side}; the protocol (GPT-2's tokenizer) uses the right side for both")
+  if len(tokenizer) > model.config.vocab_size:
+    raise ValueError(
+        f"tokenizer {tok_name!r} has {len(tokenizer)} tokens but the judge {name!r} only "
+        f"{model.config.vocab_size} logits")
+  return Judge(module=model.module, params=params, tokenizer=tokenizer,
+               context_size=int(model.config.n_positions),
+               eos_id=int(tokenizer.eos_token_id), name=name)
+
+
+def retokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+  """One tokenizer call of the protocol (MDLM ``eval_retokenize``, GPT-2 branch).
+
+  Returns:
+    (input_ids int64[N, T], attention_mask int64[N, T]), right-padded with the pad
+    token (= EOS) to T = min(longest text, max_length).
+  """
+  enc = tokenizer(
+      list(texts), return_tensors="np", return_token_type_ids=False,
+      return_attention_mask=True, truncation=True, padding=True, max_length=max_length)
+  return np.asarray(enc["input_ids"]), np.asarray(enc["attention_mask"])
+
+
+def split_chunks(input_ids: np.ndarray, attention_mask: np.ndarray, context: int,
+                 pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Splits [N, T] rows into fixed-size chunks, like ``torch.split(x, context, -1)``.
+
+  The last chunk of a row is shorter when ``context`` does not divide T; here it is
+  filled up to ``context`` with ``pad_id`` / mask 0 and its true length is returned,
+  so the scorer gives the filler weight 0 (causal attention keeps it from changing
+  the logits of the true positions).
+
+  Returns:
+    tokens int32[N * K, context], mask int32[N * K, context], lengths int32[N * K]
+    (true chunk lengths) and sample int64[N * K] (row of origin), K = ceil(T / context).
+  """
+  n, t = input_ids.shape
+  k = max(1, math.ceil(t / context))
+  full = k * context
+  tokens = np.full((n, full), pad_id, dtype=np.int32)
+  tokens[:, :t] = input_ids
+  mask = np.zeros((n, full), dtype=np.int32)
+  mask[:, :t] = attention_mask
+  lengths = np.clip(t - context * np.arange(k), 0, context).astype(np.int32)
+  return (tokens.reshape(n * k, context), mask.reshape(n * k, context),
+          np.tile(lengths, n), np.repeat(np.arange(n), k))
+
+
+def protocol_weights(tokens: jax.Array, lengths: jax.Array, eos_id: int) -> jax.Array:
+  """Weights of the targets ``tokens[:, 1:]`` (MDLM/DUO ``first_eos`` + ``token_mask``).
+
+  Args:
+    tokens: int[B, C] chunk tokens.
+    lengths: int[B] true chunk lengths; positions at or beyond them weigh 0.
+    eos_id: EOS id.
+
+  Returns:
+    float32[B, C - 1]: 1 where the target is not EOS or is the chunk's first EOS.
+  """
+  is_eos = tokens == eos_id
+  first_eos = jnp.cumsum(is_eos.astype(jnp.int32), axis=-1) == 1
+  keep = jnp.logical_or(first_eos, jnp.logical_not(is_eos))
+  in_chunk = jnp.arange(tokens.shape[-1], dtype=jnp.int32)[None, :] < lengths[:, None]
+  return jnp.logical_and(keep, in_chunk)[:, 1:].astype(jnp.float32)
+
+
+def chunk_nll_sums(logits: jax.Array, tokens: jax.Array, lengths: jax.Array,
+                   eos_id: int) -> tuple[jax.Array, jax.Array]:
+  """Weighted NLL sums of chunks (float32).
+
+  Args:
+    logits: float[B, C, V] judge logits of ``tokens``.
+    tokens: int[B, C].
+    lengths: int[B] true chunk lengths.
+    eos_id: EOS id.
+
+  Returns:
+    (sum_t nll_t * w_t, sum_t w_t), each float32[B], with nll_t the cross entropy of
+    ``tokens[:, t + 1]`` under ``logits[:, t]``.
+  """
+  nll = optax.softmax_cross_entropy_with_integer_labels(
+      logits[:, :-1].astype(jnp.float32), tokens[:, 1:])
+  w = protocol_weights(tokens, lengths, eos_id)
+  # where(), not nll * w: a weight-0 filler position must not leak a NaN/inf.
+  nll_w = jnp.where(w > 0, nll * w, jnp.zeros_like(nll))
+  return jnp.sum(nll_w, axis=-1), jnp.sum(w, axis=-1)
+
+
+def _score_batch(params, tokens, mask, lengths, *, module, eos_id):
+  """Judge forward + weighted NLL sums for int32[B, C] chunks -> 2 x float32[B]."""
+  positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1], dtype=jnp.int32)[None, :], tokens.shape)
+  logits = module.apply({"params": params}, tokens, mask, positions,
+                        deterministic=True, return_dict=False)[0]
+  return chunk_nll_sums(logits, tokens, lengths, eos_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenPPLResult:
+  """Gen-PPL and the sums it is made of.
+
+  Attributes:
+    gen_ppl: exp(nll_sum / weight_sum).
+    nll_sum: sum of nll * w over every chunk of every sample (float64 on host).
+    weight_sum: sum of w (number of scored tokens).
+    sample_nll_sum: float64[N] per-sample part of ``nll_sum``.
+    sample_weight_sum: float64[N] per-sample part of ``weight_sum``.
+  """
+  gen_ppl: float
+  nll_sum: float
+  weight_sum: float
+  sample_nll_sum: np.ndarray
+  sample_weight_sum: np.ndarray
+
+  @property
+  def num_samples(self) -> int:
+    return int(self.sample_nll_sum.shape[0])
+
+  @classmethod
+  def from_sample_sums(cls, sample_nll_sum: np.ndarray, sample_weight_sum: np.ndarray) -> GenPPLResult:
+    nll_sum = float(np.sum(sample_nll_sum, dtype=np.float64))
+    weight_sum = float(np.sum(sample_weight_sum, dtype=np.float64))
+    if weight_sum <= 0:
+      raise ValueError(
+          f"no token of the {len(sample_nll_sum)} samples is scored (sum of weights is "
+          f"{weight_sum}); Gen-PPL is undefined")
+    return cls(gen_ppl=math.exp(nll_sum / weight_sum), nll_sum=nll_sum, weight_sum=weight_sum,
+               sample_nll_sum=np.asarray(sample_nll_sum, np.float64),
+               sample_weight_sum=np.asarray(sample_weight_sum, np.float64))
+
+  @classmethod
+  def merge(cls, results: Sequence[GenPPLResult]) -> GenPPLResult:
+    """Pools results of several calls (e.g. one per sampling batch), like the metric."""
+    if not results:
+      raise ValueError("GenPPLResult.merge needs at least one result")
+    return cls.from_sample_sums(
+        np.concatenate([r.sample_nll_sum for r in results]),
+        np.concatenate([r.sample_weight_sum for r in results]))
+
+
+class GenPPLEvaluator:
+  """Scores text samples with a judge, jitted and batched over a mesh.
+
+  Args:
+    judge: from :func:`load_judge`.
+    max_length: retokenization truncation length; the protocol passes the
+      diffusion model's length (1024 for OpenWebText).
+    batch_size: chunks per jitted call; must divide over the mesh's batch shards.
+      The last batch is filled with weight-0 rows, so one shape is compiled.
+    mesh: device mesh (default: every device on ``data``).
+    context_size: chunk length (default and maximum: the judge's ``n_positions``).
+    matmul_precision: for the judge's matmuls; ``"highest"`` (default) keeps
+      float32 matmuls float32 on GPUs that would use TF32, as PyTorch does by
+      default, so a float32 judge means float32.
+    progress: show a tqdm bar over batches.
+  """
+
+  def __init__(self, judge: Judge, *, max_length: int, batch_size: int = 8,
+               mesh: Mesh | None = None, context_size: int | None = None,
+               matmul_precision: str | None = "highest", progress: bool = True):
+    if max_length < 1:
+      raise ValueError(f"max_length must be >= 1, got {max_length}")
+    context = judge.context_size if context_size is None else int(context_size)
+    if not 2 <= context <= judge.context_size:
+      raise ValueError(
+          f"context_size {context} must be in [2, {judge.context_size}] (the judge's n_positions)")
+    self.judge = judge
+    self.max_length = int(max_length)
+    self.context_size = context
+    self.batch_size = int(batch_size)
+    self.mesh = sharding.make_mesh() if mesh is None else mesh
+    sharding.check_batch_divisible(self.batch_size, self.mesh, "Gen-PPL batch_size")
+    self.matmul_precision = matmul_precision
+    self.progress = progress
+    self._params = jax.device_put(
+        judge.params, sharding.param_sharding(judge.params, self.mesh, "replicated"))
+    self._rows = sharding.batch_sharding(self.mesh, ndim=2)
+    self._vec = sharding.batch_sharding(self.mesh, ndim=1)
+    self._score = jax.jit(functools.partial(_score_batch, module=judge.module, eos_id=judge.eos_id))
+
+  def _chunks(self, texts: Sequence[str], group_size: int | None):
+    group = len(texts) if group_size is None else int(group_size)
+    if group < 1:
+      raise ValueError(f"group_size must be >= 1, got {group_size}")
+    parts = []
+    for start in range(0, len(texts), group):
+      ids, mask = retokenize(self.judge.tokenizer, texts[start:start + group], self.max_length)
+      tok, msk, lengths, sample = split_chunks(ids, mask, self.context_size, self.judge.eos_id)
+      parts.append((tok, msk, lengths, sample + start))
+    return [np.concatenate(p) for p in zip(*parts)]
+
+  def score(self, texts: Sequence[str], *, group_size: int | None = None) -> GenPPLResult:
+    """Gen-PPL of ``texts`` (decoded diffusion samples).
+
+    Args:
+      texts: the samples as strings.
+      group_size: texts per retokenization call. MDLM/DUO call the tokenizer once
+        per sampling batch, which sets how far each batch is padded and hence
+        whether a text's first padding EOS is scored; pass the sampling batch size
+        to reproduce that, or None to retokenize ``texts`` in one call.
+
+    Returns:
+      A :class:`GenPPLResult` over all texts.
+
+    Raises:
+      ValueError: empty ``texts``, a non-string entry, or no scored token.
+    """
+    if isinstance(texts, str):
+      raise ValueError("texts must be a sequence of strings, got a single string")
+    texts = list(texts)
+    if not texts:
+      raise ValueError("Gen-PPL needs at least one sample; got an empty list of texts")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+      raise ValueError(f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, not a str")
+    tokens, mask, lengths, sample = self._chunks(texts, group_size)
+    rows, b = tokens.shape[0], self.batch_size
+    n_batches = math.ceil(rows / b)
+    fill = n_batches * b - rows
+    if fill:
+      tokens = np.concatenate([tokens, np.full((fill, self.context_size), self.judge.eos_id, np.int32)])
+      mask = np.concatenate([mask, np.ones((fill, self.context_size), np.int32)])
+      lengths = np.concatenate([lengths, np.zeros((fill,), np.int32)])
+    outputs = []
+    with jax.default_matmul_precision(self.matmul_precision):
+      for i in tqdm.trange(n_batches, desc="Gen-PPL", disable=not self.progress):
+        sl = slice(i * b, (i + 1) * b)
+        outputs.append(self._score(
+            self._params,
+            jax.device_put(tokens[sl], self._rows),
+            jax.device_put(mask[sl], self._rows),
+            jax.device_put(lengths[sl], self._vec)))
+    nll_w = np.concatenate([np.asarray(o[0], np.float64) for o in outputs])[:rows]
+    w = np.concatenate([np.asarray(o[1], np.float64) for o in outputs])[:rows]
+    sample_nll = np.zeros(len(texts), np.float64)
+    sample_w = np.zeros(len(texts), np.float64)
+    np.add.at(sample_nll, sample, nll_w)
+    np.add.at(sample_w, sample, w)
+    return GenPPLResult.from_sample_sums(sample_nll, sample_w)
+
+
+def generative_perplexity(texts: Sequence[str], *, max_length: int,
+                          model_name_or_path: str = DEFAULT_JUDGE,
+                          tokenizer_name_or_path: str | None = None,
+                          dtype: str = "float32", batch_size: int = 8,
+                          mesh: Mesh | None = None, group_size: int | None = None,
+                          progress: bool = True) -> GenPPLResult:
+  """Loads the judge and scores ``texts`` in one go (see :class:`GenPPLEvaluator`)."""
+  judge = load_judge(model_name_or_path, tokenizer_name_or_path, dtype=dtype)
+  evaluator = GenPPLEvaluator(judge, max_length=max_length, batch_size=batch_size,
+                              mesh=mesh, progress=progress)
+  return evaluator.score(texts, group_size=group_size)
