@@ -1,0 +1,237 @@
+"""DUO: uniform-state diffusion with the "mean" parameterisation and the DUO_BASE ELBO.
+
+Forward process (DUO ``UniformState.q_xt``): each token of x0 is independently replaced,
+with probability 1 − α_t, by a token drawn uniformly from the whole vocabulary (which may
+be x0 itself), so q(xt | x0) = α_t·onehot(x0) + (1 − α_t)/N. The prior (t = 1) is uniform.
+
+Parameterisation "mean": the denoiser's x0 distribution is the softmax of the logits.
+
+Per-token continuous-time NELBO (DUO ``DUO_BASE.nll_per_token``, from the UDLM/DUO papers).
+With N = vocab size, i = xt_l, x̄ = N α_t onehot(x0) + (1 − α_t), x̄_θ = N α_t p_θ + (1 − α_t):
+
+  nelbo_l = α'_t / (N α_t) · [ N/x̄_i − N/x̄_θ,i
+                               − Σ_{j≠i} (x̄_j/x̄_i) · log( x̄_θ,i x̄_j / (x̄_θ,j x̄_i) ) ].
+
+It is zero when p_θ = onehot(x0). The sum over j has only two distinct ratios x̄_j/x̄_i,
+so it is evaluated in closed form from Σ_j log x̄_θ,j (O(V) per token, no [B, L, V] temporaries
+beyond x̄_θ itself).
+
+Ancestral posterior (``DUO_BASE._posterior_from_x0``), x a distribution over x0, s < t,
+α_{t|s} = α_t/α_s:
+
+  q(z_s = j | z_t = i, x) = [N α_t x_j δ_ij + (α_{t|s} − α_t) δ_ij + (α_s − α_t) x_j
+                             + (1 − α_{t|s})(1 − α_s)/N] / [N α_t x_i + 1 − α_t].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from tokendrift_jax.diffusion import metrics as metrics_lib
+from tokendrift_jax.diffusion import schedule
+
+LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _compute_dtype(x: jax.Array):
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _check_tokens(x: jax.Array, what: str) -> None:
+  if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.integer):
+    raise ValueError(f"{what} must be an int array [B, L], got {x.dtype}{list(x.shape)}")
+
+
+def _check_time(t: jax.Array, batch: int) -> None:
+  if t.shape != (batch,):
+    raise ValueError(f"t must have shape [B] = ({batch},), got {t.shape}")
+
+
+def posterior(x0_probs: jax.Array, xt: jax.Array, alpha_s: jax.Array,
+              alpha_t: jax.Array) -> jax.Array:
+  """Uniform-state posterior q(z_s | z_t = xt, x), float[B, L, V] in the dtype of x0_probs.
+
+  Args:
+    x0_probs: float[B, L, V], a distribution over x0 per position (one-hot for the true
+      posterior, p_θ for the model's). Sampling passes float64.
+    xt: int[B, L] current tokens.
+    alpha_s: float[B] (or scalar) α at the earlier time s (α_s ≥ α_t; 1 for noise removal).
+    alpha_t: float[B] (or scalar) α at the current time t.
+  """
+  _check_tokens(xt, "xt")
+  dtype = x0_probs.dtype
+  n = x0_probs.shape[-1]
+  a_s = jnp.broadcast_to(jnp.asarray(alpha_s, dtype), xt.shape[:1])[:, None, None]
+  a_t = jnp.broadcast_to(jnp.asarray(alpha_t, dtype), xt.shape[:1])[:, None, None]
+  a_ts = a_t / a_s
+  onehot_xt = jax.nn.one_hot(xt, n, dtype=dtype)
+  x_at_xt = jnp.take_along_axis(x0_probs, xt[..., None], axis=-1)
+  numer = (n * a_t * x0_probs * onehot_xt + (a_ts - a_t) * onehot_xt
+           + (a_s - a_t) * x0_probs + (1 - a_ts) * (1 - a_s) / n)
+  return numer / (n * a_t * x_at_xt + (1 - a_t))
+
+
+def nelbo_per_token(log_p: jax.Array, x0: jax.Array, xt: jax.Array, alpha_t: jax.Array,
+                    dalpha_t: jax.Array) -> jax.Array:
+  """DUO_BASE ELBO per token, float[B, L] in the dtype of ``log_p`` (see module doc).
+
+  Args:
+    log_p: float[B, L, N] log p_θ(x0 | xt).
+    x0, xt: int[B, L].
+    alpha_t, dalpha_t: float[B] α_t and dα_t/dt.
+  """
+  dtype = log_p.dtype
+  n = log_p.shape[-1]
+  a = alpha_t.astype(dtype)[:, None]
+  da = dalpha_t.astype(dtype)[:, None]
+  c = 1 - a                          # x̄ off the clean token
+  b = n * a + c                      # x̄ at the clean token
+  xbar_theta = n * a[..., None] * jnp.exp(log_p) + c[..., None]
+  log_xbt = jnp.log(xbar_theta)
+  sum_log_xbt = jnp.sum(log_xbt, axis=-1)
+  log_xbt_i = jnp.take_along_axis(log_xbt, xt[..., None], axis=-1)[..., 0]
+  log_xbt_x0 = jnp.take_along_axis(log_xbt, x0[..., None], axis=-1)[..., 0]
+  same = x0 == xt
+  rho = c / b                        # x̄_j / x̄_i for j ≠ i when xt = x0
+  log_rho = jnp.log(rho)
+  # Σ_j (L_i − L_j) with L = log x̄_θ; the j = i term is 0.
+  spread = n * log_xbt_i - sum_log_xbt
+  # xt = x0: x̄_i = b, every other x̄_j = c, ratio ρ.
+  sum_same = rho * spread + (n - 1) * rho * log_rho
+  # xt ≠ x0: x̄_i = c, x̄_x0 = b (ratio 1/ρ), the other N − 2 ratios are 1.
+  # 1/ρ − 1 written as N α / (1 − α) to avoid the subtraction.
+  sum_diff = spread + (n * a / c) * (log_xbt_i - log_xbt_x0) - log_rho / rho
+  log_sum = jnp.where(same, sum_same, sum_diff)
+  xbar_i = jnp.where(same, b, c)
+  xbt_i = jnp.exp(log_xbt_i)
+  rate_term = n * (1 / xbar_i - 1 / xbt_i)
+  return da / (n * a) * (rate_term - log_sum)
+
+
+@dataclasses.dataclass(frozen=True)
+class DUOProcess:
+  """Uniform-state diffusion of DUO (hashable: usable as a static jit argument).
+
+  Attributes:
+    vocab_size: N (50258 for the released OWT checkpoint, GPT-2 + one unused id).
+    eps: ε of the log-linear schedule α_t = 1 − (1 − ε) t.
+    sampling_eps: lower end of the training-time interval [sampling_eps, 1].
+    antithetic: stratify training times over the batch.
+  """
+
+  vocab_size: int
+  eps: float = 1e-3
+  sampling_eps: float = 1e-3
+  antithetic: bool = True
+
+  name: ClassVar[str] = "duo"
+  time_conditioning: ClassVar[bool] = True
+
+  def __post_init__(self):
+    if self.vocab_size < 2:
+      raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
+    if not 0 < self.eps < 1:
+      raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+    if not 0 <= self.sampling_eps < 1:
+      raise ValueError(f"sampling_eps must be in [0, 1), got {self.sampling_eps}")
+
+  # --- schedule -----------------------------------------------------------------------
+
+  def sample_t(self, key: jax.Array, batch: int) -> jax.Array:
+    """Training times, float32[batch] (DUO ``_sample_t``)."""
+    return schedule.sample_t(key, batch, sampling_eps=self.sampling_eps,
+                             antithetic=self.antithetic)
+
+  def alpha(self, t: jax.Array) -> jax.Array:
+    return schedule.alpha(t, self.eps)
+
+  def dalpha(self, t: jax.Array) -> jax.Array:
+    return schedule.dalpha(t, self.eps)
+
+  def sigma(self, t: jax.Array) -> jax.Array:
+    """σ = −log α_t in the dtype of t (DUO ``_sigma_from_alphat``)."""
+    return -jnp.log(schedule.alpha(t, self.eps))
+
+  def model_sigma(self, t: jax.Array) -> jax.Array:
+    """What the time-conditioned backbone is fed: −log α_t as float32[B]."""
+    return self.sigma(t).astype(jnp.float32)
+
+  def corruption_prob(self, t: jax.Array) -> jax.Array:
+    """1 − α_t, the probability that a token is resampled uniformly."""
+    return schedule.corruption_prob(t, self.eps)
+
+  # --- forward process ----------------------------------------------------------------
+
+  def corrupt(self, key: jax.Array, x0: jax.Array, t: jax.Array) -> jax.Array:
+    """xt ~ q(xt | x0): with probability 1 − α_t a token becomes uniform over [0, N).
+
+    Randomness: ``k_move, k_tok = jax.random.split(key)``. Returns int32[B, L].
+    """
+    _check_tokens(x0, "x0")
+    _check_time(t, x0.shape[0])
+    k_move, k_tok = jax.random.split(key)
+    move = self.corruption_prob(t)[:, None]
+    u = jax.random.uniform(k_move, x0.shape, dtype=move.dtype)
+    noise = jax.random.randint(k_tok, x0.shape, 0, self.vocab_size, dtype=jnp.int32)
+    return jnp.where(u < move, noise, x0).astype(jnp.int32)
+
+  def prior(self, key: jax.Array, batch: int, length: int) -> jax.Array:
+    """The t = 1 state: uniform tokens, int32[batch, length] (``prior_sample``)."""
+    return jax.random.randint(key, (batch, length), 0, self.vocab_size, dtype=jnp.int32)
+
+  # --- parameterisation ---------------------------------------------------------------
+
+  def log_probs(self, logits: jax.Array, xt: jax.Array) -> jax.Array:
+    """"mean" parameterisation: log-softmax of the logits, float[B, L, V]."""
+    _check_tokens(xt, "xt")
+    if logits.shape != (*xt.shape, self.vocab_size):
+      raise ValueError(
+          f"logits shape {logits.shape} does not match xt {xt.shape} and vocab {self.vocab_size}")
+    return jax.nn.log_softmax(logits.astype(_compute_dtype(logits)), axis=-1)
+
+  def probs(self, logits: jax.Array, xt: jax.Array) -> jax.Array:
+    return jnp.exp(self.log_probs(logits, xt))
+
+  def predicted_positions(self, xt: jax.Array) -> jax.Array:
+    """M_i: every position is predicted in uniform-state diffusion, bool[B, L]."""
+    return jnp.ones(xt.shape, dtype=bool)
+
+  def posterior(self, x0_probs: jax.Array, xt: jax.Array, alpha_s: jax.Array,
+                alpha_t: jax.Array) -> jax.Array:
+    return posterior(x0_probs, xt, alpha_s, alpha_t)
+
+  # --- loss ---------------------------------------------------------------------------
+
+  def loss_per_token(self, log_probs: jax.Array, x0: jax.Array, xt: jax.Array,
+                     t: jax.Array) -> jax.Array:
+    """DUO_BASE ELBO per token, float[B, L] (dtype of ``log_probs``)."""
+    _check_tokens(x0, "x0")
+    _check_tokens(xt, "xt")
+    _check_time(t, x0.shape[0])
+    if log_probs.shape != (*x0.shape, self.vocab_size):
+      raise ValueError(f"log_probs shape {log_probs.shape} does not match x0 {x0.shape} "
+                       f"and vocab {self.vocab_size}")
+    log_probs = log_probs.astype(_compute_dtype(log_probs))
+    t = t.astype(log_probs.dtype)
+    return nelbo_per_token(log_probs, x0, xt, self.alpha(t), self.dalpha(t))
+
+  def loss(self, logits_fn: LogitsFn, x0: jax.Array, key: jax.Array,
+           valid: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One NELBO estimate (DUO ``Diffusion.nll`` + ``_loss``, loss_type 'elbo').
+
+    Randomness: ``k_t, k_x = jax.random.split(key)``; t = ``sample_t(k_t, B)``,
+    xt = ``corrupt(k_x, x0, t)``.
+
+    Returns:
+      (loss float32 scalar, metrics dict with ``loss``, ``nll_sum``, ``num_tokens``).
+    """
+    _check_tokens(x0, "x0")
+    k_t, k_x = jax.random.split(key)
+    t = self.sample_t(k_t, x0.shape[0])
+    xt = self.corrupt(k_x, x0, t)
+    log_probs = self.log_probs(logits_fn(xt, self.model_sigma(t)), xt)
+    return metrics_lib.reduce_nelbo(self.loss_per_token(log_probs, x0, xt, t), valid)

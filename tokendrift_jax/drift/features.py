@@ -1,0 +1,74 @@
+"""Sequence features from a frozen encoder (TokenDrift Sec. 3.1, App. F "Feature encoder").
+
+  h = normalize([ (1/T) Σ_t H_t^{(L−1)}, (1/T) Σ_t H_t^{(L)} ]) ∈ R^{2d},
+
+with H^{(L−1)}, H^{(L)} the outputs of the penultimate and final blocks, the mean over all T
+positions, and normalize the L2 normalisation. h uses the soft-lifted generated sequence,
+u = the same map on the clean x0 (``E[x0]``).
+
+The encoder is any callable ``encoder_hidden(embeds [B, L, d], sigma [B]) -> list of
+[B, L, d]`` (one entry per block, e.g. ``DiT(..., embeds=..., return_hidden=True)[1]`` of a
+frozen copy of the initial checkpoint whose parameters are closed-over constants, so it gets
+no gradient and no optimizer state).
+
+Encoder σ: ``DEFAULT_ENCODER_SIGMA = 0.0``. MDLM is not time-conditioned (σ is ignored).
+DUO is; σ = −log α_t = 0 means "t = 0, clean input", which is what both the model-completed
+sequence and x0 stand for. It is a config field (``DriftConfig.encoder_sigma``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+DEFAULT_ENCODER_SIGMA = 0.0
+
+EncoderHidden = Callable[[jax.Array, jax.Array], Sequence[jax.Array]]
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / max(‖x‖₂, eps) along the last axis (the eps only guards an all-zero vector)."""
+  sq = jnp.sum(x * x, axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, jnp.asarray(eps * eps, x.dtype)))
+
+
+def pool_features(hidden_states: Sequence[jax.Array]) -> jax.Array:
+  """[B, 2d] float (≥ float32) unit vectors from per-block hidden states (last two used)."""
+  if len(hidden_states) < 2:
+    raise ValueError(f"pool_features needs the outputs of at least 2 blocks, got "
+                     f"{len(hidden_states)}")
+  pen, last = hidden_states[-2], hidden_states[-1]
+  if pen.ndim != 3 or pen.shape != last.shape:
+    raise ValueError(f"the last two hidden states must both be [B, L, d], got {pen.shape} "
+                     f"and {last.shape}")
+  dtype = jnp.promote_types(last.dtype, jnp.float32)
+  # Accumulate the position means in float32 without materialising float32 copies of H.
+  pooled = jnp.concatenate(
+      [jnp.mean(pen, axis=1, dtype=dtype), jnp.mean(last, axis=1, dtype=dtype)], axis=-1)
+  return l2_normalize(pooled)
+
+
+def encoder_features(encoder_hidden: EncoderHidden, embeds: jax.Array,
+                     sigma: jax.Array) -> jax.Array:
+  """h = pool(encoder(embeds, sigma)): [B, L, d] embeddings, [B] sigma -> [B, 2d]."""
+  if embeds.ndim != 3:
+    raise ValueError(f"embeds must be [B, L, d], got shape {embeds.shape}")
+  if sigma.shape != embeds.shape[:1]:
+    raise ValueError(f"sigma must be [B] = {embeds.shape[:1]}, got {sigma.shape}")
+  return pool_features(encoder_hidden(embeds, sigma))
+
+
+def clean_features(encoder_hidden: EncoderHidden, embedding: jax.Array, input_ids: jax.Array,
+                   sigma: jax.Array) -> jax.Array:
+  """u = pool(encoder(E[x0], sigma)), stop-gradient: int [B, L] ids -> [B, 2d]."""
+  table = jax.lax.stop_gradient(embedding)
+  embeds = jnp.take(table, input_ids, axis=0)
+  return jax.lax.stop_gradient(encoder_features(encoder_hidden, embeds, sigma))
+
+
+def encoder_sigma(batch: int, value: float = DEFAULT_ENCODER_SIGMA,
+                  dtype=jnp.float32) -> jax.Array:
+  """The [B] sigma fed to the frozen encoder (constant ``value``)."""
+  return jnp.full((batch,), value, dtype=dtype)
