@@ -16,3 +16,12 @@ import jax  # noqa: E402
 
 # float32 matmuls at full precision so parity tolerances mean what they say.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import tempfile  # noqa: E402
+
+# Identical programs compiled by several tests (or test subprocesses, which inherit the
+# variable) are compiled once per session.
+_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                               tempfile.mkdtemp(prefix="tokendrift_jax_xla_cache_"))
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -191,3 +191,23 @@ def test_full_170m_config_converts_and_runs(tmp_path):
   assert _rel_err(got, ref) <= REL_TOL
   del model
   os.sync()
+
+
+def test_scan_layers_is_the_same_function(models, tmp_path):
+  """lax.scan over stacked block params (and remat) == the unrolled PyTorch network."""
+  model = models["duo"]
+  dst = _convert(fx.save_hf_dir(model, str(tmp_path / "hf"), "duo"), tmp_path / "out")
+  cfg, params, _ = checkpoints.load_backbone_params(dst)
+  ids, sigma = _inputs(cfg.vocab_size, seed=17)
+  with torch.no_grad():
+    m = model.double()
+    ref_logits, ref_hidden = m(torch.from_numpy(ids), torch.from_numpy(sigma), return_hidden=True)
+    model.float()
+  for remat in (False, True):
+    dit = checkpoints.merge(checkpoints.graphdef(cfg, scan_layers=True, remat=remat), params)
+    logits, hidden = dit(jnp.asarray(ids, jnp.int32), jnp.asarray(sigma, jnp.float32),
+                         return_hidden=2)
+    assert _rel_err(logits, ref_logits.numpy()) <= REL_TOL
+    assert len(hidden) == 2
+    for h, r in zip(hidden, ref_hidden[-2:]):
+      assert _rel_err(h, r.numpy()) <= REL_TOL

@@ -51,11 +51,11 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _how_to_get(name: str) -> str:
+def _how_to_get(name: str, field: str = JUDGE_CONFIG_FIELD) -> str:
   return (
       f"Download {DEFAULT_JUDGE} on a machine with network (e.g. `hf download "
       f"openai-community/{DEFAULT_JUDGE} --local-dir SRC`), convert it with "
-      f"`{CONVERT_COMMAND} SRC DST`, and set {JUDGE_CONFIG_FIELD}=DST "
+      f"`{CONVERT_COMMAND} SRC DST`, and set {field}=DST "
       f"(currently {name!r}).")
 
 
@@ -85,7 +85,8 @@ def _looks_like_path(name: str) -> bool:
 
 def load_judge(model_name_or_path: str = DEFAULT_JUDGE,
                tokenizer_name_or_path: str | None = None,
-               *, dtype: str = "float32") -> Judge:
+               *, dtype: str = "float32",
+               config_field: str = JUDGE_CONFIG_FIELD) -> Judge:
   """Loads ``FlaxGPT2LMHeadModel`` weights and the GPT-2 tokenizer.
 
   Args:
@@ -97,6 +98,8 @@ def load_judge(model_name_or_path: str = DEFAULT_JUDGE,
       weights).
     dtype: compute dtype, ``"float32"`` (default, the protocol's) or
       ``"bfloat16"`` (parameters stay float32, logits are cast back to float32).
+    config_field: the config field that names the judge, quoted in the
+      how-to-convert hints of errors (callers with their own config pass theirs).
 
   Raises:
     FileNotFoundError: missing directory, a directory without Flax weights, or a
@@ -109,14 +112,15 @@ def load_judge(model_name_or_path: str = DEFAULT_JUDGE,
   if _looks_like_path(name):
     path = pathlib.Path(name).expanduser()
     if not path.is_dir():
-      raise FileNotFoundError(f"Gen-PPL judge directory {name!r} does not exist. " + _how_to_get(name))
+      raise FileNotFoundError(f"Gen-PPL judge directory {name!r} does not exist. "
+                              + _how_to_get(name, config_field))
     if not any((path / f).is_file() for f in FLAX_WEIGHTS):
       pt = [f for f in _PT_WEIGHTS if (path / f).is_file()]
       found = f"it has PyTorch weights ({', '.join(pt)}) only" if pt else "it has no model weights"
       raise FileNotFoundError(
           f"Gen-PPL judge directory {name!r} has no {FLAX_WEIGHTS[0]}: {found}. "
           f"Convert it with `{CONVERT_COMMAND} {name} DST` and set "
-          f"{JUDGE_CONFIG_FIELD}=DST.")
+          f"{config_field}=DST.")
     name = str(path)
   try:
     # _do_init=False: read the weights without a throw-away random init.
@@ -124,7 +128,8 @@ def load_judge(model_name_or_path: str = DEFAULT_JUDGE,
         name, dtype=DTYPES[dtype], _do_init=False)
   except OSError as e:
     raise FileNotFoundError(
-        f"cannot load the Gen-PPL judge {name!r} as a Flax GPT-2 ({e}). " + _how_to_get(name)) from e
+        f"cannot load the Gen-PPL judge {name!r} as a Flax GPT-2 ({e}). "
+        + _how_to_get(name, config_field)) from e
   tok_name = name if tokenizer_name_or_path is None else str(tokenizer_name_or_path)
   if _looks_like_path(tok_name):
     tok_path = pathlib.Path(tok_name).expanduser()
@@ -137,7 +142,8 @@ def load_judge(model_name_or_path: str = DEFAULT_JUDGE,
     tokenizer = transformers.AutoTokenizer.from_pretrained(tok_name)
   except OSError as e:
     raise FileNotFoundError(
-        f"cannot load the Gen-PPL tokenizer {tok_name!r} ({e}). " + _how_to_get(tok_name)) from e
+        f"cannot load the Gen-PPL tokenizer {tok_name!r} ({e}). "
+        + _how_to_get(tok_name, config_field)) from e
   if tokenizer.eos_token_id is None:
     raise ValueError(f"tokenizer {tok_name!r} has no eos_token; Gen-PPL pads and weights with EOS")
   if tokenizer.pad_token is None:

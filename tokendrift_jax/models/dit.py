@@ -272,15 +272,19 @@ class DiT(nnx.Module):
     attention_impl: passed to ``jax.nn.dot_product_attention`` (None lets XLA pick;
       "xla"; "cudnn" for the cuDNN flash kernel on GPU).
     remat: rematerialise each block in the backward pass (saves activation memory).
+    scan_layers: run the blocks with ``lax.scan`` over their stacked parameters (compiles
+      one block instead of n_blocks; the parameter tree keeps one entry per block, and the
+      function is the same).
   """
 
   def __init__(self, config: DiTConfig, *, dtype=jnp.float32, attention_impl: str | None = None,
-               remat: bool = False, rngs: nnx.Rngs):
+               remat: bool = False, scan_layers: bool = False, rngs: nnx.Rngs):
     self.config = config
     self.dtype = jnp.dtype(dtype)
     if self.dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
       raise ValueError(f"DiT compute dtype must be float32 or bfloat16, got {self.dtype}")
     self.remat = bool(remat)
+    self.scan_layers = bool(scan_layers)
     self.vocab_embed = Embedding(config.vocab_size, config.hidden_size, rngs=rngs)
     self.sigma_map = TimestepEmbedder(config.cond_dim, rngs=rngs)
     self.blocks = nnx.List([
@@ -294,7 +298,7 @@ class DiT(nnx.Module):
     return self.vocab_embed(input_ids)
 
   def __call__(self, input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
-               return_hidden: bool = False):
+               return_hidden: bool | int = False):
     """Raw backbone output (before SUBS / log-softmax).
 
     Args:
@@ -303,8 +307,8 @@ class DiT(nnx.Module):
         exactly as the released MDLM backbone does. None means zeros.
       embeds: float[B, L, d] input embeddings used instead of the lookup (soft tokens).
       dropout_rng: PRNG key enabling dropout (training); None = deterministic.
-      return_hidden: also return the list of the n_blocks block outputs, each float32
-        [B, L, d].
+      return_hidden: also return block outputs, each float32 [B, L, d]: True = all
+        n_blocks, an int k = the last k (the drift features need the last two).
 
     Returns:
       float32[B, L, V] logits, or (logits, hidden) when ``return_hidden``.
@@ -334,16 +338,48 @@ class DiT(nnx.Module):
     keys = [None] * cfg.n_blocks
     if dropout_rng is not None and cfg.dropout > 0:
       keys = list(jax.random.split(dropout_rng, cfg.n_blocks))
-    hidden = []
-    for block, key in zip(self.blocks, keys):
+    n_keep = 0 if not return_hidden else (cfg.n_blocks if return_hidden is True
+                                          else int(return_hidden))
+    if not 0 <= n_keep <= cfg.n_blocks:
+      raise ValueError(f"return_hidden={return_hidden!r} must be a bool or 0..{cfg.n_blocks}")
+
+    def run_block(block, x, key):
       if self.remat:
-        x = nnx.remat(lambda blk, *a: blk(*a))(block, x, cos, sin, c, key)
-      else:
-        x = block(x, cos, sin, c, key)
-      if return_hidden:
+        return nnx.remat(lambda blk, *a: blk(*a))(block, x, cos, sin, c, key)
+      return block(x, cos, sin, c, key)
+
+    # Blocks before the ones whose outputs are returned may be scanned.
+    n_scan = cfg.n_blocks - max(n_keep, 1) if self.scan_layers else 0
+    if n_scan > 1:
+      x = self._scan_blocks(x, cos, sin, c, keys[:n_scan], n_scan)
+    else:
+      n_scan = 0
+    hidden = []
+    for i in range(n_scan, cfg.n_blocks):
+      x = run_block(self.blocks[i], x, keys[i])
+      if i >= cfg.n_blocks - n_keep:
         hidden.append(x)
     logits = self.output_layer(x, c).astype(jnp.float32)
     return (logits, hidden) if return_hidden else logits
+
+  def _scan_blocks(self, x, cos, sin, c, keys, n):
+    """x through blocks[0:n] with lax.scan over their stacked parameters."""
+    gdef, first = nnx.split(self.blocks[0])
+    states = [nnx.split(self.blocks[i])[1] for i in range(n)]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), first, *states[1:])
+    use_keys = keys[0] is not None
+    key_arr = jnp.stack(keys) if use_keys else jnp.zeros((n,), jnp.uint32)
+
+    def body(h, inp):
+      state, key = inp
+      block = nnx.merge(gdef, state)
+      fn = (lambda blk, *a: blk(*a))
+      if self.remat:
+        fn = nnx.remat(fn)
+      return fn(block, h, cos, sin, c, key if use_keys else None), None
+
+    x, _ = jax.lax.scan(body, x, (stacked, key_arr))
+    return x
 
 
 def count_params(params) -> int:

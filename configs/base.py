@@ -1,0 +1,79 @@
+"""Shared base of every training config (TokenDrift App. F defaults, MDLM backbone).
+
+Each experiment file imports this, changes what it must and returns the ConfigDict; every
+field can be overridden on the command line, e.g. ``--config.optim.lr=5e-5``.
+"""
+
+import ml_collections
+
+from tokendrift_jax.data import input_pipeline
+from tokendrift_jax.eval import eval_config
+from tokendrift_jax.train import optim
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Diffusion family of the backbone: "mdlm" (absorbing state) or "duo" (uniform state).
+  c.backbone = "mdlm"
+  # "drift" (TokenDrift) or "continuation" (the backbone's own loss, same budget).
+  c.objective = "drift"
+  # A converted backbone (python -m convert SRC DST). The default names the released hub
+  # model; this machine has no hub access, so point it at a local conversion.
+  c.init_checkpoint = "kuleshov-group/mdlm-owt"
+
+  # Architecture (must agree with init_checkpoint; `length` is the training length and may
+  # be shorter than the checkpoint's) and how it computes.
+  c.model = ml_collections.ConfigDict(dict(
+      vocab_size=50258, hidden_size=768, cond_dim=128, n_blocks=12, n_heads=12, length=1024,
+      dropout=0.1, time_conditioning=False, mlp_ratio=4))
+  c.model.dtype = "bfloat16"        # compute dtype; parameters stay float32
+  c.model.attention_impl = ""       # "" = XLA's choice, "xla", or "cudnn" (GPU flash)
+  c.model.remat = False
+  c.model.scan_layers = True        # lax.scan over blocks: same function, faster compiles
+
+  # Forward process and time sampling (MDLM/DUO: eps 1e-3, antithetic, sampling_eps 1e-3).
+  c.diffusion = ml_collections.ConfigDict(dict(eps=1e-3, sampling_eps=1e-3, antithetic=True))
+
+  # TokenDrift (Sec. 3, App. F). objective: fixed_point | mirror_kl | mirror_mse.
+  c.drift = ml_collections.ConfigDict(dict(
+      objective="fixed_point", alpha=1.0, mirror_eta=1.0, temperatures=(0.02, 0.05, 0.2),
+      attraction=1.0, repulsion=1.0, eps=1e-8, normalization="joint", distance="squared",
+      lift="soft", encoder_sigma=0.0, queue_size=1024, base_loss_weight=0.0))
+
+  c.optim = optim.default_config()
+  c.optim.lr = 3e-5
+
+  # EMA as the backbone repositories train it. Refinement runs export and evaluate the raw
+  # weights by default: an EMA started at the released weights keeps ~27% of them after
+  # 13k steps (REFERENCE.md). evaluate: "raw" | "ema".
+  c.ema = ml_collections.ConfigDict(dict(enabled=True, decay=0.9999, evaluate="raw"))
+
+  # App. F: global batch 512; 8 fresh examples per micro-step (4 devices x 2).
+  c.batch = ml_collections.ConfigDict(dict(global_batch=512, micro_batch=8,
+                                           eval_global_batch=64))
+
+  # (data, fsdp) mesh; -1 = all remaining devices. param_sharding: replicated | fsdp.
+  # num_devices > 0 uses only the first N devices (single-process experiments only).
+  c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), param_sharding="replicated",
+                                          num_devices=0))
+
+  c.data = input_pipeline.default_config()
+  c.data.kind = "text"              # "text" (tokenize source) or "tokens" (.npy arrays)
+  c.data.train_tokens = ""          # kind=tokens: int32 [N, length] .npy of training rows
+  c.data.valid_tokens = ""          # kind=tokens: the validation rows ("" = none)
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=13_000, log_every=50, checkpoint_every=1000, keep_checkpoints=3, resume=True,
+      eval_every=1000, eval_batches=8, export_backbone=True, progress=True))
+
+  # Sampling + judge during training (Fig. 2): the hook of tokendrift_jax/eval/hook.py.
+  # Fields in tokendrift_jax/eval/eval_config.py (enabled, every, nfe, num_samples, batch,
+  # seed, judge_kind, judge, judge_tokenizer, tokenizer, judge_dtype, ...).
+  c.sample_eval = eval_config.sample_eval_config()
+
+  # Multi-host (jax.distributed). Empty/0 = single process, or whatever the cluster
+  # environment announces (SLURM, TPU, Open MPI) when initialize="auto".
+  c.distributed = ml_collections.ConfigDict(dict(
+      initialize="auto", coordinator_address="", num_processes=0, process_id=-1))
+  return c

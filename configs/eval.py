@@ -1,0 +1,43 @@
+"""Sample evaluation of a backbone checkpoint (Tables 1-2): ``launch/eval.py``.
+
+    python launch/eval.py --config=configs/eval.py --config.checkpoint=DIR --workdir=OUT
+
+Draws ``num_samples`` unconditional samples for every NFE in ``nfe`` and every seed in
+``seeds``, and reports Gen-PPL (GPT-2 Large, MDLM/DUO protocol) and entropy as mean ± SD
+over seeds. See docs/EVALUATION.md.
+
+Sample count: the paper does not state it. The backbones' own OpenWebText Gen-PPL scripts
+(DUO repository, scripts/gen_ppl_owt_duo.sh, also _sedd.sh and _ar.sh) draw
+``sampling.num_sample_batches=100`` batches of ``loader.eval_batch_size=8`` on one GPU,
+i.e. 800 samples per (NFE, seed), retokenized 8 at a time; that is the default here.
+(The DUO repository's gen_ppl_owt_mdlm.sh draws 4 x 16 = 64 samples, MDLM's own config
+``num_sample_batches=2`` batches per GPU.)
+"""
+
+import ml_collections
+
+from tokendrift_jax.eval import eval_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = eval_config.judge_config()
+  # A converted backbone checkpoint directory (python -m convert SRC DST, or a training
+  # run's WORKDIR/backbone). Required.
+  c.checkpoint = ""
+  # Row label in results.md / compare tables; "" = the checkpoint directory's name.
+  c.label = ""
+  c.nfe = (4, 8, 16)
+  c.seeds = (0, 1, 2)
+  # Samples per (NFE, seed); 800 as the DUO repository's OWT Gen-PPL scripts (see above).
+  c.num_samples = 800
+  # Samples per sampler call, over all devices (a multiple of the device count). DUO
+  # samples [B, L, V] in float64: 16 x 1024 x 50258 doubles are 6.6 GB per array.
+  c.batch = 16
+  # Sample length; 0 = the checkpoint's length.
+  c.length = 0
+  # (data, fsdp) mesh, -1 = all devices. The backbone is replicated.
+  c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
+  c.attention_impl = ""
+  c.write_samples = True
+  c.progress = True
+  return c

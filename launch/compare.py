@@ -1,0 +1,64 @@
+"""Compare evaluated runs of one backbone (Tables 1-2):
+``python launch/compare.py RUN_DIR... --out DIR [--labels L1 L2 ...]``.
+
+Each RUN_DIR holds the ``results.json`` of ``launch/eval.py`` (e.g. the released
+checkpoint, the continuation run and the TokenDrift run). Writes ``DIR/compare.md`` (one
+row per run, Gen.-PPL and entropy per NFE as mean ± SD over seeds, best Gen.-PPL per NFE in
+bold), ``DIR/compare.json`` and ``DIR/compare.png`` (Gen.-PPL and entropy against NFE side
+by side, one line per run). Errors print one ``error: ...`` line and exit with status 2,
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tokendrift_jax.eval import plots  # noqa: E402
+from tokendrift_jax.eval import report  # noqa: E402
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories with results.json")
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--labels", nargs="+", default=None,
+                 help="row labels, one per RUN_DIR (default: each run's label)")
+  p.add_argument("--title", default=None, help="figure title")
+  return p
+
+
+def compare_runs(run_dirs, out: str, labels=None, title: str | None = None) -> dict:
+  """Reads the runs, writes compare.md / compare.json / compare.png; returns the JSON."""
+  results = [report.read_results(d) for d in run_dirs]
+  payload, md = report.compare(results, labels)
+  judge = results[0].get("judge", {})
+  judge_label = ("synthetic language" if judge.get("kind") == "synthetic"
+                 else os.path.basename(str(judge.get("name", "")).rstrip("/")))
+  os.makedirs(out, exist_ok=True)
+  plots.plot_comparison([(r["label"], r["summary"]) for r in payload["runs"]],
+                        os.path.join(out, "compare.png"),
+                        title=title or f"{payload['arch'].upper()}: few-step generation",
+                        judge=judge_label)
+  report.write_json(os.path.join(out, "compare.json"), payload)
+  report.write_text(os.path.join(out, "compare.md"), md)
+  return payload
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    compare_runs(args.runs, args.out, args.labels, args.title)
+  except (OSError, ValueError) as e:
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    return 2
+  with open(os.path.join(args.out, "compare.md"), encoding="utf-8") as f:
+    print(f.read())
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,33 @@
+"""Train: ``python launch/train.py --config=configs/mdlm_drift.py --workdir=DIR``.
+
+Any config field can be overridden, e.g. ``--config.optim.lr=5e-5``. Multi-host runs set
+``--config.distributed.*`` (or rely on the cluster environment) and start the same command
+on every host. A config that defines ``experiment`` (e.g. configs/demo.py) runs that
+experiment instead of a single training run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, logs)")
+
+
+def main(argv):
+  del argv
+  from tokendrift_jax.train import launch  # pylint: disable=import-outside-toplevel
+  sys.exit(launch.main(_CONFIG.value, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

@@ -1,0 +1,132 @@
+"""The evaluation run behind ``launch/eval.py`` (kept here so tests can call it in-process).
+
+:func:`evaluate_checkpoint` samples a backbone checkpoint at every (NFE, seed) of the
+config (configs/eval.py), judges the samples and writes, each file atomically and only after
+everything was computed:
+
+* ``OUT/results.json``: per (NFE, seed) rows, per-NFE mean ± SD, settings;
+* ``OUT/results.md``: a Tables 1-2 shaped table;
+* ``OUT/samples.jsonl``: one line per sample (nfe, seed, index, text, token_ids).
+
+:func:`run` turns user errors into one ``error: ...`` line on stderr and status 2; they are
+all detected before any output is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+
+from tokendrift_jax import checkpoints
+from tokendrift_jax import sharding
+from tokendrift_jax.diffusion import make_process
+from tokendrift_jax.eval import report
+from tokendrift_jax.eval import sampling_eval
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+SAMPLES_JSONL = "samples.jsonl"
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) -> dict:
+  """Runs the evaluation described by ``config`` and writes the outputs to ``workdir``.
+
+  Returns:
+    the results.json payload.
+
+  Raises:
+    sampling_eval.EvalError, checkpoints.CheckpointError, FileNotFoundError, ValueError:
+      user errors, raised before anything is written.
+  """
+  err = sampling_eval.EvalError
+  if not workdir:
+    raise err("pass --workdir=OUT (where results.json, results.md and samples.jsonl go)")
+  if not str(config.checkpoint):
+    raise err("config.checkpoint is empty; pass --config.checkpoint=DIR, a converted "
+              "backbone (`python -m convert SRC DIR`) or a training run's WORKDIR/backbone")
+  nfes = sampling_eval.check_int_list(config.nfe, "config.nfe", minimum=1)
+  seeds = sampling_eval.check_int_list(config.seeds, "config.seeds", minimum=0)
+  num_samples = sampling_eval.check_num_samples(config.num_samples, "config.num_samples")
+  ckpt = os.path.abspath(os.path.expanduser(str(config.checkpoint)))
+  try:
+    model_cfg, meta = checkpoints.read_backbone_config(ckpt)
+  except checkpoints.CheckpointError as e:
+    raise err(f"config.checkpoint: {e}") from e
+  arch = meta.get("arch")
+  if arch not in checkpoints.ARCHES:
+    raise err(f"config.checkpoint={ckpt!r}: its meta names no backbone family "
+              f"(meta['arch']={arch!r}, expected one of {checkpoints.ARCHES})")
+  length = int(config.length) or model_cfg.length
+  if not 1 <= length <= model_cfg.length:
+    raise err(f"config.length={config.length} must be in [1, {model_cfg.length}] (the "
+              f"checkpoint's length)")
+  try:
+    mesh = sharding.make_mesh(tuple(config.mesh.shape))
+  except ValueError as e:
+    raise err(f"config.mesh.shape: {e}") from e
+  progress = bool(config.progress) and jax.process_index() == 0
+  # The judge first: a missing judge or a tokenizer that does not fit the checkpoint is
+  # reported before any sampling.
+  judge = sampling_eval.build_judge(config, arch=arch, vocab_size=model_cfg.vocab_size,
+                                    max_length=length, mesh=mesh, progress=progress)
+  kwargs = {"time_conditioning": model_cfg.time_conditioning} if arch == "mdlm" else {}
+  process = make_process(arch, model_cfg.vocab_size, **kwargs)
+  evaluator = sampling_eval.SampleEvaluator(
+      model_cfg, process, judge, mesh=mesh, batch=int(config.batch), length=length,
+      noise_removal=str(config.noise_removal) or None,
+      sampler_precision=str(config.sampler_precision) or None,
+      model_dtype=str(config.model_dtype), attention_impl=str(config.attention_impl) or None,
+      progress=progress)
+
+  _, params, _ = checkpoints.load_backbone_params(ckpt)
+  params = jax.device_put(params, sharding.param_sharding(params, mesh, "replicated"))
+  t0 = time.time()
+  result = evaluator.evaluate(params, nfes, seeds, num_samples,
+                              keep_samples=bool(config.write_samples))
+  label = str(config.label) or os.path.basename(ckpt.rstrip("/"))
+  judge_info = {"kind": judge.kind, "name": judge.name}
+  if judge.kind == "gpt2":
+    judge_info.update(dtype=str(config.judge_dtype), group_size=int(config.judge_group_size),
+                      tokenizer=str(config.tokenizer),
+                      judge_tokenizer=str(config.judge_tokenizer) or judge.name)
+  else:
+    judge_info.update({f: config.synthetic[f] for f in sampling_eval.SYNTHETIC_FIELDS})
+  sampling = {"nfe": list(nfes), "seeds": list(seeds), "num_samples": num_samples,
+              "batch": evaluator.batch, "length": length,
+              "noise_removal": evaluator.noise_removal,
+              "sampler_precision": "float64" if evaluator.float64 else "float32",
+              "model_dtype": str(config.model_dtype),
+              "key": "fold_in(fold_in(PRNGKey(seed), nfe), batch_index)"}
+  payload = report.results_payload(
+      result.rows, label=label, checkpoint=ckpt, arch=arch, meta=meta, judge=judge_info,
+      sampling=sampling, config=json.loads(config.to_json_best_effort()))
+  payload["wall_time_s"] = time.time() - t0
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    if result.samples is not None:
+      report.write_jsonl(os.path.join(workdir, SAMPLES_JSONL), result.samples)
+    report.write_json(os.path.join(workdir, RESULTS_JSON), payload)
+    report.write_text(os.path.join(workdir, RESULTS_MD), report.results_markdown(payload))
+  return payload
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | None) -> int:
+  """``evaluate_checkpoint`` with user errors as one ``error: ...`` line and status 2."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  for noisy in ("absl", "orbax", "jax._src"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    payload = evaluate_checkpoint(config, workdir)
+  except (checkpoints.CheckpointError, FileNotFoundError, ValueError) as e:
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    return 2
+  print(report.markdown_table([(payload["label"], payload["summary"])], bold_best=False))
+  print(f"wrote {os.path.join(workdir, RESULTS_JSON)}, {RESULTS_MD}"
+        + (f", {SAMPLES_JSONL}" if config.write_samples else ""))
+  return 0

@@ -1,0 +1,84 @@
+"""Config sections of the sample evaluation (no heavy imports: configs/*.py load this).
+
+* :func:`judge_config`: the judge / sampler fields shared by configs/eval.py and the
+  training config's ``sample_eval`` section;
+* :func:`sample_eval_config`: the ``sample_eval`` section of the training config (the
+  Fig. 2 hook, :mod:`tokendrift_jax.eval.hook`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# The paper's judge (Sec. 4.1); genppl.DEFAULT_JUDGE, repeated here to keep this light.
+DEFAULT_JUDGE = "gpt2-large"
+# The diffusion tokenizer of both released backbones.
+DEFAULT_TOKENIZER = "gpt2"
+
+
+def judge_config() -> ml_collections.ConfigDict:
+  """The judge and sampler fields.
+
+  Fields:
+    judge_kind: "gpt2" (Gen-PPL under a GPT-2 judge) or "synthetic" (exact likelihood
+      of the synthetic language, for the offline demo).
+    judge: GPT-2 judge: hub name or a directory written by ``python -m convert.gpt2``.
+    judge_tokenizer: the judge's tokenizer (hub name or directory); "" = the judge's
+      own (like MDLM/DUO; ``python -m convert.gpt2`` copies it beside the weights, and
+      every GPT-2 size shares GPT-2's tokenizer).
+    tokenizer: the diffusion model's tokenizer, decodes sampled ids to text (hub name
+      from the local cache, or directory).
+    judge_dtype: "float32" (the protocol) or "bfloat16" (see docs/EVALUATION.md).
+    judge_batch: chunks per jitted judge call (a multiple of the device count).
+    judge_group_size: texts per retokenization call (the references retokenize one
+      sampling batch per call: DUO's OWT Gen-PPL scripts use 8 per GPU).
+    noise_removal: "" = the backbone's default (MDLM "greedy", DUO "ancestral").
+    sampler_precision: "" = the backbone's default (MDLM float32, DUO float64), or
+      "float32" / "float64".
+    model_dtype: compute dtype of the backbone while sampling ("float32" | "bfloat16").
+    synthetic: parameters of the synthetic language (judge_kind="synthetic"), the
+      keyword arguments of ``data.synthetic.make_language`` plus its seed.
+  """
+  c = ml_collections.ConfigDict()
+  c.judge_kind = "gpt2"
+  c.judge = DEFAULT_JUDGE
+  c.judge_tokenizer = ""
+  c.tokenizer = DEFAULT_TOKENIZER
+  c.judge_dtype = "float32"
+  c.judge_batch = 8
+  c.judge_group_size = 8
+  c.noise_removal = ""
+  c.sampler_precision = ""
+  c.model_dtype = "float32"
+  c.synthetic = ml_collections.ConfigDict(dict(
+      seed=0, vocab_size=250, n_topics=8, order=1, successors=4, topic_vocab_size=64,
+      concentration=1.0, floor=0.01))
+  return c
+
+
+def sample_eval_config() -> ml_collections.ConfigDict:
+  """The ``sample_eval`` section of the training config.
+
+  Fields (plus those of :func:`judge_config`):
+    enabled: run the hook at all.
+    every: evaluate every this many steps (and at the last step).
+    nfe: denoising step counts, one curve each.
+    num_samples: samples per NFE at every evaluation.
+    batch: samples per sampler call (a multiple of the device count).
+    seed: sampling seed (the same at every evaluation, so the curve compares like with
+      like).
+    length: sample length; 0 = config.model.length.
+    eval_init: also evaluate the initial checkpoint, logged as step 0.
+    progress: progress bars while sampling / scoring.
+  """
+  c = judge_config()
+  c.enabled = False
+  c.every = 1000
+  c.nfe = (4, 8, 16)
+  c.num_samples = 64
+  c.batch = 32
+  c.seed = 0
+  c.length = 0
+  c.eval_init = True
+  c.progress = False
+  return c

@@ -1,0 +1,81 @@
+"""Process-level entry of launch/train.py: distributed init, error reporting, dispatch."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import jax
+import ml_collections
+
+from tokendrift_jax import checkpoints
+
+
+def init_distributed(cfg: ml_collections.ConfigDict) -> None:
+  """jax.distributed from config.distributed, or from the cluster environment ("auto").
+
+  On CPU the cross-process collectives go through gloo.
+  """
+  mode = str(cfg.get("initialize", "auto"))
+  explicit = bool(cfg.get("coordinator_address")) or int(cfg.get("num_processes", 0)) > 1
+  if mode == "never" or (mode == "auto" and not explicit and not _cluster_env()):
+    return
+  if mode not in ("auto", "always", "never"):
+    raise ValueError(f"config.distributed.initialize must be auto|always|never, got {mode!r}")
+  if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if cfg.get("coordinator_address"):
+    kwargs["coordinator_address"] = cfg.coordinator_address
+  if int(cfg.get("num_processes", 0)) > 0:
+    kwargs["num_processes"] = int(cfg.num_processes)
+  if int(cfg.get("process_id", -1)) >= 0:
+    kwargs["process_id"] = int(cfg.process_id)
+  jax.distributed.initialize(**kwargs)
+  logging.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(),
+               jax.process_count(), jax.device_count())
+
+
+def _cluster_env() -> bool:
+  return any(v in os.environ for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                                       "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS"))
+
+
+def _errors():
+  from tokendrift_jax.data import sources  # pylint: disable=import-outside-toplevel
+  from tokendrift_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  return (trainer.TrainError, checkpoints.CheckpointError, sources.SourceNotFoundError,
+          FileNotFoundError, ValueError)
+
+
+def main(config: ml_collections.ConfigDict, workdir: str | None) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  for noisy in ("absl", "orbax", "jax._src"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  workdir = workdir or config.get("workdir")
+  if not workdir:
+    print("error: pass --workdir=DIR (where checkpoints and metrics go)", file=sys.stderr)
+    return 2
+  init_distributed(config.get("distributed", ml_collections.ConfigDict()))
+  try:
+    experiment = config.get("experiment")
+    if experiment:
+      module = importlib.import_module(f"tokendrift_jax.experiments.{experiment}")
+      return int(module.run(config, workdir) or 0)
+    from tokendrift_jax.eval import hook  # pylint: disable=import-outside-toplevel
+    from tokendrift_jax.train import trainer  # pylint: disable=import-outside-toplevel
+    hooks = [hook.make_sample_eval_hook(config)] if config.get("sample_eval") else []
+    summary = trainer.train(config, workdir, hooks=hooks)
+  except _errors() as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if summary.get("preempted"):
+    print(f"preempted at step {summary['step']}; checkpoint in {summary['workdir']}/checkpoints"
+          f" (rerun the same command to resume)")
+    from tokendrift_jax.train import trainer  # pylint: disable=import-outside-toplevel
+    return trainer.EXIT_PREEMPTED
+  print(f"done: step {summary['step']} in {summary['workdir']}"
+        + (f"; backbone exported to {summary['backbone']}" if summary.get("backbone") else ""))
+  return 0

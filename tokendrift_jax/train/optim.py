@@ -1,0 +1,72 @@
+"""Optimizer and parameter EMA, as the MDLM/DUO trainers configure them.
+
+MDLM and DUO train with AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0), a constant
+learning rate after a linear warmup (``constant_warmup``), gradient clipping at global
+norm 1.0 (Lightning ``gradient_clip_val``) and an EMA of the weights with decay 0.9999 and
+the ``(1 + n) / (10 + n)`` warm-up of ``models/ema.py``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The ``optim`` config section.
+
+  Fields:
+    lr: peak learning rate (TokenDrift App. F: 3e-5, also 5e-5).
+    b1, b2, eps, weight_decay: AdamW (the repositories' values).
+    warmup_steps: linear warmup from 0 to lr, then constant (the repositories'
+      ``constant_warmup``; they use 2500 when pretraining; the paper does not state one for
+      refinement).
+    grad_clip: global-norm clipping threshold (<= 0 disables).
+    schedule: "constant" (after warmup) or "cosine" (decay to 0 at the last step).
+  """
+  c = ml_collections.ConfigDict()
+  c.lr = 3e-5
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.eps = 1e-8
+  c.weight_decay = 0.0
+  c.warmup_steps = 0
+  c.grad_clip = 1.0
+  c.schedule = "constant"
+  return c
+
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  warm = int(cfg.warmup_steps)
+  if cfg.schedule == "constant":
+    main = optax.constant_schedule(cfg.lr)
+  elif cfg.schedule == "cosine":
+    main = optax.cosine_decay_schedule(cfg.lr, max(1, total_steps - warm))
+  else:
+    raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
+  if warm <= 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), main], [warm])
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  parts = []
+  if cfg.grad_clip and cfg.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+  parts.append(optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2,
+                           eps=cfg.eps, weight_decay=cfg.weight_decay))
+  return optax.chain(*parts)
+
+
+def ema_decay(decay: float, num_updates: jax.Array) -> jax.Array:
+  """models/ema.py: min(decay, (1 + n) / (10 + n)) with n counted after the increment."""
+  n = num_updates.astype(jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + n) / (10.0 + n))
+
+
+def ema_update(ema_params, params, decay: float, num_updates: jax.Array):
+  """shadow <- shadow - (1 - d) (shadow - param), d = ema_decay(decay, num_updates)."""
+  d = ema_decay(decay, num_updates)
+  return optax.incremental_update(params, ema_params, step_size=1.0 - d)

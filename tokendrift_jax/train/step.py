@@ -1,0 +1,158 @@
+"""The train state and the jitted, sharded training step with micro-step accumulation.
+
+One step (App. F): the global batch [G, L] is split into G / b micro-batches of b
+sequences; for each (``lax.scan``) the loss is computed with the parameters of the step
+start and the queues as they stand, the queues are pushed, and gradients are summed; the
+optimizer applies the mean gradient once. Micro-batch j holds rows {m·(G/b) + j}: with the
+batch split contiguously over devices this keeps every micro-batch spread over all devices
+without moving data, and it is defined on the global array, so it does not depend on the
+device count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from tokendrift_jax import sharding
+from tokendrift_jax.drift import queue as queue_lib
+from tokendrift_jax.train import losses
+from tokendrift_jax.train import optim
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes; a pytree of device arrays (checkpointed whole).
+
+  Attributes:
+    step: int32 [] optimizer steps taken.
+    params: generator parameters (pure dict, float32).
+    opt_state: optax state.
+    ema_params: EMA of params (same tree), or None when EMA is off.
+    queues: {"real", "gen"} FeatureQueues for TokenDrift, or None (continuation).
+    rng: uint32 [2] base key; step s uses fold_in(rng, s), so resuming is exact.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema_params: Any
+  queues: Any
+  rng: jax.Array
+
+
+def init_state(params, optimizer: optax.GradientTransformation, *, seed: int, ema: bool,
+               queue_size: int | None, feature_dim: int | None) -> TrainState:
+  queues = None
+  if queue_size is not None:
+    queues = {"real": queue_lib.init_queue(queue_size, feature_dim),
+              "gen": queue_lib.init_queue(queue_size, feature_dim)}
+  params = jax.tree.map(jnp.asarray, params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params),
+                    ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+                    queues=queues, rng=jax.random.PRNGKey(seed))
+
+
+def state_sharding(state: TrainState, mesh: Mesh, mode: str) -> TrainState:
+  """Params, EMA and optimizer moments by the param rule; queues, step, RNG replicated."""
+  rule = lambda tree: sharding.param_sharding(tree, mesh, mode)
+  rep = sharding.replicated(mesh)
+  return TrainState(step=rep, params=rule(state.params), opt_state=rule(state.opt_state),
+                    ema_params=None if state.ema_params is None else rule(state.ema_params),
+                    queues=None if state.queues is None else jax.tree.map(lambda _: rep,
+                                                                          state.queues),
+                    rng=rep)
+
+
+def split_micro_batches(batch: jax.Array, micro_batch: int) -> jax.Array:
+  """[G, L] -> [G // b, b, L]; micro-batch j = rows {m·(G/b) + j : m < b}."""
+  g, length = batch.shape
+  if g % micro_batch:
+    raise ValueError(f"global batch {g} is not divisible by micro_batch {micro_batch}")
+  n = g // micro_batch
+  return batch.reshape(micro_batch, n, length).swapaxes(0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  micro_batch: int
+  ema_decay: float | None
+  lr_schedule: Callable[[jax.Array], jax.Array]
+
+
+def make_train_step(ctx: losses.StepContext, optimizer: optax.GradientTransformation,
+                    scfg: StepConfig) -> Callable:
+  """Returns ``step(state, batch, encoder_params) -> (state, metrics)`` (not jitted).
+
+  ``encoder_params`` is ignored (pass None) for continuation training.
+  """
+  drift = ctx.drift is not None
+
+  def step(state: TrainState, batch: jax.Array, encoder_params):
+    micro = split_micro_batches(batch, scfg.micro_batch)
+    base_key = jax.random.fold_in(state.rng, state.step)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+    def body(carry, inp):
+      grad_sum, queues = carry
+      j, x0 = inp
+      key = jax.random.fold_in(base_key, j)
+      if drift:
+        _, grads, queues, metrics = losses.drift_microstep(ctx, state.params, encoder_params,
+                                                           queues, x0, key)
+      else:
+        _, grads, _, metrics = losses.continuation_microstep(ctx, state.params, x0, key)
+      grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+      return (grad_sum, queues), metrics
+
+    n_micro = micro.shape[0]
+    (grad_sum, queues), per_micro = jax.lax.scan(
+        body, (zeros, state.queues), (jnp.arange(n_micro, dtype=jnp.int32), micro))
+    grads = jax.tree.map(lambda g: g / n_micro, grad_sum)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_step = state.step + 1
+    ema = state.ema_params
+    if ema is not None:
+      ema = optim.ema_update(ema, params, scfg.ema_decay, new_step)
+    metrics = jax.tree.map(lambda x: jnp.mean(x, axis=0), per_micro)
+    if drift:
+      # Queue fill after the last push of the step (the per-micro values are pre-push).
+      metrics["queue_fill_real"] = queue_lib.fill_fraction(queues["real"])
+      metrics["queue_fill_gen"] = queue_lib.fill_fraction(queues["gen"])
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["lr"] = scfg.lr_schedule(state.step)
+    new_state = state.replace(step=new_step, params=params, opt_state=opt_state,
+                              ema_params=ema, queues=queues)
+    return new_state, metrics
+
+  return step
+
+
+def jit_train_step(step_fn: Callable, state_shardings: TrainState, mesh: Mesh,
+                   encoder_shardings: Any) -> Callable:
+  """jax.jit with explicit shardings; the state is donated."""
+  rep = sharding.replicated(mesh)
+  return jax.jit(step_fn,
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh), encoder_shardings),
+                 out_shardings=(state_shardings, rep),
+                 donate_argnums=(0,))
+
+
+def make_eval_step(ctx: losses.StepContext) -> Callable:
+  """``eval(params, batch, key) -> {"nll_sum", "num_tokens"}``: one NELBO sample per batch."""
+
+  def eval_step(params, batch, key):
+    nctx = dataclasses.replace(ctx, dropout=False)
+    gen = losses._generator(nctx, params, None)  # pylint: disable=protected-access
+    _, metrics = ctx.process.loss(gen, ctx.constrain_batch(batch), key)
+    return {"nll_sum": metrics["nll_sum"].astype(jnp.float32),
+            "num_tokens": metrics["num_tokens"].astype(jnp.float32)}
+
+  return eval_step
