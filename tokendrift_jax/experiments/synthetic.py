@@ -1,0 +1,256 @@
+"""The controlled comparison of the paper on a synthetic language with an exact judge.
+
+Stages (each resumable: a finished stage is skipped when the command is run again, an
+interrupted training stage resumes from its last checkpoint):
+
+1. ``data``: the language (:mod:`tokendrift_jax.data.synthetic`) and train / validation
+   corpora drawn from it by seed, saved as int32 ``.npy`` arrays;
+2. ``pretrain``: a small backbone trained from scratch with its own diffusion loss
+   (MDLM NELBO or DUO ELBO) -- the stand-in for the released checkpoint;
+3. ``continuation`` and ``drift`` for every refinement seed: the same budget from the
+   same pretrained weights, with the backbone's loss or with TokenDrift;
+   further named ``variants`` (ablations) are TokenDrift runs with config overrides;
+4. ``eval``: samples at each NFE judged by the language's exact likelihood
+   (Gen-PPL = exp of the mean per-token NLL) plus entropy; the pretrained model is
+   sampled with the same seeds. Results: ``WORKDIR/results.json``, ``results.md``.
+
+Seeds: refinement seed s trains continuation / drift with run seed s and samples them
+with sampling seed s; the pretrained model is sampled with every sampling seed. Mean ± SD
+over seeds therefore covers both training and sampling randomness.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+import jax
+import ml_collections
+import numpy as np
+
+from tokendrift_jax import checkpoints
+from tokendrift_jax import sharding
+from tokendrift_jax.data import synthetic
+from tokendrift_jax.diffusion import make_process
+from tokendrift_jax.eval import report
+from tokendrift_jax.eval import sampling_eval
+from tokendrift_jax.train import trainer
+
+LANGUAGE_FIELDS = ("vocab_size", "n_topics", "order", "successors", "topic_vocab_size",
+                   "concentration", "floor")
+
+
+def language(config) -> synthetic.SyntheticLanguage:
+  lc = config.language
+  return synthetic.make_language(int(lc.seed), **{f: lc[f] for f in LANGUAGE_FIELDS})
+
+
+def model_vocab(config, lang) -> int:
+  return lang.mdlm_vocab_size if config.backbone == "mdlm" else lang.duo_vocab_size
+
+
+def prepare_data(config, workdir: str, lang) -> dict[str, str]:
+  """Draws the corpora once (by seed) and stores them under WORKDIR/data."""
+  d = os.path.join(workdir, "data")
+  paths = {"train": os.path.join(d, "train.npy"), "valid": os.path.join(d, "valid.npy")}
+  if all(os.path.exists(p) for p in paths.values()):
+    return paths
+  os.makedirs(d, exist_ok=True)
+  c = config.corpus
+  for split, n, seed in (("train", c.train_sequences, c.seed),
+                         ("valid", c.valid_sequences, c.seed + 1)):
+    tokens = synthetic.sample_corpus(lang, int(seed), int(n), int(config.model.length))
+    tmp = paths[split] + ".tmp.npy"
+    np.save(tmp, tokens.astype(np.int32))
+    os.replace(tmp, paths[split])
+  return paths
+
+
+def _stage_config(config, *, objective: str, init: str, seed: int, data: dict,
+                  stage: ml_collections.ConfigDict, overrides: dict | None = None
+                  ) -> ml_collections.ConfigDict:
+  """A trainer config for one stage, derived from the experiment config."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    for key in ("experiment", "language", "corpus", "pretrain", "refine", "variants",
+                "evaluation", "workdir"):
+      if key in c:
+        del c[key]
+    c.objective = objective
+    c.init_checkpoint = init
+    c.seed = int(seed)
+    c.data.kind = "tokens"
+    c.data.train_tokens = data["train"]
+    c.data.valid_tokens = data["valid"]
+    c.optim.lr = float(stage.lr)
+    c.optim.warmup_steps = int(stage.warmup_steps)
+    c.train.steps = int(stage.steps)
+    c.batch.global_batch = int(stage.global_batch)
+    c.batch.micro_batch = int(stage.micro_batch)
+    _apply_overrides(c, overrides or {}, "config")
+  return c
+
+
+def _apply_overrides(node, overrides: dict, where: str) -> None:
+  """Sets existing fields of ``node`` from a nested dict (unknown fields are errors)."""
+  for key, value in overrides.items():
+    if key not in node:
+      raise trainer.TrainError(f"variant override {where}.{key}: no such config field")
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      _apply_overrides(node[key], dict(value), f"{where}.{key}")
+    else:
+      node[key] = value
+
+
+def _train_stage(name: str, cfg, workdir: str) -> str:
+  """Runs (or resumes, or skips) one training stage; returns its exported backbone."""
+  stage_dir = os.path.join(workdir, name)
+  backbone = os.path.join(stage_dir, "backbone")
+  if os.path.isdir(backbone) and os.path.exists(os.path.join(stage_dir, "DONE")):
+    logging.info("stage %s: done, skipping", name)
+    return backbone
+  t0 = time.time()
+  summary = trainer.train(cfg, stage_dir)
+  if summary.get("preempted"):
+    raise KeyboardInterrupt(f"stage {name} preempted at step {summary['step']}")
+  with open(os.path.join(stage_dir, "DONE"), "w") as f:
+    json.dump({"seconds": time.time() - t0, "step": summary["step"],
+               "metrics": summary["metrics"]}, f)
+  return backbone
+
+
+_EVALUATORS: dict = {}
+
+
+def _evaluate(config, backbone: str, lang, seeds, mesh) -> list[dict]:
+  cfg, params, meta = checkpoints.load_backbone_params(backbone)
+  ev = config.evaluation
+  key = (cfg, meta["arch"], lang.seed, int(ev.batch), id(mesh))
+  if key not in _EVALUATORS:  # one compiled sampler for every backbone of the experiment
+    extra = {"time_conditioning": cfg.time_conditioning} if meta["arch"] == "mdlm" else {}
+    process = make_process(meta["arch"], cfg.vocab_size, **extra)
+    judge = sampling_eval.SyntheticJudge(lang, arch=meta["arch"], vocab_size=cfg.vocab_size,
+                                         progress=False)
+    _EVALUATORS[key] = sampling_eval.SampleEvaluator(cfg, process, judge, mesh=mesh,
+                                                     batch=int(ev.batch), progress=False)
+  params = jax.device_put(params, sharding.replicated(mesh))
+  out = _EVALUATORS[key].evaluate(params, tuple(ev.nfe), tuple(seeds), int(ev.num_samples),
+                                  keep_samples=False)
+  return out.rows
+
+
+def _eval_stage(name: str, config, backbone: str, lang, seeds, workdir: str, mesh
+                ) -> list[dict]:
+  path = os.path.join(workdir, name, "eval_rows.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  rows = _evaluate(config, backbone, lang, seeds, mesh)
+  report.write_json(path, rows)
+  return rows
+
+
+def reference_rows(config, lang, seeds) -> list[dict]:
+  """The language's own samples judged like the models': the best attainable Gen-PPL."""
+  rows = []
+  for seed in seeds:
+    tokens = synthetic.sample_corpus(lang, 10_000 + int(seed), int(config.evaluation.num_samples),
+                                     int(config.model.length))
+    for nfe in config.evaluation.nfe:
+      rows.append(dict(nfe=int(nfe), seed=int(seed), gen_ppl=synthetic.gen_ppl(lang, tokens),
+                       entropy=float(sampling_eval.entropy_lib.mean_entropy(tokens)),
+                       num_samples=int(tokens.shape[0])))
+  return rows
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """Runs every stage (skipping finished ones) and prints the Table-1-shaped result."""
+  t_start = time.time()
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  lang = language(config)
+  vocab = model_vocab(config, lang)
+  if int(config.model.vocab_size) != vocab:
+    raise trainer.TrainError(f"config.model.vocab_size={config.model.vocab_size} but a "
+                             f"{config.backbone} model of the language needs {vocab}")
+  data = prepare_data(config, workdir, lang)
+  seeds = tuple(int(s) for s in config.refine.seeds)
+  timings: dict[str, float] = {}
+
+  t0 = time.time()
+  pre_cfg = _stage_config(config, objective="continuation", init="", seed=int(config.seed),
+                          data=data, stage=config.pretrain)
+  with pre_cfg.unlocked():
+    pre_cfg.ema.evaluate = config.pretrain.weights
+  pretrained = _train_stage("pretrain", pre_cfg, workdir)
+  timings["pretrain"] = time.time() - t0
+
+  runs: dict[str, list[str]] = {"continuation": [], "drift": []}
+  variants = config.get("variants", ml_collections.ConfigDict()).to_dict()
+  for v in variants:
+    runs[v] = []
+  for seed in seeds:
+    for method in ("continuation", "drift"):
+      t0 = time.time()
+      cfg = _stage_config(config, objective=method, init=pretrained, seed=seed, data=data,
+                          stage=config.refine)
+      runs[method].append(_train_stage(f"{method}_seed{seed}", cfg, workdir))
+      timings[method] = timings.get(method, 0.0) + time.time() - t0
+    for v, overrides in variants.items():
+      t0 = time.time()
+      cfg = _stage_config(config, objective="drift", init=pretrained, seed=seed, data=data,
+                          stage=config.refine, overrides=overrides)
+      runs[v].append(_train_stage(f"{v}_seed{seed}", cfg, workdir))
+      timings[v] = timings.get(v, 0.0) + time.time() - t0
+
+  mesh = trainer.make_mesh(config)
+  t0 = time.time()
+  results: dict[str, list[dict]] = {
+      "pretrained": _eval_stage("pretrain", config, pretrained, lang, seeds, workdir, mesh)}
+  for method, backbones in runs.items():
+    rows = []
+    for seed, backbone in zip(seeds, backbones):
+      stage = os.path.basename(os.path.dirname(backbone))
+      rows += _eval_stage(stage, config, backbone, lang, (seed,), workdir, mesh)
+    results[method] = rows
+  timings["eval"] = time.time() - t0
+  results["language samples"] = reference_rows(config, lang, seeds)
+
+  labels = {"pretrained": "Pretrained", "continuation": "Cont. learning",
+            "drift": "TokenDrift", "language samples": "True samples (judge floor)"}
+  entries = [(labels.get(k, k), report.summarize(v)) for k, v in results.items()]
+  table = report.markdown_table(entries)
+  timings["total"] = time.time() - t_start
+  payload = {"backbone": config.backbone, "language": config.language.to_dict(),
+             "seeds": list(seeds), "nfe": list(config.evaluation.nfe),
+             "rows": results, "summary": {k: report.summarize(v) for k, v in results.items()},
+             "seconds": timings}
+  report.write_json(os.path.join(workdir, "results.json"), payload)
+  header = (f"# {config.backbone.upper()} on the synthetic language: Gen.-PPL (exact "
+            f"likelihood judge) and entropy, mean ± SD over seeds {list(seeds)}\n\n")
+  report.write_text(os.path.join(workdir, "results.md"), header + table + "\n")
+  print("\n" + header + table)
+  print(f"\nwall time: {timings['total']:.0f} s "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total")
+        + f"\nresults: {os.path.join(workdir, 'results.md')}")
+  return 0
+
+
+def experiment_config() -> ml_collections.ConfigDict:
+  """The experiment-only sections (the rest is a training config, configs/base.py)."""
+  c = ml_collections.ConfigDict()
+  c.language = ml_collections.ConfigDict(dict(
+      seed=0, vocab_size=250, n_topics=8, order=1, successors=4, topic_vocab_size=64,
+      concentration=1.0, floor=0.01))
+  c.corpus = ml_collections.ConfigDict(dict(train_sequences=20_000, valid_sequences=512,
+                                            seed=0))
+  c.pretrain = ml_collections.ConfigDict(dict(steps=600, lr=1e-3, warmup_steps=50,
+                                              global_batch=64, micro_batch=64,
+                                              weights="ema"))
+  c.refine = ml_collections.ConfigDict(dict(steps=100, lr=1e-4, warmup_steps=0,
+                                            global_batch=64, micro_batch=8, seeds=(0,)))
+  c.variants = ml_collections.ConfigDict()
+  c.evaluation = ml_collections.ConfigDict(dict(nfe=(4, 8, 16), num_samples=256, batch=64))
+  return c
