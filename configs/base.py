@@ -28,8 +28,14 @@ def get_config() -> ml_collections.ConfigDict:
       vocab_size=50258, hidden_size=768, cond_dim=128, n_blocks=12, n_heads=12, length=1024,
       dropout=0.1, time_conditioning=False, mlp_ratio=4))
   c.model.dtype = "bfloat16"        # compute dtype; parameters stay float32
-  c.model.attention_impl = ""       # "" = XLA's choice, "xla", or "cudnn" (GPU flash)
+  # "" = XLA's choice, "xla", "cudnn" (GPU flash), or "auto" (cudnn on a GPU in bf16,
+  # else xla).
+  c.model.attention_impl = ""
   c.model.remat = False
+  # What a rematerialised block keeps (used only when remat is True): "" = save nothing
+  # (jax's default), or a jax.checkpoint_policies name: "nothing_saveable",
+  # "dots_saveable", "dots_with_no_batch_dims_saveable", "everything_saveable".
+  c.model.remat_policy = ""
   c.model.scan_layers = True        # lax.scan over blocks: same function, faster compiles
 
   # Forward process and time sampling (MDLM/DUO: eps 1e-3, antithetic, sampling_eps 1e-3).

@@ -33,8 +33,8 @@ def get_config():
   c.train.progress = True
   c.corpus.train_sequences = 20_000
   c.pretrain.update(dict(steps=3000, lr=1e-3, warmup_steps=50, global_batch=64,
-                         micro_batch=64, weights="ema"))
-  c.refine.update(dict(steps=30, lr=1e-4, warmup_steps=0, global_batch=128, micro_batch=8,
+                         micro_batch=64, weights="raw"))
+  c.refine.update(dict(steps=25, lr=1e-4, warmup_steps=0, global_batch=128, micro_batch=8,
                        seeds=(1, 2, 3)))
   c.drift.queue_size = 1024
   c.evaluation.update(dict(nfe=(4, 8, 16), num_samples=512, batch=64))

@@ -59,10 +59,11 @@ def abstract_params(config: DiTConfig) -> dict:
 
 
 def graphdef(config: DiTConfig, *, dtype=jnp.float32, attention_impl: str | None = None,
-             remat: bool = False, scan_layers: bool = False):
+             remat: bool = False, remat_policy: str = "", scan_layers: bool = False):
   """The NNX graph definition for ``config`` (no parameters allocated)."""
   model = nnx.eval_shape(lambda: DiT(config, dtype=dtype, attention_impl=attention_impl,
-                                     remat=remat, scan_layers=scan_layers, rngs=nnx.Rngs(0)))
+                                     remat=remat, remat_policy=remat_policy,
+                                     scan_layers=scan_layers, rngs=nnx.Rngs(0)))
   return nnx.split(model, nnx.Param)[0]
 
 

@@ -248,7 +248,7 @@ def experiment_config() -> ml_collections.ConfigDict:
                                             seed=0))
   c.pretrain = ml_collections.ConfigDict(dict(steps=600, lr=1e-3, warmup_steps=50,
                                               global_batch=64, micro_batch=64,
-                                              weights="ema"))
+                                              weights="raw"))
   c.refine = ml_collections.ConfigDict(dict(steps=100, lr=1e-4, warmup_steps=0,
                                             global_batch=64, micro_batch=8, seeds=(0,)))
   c.variants = ml_collections.ConfigDict()

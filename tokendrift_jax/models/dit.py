@@ -108,6 +108,19 @@ def duo_small() -> DiTConfig:
                    length=1024, dropout=0.1, time_conditioning=True)
 
 
+# "" (jax's default: save nothing) and the jax.checkpoint_policies that take no arguments
+# and suit a DiT block.
+REMAT_POLICIES = ("", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "everything_saveable")
+
+
+def remat_policy_fn(name: str):
+  """The ``jax.checkpoint_policies`` function called ``name`` (None for "")."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat policy must be one of {REMAT_POLICIES}, got {name!r}")
+  return getattr(jax.checkpoint_policies, name) if name else None
+
+
 # ----------------------------------------------------------------------------- init
 # PyTorch defaults of the original modules, so a from-scratch model starts where the
 # PyTorch one would: nn.Linear weight and bias ~ U(+-1/sqrt(fan_in)); the embedding is
@@ -181,6 +194,32 @@ def apply_rotary(x, cos, sin):
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+ATTENTION_IMPLS = (None, "xla", "cudnn", "auto")
+
+
+def check_attention_impl(impl):
+  impl = impl or None
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS} ('' = None), got "
+                     f"{impl!r}")
+  return impl
+
+
+def resolve_attention_impl(impl, dtype, head_dim: int):
+  """The ``implementation=`` for jax.nn.dot_product_attention; resolves "auto".
+
+  "auto" picks the cuDNN flash kernel where it applies (a GPU backend, 16-bit inputs, head
+  dim a multiple of 8 up to 128) and XLA's otherwise, so one config serves CPU tests and
+  GPU runs.
+  """
+  if impl != "auto":
+    return impl
+  ok = (jax.default_backend() == "gpu"
+        and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        and head_dim % 8 == 0 and head_dim <= 128)
+  return "cudnn" if ok else "xla"
+
+
 def _dropout(x, rate: float, rng):
   if rng is None or rate == 0.0:
     return x
@@ -216,7 +255,7 @@ class DiTBlock(nnx.Module):
     self.n_heads = cfg.n_heads
     self.dropout = float(cfg.dropout)
     self.dtype = dtype
-    self.attention_impl = attention_impl
+    self.attention_impl = check_attention_impl(attention_impl)
     self.norm1 = LayerNorm(d)
     self.attn_qkv = _linear(d, 3 * d, bias=False, dtype=dtype, rngs=rngs)
     self.attn_out = _linear(d, d, bias=False, dtype=dtype, rngs=rngs)
@@ -238,8 +277,9 @@ class DiTBlock(nnx.Module):
     qkv = qkv.reshape(b, length, 3, self.n_heads, d // self.n_heads)
     q = apply_rotary(qkv[:, :, 0], cos, sin)
     k = apply_rotary(qkv[:, :, 1], cos, sin)
-    attn = jax.nn.dot_product_attention(q, k, qkv[:, :, 2], is_causal=False,
-                                        implementation=self.attention_impl)
+    attn = jax.nn.dot_product_attention(
+        q, k, qkv[:, :, 2], is_causal=False,
+        implementation=resolve_attention_impl(self.attention_impl, q.dtype, q.shape[-1]))
     out = self.attn_out(attn.reshape(b, length, d))
     x = x + gate_msa[:, None, :] * _dropout(out, self.dropout, rngs[0])
 
@@ -270,20 +310,30 @@ class DiT(nnx.Module):
     dtype: compute dtype of matmuls and attention (float32 or bfloat16). Parameters are
       float32 either way.
     attention_impl: passed to ``jax.nn.dot_product_attention`` (None lets XLA pick;
-      "xla"; "cudnn" for the cuDNN flash kernel on GPU).
+      "xla"; "cudnn" for the cuDNN flash kernel on GPU; "auto" = "cudnn" on a GPU when the
+      compute dtype is bfloat16/float16 and the head dim suits it, else "xla").
     remat: rematerialise each block in the backward pass (saves activation memory).
+    remat_policy: what a rematerialised block keeps from its forward pass, a name in
+      ``jax.checkpoint_policies`` (see ``REMAT_POLICIES``): "" = jax's default, i.e. save
+      nothing and recompute the whole block (same as "nothing_saveable"); "dots_saveable"
+      keeps every matmul output and recomputes only elementwise work;
+      "dots_with_no_batch_dims_saveable" keeps the Linear outputs and recomputes
+      attention. Ignored when ``remat`` is False. The values computed are the same.
     scan_layers: run the blocks with ``lax.scan`` over their stacked parameters (compiles
       one block instead of n_blocks; the parameter tree keeps one entry per block, and the
       function is the same).
   """
 
   def __init__(self, config: DiTConfig, *, dtype=jnp.float32, attention_impl: str | None = None,
-               remat: bool = False, scan_layers: bool = False, rngs: nnx.Rngs):
+               remat: bool = False, remat_policy: str = "", scan_layers: bool = False,
+               rngs: nnx.Rngs):
     self.config = config
     self.dtype = jnp.dtype(dtype)
     if self.dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
       raise ValueError(f"DiT compute dtype must be float32 or bfloat16, got {self.dtype}")
     self.remat = bool(remat)
+    self.remat_policy = str(remat_policy or "")
+    remat_policy_fn(self.remat_policy)  # validates the name at construction
     self.scan_layers = bool(scan_layers)
     self.vocab_embed = Embedding(config.vocab_size, config.hidden_size, rngs=rngs)
     self.sigma_map = TimestepEmbedder(config.cond_dim, rngs=rngs)
@@ -345,7 +395,8 @@ class DiT(nnx.Module):
 
     def run_block(block, x, key):
       if self.remat:
-        return nnx.remat(lambda blk, *a: blk(*a))(block, x, cos, sin, c, key)
+        gdef, state = nnx.split(block)
+        return _remat_block(gdef, self.remat_policy)(state, x, cos, sin, c, key)
       return block(x, cos, sin, c, key)
 
     # Blocks before the ones whose outputs are returned may be scanned.
@@ -372,14 +423,24 @@ class DiT(nnx.Module):
 
     def body(h, inp):
       state, key = inp
-      block = nnx.merge(gdef, state)
-      fn = (lambda blk, *a: blk(*a))
+      key = key if use_keys else None
       if self.remat:
-        fn = nnx.remat(fn)
-      return fn(block, h, cos, sin, c, key if use_keys else None), None
+        return _remat_block(gdef, self.remat_policy)(state, h, cos, sin, c, key), None
+      return nnx.merge(gdef, state)(h, cos, sin, c, key), None
 
     x, _ = jax.lax.scan(body, x, (stacked, key_arr))
     return x
+
+
+def _remat_block(gdef, policy: str):
+  """jax.checkpoint of a block as a pure function of its state.
+
+  The block is rebuilt from (graphdef, state) inside the checkpointed function, so nothing
+  is written back to Variables created at another trace level (``nnx.remat`` would: it
+  fails for the frozen encoder, whose module is built outside the loss's grad trace).
+  """
+  return jax.checkpoint(lambda state, *args: nnx.merge(gdef, state)(*args),
+                        policy=remat_policy_fn(policy))
 
 
 def count_params(params) -> int:

@@ -206,6 +206,75 @@ def check_token_ids(batch: np.ndarray, vocab_size: int, process, what: str) -> N
     raise TrainError(f"{what}: clean data contains the mask id {mask_id}")
 
 
+def process_for(config, model_cfg: DiTConfig):
+  """The diffusion process of the config's backbone family."""
+  extra = ({"time_conditioning": model_cfg.time_conditioning}
+           if config.backbone == "mdlm" else {})
+  try:
+    return make_process(config.backbone, model_cfg.vocab_size, eps=config.diffusion.eps,
+                        sampling_eps=config.diffusion.sampling_eps,
+                        antithetic=config.diffusion.antithetic, **extra)
+  except (TypeError, ValueError) as e:
+    raise TrainError(f"config.backbone / config.diffusion: {e}") from e
+
+
+def model_graphdef(config, model_cfg: DiTConfig):
+  """The NNX graph of the backbone as config.model asks (dtype, attention, remat, scan)."""
+  return checkpoints.graphdef(
+      model_cfg, dtype=jnp.dtype(config.model.dtype),
+      attention_impl=config.model.attention_impl or None, remat=bool(config.model.remat),
+      remat_policy=str(config.model.get("remat_policy", "") or ""),
+      scan_layers=bool(config.model.get("scan_layers", False)))
+
+
+@dataclasses.dataclass
+class StepParts:
+  """The compiled-to-be pieces of a run, independent of data and checkpoints."""
+  ctx: losses.StepContext
+  optimizer: Any
+  init_state: Callable[[Any], step_lib.TrainState]  # params -> TrainState (host)
+  state_shardings: step_lib.TrainState
+  encoder_shardings: Any                            # None for continuation
+  step_fn: Callable                                 # jitted (state, batch, enc) -> ...
+  eval_fn: Callable                                 # jitted (params, batch, key) -> sums
+
+
+def build_step(config, model_cfg: DiTConfig, mesh, process,
+               dcfg: obj_lib.DriftConfig | None) -> StepParts:
+  """The sharded, jitted train and eval steps of ``config`` (shared with the benchmark)."""
+  gdef = model_graphdef(config, model_cfg)
+  total = int(config.train.steps)
+  optimizer = optim.make_optimizer(config.optim, total)
+
+  def init_state(params):
+    return step_lib.init_state(
+        params, optimizer, seed=int(config.seed), ema=bool(config.ema.enabled),
+        queue_size=None if dcfg is None else dcfg.queue_size,
+        feature_dim=2 * model_cfg.hidden_size)
+
+  abstract = checkpoints.abstract_params(model_cfg)
+  shardings = step_lib.state_sharding(jax.eval_shape(init_state, abstract), mesh,
+                                      config.mesh.param_sharding)
+  enc_shardings = None
+  if dcfg is not None:
+    enc_shardings = sharding.param_sharding(abstract, mesh, config.mesh.param_sharding)
+  ctx = losses.StepContext(graphdef=gdef, process=process, drift=dcfg, mesh=mesh,
+                           dropout=model_cfg.dropout > 0,
+                           compute_dtype=jnp.dtype(config.model.dtype))
+  scfg = step_lib.StepConfig(micro_batch=int(config.batch.micro_batch),
+                             ema_decay=float(config.ema.decay) if config.ema.enabled else None,
+                             lr_schedule=optim.learning_rate_schedule(config.optim, total))
+  step_fn = step_lib.jit_train_step(step_lib.make_train_step(ctx, optimizer, scfg), shardings,
+                                    mesh, enc_shardings)
+  eval_fn = jax.jit(step_lib.make_eval_step(ctx),
+                    in_shardings=(shardings.params, sharding.batch_sharding(mesh),
+                                  sharding.replicated(mesh)),
+                    out_shardings=sharding.replicated(mesh))
+  return StepParts(ctx=ctx, optimizer=optimizer, init_state=init_state,
+                   state_shardings=shardings, encoder_shardings=enc_shardings,
+                   step_fn=step_fn, eval_fn=eval_fn)
+
+
 # ----------------------------------------------------------------------------- run
 
 
@@ -259,14 +328,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
   mesh = make_mesh(config)
   check_batch_config(config, mesh, jax.process_count())
   dcfg = drift_config(config) if config.objective == "drift" else None
-  try:
-    extra = ({"time_conditioning": model_cfg.time_conditioning}
-             if config.backbone == "mdlm" else {})
-    process = make_process(config.backbone, model_cfg.vocab_size,
-                           eps=config.diffusion.eps, sampling_eps=config.diffusion.sampling_eps,
-                           antithetic=config.diffusion.antithetic, **extra)
-  except (TypeError, ValueError) as e:
-    raise TrainError(f"config.backbone / config.diffusion: {e}") from e
+  process = process_for(config, model_cfg)
   train_iter, eval_factory = make_data(config, model_cfg.length, model_cfg.vocab_size)
 
   workdir = os.path.abspath(workdir)
@@ -282,46 +344,23 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  dtype = jnp.dtype(config.model.dtype)
-  gdef = checkpoints.graphdef(model_cfg, dtype=dtype,
-                              attention_impl=config.model.attention_impl or None,
-                              remat=bool(config.model.remat),
-                              scan_layers=bool(config.model.get("scan_layers", False)))
+  parts = build_step(config, model_cfg, mesh, process, dcfg)
   if init_path is not None:
     _, params, _ = checkpoints.load_backbone_params(init_path)
   else:
     params = checkpoints.init_params(model_cfg, int(config.seed))
-  total = int(config.train.steps)
-  optimizer = optim.make_optimizer(config.optim, total)
-  state = step_lib.init_state(
-      params, optimizer, seed=int(config.seed), ema=bool(config.ema.enabled),
-      queue_size=None if dcfg is None else dcfg.queue_size,
-      feature_dim=2 * model_cfg.hidden_size)
-  shardings = step_lib.state_sharding(state, mesh, config.mesh.param_sharding)
-  state = to_global(state, shardings)
-  encoder_params, enc_shardings = None, None
+  state = to_global(parts.init_state(params), parts.state_shardings)
+  encoder_params = None
   if dcfg is not None:
-    enc_shardings = sharding.param_sharding(params, mesh, config.mesh.param_sharding)
-    encoder_params = to_global(params, enc_shardings)
-
-  ctx = losses.StepContext(graphdef=gdef, process=process, drift=dcfg, mesh=mesh,
-                           dropout=model_cfg.dropout > 0, compute_dtype=dtype)
-  scfg = step_lib.StepConfig(micro_batch=int(config.batch.micro_batch),
-                             ema_decay=float(config.ema.decay) if config.ema.enabled else None,
-                             lr_schedule=optim.learning_rate_schedule(config.optim, total))
-  step_fn = step_lib.jit_train_step(step_lib.make_train_step(ctx, optimizer, scfg), shardings,
-                                    mesh, enc_shardings)
-  eval_fn = jax.jit(step_lib.make_eval_step(ctx),
-                    in_shardings=(shardings.params, sharding.batch_sharding(mesh),
-                                  sharding.replicated(mesh)),
-                    out_shardings=sharding.replicated(mesh))
+    encoder_params = to_global(params, parts.encoder_shardings)
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=int(config.train.keep_checkpoints),
                                     save_every=int(config.train.checkpoint_every))
   writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
   return Run(config=config, workdir=workdir, mesh=mesh, model_cfg=model_cfg, process=process,
-             ctx=ctx, state=state, state_shardings=shardings, step_fn=step_fn,
-             eval_fn=eval_fn, encoder_params=encoder_params, train_iter=train_iter,
-             eval_factory=eval_factory, checkpointer=ckpt, writer=writer, total_steps=total,
+             ctx=parts.ctx, state=state, state_shardings=parts.state_shardings,
+             step_fn=parts.step_fn, eval_fn=parts.eval_fn, encoder_params=encoder_params,
+             train_iter=train_iter, eval_factory=eval_factory, checkpointer=ckpt,
+             writer=writer, total_steps=int(config.train.steps),
              temperatures=() if dcfg is None else dcfg.temperatures, init_checkpoint=init_path)
 
 

@@ -1,0 +1,170 @@
+"""bf16-vs-fp32 smoke check of the TokenDrift micro-step (the device script's first stage).
+
+One TokenDrift micro-step (``train.losses.drift_microstep``: corrupt, generator, SUBS, soft
+lift, frozen encoder, drift against the queues, fixed-point gradient) is run with the same
+weights, batch, key and queues under several numerics variants, and each is compared with
+the float32 / XLA-attention reference:
+
+* features: the u and h rows the step pushes into the queues, ‖x − x_ref‖ / ‖x_ref‖;
+* the gradient w.r.t. the generator weights: relative error of the whole tree, and its
+  cosine with the reference;
+* the loss (relative difference) and finiteness of everything.
+
+The queues are first filled by one float32 micro-step on another batch, so the drift of
+the compared step sees queued references as well as the current batch.
+
+Thresholds (``LIMITS``): bf16 operands carry 8 significant bits (relative rounding 2⁻⁹ ≈
+2e-3 per product); after the 12 blocks of the generator and the encoder the pooled unit
+features move by ~1e-2 of their norm. The drift weights exp(−‖h − y‖²/τ) at τ = 0.02
+amplify feature differences by ~2‖h − y‖/τ, so the gradient is checked by direction (cosine)
+and its relative error is reported, not bounded. Measured on CPU (bf16 emulated with the
+same rounding of operands and outputs), 170M at L = 128, batch 4: feature errors 5e-3 /
+8e-3, gradient relative error 1.3e-2, cosine 0.9999; the limits (5e-2, 0.99) leave a 6x
+and 100x margin. They flag a broken kernel or precision bug (errors of order 1, NaNs), not
+the last bit; this is not a parity test (that is ``tests/test_dit_parity.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from tokendrift_jax.diffusion import make_process
+from tokendrift_jax.drift import queue as queue_lib
+from tokendrift_jax.perf import benchmark as bench
+from tokendrift_jax.train import losses
+from tokendrift_jax.train import trainer
+
+LIMITS = {"feature_rel_err": 5e-2, "grad_cosine": 0.99}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  name: str
+  dtype: str
+  attention_impl: str   # "" = XLA's choice
+
+
+def _rel(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _tree_vec(tree) -> np.ndarray:
+  return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
+
+
+def _pushed(queue: queue_lib.FeatureQueue, n: int) -> np.ndarray:
+  """The n rows most recently pushed into ``queue`` (oldest first)."""
+  rows, valid = queue_lib.ordered(queue)
+  count = int(np.asarray(valid).sum())
+  return np.asarray(rows)[count - n:count]
+
+
+def run(config: ml_collections.ConfigDict, *, batch: int,
+        variants: Sequence[Variant] = (Variant("bf16/xla", "bfloat16", "xla"),),
+        seed: int = 0) -> dict[str, Any]:
+  """Runs the reference (float32, XLA attention) and every variant; returns the report."""
+  model_cfg = trainer.model_config(config)
+  dcfg = trainer.drift_config(config)
+  extra = ({"time_conditioning": model_cfg.time_conditioning}
+           if config.backbone == "mdlm" else {})
+  process = make_process(config.backbone, model_cfg.vocab_size, eps=config.diffusion.eps,
+                         sampling_eps=config.diffusion.sampling_eps,
+                         antithetic=config.diffusion.antithetic, **extra)
+  params = jax.tree.map(jnp.asarray, bench.random_params(model_cfg, seed))
+  tokens = bench.random_tokens(process, 2 * batch, model_cfg.length, model_cfg.vocab_size,
+                               seed)
+  x_fill, x0 = jnp.asarray(tokens[:batch]), jnp.asarray(tokens[batch:])
+  key = jax.random.key(seed + 3)
+  dim = 2 * model_cfg.hidden_size
+
+  def step_fn(variant: Variant):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.model.dtype = variant.dtype
+    c.model.attention_impl = variant.attention_impl
+    ctx = losses.StepContext(graphdef=bench.graphdef(model_cfg, c), process=process,
+                             drift=dcfg, mesh=None, dropout=model_cfg.dropout > 0,
+                             compute_dtype=jnp.dtype(variant.dtype))
+    return jax.jit(lambda p, q, x, k: losses.drift_microstep(ctx, p, p, q, x, k))
+
+  reference = Variant("fp32/xla", "float32", "xla")
+  ref_jit = step_fn(reference)
+
+  def ref_fn(*args):
+    # Full float32 products: a GPU's default for float32 matmuls is TF32 (10-bit mantissa).
+    with jax.default_matmul_precision("highest"):
+      return ref_jit(*args)
+
+  empty = {"real": queue_lib.init_queue(dcfg.queue_size, dim),
+           "gen": queue_lib.init_queue(dcfg.queue_size, dim)}
+  _, _, queues, _ = ref_fn(params, empty, x_fill, jax.random.fold_in(key, 1))
+
+  def one(variant, fn):
+    loss, grads, new_q, metrics = fn(params, queues, x0, key)
+    return {"loss": float(loss), "grads": _tree_vec(grads),
+            "u": _pushed(new_q["real"], batch), "h": _pushed(new_q["gen"], batch),
+            "v_rms": float(metrics["v_rms"]), "variant": variant}
+
+  ref = one(reference, ref_fn)
+  rows = []
+  for variant in variants:
+    out = one(variant, step_fn(variant))
+    g, gr = out["grads"], ref["grads"]
+    cos = float(g @ gr / max(np.linalg.norm(g) * np.linalg.norm(gr), 1e-30))
+    finite = bool(np.all(np.isfinite(g)) and math.isfinite(out["loss"])
+                  and np.all(np.isfinite(out["h"])) and np.all(np.isfinite(out["u"])))
+    row = {"variant": variant.name, "dtype": variant.dtype,
+           "attention_impl": variant.attention_impl or "default",
+           "u_rel_err": _rel(out["u"], ref["u"]), "h_rel_err": _rel(out["h"], ref["h"]),
+           "grad_rel_err": _rel(g, gr), "grad_cosine": cos,
+           "loss": out["loss"], "loss_ref": ref["loss"],
+           "loss_rel_diff": abs(out["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-30),
+           "grad_norm": float(np.linalg.norm(g)), "grad_norm_ref": float(np.linalg.norm(gr)),
+           "finite": finite}
+    row["pass"] = bool(finite and row["u_rel_err"] < LIMITS["feature_rel_err"]
+                       and row["h_rel_err"] < LIMITS["feature_rel_err"]
+                       and cos > LIMITS["grad_cosine"])
+    rows.append(row)
+  return {"model": model_cfg.to_dict(), "batch": batch, "queue_size": dcfg.queue_size,
+          "reference": {"variant": reference.name, "loss": ref["loss"],
+                        "grad_norm": float(np.linalg.norm(ref["grads"])),
+                        "finite": bool(np.all(np.isfinite(ref["grads"])))},
+          "limits": dict(LIMITS), "rows": rows, "pass": all(r["pass"] for r in rows)}
+
+
+def markdown(report: dict[str, Any]) -> str:
+  m = report["model"]
+  lines = [f"Drift micro-step, d={m['hidden_size']} n={m['n_blocks']} V={m['vocab_size']} "
+           f"L={m['length']} batch={report['batch']} Q={report['queue_size']}; reference "
+           f"{report['reference']['variant']} (loss {report['reference']['loss']:.6g}). "
+           f"Limits: feature rel err < {report['limits']['feature_rel_err']}, grad cosine > "
+           f"{report['limits']['grad_cosine']}.", "",
+           "| variant | u rel err | h rel err | grad rel err | grad cosine | loss rel diff | "
+           "finite | pass |", "|" + "---|" * 8]
+  for r in report["rows"]:
+    lines.append(f"| {r['variant']} | {r['u_rel_err']:.2e} | {r['h_rel_err']:.2e} | "
+                 f"{r['grad_rel_err']:.2e} | {r['grad_cosine']:.4f} | "
+                 f"{r['loss_rel_diff']:.2e} | {r['finite']} | "
+                 f"{'PASS' if r['pass'] else 'FAIL'} |")
+  return "\n".join(lines) + "\n"
+
+
+def parse_variants(spec: Sequence[str]) -> list[Variant]:
+  """["bfloat16:cudnn", "float32:xla", ...] -> Variants."""
+  out = []
+  for s in spec:
+    dtype, _, impl = s.partition(":")
+    if dtype not in ("float32", "bfloat16"):
+      raise bench.BenchmarkError(f"--smoke_variants entry {s!r}: dtype must be float32 or "
+                                 f"bfloat16")
+    short = {"float32": "fp32", "bfloat16": "bf16"}[dtype]
+    out.append(Variant(f"{short}/{impl or 'default'}", dtype, impl))
+  return out
+
