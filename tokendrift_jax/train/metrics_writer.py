@@ -55,7 +55,8 @@ class MetricsWriter:
       f.flush()
     if self._tb is not None:
       for k, v in scalars.items():
-        self._tb.add_scalar(k, float(v), int(step))
+        # TensorBoard tags may not hold "=" (tensorboardX would rename and log each time).
+        self._tb.add_scalar(k.replace("=", "_"), float(v), int(step))
       self._tb.flush()
 
   def close(self) -> None:
