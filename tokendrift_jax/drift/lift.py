@@ -22,6 +22,39 @@ import jax.numpy as jnp
 LIFT_MODES = ("soft", "hard")
 
 
+@jax.custom_vjp
+def _embed_product(p: jax.Array, table: jax.Array) -> jax.Array:
+  """p [N, V] · table [V, d] in p's dtype, accumulated in (at least) float32.
+
+  The same value as ``dot(p, table, preferred_element_type=f32).astype(p.dtype)``, with a
+  backward pass whose products also take p's dtype: autodiff of that expression would
+  form p̄ = ẽ̄·Eᵀ as a float32 GEMM (the cotangent is float32, so E is upcast), i.e. a TF32
+  or FP32 GEMM as large as the generator's output layer. Here ẽ̄ is cast back to p's dtype,
+  which is exact (it is the float32 image of a cotangent of p's dtype), so p̄ is the same
+  float32 accumulation of the same exact products, rounded to p's dtype as before.
+  """
+  acc = jnp.promote_types(p.dtype, jnp.float32)
+  return jnp.dot(p, table, preferred_element_type=acc).astype(p.dtype)
+
+
+def _embed_product_fwd(p, table):
+  return _embed_product(p, table), (p, table)
+
+
+def _embed_product_bwd(res, ct):
+  p, table = res
+  acc = jnp.promote_types(p.dtype, jnp.float32)
+  ct = ct.astype(p.dtype)
+  p_bar = jnp.dot(ct, table.T, preferred_element_type=acc).astype(p.dtype)
+  # The lift stops the table's gradient, so XLA removes this product; kept for a correct
+  # vjp if the function is ever used with a trainable table.
+  t_bar = jnp.dot(p.T, ct, preferred_element_type=acc).astype(table.dtype)
+  return p_bar, t_bar
+
+
+_embed_product.defvjp(_embed_product_fwd, _embed_product_bwd)
+
+
 def soft_token_lift(
     input_ids: jax.Array,
     predicted_mask: jax.Array,
@@ -70,9 +103,8 @@ def soft_token_lift(
   cdt = jnp.dtype(compute_dtype) if compute_dtype is not None else embedding.dtype
   table = jax.lax.stop_gradient(embedding).astype(cdt)
   p = probs if probs is not None else jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  soft = jnp.dot(p.astype(cdt).reshape(b * length, vocab), table,
-                 preferred_element_type=jnp.promote_types(cdt, jnp.float32))
-  soft = soft.astype(cdt).reshape(b, length, d)
+  soft = _embed_product(p.astype(cdt).reshape(b * length, vocab), table)
+  soft = soft.reshape(b, length, d)
   if mode == "hard":
     # E[argmax p] + (pE − sg(pE)): the value is exactly the argmax embedding (x − x = 0) and
     # the derivative is that of (onehot − sg(p) + p) E, i.e. of p E.
