@@ -50,10 +50,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim = optim.default_config()
   c.optim.lr = 3e-5
 
-  # EMA as the backbone repositories train it. Refinement runs export and evaluate the raw
-  # weights by default: an EMA started at the released weights keeps ~27% of them after
-  # 13k steps (REFERENCE.md). evaluate: "raw" | "ema".
-  c.ema = ml_collections.ConfigDict(dict(enabled=True, decay=0.9999, evaluate="raw"))
+  # EMA as the backbone repositories train it (decay 0.9999, models/ema.py). warmup: the
+  # repositories' min(decay, (1 + n) / (10 + n)) with n counted from this run's first step;
+  # at step 13k it averages over roughly the last 1.4k steps. warmup=False applies the decay
+  # from the first step, as when a repository run continues its own EMA: after 13k steps
+  # that EMA still holds e^-1.3 ~ 27% of the released weights. Refinement runs therefore
+  # export and evaluate the raw weights by default. evaluate: "raw" | "ema".
+  c.ema = ml_collections.ConfigDict(dict(enabled=True, decay=0.9999, warmup=True,
+                                         evaluate="raw"))
 
   # App. F: global batch 512; 8 fresh examples per micro-step (4 devices x 2).
   c.batch = ml_collections.ConfigDict(dict(global_batch=512, micro_batch=8,

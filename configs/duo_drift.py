@@ -1,5 +1,5 @@
 """TokenDrift refinement of the released DUO (Table 2): uniform state, time-conditioned,
-GPT-2 vocabulary without a mask token."""
+no mask token; its 50258 ids are GPT-2's plus the [PAD] that DUO's tokenizer setup adds."""
 
 from configs import base
 
@@ -9,6 +9,6 @@ def get_config():
   c.backbone = "duo"
   c.objective = "drift"
   c.init_checkpoint = "s-sahoo/duo"
-  c.model.vocab_size = 50257
+  c.model.vocab_size = 50258
   c.model.time_conditioning = True
   return c

@@ -138,9 +138,15 @@ def test_lift_compute_dtype_and_errors():
   logits, ids, mask = make_batch(2)
   out16 = lift_lib.soft_token_lift(ids, mask, JP["E"], logits=logits, compute_dtype=jnp.bfloat16)
   out32 = lift_lib.soft_token_lift(ids, mask, JP["E"], logits=logits)
-  assert out16.dtype == jnp.bfloat16
-  # bfloat16 has an 8-bit mantissa: ~4e-3 relative on values of size ~1.
-  np.testing.assert_allclose(np.asarray(out16, np.float32), np.asarray(out32), atol=3e-2)
+  assert out16.dtype == out32.dtype == jnp.float32
+  # Observed positions are exact rows of E whatever the compute dtype (u uses E[x0]).
+  m = np.asarray(mask)[..., None]
+  np.testing.assert_array_equal(np.where(m, 0, out16), np.where(m, 0, out32))
+  # On M_i: p and E rounded to bfloat16 (2^-9 relative each), exact products summed in
+  # float32, the result rounded to bfloat16 once more: <= ~3 * 2^-9 * max|E| (max|E| is
+  # printed by the assertion's numbers; ~1 here).
+  bound = 3 * 2.0 ** -9 * float(np.max(np.abs(np.asarray(JP["E"]))))
+  np.testing.assert_allclose(np.asarray(out16), np.asarray(out32), rtol=0, atol=bound)
   with pytest.raises(ValueError, match="exactly one"):
     lift_lib.soft_token_lift(ids, mask, JP["E"])
   with pytest.raises(ValueError, match="logits must have shape"):
@@ -366,7 +372,10 @@ def test_tokendrift_loss_composes_the_pieces():
     # agree to float32 rounding; the KL is a sum of q (log q − log p) whose log difference
     # (~ηg ~ 3e-2) is taken between logs of size ~2, i.e. it carries ~1e-5 relative error.
     rtol = 1e-4 if name == "mirror_kl" else 1e-6
-    np.testing.assert_allclose(float(loss), float(want) + 1.5, rtol=1e-6, err_msg=name)
+    # The base term (0.5 x 3.0) is exact: check the total with the drift term's own
+    # tolerance (the +1.5 must not dilute its error; atol: ~1 float32 ulp of a loss near 2).
+    np.testing.assert_allclose(float(loss) - 1.5, float(want), rtol=rtol, atol=3e-7,
+                               err_msg=name)
     np.testing.assert_allclose(float(aux.metrics["loss_drift"]), float(want), rtol=rtol,
                                err_msg=name)
     np.testing.assert_allclose(np.asarray(aux.drift), np.asarray(v), atol=1e-7)

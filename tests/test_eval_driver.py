@@ -212,10 +212,11 @@ def test_vocab_mismatch_names_both_sizes(assets, tmp_path, capsys):
   tok = fixtures_tokenizer.build_tiny_tokenizer(tmp_path / "tok300", vocab_size=300)
   err = _run_error(_config(assets, tokenizer=tok), tmp_path / "out", capsys)
   assert "vocab_size 321" in err and "has 300 tokens" in err and "= 301" in err
-  # A DUO backbone has exactly len(tokenizer) ids: 321 does not fit 320.
-  duo = _backbone(str(tmp_path / "duo"), fixtures_gpt2.VOCAB + 1, seed=5, arch="duo")
+  # A DUO backbone has len(tokenizer) ids counting DUO's added [PAD]: 320 + 1, so a DUO
+  # model of 320 ids does not fit.
+  duo = _backbone(str(tmp_path / "duo"), fixtures_gpt2.VOCAB, seed=5, arch="duo")
   err = _run_error(_config(assets, checkpoint=duo), tmp_path / "out", capsys)
-  assert "duo backbone has vocab_size 321" in err and "has 320 tokens" in err
+  assert "duo backbone has vocab_size 320" in err and "has 321 tokens" in err
   err = _run_error(_config(assets, judge_kind="synthetic"), tmp_path / "out", capsys)
   assert "vocab_size 321" in err and "has 250 tokens" in err
 

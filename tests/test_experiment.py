@@ -43,7 +43,7 @@ def test_pipeline_every_stage(tmp_path, capsys):
     assert os.path.isdir(os.path.join(d, "backbone")), stage
     rows = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl"))]
     assert rows and all(r["loss"] == r["loss"] for r in rows if "loss" in r)  # no NaN
-    ev = json.load(open(os.path.join(d, "eval_rows.json")))
+    ev = json.load(open(os.path.join(d, "eval_rows.json")))["rows"]
     assert sorted(r["nfe"] for r in ev) == [2, 4]
   drift_metrics = [json.loads(l) for l in open(os.path.join(wd, "drift_seed0", "metrics.jsonl"))]
   assert "v_norm/tau=0.02" in drift_metrics[-1] and "queue_fill_gen" in drift_metrics[-1]
@@ -62,6 +62,11 @@ def test_pipeline_every_stage(tmp_path, capsys):
   assert synthetic.run(cfg, wd) == 0
   assert os.path.getmtime(os.path.join(wd, "drift_seed0", "DONE")) == mtime
   assert json.load(open(os.path.join(wd, "results.json")))["summary"] == res["summary"]
+
+  # A changed refinement budget is not silently served from the finished stages.
+  cfg.refine.lr = 2 * cfg.refine.lr
+  with pytest.raises(trainer.TrainError, match="different config"):
+    synthetic.run(cfg, wd)
 
 
 def test_variant_overrides_are_checked(tmp_path):

@@ -183,7 +183,8 @@ def make_datasets(data_cfg: Any, *, global_batch: int, seq_len: int, seed: int,
     train_iter: checkpointable iterator of int32[global_batch / P, seq_len].
     eval_iter_factory: ``f(num_batches=None)`` -> a fresh iterator over the first
       ``num_batches`` (default all full) validation batches, each
-      int32[eval_global_batch / P, seq_len]; ``None`` when ``valid_docs == 0``.
+      int32[eval_global_batch / P, seq_len]; ``None`` when ``valid_docs == 0``. Its
+      attribute ``num_batches`` is the number of full validation batches.
   """
   cfg = {name: _field(data_cfg, name) for name in FIELDS}
   if process_index is None or process_count is None:
@@ -223,4 +224,5 @@ def make_datasets(data_cfg: Any, *, global_batch: int, seq_len: int, seed: int,
       ds = valid[:num_batches]
     return iter(ds.to_iter_dataset(read))
 
+  eval_iter_factory.num_batches = len(valid)
   return train_iter, eval_iter_factory

@@ -67,7 +67,9 @@ def sample_t(key: jax.Array, batch: int, *, sampling_eps: float, antithetic: boo
   loss. Then t = (1 − sampling_eps) u + sampling_eps.
 
   DUO draws the strata over the *global* batch and hands each device / accumulation step a
-  slice; calling this with the global batch size and slicing reproduces that.
+  slice; calling this with the global batch size and slicing would reproduce that. The
+  training step (train/losses.py) stratifies each global micro-batch instead, for both
+  backbones (MDLM's per-forward batch): the same expectation, slightly different variance.
   """
   if batch < 1:
     raise ValueError(f"sample_t needs batch >= 1, got {batch}")

@@ -74,11 +74,13 @@ def soft_token_lift(
     probs: [B, L, V] predicted distributions p (give exactly one of probs / logits).
     logits: [B, L, V]; p = softmax(logits) computed in float32.
     mode: ``"soft"`` (p E, the method) or ``"hard"`` (straight-through argmax, the ablation).
-    compute_dtype: dtype of the product and of the result (default: ``embedding.dtype``).
+    compute_dtype: dtype of the p·E product (default: ``embedding.dtype``); accumulation is
+      at least float32.
 
   Returns:
-    [B, L, d] in ``compute_dtype``. In hard mode its value on M_i is exactly E[argmax p] and
-    its gradient w.r.t. p is that of p E.
+    [B, L, d] in ``embedding``'s dtype: outside M_i exact rows E[x̄]; on M_i p·E computed in
+    ``compute_dtype``. In hard mode its value on M_i is exactly E[argmax p] and its gradient
+    w.r.t. p is that of p E.
   """
   if mode not in LIFT_MODES:
     raise ValueError(f"lift mode must be one of {LIFT_MODES}, got {mode!r}")
@@ -101,14 +103,16 @@ def soft_token_lift(
                      f"embedding [V, d]), got {dist.shape}")
 
   cdt = jnp.dtype(compute_dtype) if compute_dtype is not None else embedding.dtype
-  table = jax.lax.stop_gradient(embedding).astype(cdt)
+  exact = jax.lax.stop_gradient(embedding)
   p = probs if probs is not None else jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  soft = _embed_product(p.astype(cdt).reshape(b * length, vocab), table)
-  soft = soft.reshape(b, length, d)
+  soft = _embed_product(p.astype(cdt).reshape(b * length, vocab), exact.astype(cdt))
+  soft = soft.reshape(b, length, d).astype(exact.dtype)
   if mode == "hard":
     # E[argmax p] + (pE − sg(pE)): the value is exactly the argmax embedding (x − x = 0) and
     # the derivative is that of (onehot − sg(p) + p) E, i.e. of p E.
-    hard = jnp.take(table, jnp.argmax(p, axis=-1), axis=0)
+    hard = jnp.take(exact, jnp.argmax(p, axis=-1), axis=0)
     soft = hard + (soft - jax.lax.stop_gradient(soft))
-  observed = jnp.take(table, input_ids, axis=0)
+  # Observed positions are exact rows of E, as in the clean features u = φ(E[x0]): rounding
+  # them to the compute dtype would offset every h from u by a constant.
+  observed = jnp.take(exact, input_ids, axis=0)
   return jnp.where(predicted_mask[..., None], soft, observed)

@@ -29,8 +29,9 @@ shape). When ``num_samples`` is not a multiple of the batch, the last batch is d
 and its first rows are kept.
 
 Vocabulary convention (MDLM/DUO with GPT-2): an MDLM backbone has ``len(tokenizer) + 1``
-ids, the mask being the last; a DUO backbone has ``len(tokenizer)`` ids. Anything else is
-a :class:`EvalError` naming both sizes.
+ids, the mask being the last; a DUO backbone has ``len(tokenizer)`` ids counting the [PAD]
+that DUO's tokenizer setup adds (:func:`prepare_tokenizer`): 50258 for both releases.
+Anything else is a :class:`EvalError` naming both sizes.
 """
 
 from __future__ import annotations
@@ -137,7 +138,12 @@ class Judge(Protocol):
 
 
 def expected_vocab_size(arch: str, tokenizer_size: int) -> int:
-  """Backbone vocabulary for a tokenizer: MDLM appends the mask id, DUO has none."""
+  """Backbone vocabulary for a tokenizer of ``tokenizer_size`` ids.
+
+  MDLM appends the mask id; DUO has no mask, and ``tokenizer_size`` must then count the
+  [PAD] that DUO's ``get_tokenizer`` adds to a tokenizer without one (GPT-2: 50257 + 1;
+  :func:`prepare_tokenizer`).
+  """
   if arch == "mdlm":
     return tokenizer_size + 1
   if arch == "duo":
@@ -145,10 +151,24 @@ def expected_vocab_size(arch: str, tokenizer_size: int) -> int:
   raise EvalError(f"unknown backbone {arch!r}; expected 'mdlm' or 'duo'")
 
 
+def prepare_tokenizer(tokenizer, arch: str):
+  """The diffusion tokenizer as the backbone's repository set it up.
+
+  DUO sizes its vocabulary as ``len(tokenizer)`` after adding a [PAD] token when there is
+  none (its ``dataloader.get_tokenizer``), so a released DUO model has GPT-2's 50257 ids +
+  [PAD]; the uniform prior can sample that id, and it decodes to "[PAD]" as in DUO. MDLM's
+  mask id is ``len(tokenizer)`` before any such addition (and never survives sampling).
+  """
+  if arch == "duo" and tokenizer.pad_token is None:
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+  return tokenizer
+
+
 def check_vocab(arch: str, vocab_size: int, tokenizer_size: int, what: str) -> None:
   want = expected_vocab_size(arch, tokenizer_size)
   if vocab_size != want:
-    rule = ("len(tokenizer) + 1, the mask id last" if arch == "mdlm" else "len(tokenizer)")
+    rule = ("len(tokenizer) + 1, the mask id last" if arch == "mdlm"
+            else "len(tokenizer), [PAD] included")
     raise EvalError(
         f"vocabulary mismatch: the {arch} backbone has vocab_size {vocab_size} but {what} "
         f"has {tokenizer_size} tokens; a {arch} backbone needs {rule} = {want}. The "
@@ -186,6 +206,7 @@ class GPT2Judge:
   def __init__(self, judge: genppl.Judge, tokenizer, *, arch: str, vocab_size: int,
                max_length: int, mesh: Mesh, batch_size: int = 8, group_size: int = 8,
                progress: bool = True):
+    tokenizer = prepare_tokenizer(tokenizer, arch)
     check_vocab(arch, int(vocab_size), len(tokenizer),
                 f"the diffusion tokenizer {getattr(tokenizer, 'name_or_path', '')!r}")
     if group_size < 1:
@@ -310,7 +331,8 @@ def build_judge(cfg: ml_collections.ConfigDict, *, arch: str, vocab_size: int,
     raise EvalError(f"{prefix}.judge is empty; give a converted GPT-2 directory or a hub "
                     f"name (default {genppl.DEFAULT_JUDGE!r})")
   # Cheap checks first: the diffusion tokenizer and the vocabulary before the judge weights.
-  diffusion_tok = tok_lib.load_tokenizer(str(cfg.tokenizer), field=f"{prefix}.tokenizer")
+  diffusion_tok = prepare_tokenizer(
+      tok_lib.load_tokenizer(str(cfg.tokenizer), field=f"{prefix}.tokenizer"), arch)
   check_vocab(arch, int(vocab_size), len(diffusion_tok),
               f"the diffusion tokenizer {prefix}.tokenizer={str(cfg.tokenizer)!r}")
   if str(cfg.judge_dtype) not in genppl.DTYPES:

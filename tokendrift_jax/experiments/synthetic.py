@@ -22,6 +22,7 @@ over seeds therefore covers both training and sampling randomness.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -104,19 +105,44 @@ def _apply_overrides(node, overrides: dict, where: str) -> None:
       node[key] = value
 
 
+# Fields that change what is printed or kept on disk, not what is computed.
+_PRESENTATION = {"train": ("progress", "log_every", "checkpoint_every", "keep_checkpoints")}
+
+
+def config_hash(cfg) -> str:
+  """Digest of everything in a stage config that determines its result."""
+  d = json.loads(cfg.to_json_best_effort())
+  for section, keys in _PRESENTATION.items():
+    for k in keys:
+      d.get(section, {}).pop(k, None)
+  return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _train_stage(name: str, cfg, workdir: str) -> str:
-  """Runs (or resumes, or skips) one training stage; returns its exported backbone."""
+  """Runs (or resumes, or skips) one training stage; returns its exported backbone.
+
+  A finished stage is reused only if it was run with the same config (a digest is kept in
+  its DONE file); otherwise this is an error, never a silent reuse of stale results.
+  """
   stage_dir = os.path.join(workdir, name)
   backbone = os.path.join(stage_dir, "backbone")
-  if os.path.isdir(backbone) and os.path.exists(os.path.join(stage_dir, "DONE")):
+  done = os.path.join(stage_dir, "DONE")
+  digest = config_hash(cfg)
+  if os.path.isdir(backbone) and os.path.exists(done):
+    with open(done) as f:
+      recorded = json.load(f).get("config_hash")
+    if recorded != digest:
+      raise trainer.TrainError(
+          f"stage {name!r} in {workdir} was run with a different config (digest {recorded} vs "
+          f"{digest}); delete {stage_dir} to rerun it, or use another --workdir")
     logging.info("stage %s: done, skipping", name)
     return backbone
   t0 = time.time()
   summary = trainer.train(cfg, stage_dir)
   if summary.get("preempted"):
     raise KeyboardInterrupt(f"stage {name} preempted at step {summary['step']}")
-  with open(os.path.join(stage_dir, "DONE"), "w") as f:
-    json.dump({"seconds": time.time() - t0, "step": summary["step"],
+  with open(done, "w") as f:
+    json.dump({"seconds": time.time() - t0, "step": summary["step"], "config_hash": digest,
                "metrics": summary["metrics"]}, f)
   return backbone
 
@@ -143,12 +169,20 @@ def _evaluate(config, backbone: str, lang, seeds, mesh) -> list[dict]:
 
 def _eval_stage(name: str, config, backbone: str, lang, seeds, workdir: str, mesh
                 ) -> list[dict]:
+  """Evaluation rows of one stage (recomputed unless cached for the same settings)."""
   path = os.path.join(workdir, name, "eval_rows.json")
+  with open(os.path.join(workdir, name, "DONE")) as f:
+    trained = json.load(f).get("config_hash")
+  key = hashlib.sha256(json.dumps(
+      [trained, config.evaluation.to_dict(), config.language.to_dict(), list(seeds)],
+      sort_keys=True, default=list).encode()).hexdigest()[:16]
   if os.path.exists(path):
     with open(path) as f:
-      return json.load(f)
+      cached = json.load(f)
+    if isinstance(cached, dict) and cached.get("key") == key:
+      return cached["rows"]
   rows = _evaluate(config, backbone, lang, seeds, mesh)
-  report.write_json(path, rows)
+  report.write_json(path, {"key": key, "rows": rows})
   return rows
 
 

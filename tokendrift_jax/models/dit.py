@@ -103,8 +103,9 @@ def mdlm_small() -> DiTConfig:
 
 
 def duo_small() -> DiTConfig:
-  """The released DUO OWT model: GPT-2 vocab (uniform state, no mask), time-conditioned."""
-  return DiTConfig(vocab_size=50257, hidden_size=768, cond_dim=128, n_blocks=12, n_heads=12,
+  """The released DUO OWT model, time-conditioned: len(tokenizer) = GPT-2's 50257 plus the
+  [PAD] token that DUO's ``get_tokenizer`` adds (uniform state, no mask)."""
+  return DiTConfig(vocab_size=50258, hidden_size=768, cond_dim=128, n_blocks=12, n_heads=12,
                    length=1024, dropout=0.1, time_conditioning=True)
 
 

@@ -73,8 +73,8 @@ def apply_size(config: ml_collections.ConfigDict, size: str, length: int = 0,
                ) -> ml_collections.ConfigDict:
   """A copy of ``config`` with the named architecture and (if > 0) the given length.
 
-  The vocabulary of "170m" follows the backbone: GPT-2 + mask (50258) for MDLM, GPT-2
-  (50257) for DUO.
+  The vocabulary of "170m" is 50258 for both backbones: GPT-2 + mask for MDLM, GPT-2 +
+  [PAD] for DUO (``len(tokenizer)`` after DUO's ``get_tokenizer``).
   """
   if size not in SIZES:
     raise BenchmarkError(f"--size must be one of {sorted(SIZES)}, got {size!r}")
@@ -82,8 +82,6 @@ def apply_size(config: ml_collections.ConfigDict, size: str, length: int = 0,
   fields = SIZES[size]
   if fields is not None:
     fields = dict(fields)
-    if size == "170m" and c.backbone == "duo":
-      fields["vocab_size"] = 50257
     c.model.update(fields)
   if length > 0:
     c.model.length = int(length)

@@ -48,7 +48,8 @@ class StepContext:
     return jax.lax.with_sharding_constraint(x, sharding.batch_sharding(self.mesh, x.ndim))
 
 
-def _generator(ctx: StepContext, params, dropout_key):
+def generator(ctx: StepContext, params, dropout_key):
+  """The generator as a denoiser ``(x, sigma) -> logits`` (dropout on in training)."""
   model = checkpoints.merge(ctx.graphdef, params)
   key = dropout_key if ctx.dropout else None
   return lambda x, sigma: model(x, sigma, dropout_rng=key)
@@ -60,10 +61,10 @@ def continuation_microstep(ctx: StepContext, params, x0, key):
   x0 = ctx.constrain_batch(x0)
 
   def loss_fn(p):
-    return ctx.process.loss(_generator(ctx, p, k_drop), x0, k_loss)
+    return ctx.process.loss(generator(ctx, p, k_drop), x0, k_loss)
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  return loss, grads, None, {"loss": loss, "loss_diffusion": metrics["loss"]}
+  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  return loss, grads, None, {"loss": loss}
 
 
 def drift_microstep(ctx: StepContext, params, encoder_params, queues, x0, key):
@@ -105,7 +106,7 @@ def drift_microstep(ctx: StepContext, params, encoder_params, queues, x0, key):
     return feat_lib.encoder_features(encoder_hidden, embeds, enc_sigma)
 
   def loss_fn(p):
-    logits = _generator(ctx, p, k_drop)(xt, sigma)
+    logits = generator(ctx, p, k_drop)(xt, sigma)
     # ℓ of the paper: log-probabilities after the backbone's parameterisation (SUBS for
     # MDLM, log-softmax for DUO); softmax(ℓ) is the p that the lift embeds.
     log_probs = process.log_probs(logits, xt)

@@ -60,13 +60,19 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
   return optax.chain(*parts)
 
 
-def ema_decay(decay: float, num_updates: jax.Array) -> jax.Array:
-  """models/ema.py: min(decay, (1 + n) / (10 + n)) with n counted after the increment."""
+def ema_decay(decay: float, num_updates: jax.Array, warmup: bool = True) -> jax.Array:
+  """models/ema.py: min(decay, (1 + n) / (10 + n)) with n counted after the increment.
+
+  ``warmup=False`` gives the constant ``decay`` (an EMA continued from a long run, whose
+  n is already large).
+  """
+  if not warmup:
+    return jnp.float32(decay)
   n = num_updates.astype(jnp.float32)
   return jnp.minimum(jnp.float32(decay), (1.0 + n) / (10.0 + n))
 
 
-def ema_update(ema_params, params, decay: float, num_updates: jax.Array):
-  """shadow <- shadow - (1 - d) (shadow - param), d = ema_decay(decay, num_updates)."""
-  d = ema_decay(decay, num_updates)
+def ema_update(ema_params, params, decay: float, num_updates: jax.Array, warmup: bool = True):
+  """shadow <- shadow - (1 - d) (shadow - param), d = ema_decay(decay, num_updates, warmup)."""
+  d = ema_decay(decay, num_updates, warmup)
   return optax.incremental_update(params, ema_params, step_size=1.0 - d)

@@ -84,6 +84,7 @@ class StepConfig:
   micro_batch: int
   ema_decay: float | None
   lr_schedule: Callable[[jax.Array], jax.Array]
+  ema_warmup: bool = True
 
 
 def make_train_step(ctx: losses.StepContext, optimizer: optax.GradientTransformation,
@@ -120,7 +121,7 @@ def make_train_step(ctx: losses.StepContext, optimizer: optax.GradientTransforma
     new_step = state.step + 1
     ema = state.ema_params
     if ema is not None:
-      ema = optim.ema_update(ema, params, scfg.ema_decay, new_step)
+      ema = optim.ema_update(ema, params, scfg.ema_decay, new_step, scfg.ema_warmup)
     metrics = jax.tree.map(lambda x: jnp.mean(x, axis=0), per_micro)
     if drift:
       # Queue fill after the last push of the step (the per-micro values are pre-push).
@@ -150,7 +151,7 @@ def make_eval_step(ctx: losses.StepContext) -> Callable:
 
   def eval_step(params, batch, key):
     nctx = dataclasses.replace(ctx, dropout=False)
-    gen = losses._generator(nctx, params, None)  # pylint: disable=protected-access
+    gen = losses.generator(nctx, params, None)
     _, metrics = ctx.process.loss(gen, ctx.constrain_batch(batch), key)
     return {"nll_sum": metrics["nll_sum"].astype(jnp.float32),
             "num_tokens": metrics["num_tokens"].astype(jnp.float32)}

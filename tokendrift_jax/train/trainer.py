@@ -135,6 +135,13 @@ def make_mesh(config):
     raise TrainError(f"config.mesh: {e}") from e
 
 
+def check_ema_config(config) -> None:
+  if config.ema.evaluate not in ("raw", "ema"):
+    raise TrainError(f"config.ema.evaluate must be 'raw' or 'ema', got {config.ema.evaluate!r}")
+  if config.ema.evaluate == "ema" and not config.ema.enabled:
+    raise TrainError("config.ema.evaluate='ema' but config.ema.enabled is False")
+
+
 def drift_config(config) -> obj_lib.DriftConfig:
   d = config.drift.to_dict()
   d["temperatures"] = tuple(d["temperatures"])
@@ -182,10 +189,25 @@ def make_data(config, seq_len: int, vocab_size: int):
                                       process_count=pc)
 
   def eval_factory(num_batches=None):
-    ds = valid if num_batches is None else valid[:min(int(num_batches), len(valid))]
+    ds = valid if num_batches is None else valid[:int(num_batches)]
     return iter(ds.to_iter_dataset())
 
+  eval_factory.num_batches = len(valid)
   return train_iter, eval_factory
+
+
+def check_eval_batches(config, eval_factory) -> None:
+  """config.train.eval_batches must fit the validation split (checked before training)."""
+  if int(config.train.eval_every) <= 0:
+    return
+  if eval_factory is None:
+    raise TrainError("config.train.eval_every > 0 needs a validation split (data.valid_docs "
+                     "> 0, or data.valid_tokens); set config.train.eval_every=0 to skip it")
+  available = eval_factory.num_batches
+  if not 1 <= int(config.train.eval_batches) <= available:
+    raise TrainError(f"config.train.eval_batches={config.train.eval_batches} must be in "
+                     f"[1, {available}] (full validation batches of "
+                     f"config.batch.eval_global_batch={config.batch.eval_global_batch})")
 
 
 def to_global(tree, shardings):
@@ -263,7 +285,8 @@ def build_step(config, model_cfg: DiTConfig, mesh, process,
                            compute_dtype=jnp.dtype(config.model.dtype))
   scfg = step_lib.StepConfig(micro_batch=int(config.batch.micro_batch),
                              ema_decay=float(config.ema.decay) if config.ema.enabled else None,
-                             lr_schedule=optim.learning_rate_schedule(config.optim, total))
+                             lr_schedule=optim.learning_rate_schedule(config.optim, total),
+                             ema_warmup=bool(config.ema.get("warmup", True)))
   step_fn = step_lib.jit_train_step(step_lib.make_train_step(ctx, optimizer, scfg), shardings,
                                     mesh, enc_shardings)
   eval_fn = jax.jit(step_lib.make_eval_step(ctx),
@@ -309,9 +332,10 @@ def _check_resume_meta(meta: dict, config, model_cfg: DiTConfig, where: str) -> 
   problems = []
   if meta.get("model") != model_cfg.to_dict():
     problems.append(f"model {meta.get('model')} vs config {model_cfg.to_dict()}")
-  for key in ("backbone", "objective"):
-    if meta.get(key) != config[key]:
-      problems.append(f"{key} {meta.get(key)!r} vs config {config[key]!r}")
+  for key in ("backbone", "objective", "seed", "init_checkpoint"):
+    saved = meta.get("config", {}).get(key, meta.get(key))
+    if saved != config[key]:
+      problems.append(f"{key} {saved!r} vs config {config[key]!r}")
   if config.objective == "drift":
     q = meta.get("config", {}).get("drift", {}).get("queue_size")
     if q != config.drift.queue_size:
@@ -327,9 +351,11 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
   model_cfg, init_path = resolve_init_checkpoint(config)
   mesh = make_mesh(config)
   check_batch_config(config, mesh, jax.process_count())
+  check_ema_config(config)
   dcfg = drift_config(config) if config.objective == "drift" else None
   process = process_for(config, model_cfg)
   train_iter, eval_factory = make_data(config, model_cfg.length, model_cfg.vocab_size)
+  check_eval_batches(config, eval_factory)
 
   workdir = os.path.abspath(workdir)
   if config.train.resume:
@@ -386,10 +412,8 @@ def save(run: Run, step: int) -> None:
 
 
 def eval_params(run: Run):
-  use_ema = run.config.ema.evaluate == "ema"
-  if use_ema and run.state.ema_params is None:
-    raise TrainError("config.ema.evaluate='ema' but config.ema.enabled is False")
-  return run.state.ema_params if use_ema else run.state.params
+  """The weights that are evaluated and exported: raw or EMA (config.ema.evaluate)."""
+  return run.state.ema_params if run.config.ema.evaluate == "ema" else run.state.params
 
 
 def validation_nll(run: Run, num_batches: int) -> dict[str, float]:
@@ -420,11 +444,25 @@ def export_backbone(run: Run) -> str:
 
 
 class _Preemption:
-  """SIGTERM -> finish the current step, checkpoint, stop (must reach every process)."""
+  """SIGTERM -> finish the current step, checkpoint, stop.
+
+  With several processes the stop must happen at the same step everywhere (the step and
+  the save are collectives): the flag is agreed on with an all-gather at log steps, where
+  the host already waits for the device, so a signal that reaches any process stops all of
+  them at the next log step. A single process stops after the current step.
+  """
 
   def __init__(self):
     self.requested = False
     self._old = None
+
+  def should_stop(self, at_log_step: bool) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    if not at_log_step:
+      return False
+    flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+    return bool(np.any(flags))
 
   def __enter__(self):
     try:
@@ -465,7 +503,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
   try:
     with _Preemption() as preempt:
       t_last, n_since, t_compile = time.time(), 0, None
-      while step < total and not preempt.requested:
+      stop = False
+      while step < total and not stop:
         local = np.asarray(next(run.train_iter), np.int32)
         check_token_ids(local, run.model_cfg.vocab_size, run.process, "training batch")
         batch = jax.make_array_from_process_local_data(batch_shard, local)
@@ -499,7 +538,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
           run.writer.write(step, ev)
           last_metrics.update(ev)
           t_last = time.time()
-      if preempt.requested and step < total:
+        stop = preempt.should_stop(step % log_every == 0)
+      if stop and step < total:
         save(run, step)
         summary["preempted"] = True
         logging.warning("SIGTERM: checkpointed step %d in %s", step, run.checkpointer.directory)
