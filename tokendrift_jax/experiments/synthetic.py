@@ -115,6 +115,8 @@ def config_hash(cfg) -> str:
   for section, keys in _PRESENTATION.items():
     for k in keys:
       d.get(section, {}).pop(k, None)
+  if d.get("objective") != "drift":
+    d.pop("drift", None)  # unused by continuation training
   return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -181,8 +183,9 @@ def _eval_stage(name: str, config, backbone: str, lang, seeds, workdir: str, mes
       cached = json.load(f)
     if isinstance(cached, dict) and cached.get("key") == key:
       return cached["rows"]
+  t0 = time.time()
   rows = _evaluate(config, backbone, lang, seeds, mesh)
-  report.write_json(path, {"key": key, "rows": rows})
+  report.write_json(path, {"key": key, "rows": rows, "seconds": time.time() - t0})
   return rows
 
 
@@ -199,6 +202,34 @@ def reference_rows(config, lang, seeds) -> list[dict]:
   return rows
 
 
+def _recorded_seconds(workdir: str, stages) -> dict[str, float]:
+  """Training and evaluation seconds that each stage recorded when it ran, by method."""
+  out: dict[str, float] = {}
+  for stage in stages:
+    method = stage.rsplit("_seed", 1)[0]
+    with open(os.path.join(workdir, stage, "DONE")) as f:
+      train_s = json.load(f).get("seconds")
+    if train_s is not None:
+      out[method] = out.get(method, 0.0) + float(train_s)
+    ev = os.path.join(workdir, stage, "eval_rows.json")
+    if os.path.exists(ev):
+      with open(ev) as f:
+        out["eval"] = out.get("eval", 0.0) + float(json.load(f).get("seconds") or 0.0)
+  out["total"] = sum(out.values())
+  return out
+
+
+def _describe(overrides: dict, prefix: str = "") -> str:
+  """{"drift": {"lift": "hard"}} -> "drift.lift=hard"."""
+  parts = []
+  for k, v in overrides.items():
+    if isinstance(v, dict):
+      parts.append(_describe(v, f"{prefix}{k}."))
+    else:
+      parts.append(f"{prefix}{k}={v:g}" if isinstance(v, float) else f"{prefix}{k}={v}")
+  return ", ".join(parts)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   """Runs every stage (skipping finished ones) and prints the Table-1-shaped result."""
   t_start = time.time()
@@ -211,15 +242,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
                              f"{config.backbone} model of the language needs {vocab}")
   data = prepare_data(config, workdir, lang)
   seeds = tuple(int(s) for s in config.refine.seeds)
-  timings: dict[str, float] = {}
-
-  t0 = time.time()
   pre_cfg = _stage_config(config, objective="continuation", init="", seed=int(config.seed),
                           data=data, stage=config.pretrain)
   with pre_cfg.unlocked():
     pre_cfg.ema.evaluate = config.pretrain.weights
   pretrained = _train_stage("pretrain", pre_cfg, workdir)
-  timings["pretrain"] = time.time() - t0
 
   runs: dict[str, list[str]] = {"continuation": [], "drift": []}
   variants = config.get("variants", ml_collections.ConfigDict()).to_dict()
@@ -227,20 +254,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     runs[v] = []
   for seed in seeds:
     for method in ("continuation", "drift"):
-      t0 = time.time()
       cfg = _stage_config(config, objective=method, init=pretrained, seed=seed, data=data,
                           stage=config.refine)
       runs[method].append(_train_stage(f"{method}_seed{seed}", cfg, workdir))
-      timings[method] = timings.get(method, 0.0) + time.time() - t0
     for v, overrides in variants.items():
-      t0 = time.time()
       cfg = _stage_config(config, objective="drift", init=pretrained, seed=seed, data=data,
                           stage=config.refine, overrides=overrides)
       runs[v].append(_train_stage(f"{v}_seed{seed}", cfg, workdir))
-      timings[v] = timings.get(v, 0.0) + time.time() - t0
 
   mesh = trainer.make_mesh(config)
-  t0 = time.time()
   results: dict[str, list[dict]] = {
       "pretrained": _eval_stage("pretrain", config, pretrained, lang, seeds, workdir, mesh)}
   for method, backbones in runs.items():
@@ -249,25 +271,35 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
       stage = os.path.basename(os.path.dirname(backbone))
       rows += _eval_stage(stage, config, backbone, lang, (seed,), workdir, mesh)
     results[method] = rows
-  timings["eval"] = time.time() - t0
   results["language samples"] = reference_rows(config, lang, seeds)
 
-  labels = {"pretrained": "Pretrained", "continuation": "Cont. learning",
-            "drift": "TokenDrift", "language samples": "True samples (judge floor)"}
-  entries = [(labels.get(k, k), report.summarize(v)) for k, v in results.items()]
-  table = report.markdown_table(entries)
-  timings["total"] = time.time() - t_start
+  summary = {k: report.summarize(v) for k, v in results.items()}
+  main = [("Pretrained", summary["pretrained"]), ("Cont. learning", summary["continuation"]),
+          ("TokenDrift", summary["drift"])]
+  table = report.markdown_table(main)
+  floor = {s["nfe"]: s for s in summary["language samples"]}
+  any_nfe = next(iter(floor.values()))
+  table += (f"\nJudge floor (the language's own samples): Gen.-PPL "
+            f"{report.fmt(any_nfe['gen_ppl_mean'], any_nfe['gen_ppl_sd'])}, entropy "
+            f"{report.fmt(any_nfe['entropy_mean'], any_nfe['entropy_sd'])}.\n")
+  if variants:
+    ablation = [("TokenDrift (default)", summary["drift"])] + [
+        (f"{v}: {_describe(o)}", summary[v]) for v, o in variants.items()]
+    table += "\nAblations (TokenDrift, same budget and seeds):\n\n" + report.markdown_table(
+        ablation)
+  timings = _recorded_seconds(workdir, ["pretrain"] + [
+      os.path.basename(os.path.dirname(b)) for bs in runs.values() for b in bs])
   payload = {"backbone": config.backbone, "language": config.language.to_dict(),
              "seeds": list(seeds), "nfe": list(config.evaluation.nfe),
-             "rows": results, "summary": {k: report.summarize(v) for k, v in results.items()},
-             "seconds": timings}
+             "rows": results, "summary": summary, "seconds": timings}
   report.write_json(os.path.join(workdir, "results.json"), payload)
   header = (f"# {config.backbone.upper()} on the synthetic language: Gen.-PPL (exact "
             f"likelihood judge) and entropy, mean ± SD over seeds {list(seeds)}\n\n")
   report.write_text(os.path.join(workdir, "results.md"), header + table + "\n")
   print("\n" + header + table)
-  print(f"\nwall time: {timings['total']:.0f} s "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total")
+  print("\ncompute time recorded by the stages: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        + f"; this invocation {time.time() - t_start:.0f} s"
         + f"\nresults: {os.path.join(workdir, 'results.md')}")
   return 0
 
