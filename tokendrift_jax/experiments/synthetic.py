@@ -22,6 +22,7 @@ over seeds therefore covers both training and sampling randomness.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -106,30 +107,74 @@ def _apply_overrides(node, overrides: dict, where: str) -> None:
 
 
 # Fields that change what is printed or kept on disk, not what is computed.
-_PRESENTATION = {"train": ("progress", "log_every", "checkpoint_every", "keep_checkpoints")}
+_PRESENTATION = {"train": ("progress", "log_every", "checkpoint_every", "keep_checkpoints",
+                          "eval_every", "eval_batches", "resume")}
 
 
-def config_hash(cfg) -> str:
-  """Digest of everything in a stage config that determines its result."""
+def config_hash(cfg, context: dict) -> str:
+  """Digest of everything that determines a stage's result.
+
+  The stage config without presentation fields, with its workdir-dependent paths (the
+  corpus files, the init checkpoint) replaced by what they stand for (``context``: the
+  language and corpus settings, and the digest of the stage it starts from), so that a
+  copied or moved experiment directory keeps its digests.
+  """
   d = json.loads(cfg.to_json_best_effort())
   for section, keys in _PRESENTATION.items():
     for k in keys:
       d.get(section, {}).pop(k, None)
   if d.get("objective") != "drift":
     d.pop("drift", None)  # unused by continuation training
-  return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+  d.get("data", {}).pop("train_tokens", None)
+  d.get("data", {}).pop("valid_tokens", None)
+  d.pop("init_checkpoint", None)
+  d["context"] = context
+  return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
-def _train_stage(name: str, cfg, workdir: str) -> str:
+@dataclasses.dataclass
+class Stage:
+  name: str                      # directory under the workdir
+  method: str                    # "pretrain", "continuation", "drift" or a variant name
+  config: ml_collections.ConfigDict
+  digest: str
+  seeds: tuple[int, ...]         # sampling seeds of its evaluation
+
+
+def plan(config, workdir: str, data: dict) -> list[Stage]:
+  """Every training stage of the experiment, in run order, with its config and digest."""
+  context = {"language": config.language.to_dict(), "corpus": config.corpus.to_dict(),
+             "length": int(config.model.length)}
+  seeds = tuple(int(s) for s in config.refine.seeds)
+  pre = _stage_config(config, objective="continuation", init="", seed=int(config.seed),
+                      data=data, stage=config.pretrain)
+  with pre.unlocked():
+    pre.ema.evaluate = config.pretrain.weights
+  stages = [Stage("pretrain", "pretrain", pre, config_hash(pre, context), seeds)]
+  init = os.path.join(workdir, "pretrain", "backbone")
+  refine_context = dict(context, init=stages[0].digest)
+  variants = config.get("variants", ml_collections.ConfigDict()).to_dict()
+  for seed in seeds:
+    todo = [(m, m, None) for m in ("continuation", "drift")]
+    todo += [(v, "drift", o) for v, o in variants.items()]
+    for method, objective, overrides in todo:
+      cfg = _stage_config(config, objective=objective, init=init, seed=seed, data=data,
+                          stage=config.refine, overrides=overrides)
+      stages.append(Stage(f"{method}_seed{seed}", method, cfg,
+                          config_hash(cfg, refine_context), (seed,)))
+  return stages
+
+
+def _train_stage(stage: Stage, workdir: str) -> str:
   """Runs (or resumes, or skips) one training stage; returns its exported backbone.
 
   A finished stage is reused only if it was run with the same config (a digest is kept in
   its DONE file); otherwise this is an error, never a silent reuse of stale results.
   """
+  name, cfg, digest = stage.name, stage.config, stage.digest
   stage_dir = os.path.join(workdir, name)
   backbone = os.path.join(stage_dir, "backbone")
   done = os.path.join(stage_dir, "DONE")
-  digest = config_hash(cfg)
   if os.path.isdir(backbone) and os.path.exists(done):
     with open(done) as f:
       recorded = json.load(f).get("config_hash")
@@ -202,11 +247,11 @@ def reference_rows(config, lang, seeds) -> list[dict]:
   return rows
 
 
-def _recorded_seconds(workdir: str, stages) -> dict[str, float]:
+def _recorded_seconds(workdir: str, stages: list[Stage]) -> dict[str, float]:
   """Training and evaluation seconds that each stage recorded when it ran, by method."""
   out: dict[str, float] = {}
-  for stage in stages:
-    method = stage.rsplit("_seed", 1)[0]
+  for st in stages:
+    method, stage = st.method, st.name
     with open(os.path.join(workdir, stage, "DONE")) as f:
       train_s = json.load(f).get("seconds")
     if train_s is not None:
@@ -242,35 +287,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
                              f"{config.backbone} model of the language needs {vocab}")
   data = prepare_data(config, workdir, lang)
   seeds = tuple(int(s) for s in config.refine.seeds)
-  pre_cfg = _stage_config(config, objective="continuation", init="", seed=int(config.seed),
-                          data=data, stage=config.pretrain)
-  with pre_cfg.unlocked():
-    pre_cfg.ema.evaluate = config.pretrain.weights
-  pretrained = _train_stage("pretrain", pre_cfg, workdir)
-
-  runs: dict[str, list[str]] = {"continuation": [], "drift": []}
-  variants = config.get("variants", ml_collections.ConfigDict()).to_dict()
-  for v in variants:
-    runs[v] = []
-  for seed in seeds:
-    for method in ("continuation", "drift"):
-      cfg = _stage_config(config, objective=method, init=pretrained, seed=seed, data=data,
-                          stage=config.refine)
-      runs[method].append(_train_stage(f"{method}_seed{seed}", cfg, workdir))
-    for v, overrides in variants.items():
-      cfg = _stage_config(config, objective="drift", init=pretrained, seed=seed, data=data,
-                          stage=config.refine, overrides=overrides)
-      runs[v].append(_train_stage(f"{v}_seed{seed}", cfg, workdir))
+  stages = plan(config, workdir, data)
+  backbones = {st.name: _train_stage(st, workdir) for st in stages}
 
   mesh = trainer.make_mesh(config)
-  results: dict[str, list[dict]] = {
-      "pretrained": _eval_stage("pretrain", config, pretrained, lang, seeds, workdir, mesh)}
-  for method, backbones in runs.items():
-    rows = []
-    for seed, backbone in zip(seeds, backbones):
-      stage = os.path.basename(os.path.dirname(backbone))
-      rows += _eval_stage(stage, config, backbone, lang, (seed,), workdir, mesh)
-    results[method] = rows
+  results: dict[str, list[dict]] = {}
+  for st in stages:
+    method = "pretrained" if st.method == "pretrain" else st.method
+    results.setdefault(method, []).extend(
+        _eval_stage(st.name, config, backbones[st.name], lang, st.seeds, workdir, mesh))
+  variants = config.get("variants", ml_collections.ConfigDict()).to_dict()
   results["language samples"] = reference_rows(config, lang, seeds)
 
   summary = {k: report.summarize(v) for k, v in results.items()}
@@ -287,8 +313,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         (f"{v}: {_describe(o)}", summary[v]) for v, o in variants.items()]
     table += "\nAblations (TokenDrift, same budget and seeds):\n\n" + report.markdown_table(
         ablation)
-  timings = _recorded_seconds(workdir, ["pretrain"] + [
-      os.path.basename(os.path.dirname(b)) for bs in runs.values() for b in bs])
+  timings = _recorded_seconds(workdir, stages)
   payload = {"backbone": config.backbone, "language": config.language.to_dict(),
              "seeds": list(seeds), "nfe": list(config.evaluation.nfe),
              "rows": results, "summary": summary, "seconds": timings}
