@@ -260,3 +260,18 @@ def test_device_check_script_parses_and_names_the_wheels():
   for wheel in ("grain==0.2.18", "array_record==0.8.6", "portpicker==1.6.0",
                 "ml_collections==1.1.0"):
     assert text.count(wheel) >= 2, wheel  # in the header and in --fetch-wheels
+
+
+def test_bf16_smoke_runs_and_reports():
+  """The device script's first stage on a tiny model: well-formed report, bf16 close."""
+  from configs import mdlm_drift
+  from tokendrift_jax.perf import smoke
+  c = bench.apply_size(mdlm_drift.get_config(), "tiny", length=16)
+  c.drift.queue_size = 16
+  report = smoke.run(c, batch=4)
+  text = smoke.markdown(report)
+  assert "bf16/xla" in text
+  assert json.loads(json.dumps(report))  # JSON-serialisable, as the script writes it
+  row = report["rows"][0]
+  print(f"bf16 vs fp32: features {row['h_rel_err']:.2e}, grad cosine {row['grad_cosine']:.5f}")
+  assert report["pass"], report

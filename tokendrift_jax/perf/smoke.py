@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tokendrift_jax.diffusion import make_process
 from tokendrift_jax.drift import queue as queue_lib
 from tokendrift_jax.perf import benchmark as bench
 from tokendrift_jax.train import losses
@@ -73,11 +72,7 @@ def run(config: ml_collections.ConfigDict, *, batch: int,
   """Runs the reference (float32, XLA attention) and every variant; returns the report."""
   model_cfg = trainer.model_config(config)
   dcfg = trainer.drift_config(config)
-  extra = ({"time_conditioning": model_cfg.time_conditioning}
-           if config.backbone == "mdlm" else {})
-  process = make_process(config.backbone, model_cfg.vocab_size, eps=config.diffusion.eps,
-                         sampling_eps=config.diffusion.sampling_eps,
-                         antithetic=config.diffusion.antithetic, **extra)
+  process = trainer.process_for(config, model_cfg)
   params = jax.tree.map(jnp.asarray, bench.random_params(model_cfg, seed))
   tokens = bench.random_tokens(process, 2 * batch, model_cfg.length, model_cfg.vocab_size,
                                seed)
@@ -89,7 +84,7 @@ def run(config: ml_collections.ConfigDict, *, batch: int,
     c = ml_collections.ConfigDict(config.to_dict())
     c.model.dtype = variant.dtype
     c.model.attention_impl = variant.attention_impl
-    ctx = losses.StepContext(graphdef=bench.graphdef(model_cfg, c), process=process,
+    ctx = losses.StepContext(graphdef=trainer.model_graphdef(c, model_cfg), process=process,
                              drift=dcfg, mesh=None, dropout=model_cfg.dropout > 0,
                              compute_dtype=jnp.dtype(variant.dtype))
     return jax.jit(lambda p, q, x, k: losses.drift_microstep(ctx, p, p, q, x, k))
