@@ -121,7 +121,7 @@ def _build(tmp_dir: str, source: sources_lib.DocumentSource, spec: SplitSpec, to
                                         desc=f"tokenizing {spec.name}",
                                         disable=not progress) as bar:
     # numpy pads the .npy header so the leading dimension can grow in place; the
-    # final row count is written over this placeholder once it is known.
+    # final row count overwrites this provisional header once it is known.
     header_len = _write_header(f, 0, length)
     docs = _token_lists(source.iter_texts(spec.start, spec.stop), tokenizer, counter, bar)
     for blocks in wrap_lib.iter_wrapped_blocks(docs, length=length, bos=ids.bos, eos=ids.eos,
