@@ -26,29 +26,21 @@ Ancestral posterior (``DUO_BASE._posterior_from_x0``), x a distribution over x0,
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from tokendrift_jax.diffusion import metrics as metrics_lib
+from tokendrift_jax.diffusion import common
 from tokendrift_jax.diffusion import schedule
 
-LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
+LogitsFn = common.LogitsFn
 
 
-def _compute_dtype(x: jax.Array):
-  return jnp.promote_types(x.dtype, jnp.float32)
 
 
-def _check_tokens(x: jax.Array, what: str) -> None:
-  if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.integer):
-    raise ValueError(f"{what} must be an int array [B, L], got {x.dtype}{list(x.shape)}")
 
 
-def _check_time(t: jax.Array, batch: int) -> None:
-  if t.shape != (batch,):
-    raise ValueError(f"t must have shape [B] = ({batch},), got {t.shape}")
 
 
 def posterior(x0_probs: jax.Array, xt: jax.Array, alpha_s: jax.Array,
@@ -62,7 +54,7 @@ def posterior(x0_probs: jax.Array, xt: jax.Array, alpha_s: jax.Array,
     alpha_s: float[B] (or scalar) α at the earlier time s (α_s ≥ α_t; 1 for noise removal).
     alpha_t: float[B] (or scalar) α at the current time t.
   """
-  _check_tokens(xt, "xt")
+  common.check_tokens(xt, "xt")
   dtype = x0_probs.dtype
   n = x0_probs.shape[-1]
   a_s = jnp.broadcast_to(jnp.asarray(alpha_s, dtype), xt.shape[:1])[:, None, None]
@@ -132,12 +124,7 @@ class DUOProcess:
   time_conditioning: ClassVar[bool] = True
 
   def __post_init__(self):
-    if self.vocab_size < 2:
-      raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
-    if not 0 < self.eps < 1:
-      raise ValueError(f"eps must be in (0, 1), got {self.eps}")
-    if not 0 <= self.sampling_eps < 1:
-      raise ValueError(f"sampling_eps must be in [0, 1), got {self.sampling_eps}")
+    common.check_schedule(self.vocab_size, self.eps, self.sampling_eps)
 
   # --- schedule -----------------------------------------------------------------------
 
@@ -171,8 +158,8 @@ class DUOProcess:
 
     Randomness: ``k_move, k_tok = jax.random.split(key)``. Returns int32[B, L].
     """
-    _check_tokens(x0, "x0")
-    _check_time(t, x0.shape[0])
+    common.check_tokens(x0, "x0")
+    common.check_time(t, x0.shape[0])
     k_move, k_tok = jax.random.split(key)
     move = self.corruption_prob(t)[:, None]
     u = jax.random.uniform(k_move, x0.shape, dtype=move.dtype)
@@ -187,11 +174,11 @@ class DUOProcess:
 
   def log_probs(self, logits: jax.Array, xt: jax.Array) -> jax.Array:
     """"mean" parameterisation: log-softmax of the logits, float[B, L, V]."""
-    _check_tokens(xt, "xt")
+    common.check_tokens(xt, "xt")
     if logits.shape != (*xt.shape, self.vocab_size):
       raise ValueError(
           f"logits shape {logits.shape} does not match xt {xt.shape} and vocab {self.vocab_size}")
-    return jax.nn.log_softmax(logits.astype(_compute_dtype(logits)), axis=-1)
+    return jax.nn.log_softmax(logits.astype(common.compute_dtype(logits)), axis=-1)
 
   def probs(self, logits: jax.Array, xt: jax.Array) -> jax.Array:
     return jnp.exp(self.log_probs(logits, xt))
@@ -209,13 +196,13 @@ class DUOProcess:
   def loss_per_token(self, log_probs: jax.Array, x0: jax.Array, xt: jax.Array,
                      t: jax.Array) -> jax.Array:
     """DUO_BASE ELBO per token, float[B, L] (dtype of ``log_probs``)."""
-    _check_tokens(x0, "x0")
-    _check_tokens(xt, "xt")
-    _check_time(t, x0.shape[0])
+    common.check_tokens(x0, "x0")
+    common.check_tokens(xt, "xt")
+    common.check_time(t, x0.shape[0])
     if log_probs.shape != (*x0.shape, self.vocab_size):
       raise ValueError(f"log_probs shape {log_probs.shape} does not match x0 {x0.shape} "
                        f"and vocab {self.vocab_size}")
-    log_probs = log_probs.astype(_compute_dtype(log_probs))
+    log_probs = log_probs.astype(common.compute_dtype(log_probs))
     t = t.astype(log_probs.dtype)
     return nelbo_per_token(log_probs, x0, xt, self.alpha(t), self.dalpha(t))
 
@@ -229,9 +216,4 @@ class DUOProcess:
     Returns:
       (loss float32 scalar, metrics dict with ``loss``, ``nll_sum``, ``num_tokens``).
     """
-    _check_tokens(x0, "x0")
-    k_t, k_x = jax.random.split(key)
-    t = self.sample_t(k_t, x0.shape[0])
-    xt = self.corrupt(k_x, x0, t)
-    log_probs = self.log_probs(logits_fn(xt, self.model_sigma(t)), xt)
-    return metrics_lib.reduce_nelbo(self.loss_per_token(log_probs, x0, xt, t), valid)
+    return common.nelbo_estimate(self, logits_fn, x0, key, valid)

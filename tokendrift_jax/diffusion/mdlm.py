@@ -18,32 +18,23 @@ NaN-free, and exp(−1e6) is exactly 0 in float32 and float64.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from tokendrift_jax.diffusion import metrics as metrics_lib
+from tokendrift_jax.diffusion import common
 from tokendrift_jax.diffusion import schedule
 
 NEG_INF = -1e6
 
-LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
+LogitsFn = common.LogitsFn
 
 
-def _compute_dtype(x: jax.Array):
-  """float32 for float32/bf16/f16 inputs, float64 for float64 inputs."""
-  return jnp.promote_types(x.dtype, jnp.float32)
 
 
-def _check_tokens(x: jax.Array, what: str) -> None:
-  if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.integer):
-    raise ValueError(f"{what} must be an int array [B, L], got {x.dtype}{list(x.shape)}")
 
 
-def _check_time(t: jax.Array, batch: int) -> None:
-  if t.shape != (batch,):
-    raise ValueError(f"t must have shape [B] = ({batch},), got {t.shape}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,16 +61,11 @@ class MDLMProcess:
   name: ClassVar[str] = "mdlm"
 
   def __post_init__(self):
-    if self.vocab_size < 2:
-      raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
+    common.check_schedule(self.vocab_size, self.eps, self.sampling_eps)
     if self.mask_id is None:
       object.__setattr__(self, "mask_id", self.vocab_size - 1)
     if not 0 <= self.mask_id < self.vocab_size:
       raise ValueError(f"mask_id {self.mask_id} outside the vocabulary [0, {self.vocab_size})")
-    if not 0 < self.eps < 1:
-      raise ValueError(f"eps must be in (0, 1), got {self.eps}")
-    if not 0 <= self.sampling_eps < 1:
-      raise ValueError(f"sampling_eps must be in [0, 1), got {self.sampling_eps}")
 
   # --- schedule -----------------------------------------------------------------------
 
@@ -114,8 +100,8 @@ class MDLMProcess:
     Returns:
       int32[B, L].
     """
-    _check_tokens(x0, "x0")
-    _check_time(t, x0.shape[0])
+    common.check_tokens(x0, "x0")
+    common.check_time(t, x0.shape[0])
     move = self.corruption_prob(t)[:, None]
     u = jax.random.uniform(key, x0.shape, dtype=move.dtype)
     return jnp.where(u < move, self.mask_id, x0).astype(jnp.int32)
@@ -133,11 +119,11 @@ class MDLMProcess:
     Masked positions: log-softmax of the logits with the mask logit pushed to −∞.
     Unmasked positions: 0 at the visible token, −∞ elsewhere (no gradient flows there).
     """
-    _check_tokens(xt, "xt")
+    common.check_tokens(xt, "xt")
     if logits.shape != (*xt.shape, self.vocab_size):
       raise ValueError(
           f"logits shape {logits.shape} does not match xt {xt.shape} and vocab {self.vocab_size}")
-    dtype = _compute_dtype(logits)
+    dtype = common.compute_dtype(logits)
     vocab = jnp.arange(self.vocab_size)
     mask_bias = jnp.where(vocab == self.mask_id, NEG_INF, 0.0).astype(dtype)
     lp = jax.nn.log_softmax(logits.astype(dtype) + mask_bias, axis=-1)
@@ -161,10 +147,10 @@ class MDLMProcess:
 
     −log p_θ(x0 | xt) · σ'(t) / expm1(σ(t)) on masked positions, 0 elsewhere.
     """
-    _check_tokens(x0, "x0")
-    _check_tokens(xt, "xt")
-    _check_time(t, x0.shape[0])
-    dtype = _compute_dtype(log_probs)
+    common.check_tokens(x0, "x0")
+    common.check_tokens(xt, "xt")
+    common.check_time(t, x0.shape[0])
+    dtype = common.compute_dtype(log_probs)
     t = t.astype(dtype)
     weight = schedule.dsigma(t, self.eps) / jnp.expm1(schedule.sigma(t, self.eps))
     log_p_x0 = jnp.take_along_axis(log_probs.astype(dtype), x0[..., None], axis=-1)[..., 0]
@@ -187,9 +173,4 @@ class MDLMProcess:
     Returns:
       (loss float32 scalar, metrics dict with ``loss``, ``nll_sum``, ``num_tokens``).
     """
-    _check_tokens(x0, "x0")
-    k_t, k_x = jax.random.split(key)
-    t = self.sample_t(k_t, x0.shape[0])
-    xt = self.corrupt(k_x, x0, t)
-    log_probs = self.log_probs(logits_fn(xt, self.model_sigma(t)), xt)
-    return metrics_lib.reduce_nelbo(self.loss_per_token(log_probs, x0, xt, t), valid)
+    return common.nelbo_estimate(self, logits_fn, x0, key, valid)
