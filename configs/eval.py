@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (data, fsdp) mesh, -1 = all devices. The backbone is replicated.
   c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
   c.attention_impl = ""
+  # Multi-host (jax.distributed), as in configs/base.py: run the same command on every
+  # host; each process samples and scores its share of every batch, process 0 writes.
+  c.distributed = ml_collections.ConfigDict(dict(
+      initialize="auto", coordinator_address="", num_processes=0, process_id=-1))
   c.write_samples = True
   c.progress = True
   return c

@@ -87,3 +87,17 @@ def tiny_config(tmp: str, arch: str = "mdlm", objective: str = "drift", *, steps
   c.train.eval_every = 0
   c.train.progress = False
   return c
+
+
+# A synthetic language whose MDLM vocabulary (32 + mask) is TINY's.
+TINY_LANG = dict(seed=3, vocab_size=32, n_topics=2, order=1, successors=4, topic_vocab_size=16,
+                 concentration=1.0, floor=0.01)
+
+
+def with_sample_eval(c, every: int, nfe=(2,), num_samples: int = 8, batch: int = 4):
+  """Turns on the Fig. 2 sampling hook of a tiny MDLM config, judged by TINY_LANG."""
+  se = c.sample_eval
+  se.enabled, se.every, se.nfe, se.num_samples, se.batch = True, every, tuple(nfe), num_samples, batch
+  se.judge_kind = "synthetic"
+  se.synthetic.update(TINY_LANG)
+  return c

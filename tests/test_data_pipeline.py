@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -158,6 +159,11 @@ def test_cache_blocks_equal_reference(tmp_path, tok_dir, tok):
   man = splits["train"].manifest
   assert man["doc_range"] == [0, 18] and splits["validation"].manifest["doc_range"] == [18, 23]
   assert man["counts"]["tokens"] == sum(len(d) + 1 for d in docs[:18])
+  ref = ref_wrap(docs[:18], 16, 299, 299, 4)
+  assert (man["counts"]["min_id"], man["counts"]["max_id"]) == (ref.min(), ref.max())
+  # A cache written before the id range was recorded: scanned instead.
+  old = dataclasses.replace(splits["train"], manifest={**man, "counts": {"blocks": 1}})
+  assert old.id_range() == (ref.min(), ref.max())
   assert isinstance(splits["train"].blocks, np.memmap)
 
   # Second call: same directories, nothing rebuilt.
@@ -395,6 +401,15 @@ def test_resume_from_state(pipeline_cfg, tmp_path):
   fresh2, _ = input_pipeline.make_datasets(pipeline_cfg, **kw)
   handler.restore(ckpt, args=grain.checkpoint.CheckpointRestore(fresh2))
   np.testing.assert_array_equal(next(fresh2), expected[3])
+
+
+def test_ids_beyond_the_model_are_refused(pipeline_cfg):
+  with pytest.raises(ValueError, match=r"ids in \[\d+, 299\] but the model accepts clean ids "
+                                       r"in \[0, 200\]: data.tokenizer="):
+    input_pipeline.make_datasets(pipeline_cfg, global_batch=4, seq_len=16, seed=0,
+                                 process_index=0, process_count=1, max_token_id=200)
+  input_pipeline.make_datasets(pipeline_cfg, global_batch=4, seq_len=16, seed=0,
+                               process_index=0, process_count=1, max_token_id=299)
 
 
 def test_missing_config_field_is_named(pipeline_cfg):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -92,12 +93,12 @@ def _config(assets, **over):
   return c
 
 
-def _cli_args(assets, out):
+def _cli_args(assets, out, nfes=NFES, seeds=SEEDS):
   return [sys.executable, os.path.join(ROOT, "launch", "eval.py"),
           f"--config={os.path.join(ROOT, 'configs', 'eval.py')}",
           f"--config.checkpoint={assets['ckpt']}", f"--workdir={out}",
           f"--config.judge={assets['flax']}", f"--config.tokenizer={assets['pt']}",
-          f"--config.nfe={NFES}", f"--config.seeds={SEEDS}",
+          f"--config.nfe={tuple(nfes)}", f"--config.seeds={tuple(seeds)}",
           f"--config.num_samples={NUM_SAMPLES}", "--config.batch=8",
           f"--config.judge_group_size={GROUP}", "--config.label=MDLM"]
 
@@ -185,6 +186,46 @@ def test_samples_follow_documented_keys_on_any_device_count(assets, cli_run):
     tokens = np.asarray(sampler(params, key, nfe).tokens)
     want = [s["token_ids"] for s in samples if (s["nfe"], s["seed"]) == (nfe, seed)]
     np.testing.assert_array_equal(tokens, np.asarray(want))
+
+
+def test_cli_two_processes_equal_one_process(assets, cli_run, tmp_path):
+  """jax.distributed on 127.0.0.1: 2 processes x 4 CPU devices write what 1 x 8 wrote.
+
+  Covers the multi-host paths of the evaluator: parameters placed without cross-host
+  transfers, sampled batches gathered from both processes, the judge's sums gathered,
+  and only process 0 writing.
+  """
+  want_out, _ = cli_run
+  out = tmp_path / "two"
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+  procs = []
+  for pid in range(2):
+    # One (NFE, seed): rows and samples depend only on their own (NFE, seed, batch) keys.
+    cmd = _cli_args(assets, out, nfes=(4,), seeds=(1,)) + [
+        "--config.progress=False",
+        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+        "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"]
+    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  logs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  got = json.loads((out / "results.json").read_text())
+  want = json.loads((want_out / "results.json").read_text())
+  [row] = got["rows"]
+  [ref] = [r for r in want["rows"] if (r["nfe"], r["seed"]) == (4, 1)]
+  want_ids = [s["token_ids"] for s in report.read_jsonl(str(want_out / "samples.jsonl"))
+              if (s["nfe"], s["seed"]) == (4, 1)]
+  got_ids = [s["token_ids"] for s in report.read_jsonl(str(out / "samples.jsonl"))]
+  assert got_ids == want_ids
+  # Same samples, same judge batches on the same 8-device mesh: float32 sums can differ
+  # only through the cross-process reduction order of the gather (none here).
+  assert math.isclose(row["gen_ppl"], ref["gen_ppl"], rel_tol=1e-6)
+  assert row["entropy"] == ref["entropy"] and row["num_tokens"] == ref["num_tokens"]
 
 
 # ----------------------------------------------------------------- errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,8 +15,11 @@ import jax
 import numpy as np
 import pytest
 
+from tests import fixtures_tokenizer
 from tests import fixtures_train as ft
 from tokendrift_jax import checkpoints
+from tokendrift_jax.eval import hook as hook_lib
+from tokendrift_jax.eval import report
 from tokendrift_jax.train import checkpointing
 from tokendrift_jax.train import launch
 from tokendrift_jax.train import metrics_writer
@@ -115,7 +119,8 @@ def test_sigterm_checkpoints_and_resumes(tiny_dir, tmp_path):
   workdir = str(tmp_path / "wd")
   cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--config={cfg_file}",
          f"--workdir={workdir}"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+  # One device: preemption does not depend on the mesh, and compiles are shorter.
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 240
@@ -133,7 +138,7 @@ def test_sigterm_checkpoints_and_resumes(tiny_dir, tmp_path):
   ckpt.close()
   assert stopped is not None and 3 <= stopped < 100000
   # The same command resumes (here told to stop 2 steps later).
-  done = subprocess.run(cmd + [f"--config.train.steps={stopped + 2}"], cwd=ROOT, env=_env(),
+  done = subprocess.run(cmd + [f"--config.train.steps={stopped + 2}"], cwd=ROOT, env=_env(1),
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stdout + done.stderr
   steps = [r["step"] for r in metrics_writer.read_jsonl(metrics) if "loss" in r]
@@ -150,13 +155,19 @@ def _free_port():
 
 
 def test_two_processes_equal_one_process(tiny_dir, tmp_path):
-  """jax.distributed on 127.0.0.1, 2 processes x 2 CPU devices == 1 process x 4 devices."""
+  """jax.distributed on 127.0.0.1, 2 processes x 2 CPU devices == 1 process x 4 devices.
+
+  The Fig. 2 sampling hook runs too (initial checkpoint and last step), so sampling under
+  training is checked across processes as well.
+  """
   single = str(tmp_path / "single")
-  trainer.train(ft.tiny_config(tiny_dir, mesh_shape=(4, 1), num_devices=4), single)
+  cfg = ft.with_sample_eval(ft.tiny_config(tiny_dir, mesh_shape=(4, 1), num_devices=4), every=3)
+  trainer.train(cfg, single, hooks=[hook_lib.make_sample_eval_hook(cfg)])
   cfg_file = _write_cfg_file(str(tmp_path), f"""
       from tests import fixtures_train
       def get_config():
-        return fixtures_train.tiny_config({tiny_dir!r}, mesh_shape=(4, 1))
+        return fixtures_train.with_sample_eval(
+            fixtures_train.tiny_config({tiny_dir!r}, mesh_shape=(4, 1)), every=3)
       """)
   multi = str(tmp_path / "multi")
   port = _free_port()
@@ -172,6 +183,12 @@ def test_two_processes_equal_one_process(tiny_dir, tmp_path):
     assert p.returncode == 0, out
   np.testing.assert_allclose(_losses(multi), _losses(single), rtol=1e-5, atol=1e-6)
   assert _max_diff(_exported(multi), _exported(single)) <= 1e-5
+  rows = {w: report.read_jsonl(os.path.join(w, hook_lib.EVAL_FILE)) for w in (single, multi)}
+  assert [(r["step"], r["nfe"]) for r in rows[multi]] == [(0, 2), (3, 2)]
+  # Step 0 samples the same initial weights with the same keys: equal. Step 3 samples
+  # weights that agree to 1e-5, so its judge value may differ slightly.
+  assert rows[multi][0] == rows[single][0]
+  np.testing.assert_allclose(rows[multi][1]["gen_ppl"], rows[single][1]["gen_ppl"], rtol=0.05)
 
 
 # ------------------------------------------------------------------ the full 170M config
@@ -248,6 +265,27 @@ def test_empty_dataset(tiny_dir, tmp_path, capsys):
   c.data.train_tokens = str(tmp_path / "empty.npy")
   err = _launch_error(c, tmp_path / "wd", capsys)
   assert "empty.npy" in err and "non-empty" in err
+
+
+def test_token_ids_outside_the_model_are_refused_before_training(tiny_dir, tmp_path, capsys):
+  """Whole splits are checked up front, identically on every process (see trainer.make_data)."""
+  c = ft.tiny_config(tiny_dir)
+  rows = np.load(c.data.train_tokens)
+  rows[5, 3] = 32                      # the tiny MDLM's mask id (vocab 33)
+  np.save(tmp_path / "masked.npy", rows)
+  c.data.train_tokens = str(tmp_path / "masked.npy")
+  err = _launch_error(c, tmp_path / "wd", capsys)
+  assert "masked.npy" in err and "mask id 32" in err
+  # Text data tokenized with a tokenizer bigger than the backbone's vocabulary.
+  tok = fixtures_tokenizer.build_tiny_tokenizer(tmp_path / "tok", vocab_size=300)
+  with open(tmp_path / "corpus.jsonl", "w", encoding="utf-8") as f:
+    for i in range(40):
+      f.write(json.dumps({"text": f"document {i} says the quick brown fox jumps " * 3}) + "\n")
+  c = ft.tiny_config(tiny_dir)
+  c.data.kind, c.data.source, c.data.tokenizer = "text", str(tmp_path / "corpus.jsonl"), tok
+  c.data.cache_dir, c.data.valid_docs, c.data.progress = str(tmp_path / "cache"), 0, False
+  err = _launch_error(c, tmp_path / "wd", capsys)
+  assert "'train'" in err and "[0, 31]" in err and "data.tokenizer=" in err
 
 
 @pytest.mark.parametrize("global_batch,micro_batch,num_devices,needle", [

@@ -102,3 +102,30 @@ def param_sharding(tree: Any, mesh: Mesh, mode: str = "replicated", min_size: in
     return NamedSharding(mesh, spec)
 
   return jax.tree.map(one, tree)
+
+
+def to_global(tree: Any, shardings: Any) -> Any:
+  """Host arrays, identical on every process, as global ``jax.Array``s with ``shardings``.
+
+  Each process fills only its addressable shards, so this works on one process and on
+  many; ``jax.device_put`` of a host array onto devices of other processes would need a
+  cross-host transfer, which the CPU and GPU backends do not offer. ``shardings`` is one
+  sharding for every leaf or a tree matching ``tree``.
+  """
+  def one(x, s):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+  if isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: one(x, shardings), tree)
+  return jax.tree.map(one, tree, shardings)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly batch-sharded over several processes) array as a full host array.
+
+  Every process must call it (it is a collective when the array spans processes).
+  """
+  if not x.is_fully_addressable and not x.is_fully_replicated:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))

@@ -57,6 +57,17 @@ class CachedBlocks:
   blocks: np.ndarray
   manifest: dict[str, Any]
 
+  def id_range(self) -> tuple[int, int]:
+    """(smallest, largest) token id of the split.
+
+    Recorded in the manifest when the split is built; caches built before that are
+    scanned once here (one pass over the memmap).
+    """
+    counts = self.manifest.get("counts", {})
+    if "min_id" in counts and "max_id" in counts:
+      return int(counts["min_id"]), int(counts["max_id"])
+    return int(self.blocks.min()), int(self.blocks.max())
+
 
 @dataclasses.dataclass(frozen=True)
 class SplitSpec:
@@ -115,7 +126,7 @@ def _build(tmp_dir: str, source: sources_lib.DocumentSource, spec: SplitSpec, to
            ids: tokenizer_lib.SpecialIds, length: int, group_docs: int | None,
            progress: bool) -> dict[str, int]:
   counter = {"docs": 0, "tokens": 0}
-  rows = 0
+  rows, lo, hi = 0, None, None
   path = os.path.join(tmp_dir, BLOCKS_FILE)
   with open(path, "wb") as f, tqdm.tqdm(total=spec.stop - spec.start, unit="doc",
                                         desc=f"tokenizing {spec.name}",
@@ -128,6 +139,9 @@ def _build(tmp_dir: str, source: sources_lib.DocumentSource, spec: SplitSpec, to
                                                group_docs=group_docs):
       f.write(blocks.astype(_DTYPE, copy=False).tobytes())
       rows += blocks.shape[0]
+      if blocks.size:
+        b_lo, b_hi = int(blocks.min()), int(blocks.max())
+        lo, hi = (b_lo, b_hi) if lo is None else (min(lo, b_lo), max(hi, b_hi))
     if counter["docs"] != spec.stop - spec.start:
       raise RuntimeError(f"{source.description}: expected {spec.stop - spec.start} documents "
                          f"for split {spec.name!r}, read {counter['docs']} (did the files "
@@ -143,7 +157,8 @@ def _build(tmp_dir: str, source: sources_lib.DocumentSource, spec: SplitSpec, to
       raise RuntimeError(f"{path}: .npy header changed size when writing {rows} rows")
     f.flush()
     os.fsync(f.fileno())
-  return {"docs": counter["docs"], "tokens": counter["tokens"], "blocks": rows}
+  return {"docs": counter["docs"], "tokens": counter["tokens"], "blocks": rows,
+          "min_id": lo, "max_id": hi}
 
 
 def load_cached(directory: str) -> CachedBlocks:

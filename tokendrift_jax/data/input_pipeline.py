@@ -165,7 +165,7 @@ def _field(data_cfg: Any, name: str) -> Any:
 
 def make_datasets(data_cfg: Any, *, global_batch: int, seq_len: int, seed: int,
                   eval_global_batch: int | None = None, process_index: int | None = None,
-                  process_count: int | None = None
+                  process_count: int | None = None, max_token_id: int | None = None
                   ) -> tuple[grain.DatasetIterator, Callable[..., Iterator[np.ndarray]] | None]:
   """Builds (or loads from the cache) the splits and returns the iterators.
 
@@ -178,6 +178,10 @@ def make_datasets(data_cfg: Any, *, global_batch: int, seq_len: int, seed: int,
       ``global_batch``).
     process_index, process_count: override ``jax.process_index() / process_count()``
       (tests simulate several processes this way).
+    max_token_id: the largest id the model accepts as clean text (MDLM: below the mask
+      id). Every split is checked before any batch is read, from the whole split rather
+      than per batch, so all processes of a multi-host run fail together instead of one
+      failing and the others waiting in a collective.
 
   Returns:
     train_iter: checkpointable iterator of int32[global_batch / P, seq_len].
@@ -205,6 +209,13 @@ def make_datasets(data_cfg: Any, *, global_batch: int, seq_len: int, seed: int,
   for name, split in splits.items():
     logging.info("data split %s: %s blocks from %s", name, split.blocks.shape,
                  split.manifest["doc_range"])
+    if max_token_id is not None:
+      lo, hi = split.id_range()
+      if lo < 0 or hi > max_token_id:
+        raise ValueError(
+            f"data split {name!r} ({split.directory}) holds token ids in [{lo}, {hi}] but the "
+            f"model accepts clean ids in [0, {max_token_id}]: data.tokenizer="
+            f"{cfg['tokenizer']!r} does not match the backbone's vocabulary")
 
   train = train_dataset(splits[cache_lib.TRAIN].blocks, global_batch=global_batch, seed=seed,
                         process_index=process_index, process_count=process_count)

@@ -85,7 +85,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
       progress=progress)
 
   _, params, _ = checkpoints.load_backbone_params(ckpt)
-  params = jax.device_put(params, sharding.param_sharding(params, mesh, "replicated"))
+  params = sharding.to_global(params, sharding.param_sharding(params, mesh, "replicated"))
   t0 = time.time()
   result = evaluator.evaluate(params, nfes, seeds, num_samples,
                               keep_samples=bool(config.write_samples))
@@ -121,7 +121,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("absl", "orbax", "jax._src"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  from tokendrift_jax.train import launch  # pylint: disable=import-outside-toplevel
   try:
+    launch.init_distributed(config.get("distributed", ml_collections.ConfigDict()))
     payload = evaluate_checkpoint(config, workdir)
   except (checkpoints.CheckpointError, FileNotFoundError, ValueError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)

@@ -325,7 +325,7 @@ class GenPPLEvaluator:
     sharding.check_batch_divisible(self.batch_size, self.mesh, "Gen-PPL batch_size")
     self.matmul_precision = matmul_precision
     self.progress = progress
-    self._params = jax.device_put(
+    self._params = sharding.to_global(
         judge.params, sharding.param_sharding(judge.params, self.mesh, "replicated"))
     self._rows = sharding.batch_sharding(self.mesh, ndim=2)
     self._vec = sharding.batch_sharding(self.mesh, ndim=1)
@@ -380,11 +380,11 @@ class GenPPLEvaluator:
         sl = slice(i * b, (i + 1) * b)
         outputs.append(self._score(
             self._params,
-            jax.device_put(tokens[sl], self._rows),
-            jax.device_put(mask[sl], self._rows),
-            jax.device_put(lengths[sl], self._vec)))
-    nll_w = np.concatenate([np.asarray(o[0], np.float64) for o in outputs])[:rows]
-    w = np.concatenate([np.asarray(o[1], np.float64) for o in outputs])[:rows]
+            *sharding.to_global((tokens[sl], mask[sl], lengths[sl]),
+                                (self._rows, self._rows, self._vec))))
+    # Every process holds all texts, so every process gathers every batch's sums.
+    nll_w = np.concatenate([sharding.to_host(o[0]).astype(np.float64) for o in outputs])[:rows]
+    w = np.concatenate([sharding.to_host(o[1]).astype(np.float64) for o in outputs])[:rows]
     sample_nll = np.zeros(len(texts), np.float64)
     sample_w = np.zeros(len(texts), np.float64)
     np.add.at(sample_nll, sample, nll_w)

@@ -144,7 +144,7 @@ def make_sample_eval_hook(config: ml_collections.ConfigDict
         _, init_params, _ = checkpoints.load_backbone_params(run.init_checkpoint)
         # Placed like the trained weights, so the sampler compiled here is reused later.
         like = trainer.eval_params(run)
-        init_params = jax.device_put(init_params, jax.tree.map(lambda x: x.sharding, like))
+        init_params = sharding.to_global(init_params, jax.tree.map(lambda x: x.sharding, like))
         evaluate(run, init_params, 0)
     if step % every == 0 or step == run.total_steps:
       out.update(evaluate(run, trainer.eval_params(run), step))

@@ -46,7 +46,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from tokendrift_jax import checkpoints
@@ -354,13 +353,6 @@ def sample_key(seed: int, nfe: int, batch_index: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(key, int(nfe)), int(batch_index))
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-  """A (possibly multi-process, batch-sharded) array as a full host array."""
-  if jax.process_count() > 1:
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
-
-
 @dataclasses.dataclass
 class Evaluation:
   """Result of :meth:`SampleEvaluator.evaluate`.
@@ -444,7 +436,7 @@ class SampleEvaluator:
     tokens, forwards = [], []
     for b in range(n_batches):
       res = self._sampler(params, sample_key(seed, nfe, b), int(nfe))
-      tokens.append(_to_host(res.tokens))
+      tokens.append(sharding.to_host(res.tokens))
       forwards.append(int(jax.device_get(res.nfe_model)))
       if bar is not None:
         bar.update(1)

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import time
-import jax
 import ml_collections
 import numpy as np
 
@@ -208,7 +207,7 @@ def _evaluate(config, backbone: str, lang, seeds, mesh) -> list[dict]:
                                          progress=False)
     _EVALUATORS[key] = sampling_eval.SampleEvaluator(cfg, process, judge, mesh=mesh,
                                                      batch=int(ev.batch), progress=False)
-  params = jax.device_put(params, sharding.replicated(mesh))
+  params = sharding.to_global(params, sharding.replicated(mesh))
   out = _EVALUATORS[key].evaluate(params, tuple(ev.nfe), tuple(seeds), int(ev.num_samples),
                                   keep_samples=False)
   return out.rows

@@ -188,10 +188,10 @@ def build_step(config: ml_collections.ConfigDict, *, seed: int = 0) -> StepSetup
 
   def make_args():
     params = random_params(model_cfg, seed)
-    state = trainer.to_global(init(params), shardings)
+    state = sharding.to_global(init(params), shardings)
     tokens = random_tokens(process, g, length, model_cfg.vocab_size, seed)
-    batch = trainer.to_global(tokens, batch_shard)
-    enc = None if dcfg is None else trainer.to_global(params, enc_shardings)
+    batch = sharding.to_global(tokens, batch_shard)
+    enc = None if dcfg is None else sharding.to_global(params, enc_shardings)
     return state, batch, enc
 
   return StepSetup(config=config, model_cfg=model_cfg, fn=fn, abstract_args=abstract,

@@ -151,14 +151,22 @@ def drift_config(config) -> obj_lib.DriftConfig:
     raise TrainError(f"config.drift: {e}") from e
 
 
-def make_data(config, seq_len: int, vocab_size: int):
-  """(train iterator, eval iterator factory or None)."""
+def make_data(config, seq_len: int, vocab_size: int, process):
+  """(train iterator, eval iterator factory or None).
+
+  The token ids of every split are checked against the model before training, the same
+  way on every process (a per-batch failure on one process would leave the others
+  waiting in the step's collectives).
+  """
   kind = config.data.get("kind", "text")
   g, e = int(config.batch.global_batch), int(config.batch.eval_global_batch)
   if kind == "text":
     from tokendrift_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+    mask_id = getattr(process, "mask_id", None)
+    max_id = vocab_size - 2 if mask_id == vocab_size - 1 else vocab_size - 1
     return input_pipeline.make_datasets(config.data, global_batch=g, seq_len=seq_len,
-                                        seed=int(config.seed), eval_global_batch=e)
+                                        seed=int(config.seed), eval_global_batch=e,
+                                        max_token_id=max_id)
   if kind != "tokens":
     raise TrainError(f"config.data.kind must be 'text' or 'tokens', got {kind!r}")
   from tokendrift_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
@@ -176,6 +184,7 @@ def make_data(config, seq_len: int, vocab_size: int):
     if arr.shape[1] != seq_len:
       raise TrainError(f"config.data.{split}={path!r} has rows of length {arr.shape[1]}, the "
                        f"model trains on config.model.length={seq_len}")
+    check_token_ids(arr, vocab_size, process, f"config.data.{split}={path!r}")
     arrays[split] = arr
   if "train_tokens" not in arrays:
     raise TrainError("config.data.kind='tokens' needs config.data.train_tokens")
@@ -208,14 +217,6 @@ def check_eval_batches(config, eval_factory) -> None:
     raise TrainError(f"config.train.eval_batches={config.train.eval_batches} must be in "
                      f"[1, {available}] (full validation batches of "
                      f"config.batch.eval_global_batch={config.batch.eval_global_batch})")
-
-
-def to_global(tree, shardings):
-  """Host arrays identical on every process -> global jax.Arrays with ``shardings``."""
-  def one(x, s):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
-  return jax.tree.map(one, tree, shardings)
 
 
 def check_token_ids(batch: np.ndarray, vocab_size: int, process, what: str) -> None:
@@ -354,7 +355,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
   check_ema_config(config)
   dcfg = drift_config(config) if config.objective == "drift" else None
   process = process_for(config, model_cfg)
-  train_iter, eval_factory = make_data(config, model_cfg.length, model_cfg.vocab_size)
+  train_iter, eval_factory = make_data(config, model_cfg.length, model_cfg.vocab_size,
+                                        process)
   check_eval_batches(config, eval_factory)
 
   workdir = os.path.abspath(workdir)
@@ -375,10 +377,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     _, params, _ = checkpoints.load_backbone_params(init_path)
   else:
     params = checkpoints.init_params(model_cfg, int(config.seed))
-  state = to_global(parts.init_state(params), parts.state_shardings)
+  state = sharding.to_global(parts.init_state(params), parts.state_shardings)
   encoder_params = None
   if dcfg is not None:
-    encoder_params = to_global(params, parts.encoder_shardings)
+    encoder_params = sharding.to_global(params, parts.encoder_shardings)
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=int(config.train.keep_checkpoints),
                                     save_every=int(config.train.checkpoint_every))
   writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
