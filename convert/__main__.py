@@ -15,10 +15,11 @@ Convert a released PyTorch MDLM / DUO backbone to a tokendrift_jax (Flax, orbax)
 checkpoint directory that `tokendrift_jax.checkpoints.load_backbone(DST)` reads.
 
 SRC may be
-  * a Hugging Face model directory: config.json with the MDLM HF fields (vocab_size,
-    model_length, hidden_dim, cond_dim, n_blocks, n_heads, dropout, time_conditioning)
-    and model.safetensors or pytorch_model.bin (sharded with an index is fine), weights
-    under 'backbone.' (e.g. a local copy of kuleshov-group/mdlm-owt);
+  * a Hugging Face model directory: config.json with the MDLM / DUO HF fields
+    (vocab_size, model_length, hidden_dim, cond_dim, n_blocks, n_heads, dropout; MDLM's
+    time_conditioning; DUO's model_type "duo", always time-conditioned) and
+    model.safetensors or pytorch_model.bin (sharded with an index is fine), weights
+    under 'backbone.' (e.g. a local copy of kuleshov-group/mdlm-owt or s-sahoo/duo);
   * a bare .safetensors / .bin / .pt state dict of the DIT (names with or without
     'backbone.'); its architecture comes from --config;
   * a Lightning .ckpt written by the MDLM or DUO training code; the architecture comes

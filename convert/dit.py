@@ -1,7 +1,7 @@
 """PyTorch MDLM/DUO ``DIT`` state dicts -> tokendrift_jax parameter trees.
 
 Sources (see ``python -m convert --help``):
-  * a Hugging Face model directory (``config.json`` with the MDLM HF fields, and
+  * a Hugging Face model directory (``config.json`` with the MDLM / DUO HF fields, and
     ``model.safetensors`` / ``pytorch_model.bin``, possibly sharded with an index), weights
     under ``backbone.``;
   * a bare ``.safetensors`` / ``.bin`` / ``.pt`` state dict (architecture from ``--config``);
@@ -210,12 +210,19 @@ def strip_backbone_prefix(state: dict[str, np.ndarray], where: str) -> dict[str,
 
 
 def hf_config_to_dit(cfg: dict, where: str) -> tuple[DiTConfig, str | None]:
-  """MDLM-style HF config.json -> (DiTConfig, arch guessed from model_type)."""
+  """MDLM / DUO HF config.json -> (DiTConfig, arch guessed from model_type).
+
+  Both releases share the field names; DUO's has no ``time_conditioning`` (it is always
+  time-conditioned) and adds ``causal`` (refused when true) and ``var_min`` (unused).
+  """
   need = ["vocab_size", "model_length", "hidden_dim", "cond_dim", "n_blocks", "n_heads"]
   missing = [k for k in need if k not in cfg]
   if missing:
     raise ConversionError(f"{where}: config.json lacks field '{missing[0]}' (MDLM HF fields: "
                           f"{need + ['dropout', 'time_conditioning']})")
+  if cfg.get("causal"):
+    raise ConversionError(f"{where}: config.json has causal=true, an autoregressive DIT; only "
+                          f"the non-causal MDLM / DUO diffusion backbones convert")
   arch = str(cfg.get("model_type", "")).lower()
   dit = DiTConfig(vocab_size=int(cfg["vocab_size"]), hidden_size=int(cfg["hidden_dim"]),
                   cond_dim=int(cfg["cond_dim"]), n_blocks=int(cfg["n_blocks"]),

@@ -32,10 +32,20 @@ def _state(model: DIT, prefix: str = "backbone.") -> dict:
 
 
 def hf_config(cfg: dict, arch: str) -> dict:
-  return {"model_type": arch, "vocab_size": cfg["vocab_size"], "model_length": cfg["length"],
-          "hidden_dim": cfg["hidden_size"], "cond_dim": cfg["cond_dim"],
-          "n_blocks": cfg["n_blocks"], "n_heads": cfg["n_heads"], "dropout": cfg["dropout"],
-          "time_conditioning": cfg["time_conditioning"], "architectures": ["MDLM"]}
+  """config.json as the HF releases write it.
+
+  MDLM's MDLMConfig has ``time_conditioning``; DUO's DUOConfig has none (DUO is always
+  time-conditioned) but ``causal`` and ``var_min``.
+  """
+  out = {"model_type": arch, "vocab_size": cfg["vocab_size"], "model_length": cfg["length"],
+         "hidden_dim": cfg["hidden_size"], "cond_dim": cfg["cond_dim"],
+         "n_blocks": cfg["n_blocks"], "n_heads": cfg["n_heads"], "dropout": cfg["dropout"]}
+  if arch == "duo":
+    assert cfg["time_conditioning"]
+    out.update(causal=False, var_min=True, architectures=["DUO"])
+  else:
+    out.update(time_conditioning=cfg["time_conditioning"], architectures=["MDLM"])
+  return out
 
 
 def save_hf_dir(model: DIT, path: str, arch: str, fmt: str = "safetensors") -> str:

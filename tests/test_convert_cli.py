@@ -97,6 +97,15 @@ def test_directory_without_config(tmp_path, capsys):
   _assert_error(rc, err, dst, "config.json")
 
 
+def test_causal_hf_config_is_refused(model, tmp_path, capsys):
+  src = fx.save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
+  cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+  (tmp_path / "hf" / "config.json").write_text(json.dumps({**cfg, "causal": True}))
+  dst = tmp_path / "out"
+  rc, err = _run(capsys, src, dst)
+  _assert_error(rc, err, dst, "causal=true")
+
+
 def test_bare_state_dict_needs_config(model, tmp_path, capsys):
   src = fx.save_bare(model, str(tmp_path / "sd.safetensors"))
   dst = tmp_path / "out"
