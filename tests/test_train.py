@@ -288,6 +288,19 @@ def test_token_ids_outside_the_model_are_refused_before_training(tiny_dir, tmp_p
   assert "'train'" in err and "[0, 31]" in err and "data.tokenizer=" in err
 
 
+def test_repeated_sequence_override_is_refused(tiny_dir, tmp_path, capsys, monkeypatch):
+  """ml_collections concatenates repeated tuple overrides; the launchers refuse them."""
+  c = ft.tiny_config(tiny_dir)
+  c.sample_eval.nfe = (4, 8, 4, 8, 16)   # what --config.sample_eval.nfe=(4,8) ...=(4,8,16) gives
+  argv = ["train.py", "--config=x.py", "--config.sample_eval.nfe=(4,8)",
+          "--config.sample_eval.nfe=(4,8,16)", "--config.optim.lr=1", "--config.optim.lr=2"]
+  monkeypatch.setattr(sys, "argv", argv)
+  err = _launch_error(c, tmp_path / "wd", capsys)
+  assert "--config.sample_eval.nfe is given 2 times" in err and "(4, 8, 4, 8, 16)" in err
+  # A repeated scalar keeps the last value (absl), which is fine.
+  assert launch.repeated_sequence_overrides(argv[:2] + argv[4:], c) is None
+
+
 @pytest.mark.parametrize("global_batch,micro_batch,num_devices,needle", [
     (12, 8, 1, "not divisible by config.batch.micro_batch"),
     (16, 4, 8, "micro_batch=4 is not divisible by the 8 devices"),

@@ -122,6 +122,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> int:
   for noisy in ("absl", "orbax", "jax._src"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from tokendrift_jax.train import launch  # pylint: disable=import-outside-toplevel
+  repeated = launch.repeated_sequence_overrides(sys.argv, config)
+  if repeated:
+    print(f"error: {repeated}", file=sys.stderr)
+    return 2
   try:
     launch.init_distributed(config.get("distributed", ml_collections.ConfigDict()))
     payload = evaluate_checkpoint(config, workdir)

@@ -43,6 +43,33 @@ def _cluster_env() -> bool:
                                        "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS"))
 
 
+def repeated_sequence_overrides(argv, config: ml_collections.ConfigDict) -> str | None:
+  """A message if a tuple / list field is overridden twice on the command line, else None.
+
+  ml_collections concatenates repeated overrides of a sequence field (``--config.seeds=(0,1)
+  --config.seeds=(2,)`` gives ``(0, 1, 2)``) instead of keeping the last one, so a script's
+  default plus a user's override would silently run both; refuse it instead.
+  """
+  seen: dict[str, int] = {}
+  for arg in argv:
+    if arg.startswith("--config.") and len(arg) > len("--config."):
+      field = arg[len("--config."):].split("=", 1)[0]
+      seen[field] = seen.get(field, 0) + 1
+  for field, count in seen.items():
+    if count < 2:
+      continue
+    node = config
+    try:
+      for part in field.split("."):
+        node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      continue
+    if isinstance(node, (tuple, list)):
+      return (f"--config.{field} is given {count} times; ml_collections would concatenate the "
+              f"values into {tuple(node)}; give it once")
+  return None
+
+
 def _errors():
   from tokendrift_jax.data import sources  # pylint: disable=import-outside-toplevel
   from tokendrift_jax.train import trainer  # pylint: disable=import-outside-toplevel
@@ -54,6 +81,10 @@ def main(config: ml_collections.ConfigDict, workdir: str | None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("absl", "orbax", "jax._src"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  repeated = repeated_sequence_overrides(sys.argv, config)
+  if repeated:
+    print(f"error: {repeated}", file=sys.stderr)
+    return 2
   workdir = workdir or config.get("workdir")
   if not workdir:
     print("error: pass --workdir=DIR (where checkpoints and metrics go)", file=sys.stderr)
