@@ -228,6 +228,59 @@ def test_cli_two_processes_equal_one_process(assets, cli_run, tmp_path):
   assert row["entropy"] == ref["entropy"] and row["num_tokens"] == ref["num_tokens"]
 
 
+def test_interrupted_evaluation_resumes(assets, cli_run, tmp_path, monkeypatch, capsys):
+  """Killed during the 3rd (NFE, seed): the rerun samples only the 2 missing pairs and
+  writes what the uninterrupted run (cli_run) wrote."""
+  want_out, _ = cli_run
+  out = tmp_path / "resumed"
+  real_sample = sampling_eval.SampleEvaluator.sample
+  calls = []
+
+  def sample(self, params, nfe, seed, num_samples, bar=None):
+    calls.append((nfe, seed))
+    if len(calls) == 3 and interrupt:
+      raise KeyboardInterrupt
+    return real_sample(self, params, nfe, seed, num_samples, bar)
+
+  monkeypatch.setattr(sampling_eval.SampleEvaluator, "sample", sample)
+  interrupt = True
+  with pytest.raises(KeyboardInterrupt):
+    cli.run(_config(assets, progress=False, label="MDLM"), str(out))
+  saved = sorted(os.listdir(out / cli.PROGRESS_DIR))
+  assert saved == ["nfe2-seed0.json", "nfe2-seed1.json"]
+  assert not (out / cli.RESULTS_JSON).exists()
+
+  interrupt, calls[:] = False, []
+  assert cli.run(_config(assets, progress=False, label="MDLM"), str(out)) == 0
+  capsys.readouterr()
+  assert calls == [(4, 0), (4, 1)]
+  assert not (out / cli.PROGRESS_DIR).exists()
+  got = json.loads((out / "results.json").read_text())
+  want = json.loads((want_out / "results.json").read_text())
+  assert got["resumed_pairs"] == [[2, 0], [2, 1]]
+  assert [(r["nfe"], r["seed"]) for r in got["rows"]] == [(r["nfe"], r["seed"])
+                                                           for r in want["rows"]]
+  for g, w in zip(got["rows"], want["rows"]):
+    # In-process vs the CLI subprocess, both on 8 devices: the same samples, so the same
+    # judge sums up to float32 reduction order.
+    assert math.isclose(g["gen_ppl"], w["gen_ppl"], rel_tol=1e-6)
+    assert g["entropy"] == w["entropy"] and g["num_tokens"] == w["num_tokens"]
+  assert (report.read_jsonl(str(out / "samples.jsonl"))
+          == report.read_jsonl(str(want_out / "samples.jsonl")))
+  assert ((out / "results.md").read_text().splitlines()[:4]
+          == (want_out / "results.md").read_text().splitlines()[:4])
+
+
+def test_progress_of_other_weights_is_not_reused(tmp_path):
+  fp = {"weights": "a", "sampling": {"num_samples": 8}}
+  path = cli._progress_path(str(tmp_path), 4, 0)
+  report.write_json(path, {"fingerprint": fp, "row": {"nfe": 4}, "samples": None})
+  assert list(cli._load_progress(str(tmp_path), fp, (4, 8), (0,))) == [(4, 0)]
+  assert cli._load_progress(str(tmp_path), dict(fp, weights="b"), (4,), (0,)) == {}
+  assert cli._load_progress(str(tmp_path), dict(fp, sampling={"num_samples": 16}),
+                            (4,), (0,)) == {}
+
+
 # ----------------------------------------------------------------- errors
 
 

@@ -10,18 +10,27 @@ everything was computed:
 
 :func:`run` turns user errors into one ``error: ...`` line on stderr and status 2; they are
 all detected before any output is written.
+
+Long evaluations resume: each finished (NFE, seed) is saved to ``OUT/.progress/`` as it
+completes, and rerunning the same command skips the pairs saved with the same weights and
+settings (the final files are the same as an uninterrupted run's); the folder is removed
+once the results are written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 
 import jax
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
 from tokendrift_jax import checkpoints
 from tokendrift_jax import sharding
@@ -29,6 +38,9 @@ from tokendrift_jax.diffusion import make_process
 from tokendrift_jax.eval import report
 from tokendrift_jax.eval import sampling_eval
 
+# Finished (NFE, seed) pairs of a run in progress; a rerun of the same command skips them,
+# and the folder is removed once the results are written.
+PROGRESS_DIR = ".progress"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 SAMPLES_JSONL = "samples.jsonl"
@@ -85,10 +97,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
       progress=progress)
 
   _, params, _ = checkpoints.load_backbone_params(ckpt)
+  weights_hash = _weights_hash(params)
   params = sharding.to_global(params, sharding.param_sharding(params, mesh, "replicated"))
-  t0 = time.time()
-  result = evaluator.evaluate(params, nfes, seeds, num_samples,
-                              keep_samples=bool(config.write_samples))
   label = str(config.label) or os.path.basename(ckpt.rstrip("/"))
   judge_info = {"kind": judge.kind, "name": judge.name}
   if judge.kind == "gpt2":
@@ -103,17 +113,97 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
               "sampler_precision": "float64" if evaluator.float64 else "float32",
               "model_dtype": str(config.model_dtype),
               "key": "fold_in(fold_in(PRNGKey(seed), nfe), batch_index)"}
+  keep = bool(config.write_samples)
+  # What a finished (NFE, seed) depends on, besides its own NFE and seed.
+  fingerprint = {"weights": weights_hash, "checkpoint": ckpt, "judge": judge_info,
+                 "sampling": {k: v for k, v in sampling.items() if k not in ("nfe", "seeds")},
+                 "write_samples": keep}
+  progress_dir = os.path.join(workdir, PROGRESS_DIR)
+  is_main = jax.process_index() == 0
+  done = _load_progress(progress_dir, fingerprint, nfes, seeds) if is_main else {}
+  if jax.process_count() > 1:  # process 0's files decide, so every process skips alike
+    flags = np.asarray([(n, s_) in done for n in nfes for s_ in seeds], np.int32)
+    flags = multihost_utils.broadcast_one_to_all(flags)
+    skip = [(n, s_) for (n, s_), f in zip(((n, s_) for n in nfes for s_ in seeds), flags) if f]
+  else:
+    skip = list(done)
+  if skip:
+    logging.info("resuming: %d of %d (NFE, seed) pairs done in %s", len(skip),
+                 len(nfes) * len(seeds), progress_dir)
+
+  def save_progress(row, samples):
+    if is_main:
+      os.makedirs(progress_dir, exist_ok=True)
+      report.write_json(_progress_path(progress_dir, row["nfe"], row["seed"]),
+                        {"fingerprint": fingerprint, "row": row, "samples": samples})
+
+  t0 = time.time()
+  result = evaluator.evaluate(params, nfes, seeds, num_samples, keep_samples=keep, skip=skip,
+                              on_row=save_progress)
+  if not is_main:
+    return {}
+  new_rows = {(r["nfe"], r["seed"]): r for r in result.rows}
+  new_samples = {}
+  for smp in result.samples or ():
+    new_samples.setdefault((smp["nfe"], smp["seed"]), []).append(smp)
+  rows, samples = [], []
+  for key in ((n, s_) for n in nfes for s_ in seeds):  # NFE-major, as evaluate() orders
+    if key in new_rows:
+      rows.append(new_rows[key])
+      samples.extend(new_samples.get(key, []))
+    else:
+      rows.append(done[key]["row"])
+      samples.extend(done[key]["samples"] or [])
   payload = report.results_payload(
-      result.rows, label=label, checkpoint=ckpt, arch=arch, meta=meta, judge=judge_info,
+      rows, label=label, checkpoint=ckpt, arch=arch, meta=meta, judge=judge_info,
       sampling=sampling, config=json.loads(config.to_json_best_effort()))
   payload["wall_time_s"] = time.time() - t0
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    if result.samples is not None:
-      report.write_jsonl(os.path.join(workdir, SAMPLES_JSONL), result.samples)
-    report.write_json(os.path.join(workdir, RESULTS_JSON), payload)
-    report.write_text(os.path.join(workdir, RESULTS_MD), report.results_markdown(payload))
+  payload["resumed_pairs"] = [list(k) for k in skip]
+  os.makedirs(workdir, exist_ok=True)
+  if keep:
+    report.write_jsonl(os.path.join(workdir, SAMPLES_JSONL), samples)
+  report.write_json(os.path.join(workdir, RESULTS_JSON), payload)
+  report.write_text(os.path.join(workdir, RESULTS_MD), report.results_markdown(payload))
+  shutil.rmtree(progress_dir, ignore_errors=True)
   return payload
+
+
+def _weights_hash(params) -> str:
+  """A digest of the backbone weights (resumed pairs must come from the same weights)."""
+  h = hashlib.blake2b(digest_size=16)
+  for leaf in jax.tree.leaves(params):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(str((a.dtype.str, a.shape)).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _progress_path(progress_dir: str, nfe: int, seed: int) -> str:
+  return os.path.join(progress_dir, f"nfe{int(nfe)}-seed{int(seed)}.json")
+
+
+def _load_progress(progress_dir: str, fingerprint: dict, nfes, seeds) -> dict:
+  """{(nfe, seed): saved pair} for the pairs an interrupted run of the same settings saved.
+
+  A saved pair from other weights or settings is not reused (and is overwritten).
+  """
+  done = {}
+  want = json.loads(json.dumps(fingerprint))  # as it reads back from JSON
+  for nfe in nfes:
+    for seed in seeds:
+      path = _progress_path(progress_dir, nfe, seed)
+      if not os.path.isfile(path):
+        continue
+      try:
+        with open(path, encoding="utf-8") as f:
+          saved = json.load(f)
+      except (OSError, json.JSONDecodeError):
+        continue
+      if saved.get("fingerprint") == want:
+        done[(nfe, seed)] = saved
+      else:
+        logging.warning("%s was written with other weights or settings; recomputing", path)
+  return done
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None) -> int:
@@ -132,6 +222,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> int:
   except (checkpoints.CheckpointError, FileNotFoundError, ValueError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)
     return 2
+  if not payload:  # processes other than 0 write and print nothing
+    return 0
   print(report.markdown_table([(payload["label"], payload["summary"])], bold_best=False))
   print(f"wrote {os.path.join(workdir, RESULTS_JSON)}, {RESULTS_MD}"
         + (f", {SAMPLES_JSONL}" if config.write_samples else ""))

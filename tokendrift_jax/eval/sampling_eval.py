@@ -443,7 +443,8 @@ class SampleEvaluator:
     return np.concatenate(tokens)[:num_samples].astype(np.int32), forwards
 
   def evaluate(self, params, nfes: Sequence[int], seeds: Sequence[int], num_samples: int,
-               *, keep_samples: bool = True) -> Evaluation:
+               *, keep_samples: bool = True, skip: Sequence[tuple[int, int]] = (),
+               on_row=None) -> Evaluation:
     """Samples and scores every (NFE, seed); NFE-major order.
 
     Args:
@@ -452,7 +453,12 @@ class SampleEvaluator:
       seeds: sampling seeds.
       num_samples: samples per (NFE, seed).
       keep_samples: return the samples (text and ids) as well.
+      skip: (nfe, seed) pairs not to evaluate (already done by an interrupted run); every
+        process must pass the same pairs.
+      on_row: called as ``on_row(row, samples)`` after each (NFE, seed), with that pair's
+        samples (None unless ``keep_samples``), so a caller can save progress.
     """
+    skip = {(int(n), int(s)) for n, s in skip}
     nfes = check_int_list(nfes, "nfe", minimum=1)
     seeds = check_int_list(seeds, "seeds", minimum=0)
     num_samples = check_num_samples(num_samples, "num_samples")
@@ -463,6 +469,9 @@ class SampleEvaluator:
     try:
       for nfe in nfes:
         for seed in seeds:
+          if (nfe, seed) in skip:
+            bar.update(n_batches)
+            continue
           bar.set_description(f"sampling NFE={nfe} seed={seed}")
           t0 = time.time()
           tokens, forwards = self.sample(params, nfe, seed, num_samples, bar)
@@ -476,11 +485,13 @@ class SampleEvaluator:
                            nfe_model=float(np.mean(forwards)), nll_sum=score.nll_sum,
                            num_tokens=score.num_tokens, sample_time_s=t1 - t0,
                            score_time_s=t2 - t1))
+          mine = None
           if keep_samples:
-            for i in range(tokens.shape[0]):
-              samples.append(dict(nfe=nfe, seed=seed, index=i,
-                                  text=None if texts is None else texts[i],
-                                  token_ids=tokens[i].tolist()))
+            mine = [dict(nfe=nfe, seed=seed, index=i, text=None if texts is None else texts[i],
+                         token_ids=tokens[i].tolist()) for i in range(tokens.shape[0])]
+            samples.extend(mine)
+          if on_row is not None:
+            on_row(rows[-1], mine)
     finally:
       bar.close()
     return Evaluation(rows=rows, samples=samples)
