@@ -1,11 +1,12 @@
-"""Small-scale reproduction of the controlled comparison, MDLM (Tables 1, 3, 5, 6).
+"""Small-scale reproduction of the controlled comparison, MDLM (Tables 1, 3, 4, 5, 6).
 
 ``python launch/train.py --config=configs/repro_small_mdlm.py --workdir=runs/repro_mdlm``
 
 A 4-block, 128-wide MDLM is pretrained on the synthetic language (length 32), then
 refined from that checkpoint by continuation and by TokenDrift for the same budget, with
-three refinement seeds; the ablations of Table 3 (hard lift), Table 5 (queues 4 / 64) and
-Table 6 (attraction:repulsion) are TokenDrift variants with the same budget. Every stage
+three refinement seeds; the ablations of Table 3 (hard lift), Table 4 (mirror-teacher
+objectives, and each objective with MDLM's loss added), Table 5 (queues 4 / 64) and Table 6
+(attraction:repulsion) are TokenDrift variants with the same budget. Every stage
 is resumable; rerunning the command skips finished stages. How the refinement budget was
 chosen is in docs/REPRODUCTION.md.
 """
@@ -47,5 +48,10 @@ def get_config():
       "ratio_2_1": {"drift": {"attraction": 2.0, "repulsion": 1.0}},
       "ratio_0_1": {"drift": {"attraction": 0.0, "repulsion": 1.0}},
       "ratio_1_2": {"drift": {"attraction": 1.0, "repulsion": 2.0}},
+      "mirror_kl": {"drift": {"objective": "mirror_kl"}},                   # Table 4
+      "mirror_mse": {"drift": {"objective": "mirror_mse"}},
+      "feature_l2_with_base": {"drift": {"base_loss_weight": 1.0}},
+      "mirror_kl_with_base": {"drift": {"objective": "mirror_kl", "base_loss_weight": 1.0}},
+      "mirror_mse_with_base": {"drift": {"objective": "mirror_mse", "base_loss_weight": 1.0}},
   })
   return c
