@@ -31,6 +31,7 @@ from tests import fixtures_tokenizer
 from tests import fixtures_train as ft
 from tests.test_genppl import _torch_protocol
 from tokendrift_jax import checkpoints
+from tokendrift_jax import sharding
 from tokendrift_jax.data import synthetic
 from tokendrift_jax.diffusion import make_process
 from tokendrift_jax.diffusion import sampling as sampling_lib
@@ -170,6 +171,37 @@ def test_cli_writes_results_table_and_samples(assets, cli_run):
   assert "| Method | NFE = 2 Gen.-PPL ↓ | NFE = 2 Entropy ↑ | NFE = 4 Gen.-PPL ↓" in md
   s2 = payload["summary"][0]
   assert f"| MDLM | {s2['gen_ppl_mean']:.2f} ± {s2['gen_ppl_sd']:.2f} | " in md
+
+
+def test_duo_checkpoint_is_sampled_decoded_and_judged(assets, tmp_path, capsys):
+  """A DUO backbone (len(tokenizer) + DUO's [PAD] ids, ancestral float64 sampler) through
+  the same driver: decoded as DUO decodes, Gen-PPL equal to the PyTorch protocol."""
+  duo = _backbone(str(tmp_path / "duo"), fixtures_gpt2.VOCAB + 1, seed=5, arch="duo")
+  out = tmp_path / "out"
+  c = _config(assets, checkpoint=duo, nfe=(2,), seeds=(0,), progress=False, label="DUO")
+  assert cli.run(c, str(out)) == 0
+  capsys.readouterr()
+  payload = json.loads((out / "results.json").read_text())
+  assert payload["arch"] == "duo" and payload["sampling"]["sampler_precision"] == "float64"
+  assert payload["sampling"]["noise_removal"] == "ancestral"
+  [row] = payload["rows"]
+  samples = report.read_jsonl(str(out / "samples.jsonl"))
+  ids = [smp["token_ids"] for smp in samples]
+  assert len(ids) == NUM_SAMPLES and max(max(x) for x in ids) <= fixtures_gpt2.VOCAB
+  tokenizer = transformers.AutoTokenizer.from_pretrained(assets["pt"])
+  tokenizer.add_special_tokens({"pad_token": "[PAD]"})  # as DUO's get_tokenizer does
+  texts = [smp["text"] for smp in samples]
+  assert texts == tokenizer.batch_decode(ids)
+  ppl, _, w = _torch_protocol(assets["pt"], texts, LENGTH, CONTEXT, group_size=GROUP)
+  assert abs(row["gen_ppl"] - ppl) <= REL_TOL * ppl and row["num_tokens"] == w.sum()
+  assert abs(row["entropy"] - _entropy_reference(ids)) < 1e-5
+  # DUO's uniform prior can leave its [PAD] id (320) in a sample: it decodes to "[PAD]".
+  judge = sampling_eval.build_judge(c, arch="duo", vocab_size=fixtures_gpt2.VOCAB + 1,
+                                    max_length=LENGTH, mesh=sharding.make_mesh(),
+                                    progress=False)
+  pad_row = np.asarray([ids[0][:3] + [fixtures_gpt2.VOCAB] + ids[0][4:]])
+  assert judge.decode(pad_row) == tokenizer.batch_decode(pad_row.tolist())
+  assert "[PAD]" in judge.decode(pad_row)[0]
 
 
 def test_samples_follow_documented_keys_on_any_device_count(assets, cli_run):
