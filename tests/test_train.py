@@ -157,8 +157,10 @@ def _free_port():
 def test_two_processes_equal_one_process(tiny_dir, tmp_path):
   """jax.distributed on 127.0.0.1, 2 processes x 2 CPU devices == 1 process x 4 devices.
 
-  The Fig. 2 sampling hook runs too (initial checkpoint and last step), so sampling under
-  training is checked across processes as well.
+  The multi-process run stops after 2 steps and a second launch resumes it to 3 (orbax
+  restore of the sharded state and of the data iterator on every process). The Fig. 2
+  sampling hook runs too (initial checkpoint and last step), so sampling under training is
+  checked across processes as well.
   """
   single = str(tmp_path / "single")
   cfg = ft.with_sample_eval(ft.tiny_config(tiny_dir, mesh_shape=(4, 1), num_devices=4), every=3)
@@ -170,25 +172,33 @@ def test_two_processes_equal_one_process(tiny_dir, tmp_path):
             fixtures_train.tiny_config({tiny_dir!r}, mesh_shape=(4, 1)), every=3)
       """)
   multi = str(tmp_path / "multi")
-  port = _free_port()
-  procs = []
-  for pid in range(2):
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--config={cfg_file}",
-           f"--workdir={multi}", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-           "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"]
-    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(2), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True))
-  outs = [p.communicate(timeout=400)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out
+  for steps in (2, 3):
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+      cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--config={cfg_file}",
+             f"--workdir={multi}", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+             "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}",
+             f"--config.train.steps={steps}"]
+      procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(2), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    for p, out in zip(procs, outs):
+      assert p.returncode == 0, out
+    assert f"done: step {steps}" in outs[0]
+  steps_logged = [r["step"] for r in metrics_writer.read_jsonl(os.path.join(multi, "metrics.jsonl"))
+                  if "loss" in r]
+  assert steps_logged == [1, 2, 3], "the second launch must resume at step 3"
   np.testing.assert_allclose(_losses(multi), _losses(single), rtol=1e-5, atol=1e-6)
   assert _max_diff(_exported(multi), _exported(single)) <= 1e-5
   rows = {w: report.read_jsonl(os.path.join(w, hook_lib.EVAL_FILE)) for w in (single, multi)}
-  assert [(r["step"], r["nfe"]) for r in rows[multi]] == [(0, 2), (3, 2)]
+  # The first launch evaluated at its last step (2) as well.
+  assert [(r["step"], r["nfe"]) for r in rows[multi]] == [(0, 2), (2, 2), (3, 2)]
+  assert [(r["step"], r["nfe"]) for r in rows[single]] == [(0, 2), (3, 2)]
   # Step 0 samples the same initial weights with the same keys: equal. Step 3 samples
   # weights that agree to 1e-5, so its judge value may differ slightly.
   assert rows[multi][0] == rows[single][0]
-  np.testing.assert_allclose(rows[multi][1]["gen_ppl"], rows[single][1]["gen_ppl"], rtol=0.05)
+  np.testing.assert_allclose(rows[multi][2]["gen_ppl"], rows[single][1]["gen_ppl"], rtol=0.05)
 
 
 # ------------------------------------------------------------------ the full 170M config

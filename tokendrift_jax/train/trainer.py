@@ -402,7 +402,8 @@ def maybe_resume(run: Run) -> int:
   _check_resume_meta(meta, run.config, run.model_cfg, run.checkpointer.directory)
   run.state = state
   run.train_iter.set_state(data_state)
-  metrics_writer.truncate_jsonl(run.writer.path, latest)
+  if run.writer.enabled:  # process 0 owns the log; others rewriting it would race
+    metrics_writer.truncate_jsonl(run.writer.path, latest)
   logging.info("resumed from %s at step %d", run.checkpointer.directory, latest)
   return int(latest)
 
