@@ -192,6 +192,11 @@ def test_two_processes_equal_one_process(tiny_dir, tmp_path):
   np.testing.assert_allclose(_losses(multi), _losses(single), rtol=1e-5, atol=1e-6)
   assert _max_diff(_exported(multi), _exported(single)) <= 1e-5
   rows = {w: report.read_jsonl(os.path.join(w, hook_lib.EVAL_FILE)) for w in (single, multi)}
+  # Validation NLL over the process-sliced validation batches, at the last step.
+  val = {w: [r for r in metrics_writer.read_jsonl(os.path.join(w, "metrics.jsonl"))
+             if "val/nll" in r] for w in (single, multi)}
+  assert [r["step"] for r in val[multi]] == [2, 3] and [r["step"] for r in val[single]] == [3]
+  np.testing.assert_allclose(val[multi][-1]["val/nll"], val[single][-1]["val/nll"], rtol=1e-5)
   # The first launch evaluated at its last step (2) as well.
   assert [(r["step"], r["nfe"]) for r in rows[multi]] == [(0, 2), (2, 2), (3, 2)]
   assert [(r["step"], r["nfe"]) for r in rows[single]] == [(0, 2), (3, 2)]
