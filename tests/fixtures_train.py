@@ -94,12 +94,13 @@ TINY_LANG = dict(seed=3, vocab_size=32, n_topics=2, order=1, successors=4, topic
                  concentration=1.0, floor=0.01)
 
 
-def with_sample_eval(c, every: int, nfe=(2,), num_samples: int = 8, batch: int = 4):
+def with_periodic_eval(c, every: int, nfe=(2,), num_samples: int = 8, batch: int = 4):
   """Turns on validation NLL and the Fig. 2 sampling hook of a tiny MDLM config (judged
   by TINY_LANG), both every ``every`` steps."""
   c.train.eval_every, c.train.eval_batches = every, 2
   se = c.sample_eval
-  se.enabled, se.every, se.nfe, se.num_samples, se.batch = True, every, tuple(nfe), num_samples, batch
+  se.enabled, se.every, se.nfe = True, every, tuple(nfe)
+  se.num_samples, se.batch = num_samples, batch
   se.judge_kind = "synthetic"
   se.synthetic.update(TINY_LANG)
   return c

@@ -163,12 +163,12 @@ def test_two_processes_equal_one_process(tiny_dir, tmp_path):
   checked across processes as well.
   """
   single = str(tmp_path / "single")
-  cfg = ft.with_sample_eval(ft.tiny_config(tiny_dir, mesh_shape=(4, 1), num_devices=4), every=3)
+  cfg = ft.with_periodic_eval(ft.tiny_config(tiny_dir, mesh_shape=(4, 1), num_devices=4), every=3)
   trainer.train(cfg, single, hooks=[hook_lib.make_sample_eval_hook(cfg)])
   cfg_file = _write_cfg_file(str(tmp_path), f"""
       from tests import fixtures_train
       def get_config():
-        return fixtures_train.with_sample_eval(
+        return fixtures_train.with_periodic_eval(
             fixtures_train.tiny_config({tiny_dir!r}, mesh_shape=(4, 1)), every=3)
       """)
   multi = str(tmp_path / "multi")
