@@ -206,6 +206,53 @@ def test_two_processes_equal_one_process(tiny_dir, tmp_path):
   np.testing.assert_allclose(rows[multi][2]["gen_ppl"], rows[single][1]["gen_ppl"], rtol=0.05)
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both(tiny_dir, tmp_path):
+  """Preemption of one host: both processes stop at the same log step, checkpoint, exit 143,
+  and a second launch of both resumes (~1 min; run with --runslow)."""
+  ft.tiny_config(tiny_dir)  # writes the backbone and data here: the config file must not
+  # touch jax before jax.distributed.initialize
+  cfg_file = _write_cfg_file(str(tmp_path), f"""
+      from tests import fixtures_train
+      def get_config():
+        c = fixtures_train.tiny_config({tiny_dir!r}, mesh_shape=(4, 1), steps=100000)
+        c.train.log_every = 5
+        return c
+      """)
+  workdir = str(tmp_path / "wd")
+  metrics = os.path.join(workdir, "metrics.jsonl")
+
+  def launch_both(*extra):
+    port = _free_port()
+    return [subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--config={cfg_file}",
+         f"--workdir={workdir}", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+         "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}",
+         "--config.train.progress=False", *extra],
+        cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for pid in range(2)]
+
+  procs = launch_both()
+  deadline = time.time() + 240
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if os.path.exists(metrics) and len(metrics_writer.read_jsonl(metrics)) >= 2:
+      break
+    time.sleep(0.2)
+  assert all(p.poll() is None for p in procs), [p.stdout.read() for p in procs]
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  assert [p.returncode for p in procs] == [trainer.EXIT_PREEMPTED] * 2, outs
+  ckpt = checkpointing.Checkpointer(workdir)
+  stopped = ckpt.latest_step()
+  ckpt.close()
+  assert stopped is not None and stopped % 5 == 0, "stops at a log step, where flags are agreed"
+  procs = launch_both(f"--config.train.steps={stopped + 5}")
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  steps = [r["step"] for r in metrics_writer.read_jsonl(metrics) if "loss" in r]
+  assert steps == list(range(5, stopped + 10, 5))
+
+
 # ------------------------------------------------------------------ the full 170M config
 
 
