@@ -220,15 +220,31 @@ def test_samples_follow_documented_keys_on_any_device_count(assets, cli_run):
     np.testing.assert_array_equal(tokens, np.asarray(want))
 
 
-def test_cli_two_processes_equal_one_process(assets, cli_run, tmp_path):
+def test_cli_two_processes_equal_one_process(assets, cli_run, tmp_path, monkeypatch, capsys):
   """jax.distributed on 127.0.0.1: 2 processes x 4 CPU devices write what 1 x 8 wrote.
 
   Covers the multi-host paths of the evaluator: parameters placed without cross-host
   transfers, sampled batches gathered from both processes, the judge's sums gathered,
-  and only process 0 writing.
+  only process 0 writing, and resuming: a run interrupted after (NFE 4, seed 0) left its
+  progress, and both processes skip that pair (process 0's files decide) and sample the
+  other.
   """
   want_out, _ = cli_run
   out = tmp_path / "two"
+  real_sample = sampling_eval.SampleEvaluator.sample
+
+  def sample(self, params, nfe, seed, num_samples, bar=None):
+    if seed == 1:
+      raise KeyboardInterrupt
+    return real_sample(self, params, nfe, seed, num_samples, bar)
+
+  monkeypatch.setattr(sampling_eval.SampleEvaluator, "sample", sample)
+  with pytest.raises(KeyboardInterrupt):
+    cli.run(_config(assets, nfe=(4,), seeds=(0, 1), progress=False, label="MDLM"), str(out))
+  monkeypatch.undo()
+  capsys.readouterr()
+  assert os.listdir(out / cli.PROGRESS_DIR) == ["nfe4-seed0.json"]
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -236,8 +252,8 @@ def test_cli_two_processes_equal_one_process(assets, cli_run, tmp_path):
              JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
   procs = []
   for pid in range(2):
-    # One (NFE, seed): rows and samples depend only on their own (NFE, seed, batch) keys.
-    cmd = _cli_args(assets, out, nfes=(4,), seeds=(1,)) + [
+    # Rows and samples depend only on their own (NFE, seed, batch) keys.
+    cmd = _cli_args(assets, out, nfes=(4,), seeds=(0, 1)) + [
         "--config.progress=False",
         f"--config.distributed.coordinator_address=127.0.0.1:{port}",
         "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"]
@@ -248,16 +264,18 @@ def test_cli_two_processes_equal_one_process(assets, cli_run, tmp_path):
     assert p.returncode == 0, log[-3000:]
   got = json.loads((out / "results.json").read_text())
   want = json.loads((want_out / "results.json").read_text())
-  [row] = got["rows"]
-  [ref] = [r for r in want["rows"] if (r["nfe"], r["seed"]) == (4, 1)]
+  assert got["resumed_pairs"] == [[4, 0]] and not (out / cli.PROGRESS_DIR).exists()
+  refs = [r for r in want["rows"] if r["nfe"] == 4]
+  assert [(r["nfe"], r["seed"]) for r in got["rows"]] == [(4, 0), (4, 1)]
   want_ids = [s["token_ids"] for s in report.read_jsonl(str(want_out / "samples.jsonl"))
-              if (s["nfe"], s["seed"]) == (4, 1)]
+              if s["nfe"] == 4]
   got_ids = [s["token_ids"] for s in report.read_jsonl(str(out / "samples.jsonl"))]
   assert got_ids == want_ids
-  # Same samples, same judge batches on the same 8-device mesh: float32 sums can differ
-  # only through the cross-process reduction order of the gather (none here).
-  assert math.isclose(row["gen_ppl"], ref["gen_ppl"], rel_tol=1e-6)
-  assert row["entropy"] == ref["entropy"] and row["num_tokens"] == ref["num_tokens"]
+  for row, ref in zip(got["rows"], refs):
+    # Same samples, same judge batches on an 8-device mesh: float32 sums can differ only
+    # through reduction order.
+    assert math.isclose(row["gen_ppl"], ref["gen_ppl"], rel_tol=1e-6)
+    assert row["entropy"] == ref["entropy"] and row["num_tokens"] == ref["num_tokens"]
 
 
 def test_interrupted_evaluation_resumes(assets, cli_run, tmp_path, monkeypatch, capsys):
