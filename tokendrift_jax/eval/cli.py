@@ -121,12 +121,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   progress_dir = os.path.join(workdir, PROGRESS_DIR)
   is_main = jax.process_index() == 0
   done = _load_progress(progress_dir, fingerprint, nfes, seeds) if is_main else {}
-  if jax.process_count() > 1:  # process 0's files decide, so every process skips alike
-    flags = np.asarray([(n, s_) in done for n in nfes for s_ in seeds], np.int32)
-    flags = multihost_utils.broadcast_one_to_all(flags)
-    skip = [(n, s_) for (n, s_), f in zip(((n, s_) for n in nfes for s_ in seeds), flags) if f]
-  else:
-    skip = list(done)
+  skip = _agreed_skip(done, nfes, seeds)
   if skip:
     logging.info("resuming: %d of %d (NFE, seed) pairs done in %s", len(skip),
                  len(nfes) * len(seeds), progress_dir)
@@ -142,18 +137,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
                               on_row=save_progress)
   if not is_main:
     return {}
-  new_rows = {(r["nfe"], r["seed"]): r for r in result.rows}
-  new_samples = {}
-  for smp in result.samples or ():
-    new_samples.setdefault((smp["nfe"], smp["seed"]), []).append(smp)
-  rows, samples = [], []
-  for key in ((n, s_) for n in nfes for s_ in seeds):  # NFE-major, as evaluate() orders
-    if key in new_rows:
-      rows.append(new_rows[key])
-      samples.extend(new_samples.get(key, []))
-    else:
-      rows.append(done[key]["row"])
-      samples.extend(done[key]["samples"] or [])
+  rows, samples = _merge(result, done, nfes, seeds)
   payload = report.results_payload(
       rows, label=label, checkpoint=ckpt, arch=arch, meta=meta, judge=judge_info,
       sampling=sampling, config=json.loads(config.to_json_best_effort()))
@@ -176,6 +160,32 @@ def _weights_hash(params) -> str:
     h.update(str((a.dtype.str, a.shape)).encode())
     h.update(a.tobytes())
   return h.hexdigest()
+
+
+def _agreed_skip(done: dict, nfes, seeds) -> list[tuple[int, int]]:
+  """The saved pairs to skip, as process 0 sees them (every process must skip alike)."""
+  pairs = [(n, s) for n in nfes for s in seeds]
+  if jax.process_count() == 1:
+    return [p for p in pairs if p in done]
+  flags = multihost_utils.broadcast_one_to_all(np.asarray([p in done for p in pairs], np.int32))
+  return [p for p, f in zip(pairs, flags) if f]
+
+
+def _merge(result, done: dict, nfes, seeds) -> tuple[list[dict], list[dict]]:
+  """Rows and samples of this run and of the saved pairs, NFE-major as evaluate() orders."""
+  new_rows = {(r["nfe"], r["seed"]): r for r in result.rows}
+  new_samples: dict[tuple[int, int], list[dict]] = {}
+  for smp in result.samples or ():
+    new_samples.setdefault((smp["nfe"], smp["seed"]), []).append(smp)
+  rows, samples = [], []
+  for key in ((n, s) for n in nfes for s in seeds):
+    if key in new_rows:
+      rows.append(new_rows[key])
+      samples.extend(new_samples.get(key, []))
+    else:
+      rows.append(done[key]["row"])
+      samples.extend(done[key]["samples"] or [])
+  return rows, samples
 
 
 def _progress_path(progress_dir: str, nfe: int, seed: int) -> str:
