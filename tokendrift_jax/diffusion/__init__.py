@@ -22,7 +22,18 @@ def make_process(name: str, vocab_size: int, **kwargs) -> MDLMProcess | DUOProce
   return PROCESSES[name](vocab_size=vocab_size, **kwargs)
 
 
+def make_process_for_model(name: str, model_cfg, **kwargs) -> MDLMProcess | DUOProcess:
+  """The process of backbone ``name`` sized and conditioned like ``model_cfg`` (a DiTConfig).
+
+  MDLM follows the checkpoint's ``time_conditioning`` (the released model feeds σ = 0);
+  DUO is always time-conditioned. ``kwargs``: further dataclass fields (eps, ...).
+  """
+  if name == "mdlm":
+    kwargs = dict(kwargs, time_conditioning=model_cfg.time_conditioning)
+  return make_process(name, model_cfg.vocab_size, **kwargs)
+
+
 __all__ = [
     "DUOProcess", "MDLMProcess", "NLLMeter", "PROCESSES", "SampleResult", "make_process",
-    "make_sampler", "nll_metrics", "reduce_nelbo", "sample", "sampling_loop",
+    "make_process_for_model", "make_sampler", "nll_metrics", "reduce_nelbo", "sample", "sampling_loop",
 ]

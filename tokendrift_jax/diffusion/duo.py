@@ -37,12 +37,6 @@ from tokendrift_jax.diffusion import schedule
 LogitsFn = common.LogitsFn
 
 
-
-
-
-
-
-
 def posterior(x0_probs: jax.Array, xt: jax.Array, alpha_s: jax.Array,
               alpha_t: jax.Array) -> jax.Array:
   """Uniform-state posterior q(z_s | z_t = xt, x), float[B, L, V] in the dtype of x0_probs.

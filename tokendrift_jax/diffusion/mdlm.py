@@ -31,12 +31,6 @@ NEG_INF = -1e6
 LogitsFn = common.LogitsFn
 
 
-
-
-
-
-
-
 @dataclasses.dataclass(frozen=True)
 class MDLMProcess:
   """Absorbing-state diffusion of MDLM (hashable: usable as a static jit argument).

@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 
 from tokendrift_jax import checkpoints
 from tokendrift_jax import sharding
-from tokendrift_jax.diffusion import make_process
+from tokendrift_jax.diffusion import make_process_for_model
 from tokendrift_jax.eval import report
 from tokendrift_jax.eval import sampling_eval
 
@@ -87,8 +87,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   # reported before any sampling.
   judge = sampling_eval.build_judge(config, arch=arch, vocab_size=model_cfg.vocab_size,
                                     max_length=length, mesh=mesh, progress=progress)
-  kwargs = {"time_conditioning": model_cfg.time_conditioning} if arch == "mdlm" else {}
-  process = make_process(arch, model_cfg.vocab_size, **kwargs)
+  process = make_process_for_model(arch, model_cfg)
   evaluator = sampling_eval.SampleEvaluator(
       model_cfg, process, judge, mesh=mesh, batch=int(config.batch), length=length,
       noise_removal=str(config.noise_removal) or None,

@@ -28,13 +28,14 @@ import json
 import logging
 import os
 import time
+
 import ml_collections
 import numpy as np
 
 from tokendrift_jax import checkpoints
 from tokendrift_jax import sharding
 from tokendrift_jax.data import synthetic
-from tokendrift_jax.diffusion import make_process
+from tokendrift_jax.diffusion import make_process_for_model
 from tokendrift_jax.eval import report
 from tokendrift_jax.eval import sampling_eval
 from tokendrift_jax.train import trainer
@@ -201,8 +202,7 @@ def _evaluate(config, backbone: str, lang, seeds, mesh) -> list[dict]:
   ev = config.evaluation
   key = (cfg, meta["arch"], lang.seed, int(ev.batch), id(mesh))
   if key not in _EVALUATORS:  # one compiled sampler for every backbone of the experiment
-    extra = {"time_conditioning": cfg.time_conditioning} if meta["arch"] == "mdlm" else {}
-    process = make_process(meta["arch"], cfg.vocab_size, **extra)
+    process = make_process_for_model(meta["arch"], cfg)
     judge = sampling_eval.SyntheticJudge(lang, arch=meta["arch"], vocab_size=cfg.vocab_size,
                                          progress=False)
     _EVALUATORS[key] = sampling_eval.SampleEvaluator(cfg, process, judge, mesh=mesh,

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from tokendrift_jax import checkpoints
 from tokendrift_jax import sharding
-from tokendrift_jax.diffusion import make_process
+from tokendrift_jax.diffusion import make_process_for_model
 from tokendrift_jax.diffusion import metrics as diff_metrics
 from tokendrift_jax.drift import objective as obj_lib
 from tokendrift_jax.models.dit import DiTConfig
@@ -231,12 +231,10 @@ def check_token_ids(batch: np.ndarray, vocab_size: int, process, what: str) -> N
 
 def process_for(config, model_cfg: DiTConfig):
   """The diffusion process of the config's backbone family."""
-  extra = ({"time_conditioning": model_cfg.time_conditioning}
-           if config.backbone == "mdlm" else {})
   try:
-    return make_process(config.backbone, model_cfg.vocab_size, eps=config.diffusion.eps,
-                        sampling_eps=config.diffusion.sampling_eps,
-                        antithetic=config.diffusion.antithetic, **extra)
+    return make_process_for_model(config.backbone, model_cfg, eps=config.diffusion.eps,
+                                  sampling_eps=config.diffusion.sampling_eps,
+                                  antithetic=config.diffusion.antithetic)
   except (TypeError, ValueError) as e:
     raise TrainError(f"config.backbone / config.diffusion: {e}") from e
 
@@ -508,8 +506,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
       t_last, n_since, t_compile = time.time(), 0, None
       stop = False
       while step < total and not stop:
+        # Token ids were checked for the whole split in make_data, on every process alike.
         local = np.asarray(next(run.train_iter), np.int32)
-        check_token_ids(local, run.model_cfg.vocab_size, run.process, "training batch")
         batch = jax.make_array_from_process_local_data(batch_shard, local)
         run.state, metrics = run.step_fn(run.state, batch, run.encoder_params)
         step += 1
