@@ -14,8 +14,6 @@ from tokendrift_jax.train import optim
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # Diffusion family of the backbone: "mdlm" (absorbing state) or "duo" (uniform state).
-  c.backbone = "mdlm"
   # "drift" (TokenDrift) or "continuation" (the backbone's own loss, same budget).
   c.objective = "drift"
   # A converted backbone (python -m convert SRC DST). The default names the released hub
@@ -23,10 +21,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_checkpoint = "kuleshov-group/mdlm-owt"
 
   # Architecture (must agree with init_checkpoint; `length` is the training length and may
-  # be shorter than the checkpoint's) and how it computes.
+  # be shorter than the checkpoint's) and how it computes. family: the key of the
+  # architecture registry (tokendrift_jax/models/, models.get_family) that builds the network
+  # from the other fields; "dit" = the MDLM/DUO diffusion transformer (models/dit.py).
   c.model = ml_collections.ConfigDict(dict(
-      vocab_size=50258, hidden_size=768, cond_dim=128, n_blocks=12, n_heads=12, length=1024,
-      dropout=0.1, time_conditioning=False, mlp_ratio=4))
+      family="dit", vocab_size=50258, hidden_size=768, cond_dim=128, n_blocks=12, n_heads=12,
+      length=1024, dropout=0.1, time_conditioning=False, mlp_ratio=4))
   c.model.dtype = "bfloat16"        # compute dtype; parameters stay float32
   # "" = XLA's choice, "xla", "cudnn" (GPU flash), or "auto" (cudnn on a GPU in bf16,
   # else xla).
@@ -38,8 +38,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.remat_policy = ""
   c.model.scan_layers = True        # lax.scan over blocks: same function, faster compiles
 
-  # Forward process and time sampling (MDLM/DUO: eps 1e-3, antithetic, sampling_eps 1e-3).
-  c.diffusion = ml_collections.ConfigDict(dict(eps=1e-3, sampling_eps=1e-3, antithetic=True))
+  # The diffusion process the backbone was trained with and is refined under, its forward
+  # process and time sampling (MDLM/DUO: eps 1e-3, antithetic, sampling_eps 1e-3).
+  # process: "mdlm" = masked (absorbing state; the mask is the last token id) or
+  # "duo" = uniform state (no mask token, time-conditioned network).
+  c.diffusion = ml_collections.ConfigDict(dict(process="mdlm", eps=1e-3, sampling_eps=1e-3,
+                                               antithetic=True))
 
   # TokenDrift (Sec. 3, App. F). objective: fixed_point | mirror_kl | mirror_mse.
   c.drift = ml_collections.ConfigDict(dict(

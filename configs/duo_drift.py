@@ -6,7 +6,7 @@ from configs import base
 
 def get_config():
   c = base.get_config()
-  c.backbone = "duo"
+  c.diffusion.process = "duo"
   c.objective = "drift"
   c.init_checkpoint = "s-sahoo/duo"
   c.model.vocab_size = 50258

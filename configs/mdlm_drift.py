@@ -5,7 +5,7 @@ from configs import base
 
 def get_config():
   c = base.get_config()
-  c.backbone = "mdlm"
+  c.diffusion.process = "mdlm"
   c.objective = "drift"
   c.init_checkpoint = "kuleshov-group/mdlm-owt"
   return c

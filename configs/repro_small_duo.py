@@ -13,7 +13,7 @@ from configs import repro_small_mdlm
 def get_config():
   c = repro_small_mdlm.get_config()
   c.workdir = "runs/repro_small_duo"
-  c.backbone = "duo"
+  c.diffusion.process = "duo"
   c.model.vocab_size = 250
   c.model.time_conditioning = True
   # Chosen like MDLM's (docs/REPRODUCTION.md): DUO moves faster per step at this learning

@@ -11,9 +11,8 @@ is resumable; rerunning the command skips finished stages. How the refinement bu
 chosen is in docs/REPRODUCTION.md.
 """
 
-import ml_collections
-
 from configs import base
+from tokendrift_jax.experiments import ablations
 from tokendrift_jax.experiments import synthetic
 
 
@@ -22,7 +21,7 @@ def get_config():
   c.update(synthetic.experiment_config())
   c.experiment = "synthetic"
   c.workdir = "runs/repro_small_mdlm"
-  c.backbone = "mdlm"
+  c.diffusion.process = "mdlm"
   c.init_checkpoint = ""
   c.model.update(dict(vocab_size=251, hidden_size=128, cond_dim=64, n_blocks=4, n_heads=4,
                       length=32, dropout=0.0, time_conditioning=False))
@@ -39,19 +38,7 @@ def get_config():
                        seeds=(1, 2, 3)))
   c.drift.queue_size = 1024
   c.evaluation.update(dict(nfe=(4, 8, 16), num_samples=512, batch=64))
-  # Ablations: TokenDrift with these config sections changed (same budget and seeds).
-  c.variants = ml_collections.ConfigDict({
-      "lift_hard": {"drift": {"lift": "hard"}},                             # Table 3
-      "queue_4": {"drift": {"queue_size": 4}},                               # Table 5
-      "queue_64": {"drift": {"queue_size": 64}},
-      "ratio_1_0": {"drift": {"attraction": 1.0, "repulsion": 0.0}},         # Table 6
-      "ratio_2_1": {"drift": {"attraction": 2.0, "repulsion": 1.0}},
-      "ratio_0_1": {"drift": {"attraction": 0.0, "repulsion": 1.0}},
-      "ratio_1_2": {"drift": {"attraction": 1.0, "repulsion": 2.0}},
-      "mirror_kl": {"drift": {"objective": "mirror_kl"}},                   # Table 4
-      "mirror_mse": {"drift": {"objective": "mirror_mse"}},
-      "feature_l2_with_base": {"drift": {"base_loss_weight": 1.0}},
-      "mirror_kl_with_base": {"drift": {"objective": "mirror_kl", "base_loss_weight": 1.0}},
-      "mirror_mse_with_base": {"drift": {"objective": "mirror_mse", "base_loss_weight": 1.0}},
-  })
+  # Ablations (Tables 3-6, tokendrift_jax/experiments/ablations.py): TokenDrift with these
+  # config sections changed, at the same budget and seeds.
+  c.variants = ablations.variants()
   return c

@@ -1,9 +1,8 @@
 """The default TokenDrift run stopped at step 5k: the reference row of Tables 5 and 6."""
 
 from configs import mdlm_drift
+from tokendrift_jax.experiments import ablations
 
 
 def get_config():
-  c = mdlm_drift.get_config()
-  c.train.steps = 5000
-  return c
+  return ablations.paper_config(mdlm_drift.get_config(), "default_5k")

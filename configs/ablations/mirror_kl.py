@@ -1,9 +1,8 @@
 """Table 4: mirror-kl in logit space through the mirror teacher, drift only (MDLM)."""
 
 from configs import mdlm_drift
+from tokendrift_jax.experiments import ablations
 
 
 def get_config():
-  c = mdlm_drift.get_config()
-  c.drift.objective = "mirror_kl"
-  return c
+  return ablations.paper_config(mdlm_drift.get_config(), "mirror_kl")
