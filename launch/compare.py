@@ -5,8 +5,9 @@ Each RUN_DIR holds the ``results.json`` of ``launch/eval.py`` (e.g. the released
 checkpoint, the continuation run and the TokenDrift run). Writes ``DIR/compare.md`` (one
 row per run, Gen.-PPL and entropy per NFE as mean ± SD over seeds, best Gen.-PPL per NFE in
 bold), ``DIR/compare.json`` and ``DIR/compare.png`` (Gen.-PPL and entropy against NFE side
-by side, one line per run). Errors print one ``error: ...`` line and exit with status 2,
-before anything is written.
+by side, one line per run). Runs of different diffusion processes (``process`` in
+results.json; ``arch`` in files of older versions) are refused. Errors print one
+``error: ...`` line and exit with status 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tokendrift_jax.eval import files  # noqa: E402
+from tokendrift_jax.eval import judges  # noqa: E402
 from tokendrift_jax.eval import plots  # noqa: E402
 from tokendrift_jax.eval import report  # noqa: E402
 
@@ -35,16 +38,13 @@ def compare_runs(run_dirs, out: str, labels=None, title: str | None = None) -> d
   """Reads the runs, writes compare.md / compare.json / compare.png; returns the JSON."""
   results = [report.read_results(d) for d in run_dirs]
   payload, md = report.compare(results, labels)
-  judge = results[0].get("judge", {})
-  judge_label = ("synthetic language" if judge.get("kind") == "synthetic"
-                 else os.path.basename(str(judge.get("name", "")).rstrip("/")))
   os.makedirs(out, exist_ok=True)
   plots.plot_comparison([(r["label"], r["summary"]) for r in payload["runs"]],
                         os.path.join(out, "compare.png"),
-                        title=title or f"{payload['arch'].upper()}: few-step generation",
-                        judge=judge_label)
-  report.write_json(os.path.join(out, "compare.json"), payload)
-  report.write_text(os.path.join(out, "compare.md"), md)
+                        title=title or f"{str(payload['process']).upper()}: few-step generation",
+                        judge=judges.label(results[0].get("judge", {})))
+  files.write_json(os.path.join(out, "compare.json"), payload)
+  files.write_text(os.path.join(out, "compare.md"), md)
   return payload
 
 

@@ -33,10 +33,15 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from tokendrift_jax import checkpoints
+from tokendrift_jax import runtime
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import make_process_for_model
+from tokendrift_jax.eval import eval_config
+from tokendrift_jax.eval import files
+from tokendrift_jax.eval import judges
 from tokendrift_jax.eval import report
 from tokendrift_jax.eval import sampling_eval
+from tokendrift_jax.eval.eval_config import EvalError
 
 # Finished (NFE, seed) pairs of a run in progress; a rerun of the same command skips them,
 # and the folder is removed once the results are written.
@@ -53,41 +58,42 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     the results.json payload.
 
   Raises:
-    sampling_eval.EvalError, checkpoints.CheckpointError, FileNotFoundError, ValueError:
-      user errors, raised before anything is written.
+    EvalError, checkpoints.CheckpointError, FileNotFoundError, ValueError: user errors,
+      raised before anything is written.
   """
-  err = sampling_eval.EvalError
+  err = EvalError
   if not workdir:
     raise err("pass --workdir=OUT (where results.json, results.md and samples.jsonl go)")
   if not str(config.checkpoint):
     raise err("config.checkpoint is empty; pass --config.checkpoint=DIR, a converted "
               "backbone (`python -m convert SRC DIR`) or a training run's WORKDIR/backbone")
-  nfes = sampling_eval.check_int_list(config.nfe, "config.nfe", minimum=1)
-  seeds = sampling_eval.check_int_list(config.seeds, "config.seeds", minimum=0)
-  num_samples = sampling_eval.check_num_samples(config.num_samples, "config.num_samples")
+  nfes = eval_config.check_int_list(config.nfe, "config.nfe", minimum=1)
+  seeds = eval_config.check_int_list(config.seeds, "config.seeds", minimum=0)
+  num_samples = eval_config.check_num_samples(config.num_samples, "config.num_samples")
   ckpt = os.path.abspath(os.path.expanduser(str(config.checkpoint)))
   try:
     model_cfg, meta = checkpoints.read_backbone_config(ckpt)
+    process_name = checkpoints.checkpoint_process(meta, ckpt)
   except checkpoints.CheckpointError as e:
     raise err(f"config.checkpoint: {e}") from e
-  arch = meta.get("arch")
-  if arch not in checkpoints.ARCHES:
-    raise err(f"config.checkpoint={ckpt!r}: its meta names no backbone family "
-              f"(meta['arch']={arch!r}, expected one of {checkpoints.ARCHES})")
+  family = meta.get("family")
   length = int(config.length) or model_cfg.length
   if not 1 <= length <= model_cfg.length:
     raise err(f"config.length={config.length} must be in [1, {model_cfg.length}] (the "
               f"checkpoint's length)")
   try:
-    mesh = sharding.make_mesh(tuple(config.mesh.shape))
+    mesh = sharding.mesh_from_config(config.mesh)
   except ValueError as e:
-    raise err(f"config.mesh.shape: {e}") from e
+    raise err(str(e)) from e
+  try:
+    process = make_process_for_model(process_name, model_cfg)
+  except ValueError as e:
+    raise err(f"config.checkpoint={ckpt!r}: {e}") from e
   progress = bool(config.progress) and jax.process_index() == 0
-  # The judge first: a missing judge or a tokenizer that does not fit the checkpoint is
-  # reported before any sampling.
-  judge = sampling_eval.build_judge(config, arch=arch, vocab_size=model_cfg.vocab_size,
-                                    max_length=length, mesh=mesh, progress=progress)
-  process = make_process_for_model(arch, model_cfg)
+  # The judge before the weights: a missing judge or a tokenizer that does not fit the
+  # checkpoint is reported before anything heavy is loaded or sampled.
+  judge = judges.build_judge(config, process=process, max_length=length, mesh=mesh,
+                             progress=progress)
   evaluator = sampling_eval.SampleEvaluator(
       model_cfg, process, judge, mesh=mesh, batch=int(config.batch), length=length,
       noise_removal=str(config.noise_removal) or None,
@@ -99,13 +105,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   weights_hash = _weights_hash(params)
   params = sharding.to_global(params, sharding.param_sharding(params, mesh, "replicated"))
   label = str(config.label) or os.path.basename(ckpt.rstrip("/"))
-  judge_info = {"kind": judge.kind, "name": judge.name}
-  if judge.kind == "gpt2":
-    judge_info.update(dtype=str(config.judge_dtype), group_size=int(config.judge_group_size),
-                      tokenizer=str(config.tokenizer),
-                      judge_tokenizer=str(config.judge_tokenizer) or judge.name)
-  else:
-    judge_info.update({f: config.synthetic[f] for f in sampling_eval.SYNTHETIC_FIELDS})
+  judge_info = judges.info(judge)
   sampling = {"nfe": list(nfes), "seeds": list(seeds), "num_samples": num_samples,
               "batch": evaluator.batch, "length": length,
               "noise_removal": evaluator.noise_removal,
@@ -128,7 +128,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   def save_progress(row, samples):
     if is_main:
       os.makedirs(progress_dir, exist_ok=True)
-      report.write_json(_progress_path(progress_dir, row["nfe"], row["seed"]),
+      files.write_json(_progress_path(progress_dir, row["nfe"], row["seed"]),
                         {"fingerprint": fingerprint, "row": row, "samples": samples})
 
   t0 = time.time()
@@ -138,15 +138,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     return {}
   rows, samples = _merge(result, done, nfes, seeds)
   payload = report.results_payload(
-      rows, label=label, checkpoint=ckpt, arch=arch, meta=meta, judge=judge_info,
+      rows, label=label, checkpoint=ckpt, process=process.name, family=family, meta=meta,
+      judge=judge_info,
       sampling=sampling, config=json.loads(config.to_json_best_effort()))
   payload["wall_time_s"] = time.time() - t0
   payload["resumed_pairs"] = [list(k) for k in skip]
   os.makedirs(workdir, exist_ok=True)
   if keep:
-    report.write_jsonl(os.path.join(workdir, SAMPLES_JSONL), samples)
-  report.write_json(os.path.join(workdir, RESULTS_JSON), payload)
-  report.write_text(os.path.join(workdir, RESULTS_MD), report.results_markdown(payload))
+    files.write_jsonl(os.path.join(workdir, SAMPLES_JSONL), samples)
+  files.write_json(os.path.join(workdir, RESULTS_JSON), payload)
+  files.write_text(os.path.join(workdir, RESULTS_MD), report.results_markdown(payload))
   shutil.rmtree(progress_dir, ignore_errors=True)
   return payload
 
@@ -220,13 +221,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("absl", "orbax", "jax._src"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from tokendrift_jax.train import launch  # pylint: disable=import-outside-toplevel
-  repeated = launch.repeated_sequence_overrides(sys.argv, config)
+  repeated = runtime.repeated_sequence_overrides(sys.argv, config)
   if repeated:
     print(f"error: {repeated}", file=sys.stderr)
     return 2
   try:
-    launch.init_distributed(config.get("distributed", ml_collections.ConfigDict()))
+    runtime.init_distributed(config.get("distributed", ml_collections.ConfigDict()))
     payload = evaluate_checkpoint(config, workdir)
   except (checkpoints.CheckpointError, FileNotFoundError, ValueError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)

@@ -1,14 +1,25 @@
-"""Config sections of the sample evaluation (no heavy imports: configs/*.py load this).
+"""Config sections of the sample evaluation and the checks of their values.
+
+No heavy imports: configs/*.py load this.
 
 * :func:`judge_config`: the judge / sampler fields shared by configs/eval.py and the
   training config's ``sample_eval`` section;
 * :func:`sample_eval_config`: the ``sample_eval`` section of the training config (the
-  Fig. 2 hook, :mod:`tokendrift_jax.eval.hook`).
+  Fig. 2 hook, :mod:`tokendrift_jax.eval.hook`);
+* :class:`EvalError`, :func:`check_int_list`, :func:`check_num_samples`: a bad value is
+  reported as one line naming the field, before anything is sampled.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
+import numpy as np
+
+
+class EvalError(ValueError):
+  """A configuration or input problem of the evaluation, reported as one line."""
 
 # The paper's judge (Sec. 4.1); genppl.DEFAULT_JUDGE, repeated here to keep this light.
 DEFAULT_JUDGE = "gpt2-large"
@@ -37,7 +48,8 @@ def judge_config() -> ml_collections.ConfigDict:
       "float32" / "float64".
     model_dtype: compute dtype of the backbone while sampling ("float32" | "bfloat16").
     synthetic: parameters of the synthetic language (judge_kind="synthetic"), the
-      keyword arguments of ``data.synthetic.make_language`` plus its seed.
+      fields ``data.synthetic.LANGUAGE_FIELDS`` (``make_language``'s keyword arguments
+      plus its seed).
   """
   c = ml_collections.ConfigDict()
   c.judge_kind = "gpt2"
@@ -82,3 +94,35 @@ def sample_eval_config() -> ml_collections.ConfigDict:
   c.eval_init = True
   c.progress = False
   return c
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_int_list(values: Any, field: str, *, minimum: int) -> tuple[int, ...]:
+  """A non-empty tuple of distinct ints >= ``minimum`` from a config value (an int alone
+  counts as a one-element list; ``--config.nfe=4`` gives an int)."""
+  if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+    values = (values,)
+  try:
+    out = tuple(values)
+  except TypeError:
+    raise EvalError(f"{field} must be a list of integers, got {values!r}") from None
+  if not out:
+    raise EvalError(f"{field} is empty; give at least one value")
+  for v in out:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+      raise EvalError(f"{field} must hold integers >= {minimum}, got {v!r} in {out}")
+  if len(set(out)) != len(out):
+    raise EvalError(f"{field} has repeated values: {out}")
+  return tuple(int(v) for v in out)
+
+
+def check_num_samples(num_samples: Any, field: str) -> int:
+  """``num_samples`` as an int >= 1 (Gen-PPL and entropy of an empty set are undefined)."""
+  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
+    raise EvalError(f"{field} must be an integer, got {num_samples!r}")
+  if num_samples < 1:
+    raise EvalError(f"{field}={num_samples}: the sample set is empty; Gen-PPL and entropy "
+                    f"need at least one sample")
+  return int(num_samples)

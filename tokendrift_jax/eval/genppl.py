@@ -1,4 +1,7 @@
-"""Generative perplexity (Gen-PPL) of text samples under a GPT-2 judge, in JAX.
+"""Generative perplexity (Gen-PPL) of text samples under GPT-2, in JAX.
+
+This module loads GPT-2 (:func:`load_gpt2` -> :class:`GPT2Model`) and scores texts with it
+(:class:`GenPPLEvaluator`); :class:`judges.GPT2Judge` puts it behind the judge interface.
 
 Protocol of MDLM ``Diffusion.compute_generative_perplexity`` / ``eval_retokenize``
 and DUO ``Metrics.record_generative_perplexity`` / ``_eval_retokenize``:
@@ -60,8 +63,8 @@ def _how_to_get(name: str, field: str = JUDGE_CONFIG_FIELD) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Judge:
-  """A loaded Gen-PPL judge.
+class GPT2Model:
+  """A loaded GPT-2 that scores texts (the Gen-PPL judge's model).
 
   Attributes:
     module: the linen ``FlaxGPT2LMHeadModule`` (its ``dtype`` is the compute dtype).
@@ -83,10 +86,10 @@ def _looks_like_path(name: str) -> bool:
   return name.startswith(("/", "./", "../", "~")) or os.path.exists(name)
 
 
-def load_judge(model_name_or_path: str = DEFAULT_JUDGE,
-               tokenizer_name_or_path: str | None = None,
-               *, dtype: str = "float32",
-               config_field: str = JUDGE_CONFIG_FIELD) -> Judge:
+def load_gpt2(model_name_or_path: str = DEFAULT_JUDGE,
+              tokenizer_name_or_path: str | None = None,
+              *, dtype: str = "float32",
+              config_field: str = JUDGE_CONFIG_FIELD) -> GPT2Model:
   """Loads ``FlaxGPT2LMHeadModel`` weights and the GPT-2 tokenizer.
 
   Args:
@@ -157,9 +160,9 @@ def load_judge(model_name_or_path: str = DEFAULT_JUDGE,
     raise ValueError(
         f"tokenizer {tok_name!r} has {len(tokenizer)} tokens but the judge {name!r} only "
         f"{model.config.vocab_size} logits")
-  return Judge(module=model.module, params=params, tokenizer=tokenizer,
-               context_size=int(model.config.n_positions),
-               eos_id=int(tokenizer.eos_token_id), name=name)
+  return GPT2Model(module=model.module, params=params, tokenizer=tokenizer,
+                   context_size=int(model.config.n_positions),
+                   eos_id=int(tokenizer.eos_token_id), name=name)
 
 
 def retokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -292,10 +295,10 @@ class GenPPLResult:
 
 
 class GenPPLEvaluator:
-  """Scores text samples with a judge, jitted and batched over a mesh.
+  """Scores text samples with GPT-2 (the MDLM/DUO protocol), jitted and batched over a mesh.
 
   Args:
-    judge: from :func:`load_judge`.
+    model: from :func:`load_gpt2`.
     max_length: retokenization truncation length; the protocol passes the
       diffusion model's length (1024 for OpenWebText).
     batch_size: chunks per jitted call; must divide over the mesh's batch shards.
@@ -308,16 +311,16 @@ class GenPPLEvaluator:
     progress: show a tqdm bar over batches.
   """
 
-  def __init__(self, judge: Judge, *, max_length: int, batch_size: int = 8,
+  def __init__(self, model: GPT2Model, *, max_length: int, batch_size: int = 8,
                mesh: Mesh | None = None, context_size: int | None = None,
                matmul_precision: str | None = "highest", progress: bool = True):
     if max_length < 1:
       raise ValueError(f"max_length must be >= 1, got {max_length}")
-    context = judge.context_size if context_size is None else int(context_size)
-    if not 2 <= context <= judge.context_size:
+    context = model.context_size if context_size is None else int(context_size)
+    if not 2 <= context <= model.context_size:
       raise ValueError(
-          f"context_size {context} must be in [2, {judge.context_size}] (the judge's n_positions)")
-    self.judge = judge
+          f"context_size {context} must be in [2, {model.context_size}] (the judge's n_positions)")
+    self.model = model
     self.max_length = int(max_length)
     self.context_size = context
     self.batch_size = int(batch_size)
@@ -326,10 +329,10 @@ class GenPPLEvaluator:
     self.matmul_precision = matmul_precision
     self.progress = progress
     self._params = sharding.to_global(
-        judge.params, sharding.param_sharding(judge.params, self.mesh, "replicated"))
+        model.params, sharding.param_sharding(model.params, self.mesh, "replicated"))
     self._rows = sharding.batch_sharding(self.mesh, ndim=2)
     self._vec = sharding.batch_sharding(self.mesh, ndim=1)
-    self._score = jax.jit(functools.partial(_score_batch, module=judge.module, eos_id=judge.eos_id))
+    self._score = jax.jit(functools.partial(_score_batch, module=model.module, eos_id=model.eos_id))
 
   def _chunks(self, texts: Sequence[str], group_size: int | None):
     group = len(texts) if group_size is None else int(group_size)
@@ -337,8 +340,8 @@ class GenPPLEvaluator:
       raise ValueError(f"group_size must be >= 1, got {group_size}")
     parts = []
     for start in range(0, len(texts), group):
-      ids, mask = retokenize(self.judge.tokenizer, texts[start:start + group], self.max_length)
-      tok, msk, lengths, sample = split_chunks(ids, mask, self.context_size, self.judge.eos_id)
+      ids, mask = retokenize(self.model.tokenizer, texts[start:start + group], self.max_length)
+      tok, msk, lengths, sample = split_chunks(ids, mask, self.context_size, self.model.eos_id)
       parts.append((tok, msk, lengths, sample + start))
     return [np.concatenate(p) for p in zip(*parts)]
 
@@ -371,7 +374,7 @@ class GenPPLEvaluator:
     n_batches = math.ceil(rows / b)
     fill = n_batches * b - rows
     if fill:
-      tokens = np.concatenate([tokens, np.full((fill, self.context_size), self.judge.eos_id, np.int32)])
+      tokens = np.concatenate([tokens, np.full((fill, self.context_size), self.model.eos_id, np.int32)])
       mask = np.concatenate([mask, np.ones((fill, self.context_size), np.int32)])
       lengths = np.concatenate([lengths, np.zeros((fill,), np.int32)])
     outputs = []
@@ -391,15 +394,3 @@ class GenPPLEvaluator:
     np.add.at(sample_w, sample, w)
     return GenPPLResult.from_sample_sums(sample_nll, sample_w)
 
-
-def generative_perplexity(texts: Sequence[str], *, max_length: int,
-                          model_name_or_path: str = DEFAULT_JUDGE,
-                          tokenizer_name_or_path: str | None = None,
-                          dtype: str = "float32", batch_size: int = 8,
-                          mesh: Mesh | None = None, group_size: int | None = None,
-                          progress: bool = True) -> GenPPLResult:
-  """Loads the judge and scores ``texts`` in one go (see :class:`GenPPLEvaluator`)."""
-  judge = load_judge(model_name_or_path, tokenizer_name_or_path, dtype=dtype)
-  evaluator = GenPPLEvaluator(judge, max_length=max_length, batch_size=batch_size,
-                              mesh=mesh, progress=progress)
-  return evaluator.score(texts, group_size=group_size)

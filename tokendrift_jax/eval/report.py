@@ -1,12 +1,15 @@
-"""Evaluation outputs: results.json / results.md, samples.jsonl, and the compare table.
+"""Evaluation reports: the results.json payload, results.md, and the compare table.
 
 Aggregation (Tables 1-2 of the paper, "mean ± SD over 3 seeds"): for every NFE, the mean
 and the sample standard deviation (ddof = 1, as ``torch.std``) over seeds of the per-seed
 Gen-PPL and entropy; the per-seed values are kept in results.json so any other statistic
 can be recomputed. With one seed the SD is undefined and is written as null / omitted.
 
-Every file is written atomically (a temporary file in the same directory, then
-``os.replace``), so a crash never leaves a partial file under the final name.
+This module builds contents only; :mod:`.files` writes them (atomically).
+
+results.json records the backbone as ``process`` ("mdlm" | "duo") and ``family`` (the model
+registry key, "dit"); files written before that record ``arch`` (the process), which
+:func:`run_process` still reads.
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
 FORMAT = "tokendrift_jax.eval/v1"
 COMPARE_FORMAT = "tokendrift_jax.compare/v1"
@@ -27,41 +29,9 @@ class ReportError(ValueError):
   """Unreadable or inconsistent results."""
 
 
-# ----------------------------------------------------------------------------- io
-
-
-def _atomic_write(path: str, write) -> None:
-  directory = os.path.dirname(os.path.abspath(path)) or "."
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                             dir=directory)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def write_text(path: str, text: str) -> None:
-  _atomic_write(path, lambda f: f.write(text))
-
-
-def write_json(path: str, payload: Any) -> None:
-  _atomic_write(path, lambda f: f.write(json.dumps(payload, indent=2, allow_nan=False) + "\n"))
-
-
-def write_jsonl(path: str, rows: Iterable[dict]) -> None:
-  def write(f):
-    for r in rows:
-      f.write(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n")
-  _atomic_write(path, write)
-
-
-def read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+def run_process(payload: dict) -> str | None:
+  """The diffusion process of a results.json payload (``arch`` in files of older versions)."""
+  return payload.get("process", payload.get("arch"))
 
 
 # ----------------------------------------------------------------------------- stats
@@ -155,12 +125,12 @@ def markdown_table(entries: Sequence[tuple[str, Sequence[dict]]], *, bold_best: 
 
 
 def _seeds_note(summary: Sequence[dict]) -> str:
-  n_seeds = sorted({s["num_seeds"] for s in summary})
-  n_samples = sorted({n for s in summary for n in s["num_samples"]})
-  per = f"{'/'.join(map(str, n_samples))} samples per (NFE, seed)"
-  if max(n_seeds) == 1:
+  num_seeds = sorted({s["num_seeds"] for s in summary})
+  num_samples = sorted({n for s in summary for n in s["num_samples"]})
+  per = f"{'/'.join(map(str, num_samples))} samples per (NFE, seed)"
+  if max(num_seeds) == 1:
     return f"Values are from a single seed (no SD), {per}."
-  return (f"Values are mean ± SD (ddof = 1) over {'/'.join(map(str, n_seeds))} seeds, "
+  return (f"Values are mean ± SD (ddof = 1) over {'/'.join(map(str, num_seeds))} seeds, "
           f"{per}.")
 
 
@@ -168,13 +138,15 @@ def results_markdown(payload: dict) -> str:
   """results.md of one evaluation run."""
   summary = payload["summary"]
   judge = payload.get("judge", {})
+  family = f"{payload['family']}, " if payload.get("family") else ""
   lines = [f"# Sample evaluation: {payload['label']}", "",
            markdown_table([(payload["label"], summary)], bold_best=False),
-           _seeds_note(summary) + f" Backbone: {payload.get('arch')} "
-           f"(`{payload.get('checkpoint')}`); judge: {judge.get('kind')} "
+           _seeds_note(summary) + f" Backbone: {run_process(payload)} "
+           f"({family}`{payload.get('checkpoint')}`); judge: {judge.get('kind')} "
            f"`{judge.get('name')}`" + (f" ({judge['dtype']})" if judge.get("dtype") else "")
            + "; NFE = denoising steps.",
-           "", "| NFE | seed | Gen.-PPL | entropy | samples | backbone forwards / batch |",
+           "", "| NFE | seed | Gen.-PPL | entropy | num_samples | nfe_model (backbone "
+           "forwards / batch) |",
            "|---|---|---|---|---|---|"]
   for r in payload["rows"]:
     lines.append(f"| {r['nfe']} | {r['seed']} | {r['gen_ppl']:.2f} | {r['entropy']:.3f} | "
@@ -182,12 +154,25 @@ def results_markdown(payload: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def results_payload(rows: Sequence[dict], *, label: str, checkpoint: str, arch: str,
-                    meta: dict, judge: dict, sampling: dict, config: dict) -> dict:
-  """The content of results.json."""
-  return {"format": FORMAT, "label": label, "checkpoint": checkpoint, "arch": arch,
-          "meta": meta, "judge": judge, "sampling": sampling, "config": config,
-          "rows": list(rows), "summary": summarize(rows)}
+def results_payload(rows: Sequence[dict], *, label: str, checkpoint: str, process: str,
+                    family: str | None, meta: dict, judge: dict, sampling: dict,
+                    config: dict) -> dict:
+  """The content of results.json.
+
+  Args:
+    rows: the (NFE, seed) rows of :meth:`SampleEvaluator.evaluate`.
+    label: the run's row label in tables.
+    checkpoint: the evaluated backbone directory.
+    process: its diffusion process ("mdlm" | "duo").
+    family: its model family ("dit").
+    meta: the checkpoint's metadata.
+    judge: :func:`judges.info` of the judge.
+    sampling: the sampler settings.
+    config: the full evaluation config.
+  """
+  return {"format": FORMAT, "label": label, "checkpoint": checkpoint, "process": process,
+          "family": family, "meta": meta, "judge": judge, "sampling": sampling,
+          "config": config, "rows": list(rows), "summary": summarize(rows)}
 
 
 def read_results(run_dir: str) -> dict:
@@ -224,7 +209,7 @@ def compare(results: Sequence[dict], labels: Sequence[str] | None = None) -> tup
     (compare.json payload, compare.md text).
 
   Raises:
-    ReportError: no runs, a label count mismatch, or runs of different backbones.
+    ReportError: no runs, a label count mismatch, or runs of different diffusion processes.
   """
   if not results:
     raise ReportError("compare needs at least one run directory")
@@ -232,11 +217,16 @@ def compare(results: Sequence[dict], labels: Sequence[str] | None = None) -> tup
     labels = [r["label"] for r in results]
   if len(labels) != len(results):
     raise ReportError(f"{len(labels)} labels for {len(results)} runs")
-  arches = sorted({str(r.get("arch")) for r in results})
-  if len(arches) > 1:
-    raise ReportError(f"the runs are of different backbones {arches}: Tables 1-2 compare "
+  processes = sorted({str(run_process(r)) for r in results})
+  if len(processes) > 1:
+    raise ReportError(f"the runs are of different backbones {processes}: Tables 1-2 compare "
                       f"runs of one backbone")
   notes = []
+  # Older results.json files record no family (every backbone was a DiT then).
+  families = sorted({str(r["family"]) for r in results if r.get("family")})
+  if len(families) > 1:
+    notes.append("the runs are of different model families: "
+                 + "; ".join(f"{lab}: {r.get('family')}" for lab, r in zip(labels, results)))
   for key in ("judge", "sampling"):
     seen = {json.dumps({k: v for k, v in r.get(key, {}).items()
                         if k not in ("batch",)}, sort_keys=True) for r in results}
@@ -247,12 +237,12 @@ def compare(results: Sequence[dict], labels: Sequence[str] | None = None) -> tup
   entries = [(lab, r["summary"]) for lab, r in zip(labels, results)]
   table = markdown_table(entries)
   first = results[0]
-  md = [f"# {first.get('arch', '').upper()} few-step generation", "", table,
+  md = [f"# {str(run_process(first) or '').upper()} few-step generation", "", table,
         _seeds_note([s for _, summ in entries for s in summ])
         + f" Judge: {first.get('judge', {}).get('kind')} "
           f"`{first.get('judge', {}).get('name')}`; bold = best Gen.-PPL per NFE.", ""]
   md += [f"Note: {n}" for n in notes]
-  payload = {"format": COMPARE_FORMAT, "arch": arches[0],
+  payload = {"format": COMPARE_FORMAT, "process": processes[0],
              "runs": [{"label": lab, "checkpoint": r.get("checkpoint"),
                        "judge": r.get("judge"), "sampling": r.get("sampling"),
                        "summary": r["summary"]} for lab, r in zip(labels, results)],

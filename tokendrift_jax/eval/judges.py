@@ -1,0 +1,304 @@
+"""Judges: what scores a set of samples with a Gen-PPL.
+
+One small interface, :class:`Judge` (``kind``, ``name``, ``settings``, ``decode``, ``score``),
+and its two implementations:
+
+* :class:`GPT2Judge`: decodes token ids with the diffusion tokenizer and scores the texts
+  with :class:`genppl.GenPPLEvaluator` (GPT-2 Large by default; the MDLM/DUO Gen-PPL
+  protocol, Sec. 4.1 of the paper, one retokenization call per ``group_size`` texts);
+* :class:`SyntheticJudge`: scores token ids by their exact likelihood under the synthetic
+  language of :mod:`tokendrift_jax.data.synthetic` (the offline demo).
+
+:func:`build_judge` loads the judge a config section describes (configs/eval.py, or the
+training config's ``sample_eval``); :func:`label` is its short name on plot axes and
+:func:`info` what results.json records about it.
+
+Vocabulary: which ids of the backbone are text is the diffusion process's rule
+(``process.text_vocab_size``: MDLM ``len(tokenizer) + 1`` ids with the mask last, DUO
+``len(tokenizer)`` ids counting the [PAD] its ``process.prepare_tokenizer`` adds). A
+tokenizer or synthetic language of another size is an :class:`EvalError` naming both sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
+
+import ml_collections
+import numpy as np
+import tqdm
+
+from tokendrift_jax.eval.eval_config import EvalError
+
+if TYPE_CHECKING:
+  from jax.sharding import Mesh
+
+  from tokendrift_jax.eval import genppl
+
+# GPT-2 (transformers, jax) is imported only when a GPT-2 judge is built, so that reading
+# results (launch/compare.py uses :func:`label`) stays light.
+
+KINDS = ("gpt2", "synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeScore:
+  """A judge's verdict on one set of samples.
+
+  Attributes:
+    gen_ppl: exp(nll_sum / num_tokens).
+    nll_sum: summed NLL (nats) of the scored tokens.
+    num_tokens: number of scored tokens (the protocol's weight sum for GPT-2).
+  """
+  gen_ppl: float
+  nll_sum: float
+  num_tokens: float
+
+
+class Judge(Protocol):
+  """What :class:`sampling_eval.SampleEvaluator` needs from a judge.
+
+  Attributes:
+    kind: one of :data:`KINDS`.
+    name: what judges (a path, a hub name, a language description).
+    settings: further settings recorded in results.json (see :func:`info`).
+  """
+
+  kind: str
+  name: str
+  settings: dict
+
+  def decode(self, tokens: np.ndarray) -> list[str] | None:
+    """Texts of int32[N, L] token ids, or None when the judge has no text form."""
+
+  def score(self, tokens: np.ndarray, texts: list[str] | None) -> JudgeScore:
+    """Gen-PPL of the samples (``tokens`` int32[N, L] and their ``decode``)."""
+
+
+def label(judge: Judge | Mapping[str, Any]) -> str:
+  """The judge's short name on plot axes ("gpt2-large", "synthetic language").
+
+  Args:
+    judge: a :class:`Judge`, or the ``judge`` entry of a results.json (:func:`info`).
+  """
+  if isinstance(judge, Mapping):
+    kind, name = judge.get("kind"), str(judge.get("name", ""))
+  else:
+    kind, name = judge.kind, str(judge.name)
+  if kind == "synthetic":
+    return "synthetic language"
+  return os.path.basename(name.rstrip("/")) or name
+
+
+def info(judge: Judge) -> dict:
+  """What results.json (and the resume fingerprint) records about the judge."""
+  return {"kind": judge.kind, "name": judge.name, **judge.settings}
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+def _vocab_rule(process) -> str:
+  """How a backbone of ``process`` is sized from its tokenizer, for error messages."""
+  if process.text_vocab_size == process.vocab_size:
+    return ("len(tokenizer), [PAD] included" if process.mask_id is None
+            else "len(tokenizer), the mask one of its ids")
+  return "len(tokenizer) + 1, the mask id last"
+
+
+def check_vocab(process, tokenizer_size: int, what: str) -> None:
+  """Refuses a tokenizer / language whose ids are not the process's text ids.
+
+  Args:
+    process: the backbone's diffusion process (``.name``, ``.vocab_size``,
+      ``.text_vocab_size``, ``.mask_id``).
+    tokenizer_size: ids of the tokenizer (after ``process.prepare_tokenizer``) or of the
+      synthetic language.
+    what: names the tokenizer in the message.
+  """
+  if tokenizer_size == process.text_vocab_size:
+    return
+  # The backbone size that this tokenizer would need under the process's rule.
+  want = tokenizer_size + (process.vocab_size - process.text_vocab_size)
+  raise EvalError(
+      f"vocabulary mismatch: the {process.name} backbone has vocab_size {process.vocab_size} "
+      f"but {what} has {tokenizer_size} tokens; a {process.name} backbone needs "
+      f"{_vocab_rule(process)} = {want}. The checkpoint and the tokenizer do not belong "
+      f"together")
+
+
+def _check_text_ids(tokens: np.ndarray, process) -> None:
+  """Refuses ids the judge cannot read (a mask left in an MDLM sample)."""
+  bad = tokens >= process.text_vocab_size
+  if bad.any():
+    rows = int(bad.any(axis=1).sum())
+    hint = (" (masks left by noise_removal='none'; use 'greedy')"
+            if process.mask_id is not None else "")
+    raise EvalError(
+        f"{int(bad.sum())} sampled ids in {rows} of {tokens.shape[0]} samples are >= "
+        f"{process.text_vocab_size}, outside the judge's text vocabulary{hint}")
+
+
+# ----------------------------------------------------------------------------- judges
+
+
+class GPT2Judge:
+  """Gen-PPL of decoded samples under a Flax GPT-2 (MDLM/DUO protocol).
+
+  Args:
+    model: a loaded :class:`genppl.GPT2Model`.
+    tokenizer: the diffusion model's tokenizer (decodes ids to text); prepared here with
+      ``process.prepare_tokenizer`` and checked against the backbone's vocabulary.
+    process: the diffusion process of the backbone whose samples are judged.
+    max_length: retokenization length; the protocol uses the sample length.
+    mesh: mesh of the judge's jitted batches.
+    batch_size: chunks per jitted call.
+    group_size: texts per retokenization call.
+    progress: tqdm bar over judge batches.
+    settings: recorded in results.json beside kind and name.
+  """
+
+  kind = "gpt2"
+
+  def __init__(self, model: genppl.GPT2Model, tokenizer, *, process, max_length: int,
+               mesh: Mesh, batch_size: int = 8, group_size: int = 8, progress: bool = True,
+               settings: dict | None = None):
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    from tokendrift_jax.eval import genppl  # pylint: disable=import-outside-toplevel
+    tokenizer = process.prepare_tokenizer(tokenizer)
+    check_vocab(process, len(tokenizer),
+                f"the diffusion tokenizer {getattr(tokenizer, 'name_or_path', '')!r}")
+    if group_size < 1:
+      raise EvalError(f"judge_group_size must be >= 1, got {group_size}")
+    self.name = model.name
+    self.process = process
+    self.tokenizer = tokenizer
+    self.group_size = int(group_size)
+    self.settings = dict(settings or {})
+    try:
+      # float32 judges run float32 matmuls ("highest": no TF32 on GPUs, as PyTorch's
+      # default); a bfloat16 judge keeps XLA's default precision.
+      bf16 = jnp.dtype(getattr(model.module, "dtype", jnp.float32)) == jnp.bfloat16
+      self.scorer = genppl.GenPPLEvaluator(model, max_length=int(max_length),
+                                           batch_size=int(batch_size), mesh=mesh,
+                                           matmul_precision=None if bf16 else "highest",
+                                           progress=progress)
+    except ValueError as e:
+      raise EvalError(f"judge_batch: {e}") from e
+
+  def decode(self, tokens: np.ndarray) -> list[str]:
+    _check_text_ids(tokens, self.process)
+    # Special tokens stay in the text (MDLM/DUO batch_decode): an <|endoftext|> in a
+    # sample is retokenized to EOS and weighted by the protocol.
+    return self.tokenizer.batch_decode(np.asarray(tokens).tolist())
+
+  def score(self, tokens: np.ndarray, texts: list[str] | None) -> JudgeScore:
+    del tokens
+    if not texts:
+      raise EvalError("the sample set is empty; Gen-PPL needs at least one sample")
+    r = self.scorer.score(texts, group_size=self.group_size)
+    return JudgeScore(gen_ppl=r.gen_ppl, nll_sum=r.nll_sum, num_tokens=r.weight_sum)
+
+
+class SyntheticJudge:
+  """Exact likelihood of token ids under the synthetic language (the offline demo).
+
+  Gen-PPL = exp(mean per-token NLL over all tokens of all samples)
+  (:func:`data.synthetic.nll_per_token`). Samples have no text form (``decode`` gives None).
+
+  Args:
+    lang: the language (``data.synthetic.SyntheticLanguage``).
+    process: the backbone's diffusion process; its text ids must be the language's
+      (MDLM: ``lang.vocab_size + 1`` ids with the mask last; DUO: ``lang.vocab_size``).
+    progress: tqdm bar over scored chunks.
+    settings: recorded in results.json beside kind and name.
+  """
+
+  kind = "synthetic"
+  _CHUNK = 256  # samples per host scoring call (bounds the temporary arrays)
+
+  def __init__(self, lang, *, process, progress: bool = True, settings: dict | None = None):
+    check_vocab(process, lang.vocab_size, f"the synthetic language (seed {lang.seed})")
+    self.lang = lang
+    self.process = process
+    self.progress = progress
+    self.settings = dict(settings or {})
+    self.name = (f"synthetic(seed={lang.seed}, V={lang.vocab_size}, K={lang.n_topics}, "
+                 f"order={lang.order})")
+
+  def decode(self, tokens: np.ndarray) -> None:
+    del tokens
+    return None
+
+  def score(self, tokens: np.ndarray, texts: list[str] | None) -> JudgeScore:
+    from tokendrift_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+    del texts
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[0] == 0:
+      raise EvalError(f"the sample set is empty (tokens of shape {tokens.shape}); Gen-PPL "
+                      f"needs at least one sample")
+    _check_text_ids(tokens, self.process)
+    nll = []
+    for start in tqdm.trange(0, tokens.shape[0], self._CHUNK, desc="synthetic judge",
+                             disable=not self.progress, leave=False):
+      nll.append(synthetic.nll_per_token(self.lang, tokens[start:start + self._CHUNK]))
+    # All samples have length L: sum of per-token NLLs = L * sum of per-sample means.
+    nll_sum = float(np.sum(np.concatenate(nll), dtype=np.float64)) * tokens.shape[1]
+    num_tokens = float(tokens.size)
+    return JudgeScore(gen_ppl=math.exp(nll_sum / num_tokens), nll_sum=nll_sum,
+                      num_tokens=num_tokens)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def build_judge(cfg: ml_collections.ConfigDict, *, process, max_length: int, mesh: Mesh,
+                prefix: str = "config", progress: bool = True) -> Judge:
+  """Loads the judge that ``cfg`` (fields of :func:`eval_config.judge_config`) describes.
+
+  Checks, before anything heavy is computed: the judge kind, that the judge weights and
+  tokenizers exist (the error says how to convert GPT-2), that the backbone's vocabulary
+  fits the tokenizer / language, and that ``judge_batch`` divides over the mesh.
+
+  Args:
+    cfg: config section with the judge fields.
+    process: the diffusion process of the backbone to judge (its vocabulary rule).
+    max_length: sample length (the GPT-2 retokenization length).
+    mesh: mesh of the judge computation.
+    prefix: how the section is named in error messages ("config", "config.sample_eval").
+    progress: progress bars while scoring.
+  """
+  kind = str(cfg.judge_kind)
+  if kind not in KINDS:
+    raise EvalError(f"{prefix}.judge_kind must be one of {KINDS}, got {kind!r}")
+  if kind == "synthetic":
+    from tokendrift_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+    try:
+      lang = synthetic.language_from_config(cfg.synthetic)
+    except ValueError as e:
+      raise EvalError(f"{prefix}.synthetic: {e}") from e
+    return SyntheticJudge(lang, process=process, progress=progress,
+                          settings={f: cfg.synthetic[f] for f in synthetic.LANGUAGE_FIELDS})
+  from tokendrift_jax.data import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
+  from tokendrift_jax.eval import genppl  # pylint: disable=import-outside-toplevel
+  if not str(cfg.judge):
+    raise EvalError(f"{prefix}.judge is empty; give a converted GPT-2 directory or a hub "
+                    f"name (default {genppl.DEFAULT_JUDGE!r})")
+  # Cheap checks first: the diffusion tokenizer and the vocabulary before the judge weights.
+  diffusion_tok = process.prepare_tokenizer(
+      tok_lib.load_tokenizer(str(cfg.tokenizer), field=f"{prefix}.tokenizer"))
+  check_vocab(process, len(diffusion_tok),
+              f"the diffusion tokenizer {prefix}.tokenizer={str(cfg.tokenizer)!r}")
+  if str(cfg.judge_dtype) not in genppl.DTYPES:
+    raise EvalError(f"{prefix}.judge_dtype must be one of {sorted(genppl.DTYPES)}, got "
+                    f"{cfg.judge_dtype!r}")
+  model = genppl.load_gpt2(str(cfg.judge), str(cfg.judge_tokenizer) or None,
+                           dtype=str(cfg.judge_dtype), config_field=f"{prefix}.judge")
+  settings = dict(dtype=str(cfg.judge_dtype), group_size=int(cfg.judge_group_size),
+                  tokenizer=str(cfg.tokenizer),
+                  judge_tokenizer=str(cfg.judge_tokenizer) or model.name)
+  return GPT2Judge(model, diffusion_tok, process=process, max_length=max_length, mesh=mesh,
+                   batch_size=int(cfg.judge_batch), group_size=int(cfg.judge_group_size),
+                   progress=progress, settings=settings)
