@@ -27,11 +27,9 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app
+from absl import flags
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mdlm_drift.py",
                                           "training config file")
@@ -52,8 +50,9 @@ _MEASURE_PEAK = flags.DEFINE_bool("measure_peak", False,
 _XLA_COUNT = flags.DEFINE_bool("xla_count", False,
                                "also compile each step unrolled and report XLA's FLOP count")
 _DRIFT_SHARE = flags.DEFINE_bool("drift_share", False,
-                                 "time drift + queues alone (launch/bench_drift.py) at "
-                                 "--queue_sizes next to each drift step")
+                                 "time drift + queues alone (tokendrift_jax/perf/"
+                                 "drift_timing.py) at --queue_sizes next to each drift "
+                                 "step")
 _QUEUE_SIZES = flags.DEFINE_list("queue_sizes", ["1024", "65536"],
                                  "queue sizes for --drift_share")
 _SMOKE = flags.DEFINE_bool("smoke", False,
@@ -71,7 +70,7 @@ def main(argv):
   del argv
   # pylint: disable=import-outside-toplevel
   from tokendrift_jax.perf import benchmark
-  from launch import bench_drift
+  from tokendrift_jax.perf import drift_timing
 
   def show(row, partial):
     benchmark.write_results(partial, _OUT.value, _NAME.value)  # kept if a later case dies
@@ -92,7 +91,7 @@ def main(argv):
         steps=_STEPS.value, warmup=_WARMUP.value, n_micro=_N_MICRO.value,
         peak_tflops=_PEAK.value, measure_peak=_MEASURE_PEAK.value,
         xla_count=_XLA_COUNT.value,
-        drift_measure=bench_drift.measure if _DRIFT_SHARE.value else None,
+        drift_measure=drift_timing.measure if _DRIFT_SHARE.value else None,
         queue_sizes=[int(q) for q in _QUEUE_SIZES.value], on_row=show)
   except (benchmark.BenchmarkError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

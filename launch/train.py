@@ -8,14 +8,11 @@ experiment instead of a single training run.
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app
+from absl import flags
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file",
                                           lock_config=True)
@@ -24,8 +21,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, met
 
 def main(argv):
   del argv
-  from tokendrift_jax.train import launch  # pylint: disable=import-outside-toplevel
-  sys.exit(launch.main(_CONFIG.value, _WORKDIR.value))
+  from tokendrift_jax import entrypoints  # pylint: disable=import-outside-toplevel
+  sys.exit(entrypoints.train_main(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":
