@@ -70,6 +70,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     --target /tmp/site .whl/*.whl || { echo "wheel install failed" >&2; exit 3; }
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# The project is not pip-installed on the device image (requirements.txt's `-e .`):
+# tokendrift_jax and configs import from the repository root instead.
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 
 if [[ $MODE == cpu ]]; then
@@ -115,7 +117,7 @@ for name in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "chex", "grai
 print("versions:", versions)
 print("devices:", jax.devices(), "| XLA_FLAGS:", os.environ.get("XLA_FLAGS", ""))
 from configs import mdlm_drift  # noqa: F401  (grain, ml_collections)
-from tokendrift_jax.perf import benchmark, smoke  # noqa: F401
+from tokendrift_jax.perf import benchmark, drift_timing, smoke  # noqa: F401
 EOF
 if [[ $MODE == gpu ]]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv || true
