@@ -1,4 +1,4 @@
-"""``python -m convert SRC DST``: PyTorch MDLM/DUO checkpoints -> tokendrift_jax backbones.
+"""``python -m convert SRC DST``: released PyTorch backbones -> tokendrift_jax checkpoints.
 
 See ``python -m convert --help``. GPT-2 judges are converted by ``python -m convert.gpt2``.
 """
@@ -11,21 +11,11 @@ import os
 import sys
 
 HELP = """\
-Convert a released PyTorch MDLM / DUO backbone to a tokendrift_jax (Flax, orbax)
-checkpoint directory that `tokendrift_jax.checkpoints.load_backbone(DST)` reads.
+Convert a released PyTorch backbone to a tokendrift_jax (Flax, orbax) checkpoint
+directory that `tokendrift_jax.checkpoints.load_backbone(DST)` reads.
 
-SRC may be
-  * a Hugging Face model directory: config.json with the MDLM / DUO HF fields
-    (vocab_size, model_length, hidden_dim, cond_dim, n_blocks, n_heads, dropout; MDLM's
-    time_conditioning; DUO's model_type "duo", always time-conditioned) and
-    model.safetensors or pytorch_model.bin (sharded with an index is fine), weights
-    under 'backbone.' (e.g. a local copy of kuleshov-group/mdlm-owt or s-sahoo/duo);
-  * a bare .safetensors / .bin / .pt state dict of the DIT (names with or without
-    'backbone.'); its architecture comes from --config;
-  * a Lightning .ckpt written by the MDLM or DUO training code; the architecture comes
-    from hyper_parameters['config'] (the vocabulary size from the embedding shape).
-    WARNING: a Lightning .ckpt is a pickle; loading it runs code stored in the file.
-    Only convert checkpoints you trust.
+SRC may be, by --family:
+{sources}
 
 Every tensor is accounted for: a missing key, an unknown key or a wrong shape stops the
 conversion with a one-line error and nothing is written. An existing DST is only
@@ -52,36 +42,45 @@ def _parse_config(value: str | None) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m convert", description=HELP,
+  # Imported here so --help stays instant (the converters import numpy, the models jax).
+  # pylint: disable=import-outside-toplevel
+  import convert as registry
+  sources = "\n".join(f"--family {name}:\n{registry.get_converter(name).SOURCES}"
+                      for name in registry.families())
+  parser = argparse.ArgumentParser(prog="python -m convert",
+                                   description=HELP.format(sources=sources),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("src", metavar="SRC", help="HF model dir, .safetensors/.bin/.pt, or .ckpt")
   parser.add_argument("dst", metavar="DST", help="output checkpoint directory")
   parser.add_argument("--ema", action="store_true",
                       help="take ckpt['ema']['shadow_params'] (Lightning .ckpt only)")
-  parser.add_argument("--arch", choices=("mdlm", "duo"),
-                      help="backbone family (needed when SRC does not say)")
+  parser.add_argument("--family", default="dit",
+                      help=f"model family of SRC (default dit; known: {registry.families()})")
+  parser.add_argument("--process", choices=("mdlm", "duo"),
+                      help="diffusion process of the weights, mdlm (masked) or duo (uniform); "
+                           "needed when SRC does not say")
   parser.add_argument("--config", metavar="JSON",
-                      help="DiTConfig fields as a JSON object or file; overrides SRC's")
+                      help="the family's config fields as a JSON object or file; overrides "
+                           "SRC's")
   parser.add_argument("--force", action="store_true", help="replace an existing DST")
   args = parser.parse_args(argv)
 
-  # Imported after argument parsing so --help is instant.
-  from convert.dit import ConversionError, load_source  # pylint: disable=import-outside-toplevel
-  from tokendrift_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from tokendrift_jax import checkpoints
 
   try:
     dst = os.path.abspath(args.dst)
     if os.path.exists(dst) and not args.force:
-      raise ConversionError(f"{dst} already exists; pass --force to overwrite")
-    params, config, meta = load_source(args.src, ema=args.ema, arch=args.arch,
-                                       config_override=_parse_config(args.config))
+      raise registry.ConversionError(f"{dst} already exists; pass --force to overwrite")
+    converter = registry.get_converter(args.family)
+    params, config, meta = converter.load_source(args.src, ema=args.ema, process=args.process,
+                                                 config_override=_parse_config(args.config))
     checkpoints.save_backbone(dst, config, params, meta=meta, force=args.force)
-  except (ConversionError, checkpoints.CheckpointError, ValueError) as e:
+  except (registry.ConversionError, checkpoints.CheckpointError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   n = sum(int(v.size) for v in _leaves(params))
   print(f"converted {meta['source_kind']} {args.src} -> {dst}\n"
-        f"  arch={meta['arch']} ema={meta['ema']} params={n:,}\n"
+        f"  family={args.family} process={meta['process']} ema={meta['ema']} params={n:,}\n"
         f"  config={config.to_dict()}")
   if meta.get("ignored_non_backbone_entries"):
     print(f"  ignored non-backbone state_dict entries: {meta['ignored_non_backbone_entries']}")

@@ -1,4 +1,4 @@
-"""PyTorch MDLM/DUO ``DIT`` state dicts -> tokendrift_jax parameter trees.
+"""The ``dit`` family's converter: PyTorch MDLM/DUO ``DIT`` state dicts -> parameter trees.
 
 Sources (see ``python -m convert --help``):
   * a Hugging Face model directory (``config.json`` with the MDLM / DUO HF fields, and
@@ -26,8 +26,22 @@ import numpy as np
 from tokendrift_jax.models.dit import ROPE_BASE, DiTConfig
 
 
-class ConversionError(ValueError):
-  """One-line, user-facing conversion error."""
+from convert import ConversionError
+
+# Shown by `python -m convert --help` for --family dit.
+SOURCES = """\
+  (MDLM / DUO)
+  * a Hugging Face model directory: config.json with the MDLM / DUO HF fields
+    (vocab_size, model_length, hidden_dim, cond_dim, n_blocks, n_heads, dropout; MDLM's
+    time_conditioning; DUO's model_type "duo", always time-conditioned) and
+    model.safetensors or pytorch_model.bin (sharded with an index is fine), weights
+    under 'backbone.' (e.g. a local copy of kuleshov-group/mdlm-owt or s-sahoo/duo);
+  * a bare .safetensors / .bin / .pt state dict of the DIT (names with or without
+    'backbone.'); its architecture comes from --config;
+  * a Lightning .ckpt written by the MDLM or DUO training code; the architecture comes
+    from hyper_parameters['config'] (the vocabulary size from the embedding shape).
+    WARNING: a Lightning .ckpt is a pickle; loading it runs code stored in the file.
+    Only convert checkpoints you trust."""
 
 
 # ------------------------------------------------------------------- name mapping
@@ -210,7 +224,7 @@ def strip_backbone_prefix(state: dict[str, np.ndarray], where: str) -> dict[str,
 
 
 def hf_config_to_dit(cfg: dict, where: str) -> tuple[DiTConfig, str | None]:
-  """MDLM / DUO HF config.json -> (DiTConfig, arch guessed from model_type).
+  """MDLM / DUO HF config.json -> (DiTConfig, process guessed from model_type).
 
   Both releases share the field names; DUO's has no ``time_conditioning`` (it is always
   time-conditioned) and adds ``causal`` (refused when true) and ``var_min`` (unused).
@@ -277,7 +291,7 @@ def _cfg_get(cfg, dotted: str):
 
 
 def lightning_config_to_dit(hcfg, vocab_size: int, where: str) -> tuple[DiTConfig, str | None]:
-  """hydra config of the MDLM/DUO repos -> (DiTConfig, arch).
+  """hydra config of the MDLM/DUO repos -> (DiTConfig, process).
 
   The vocabulary size is not in the hydra config (it comes from the tokenizer), so it is
   read from the embedding's shape. time_conditioning is ``config.time_conditioning``
@@ -305,7 +319,7 @@ def lightning_config_to_dit(hcfg, vocab_size: int, where: str) -> tuple[DiTConfi
   if tc is None:
     if arch is None:
       raise ConversionError(f"{where}: cannot tell whether the model is time-conditioned; "
-                            f"pass --arch mdlm|duo")
+                            f"pass --process mdlm|duo")
     tc = arch == "duo"
   config = DiTConfig(vocab_size=int(vocab_size), dropout=float(0.1 if dropout is None else dropout),
                      time_conditioning=bool(tc), **fields)
@@ -375,9 +389,14 @@ def find_source_kind(src: str) -> str:
                         f".safetensors, .bin, .pt or .ckpt)")
 
 
-def load_source(src: str, *, ema: bool = False, arch: str | None = None,
+def load_source(src: str, *, ema: bool = False, process: str | None = None,
                 config_override: dict | None = None) -> tuple[dict, DiTConfig, dict]:
-  """Reads any supported SRC. Returns (flax params, DiTConfig, meta)."""
+  """Reads any supported SRC. Returns (flax params, DiTConfig, meta).
+
+  ``process`` ("mdlm" | "duo") is the diffusion process of the weights, needed when SRC
+  does not say; meta records it as ``meta["process"]``.
+  """
+  arch = process
   kind = find_source_kind(src)
   notes: dict[str, Any] = {}
   guessed = None
@@ -421,10 +440,10 @@ def load_source(src: str, *, ema: bool = False, arch: str | None = None,
       raise ConversionError(f"--config: {e}") from e
   if arch is None:
     raise ConversionError(f"{src}: cannot tell whether this is an MDLM or a DUO checkpoint; "
-                          f"pass --arch mdlm|duo")
+                          f"pass --process mdlm|duo")
   if "__ema_shadow__" in state:
     state = apply_ema(state, config, src)
   params = to_flax_params(state, config, src)
-  meta = {"arch": arch, "source": os.path.abspath(src), "source_kind": kind, "ema": bool(ema),
+  meta = {"process": arch, "source": os.path.abspath(src), "source_kind": kind, "ema": bool(ema),
           **notes}
   return params, config, meta

@@ -1,14 +1,20 @@
-"""Backbone checkpoints: an orbax directory holding the DiT parameters and architecture.
+"""Backbone checkpoints: an orbax directory holding a backbone's parameters and architecture.
 
 Layout of a backbone checkpoint directory (written by ``python -m convert`` and by
 training exports)::
 
   DIR/
     params/    orbax StandardSave of the parameter tree (float32)
-    config/    orbax JsonSave: {"format", "model": DiTConfig fields, "meta": {...}}
+    config/    orbax JsonSave: {"format", "family", "model": the family's config fields,
+                                "meta": {...}}
 
-``meta`` records where the weights came from (source path, arch "mdlm" | "duo", whether
-EMA weights were taken). A loader needs nothing but the directory.
+``family`` names the model family (:mod:`tokendrift_jax.models`); ``meta["process"]`` the
+diffusion process the weights were trained for ("mdlm": masked, "duo": uniform), beside
+where the weights came from (source path, whether EMA weights were taken, ...). A loader
+needs nothing but the directory.
+
+Checkpoints written before families existed have no ``family`` (they are all DiTs) and
+name the process ``meta["arch"]``; reading normalises both.
 """
 
 from __future__ import annotations
@@ -20,12 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
 
-from tokendrift_jax.models.dit import DiT, DiTConfig
+from tokendrift_jax import models
 
 FORMAT = "tokendrift_jax.backbone/v1"
-ARCHES = ("mdlm", "duo")
+PROCESSES = ("mdlm", "duo")
+LEGACY_FAMILY = "dit"   # the only family before the registry
 
 
 class CheckpointError(ValueError):
@@ -46,35 +52,9 @@ def _from_storage(tree):
   return tree
 
 
-def init_params(config: DiTConfig, seed: int = 0) -> dict:
-  """Freshly initialised parameters (the PyTorch init of the original) as a pure dict."""
-  model = DiT(config, rngs=nnx.Rngs(seed))
-  return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
-
-
-def abstract_params(config: DiTConfig) -> dict:
-  """ShapeDtypeStruct tree of the parameters, without allocating them."""
-  model = nnx.eval_shape(lambda: DiT(config, rngs=nnx.Rngs(0)))
-  return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
-
-
-def graphdef(config: DiTConfig, *, dtype=jnp.float32, attention_impl: str | None = None,
-             remat: bool = False, remat_policy: str = "", scan_layers: bool = False):
-  """The NNX graph definition for ``config`` (no parameters allocated)."""
-  model = nnx.eval_shape(lambda: DiT(config, dtype=dtype, attention_impl=attention_impl,
-                                     remat=remat, remat_policy=remat_policy,
-                                     scan_layers=scan_layers, rngs=nnx.Rngs(0)))
-  return nnx.split(model, nnx.Param)[0]
-
-
-def merge(gdef, params: dict) -> DiT:
-  """A DiT module view of a pure parameter dict (cheap; usable inside jit)."""
-  return nnx.merge(gdef, params)
-
-
-def check_param_shapes(config: DiTConfig, params: dict, where: str) -> None:
+def check_param_shapes(config, params: dict, where: str) -> None:
   """Raises CheckpointError naming every parameter whose shape disagrees with config."""
-  want = jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]
+  want = jax.tree_util.tree_flatten_with_path(models.abstract_params(config))[0]
   have = dict(jax.tree_util.tree_flatten_with_path(params)[0])
   problems = []
   for path, spec in want:
@@ -92,7 +72,32 @@ def check_param_shapes(config: DiTConfig, params: dict, where: str) -> None:
                           + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
 
 
-def save_backbone(path: str | os.PathLike, config: DiTConfig, params: dict, *,
+def normalize_meta(meta: dict, where: str) -> dict:
+  """``meta`` with ``process`` set (from the legacy ``arch`` when absent) and checked."""
+  meta = dict(meta)
+  legacy = meta.pop("arch", None)
+  if "process" not in meta:
+    meta["process"] = legacy
+  elif legacy is not None and legacy != meta["process"]:
+    raise CheckpointError(f"{where}: meta names the process {meta['process']!r} and, as "
+                          f"'arch', {legacy!r}; which one the weights belong to is ambiguous")
+  if meta["process"] not in (None,) + PROCESSES:
+    raise CheckpointError(f"{where}: meta['process'] must be one of {PROCESSES}, got "
+                          f"{meta['process']!r}")
+  return meta
+
+
+def checkpoint_process(meta: dict, where: str) -> str:
+  """The diffusion process a checkpoint's (normalised) meta records; CheckpointError if none."""
+  process = meta.get("process")
+  if process is None:
+    raise CheckpointError(f"{where}: the checkpoint does not record its diffusion process "
+                          f"(meta['process'] is missing; expected one of {PROCESSES}); "
+                          f"convert it again with `python -m convert SRC DST --process ...`")
+  return process
+
+
+def save_backbone(path: str | os.PathLike, config, params: dict, *,
                   meta: dict[str, Any] | None = None, force: bool = False) -> str:
   """Writes a backbone checkpoint atomically (orbax writes to a temporary dir and renames).
 
@@ -103,10 +108,9 @@ def save_backbone(path: str | os.PathLike, config: DiTConfig, params: dict, *,
   check_param_shapes(config, params, "save_backbone")
   if os.path.exists(path) and not force:
     raise CheckpointError(f"{path} already exists; pass --force to overwrite")
-  meta = dict(meta or {})
-  if meta.get("arch") not in (None,) + ARCHES:
-    raise CheckpointError(f"meta['arch'] must be one of {ARCHES}, got {meta.get('arch')!r}")
-  payload = {"format": FORMAT, "model": config.to_dict(), "meta": meta}
+  meta = normalize_meta(meta or {}, "save_backbone")
+  payload = {"format": FORMAT, "family": models.family_of(config).name,
+             "model": config.to_dict(), "meta": meta}
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     ckptr.save(path,
                args=ocp.args.Composite(params=ocp.args.StandardSave(_to_storage(params)),
@@ -115,8 +119,12 @@ def save_backbone(path: str | os.PathLike, config: DiTConfig, params: dict, *,
   return path
 
 
-def read_backbone_config(path: str | os.PathLike) -> tuple[DiTConfig, dict]:
-  """(architecture, meta) of a backbone checkpoint, without reading the weights."""
+def read_backbone_config(path: str | os.PathLike) -> tuple[Any, dict]:
+  """(architecture, meta) of a backbone checkpoint, without reading the weights.
+
+  ``meta`` is normalised: ``meta["family"]`` is the model family and ``meta["process"]``
+  the diffusion process or None (see :func:`checkpoint_process`).
+  """
   path = os.path.abspath(os.fspath(path))
   if not os.path.isdir(path):
     raise CheckpointError(f"no backbone checkpoint at {path} (not a directory); create one "
@@ -132,14 +140,21 @@ def read_backbone_config(path: str | os.PathLike) -> tuple[DiTConfig, dict]:
   if not isinstance(payload, dict) or payload.get("format") != FORMAT:
     raise CheckpointError(f"{path}: unknown checkpoint format "
                           f"{payload.get('format') if isinstance(payload, dict) else payload!r}")
-  return DiTConfig.from_dict(payload["model"]), dict(payload.get("meta", {}))
+  family = payload.get("family", LEGACY_FAMILY)
+  try:
+    config = models.config_from_dict(family, payload["model"])
+  except ValueError as e:
+    raise CheckpointError(f"{path}: {e}") from e
+  meta = normalize_meta(payload.get("meta", {}), path)
+  meta["family"] = family
+  return config, meta
 
 
-def load_backbone_params(path: str | os.PathLike) -> tuple[DiTConfig, dict, dict]:
+def load_backbone_params(path: str | os.PathLike) -> tuple[Any, dict, dict]:
   """(config, params as a pure dict of numpy float32 arrays, meta)."""
   path = os.path.abspath(os.fspath(path))
   config, meta = read_backbone_config(path)
-  target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_params(config))
+  target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), models.abstract_params(config))
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     try:
       restored = ckptr.restore(path, args=ocp.args.Composite(
@@ -155,18 +170,18 @@ def load_backbone_params(path: str | os.PathLike) -> tuple[DiTConfig, dict, dict
 class Backbone:
   """A loaded backbone: ``f(input_ids int32[B, L], sigma float32[B]) -> float32[B, L, V]``.
 
-  The raw DiT output (before SUBS or log-softmax), equal to PyTorch
+  The raw network output (before SUBS or log-softmax); for the DiT equal to PyTorch
   ``DIT.forward(indices, sigma)`` with sigma zeroed when the checkpoint is not
   time-conditioned. Attributes: ``config``, ``meta``, ``params``, ``graphdef``.
   """
 
-  def __init__(self, config: DiTConfig, params: dict, meta: dict, *, dtype=jnp.float32,
+  def __init__(self, config, params: dict, meta: dict, *, dtype=jnp.float32,
                attention_impl: str | None = None):
     self.config, self.meta = config, meta
     self.params = jax.tree.map(jnp.asarray, params)
-    self.graphdef = graphdef(config, dtype=dtype, attention_impl=attention_impl)
+    self.graphdef = models.graphdef(config, dtype=dtype, attention_impl=attention_impl)
     gdef = self.graphdef
-    self._fn = jax.jit(lambda p, ids, sigma: merge(gdef, p)(ids, sigma))
+    self._fn = jax.jit(lambda p, ids, sigma: models.merge(gdef, p)(ids, sigma))
 
   def __call__(self, input_ids, sigma) -> jax.Array:
     input_ids = jnp.asarray(input_ids)

@@ -51,6 +51,23 @@ def make_mesh(shape: Sequence[int] | None = None, devices: Sequence[Any] | None 
   return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
 
 
+def mesh_from_config(mesh_cfg: Any) -> Mesh:
+  """The mesh a ``config.mesh`` section asks for (``shape``; ``num_devices`` > 0 keeps the
+  first N devices, single-process runs only). ValueError naming the field otherwise."""
+  n = int(mesh_cfg.get("num_devices", 0) or 0)
+  devices = jax.devices()
+  if n > 0:
+    if jax.process_count() > 1:
+      raise ValueError("config.mesh.num_devices applies to single-process runs only")
+    if n > len(devices):
+      raise ValueError(f"config.mesh.num_devices={n} but only {len(devices)} devices exist")
+    devices = devices[:n]
+  try:
+    return make_mesh(tuple(mesh_cfg.shape), devices)
+  except ValueError as e:
+    raise ValueError(f"config.mesh: {e}") from e
+
+
 def num_batch_shards(mesh: Mesh) -> int:
   return mesh.shape[DATA] * mesh.shape[FSDP]
 

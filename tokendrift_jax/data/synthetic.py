@@ -38,6 +38,7 @@ an evaluation step, not part of any jitted computation.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -194,6 +195,25 @@ def make_language(seed: int, *, vocab_size: int = 250, n_topics: int = 8,
       successors=succ.astype(np.int32),
       successor_probs=weights.astype(np.float64),
       seed=int(seed))
+
+
+# Everything that determines a language: the seed and the keyword arguments of
+# make_language. Config sections describing a language hold exactly these fields.
+LANGUAGE_FIELDS = ("seed", "vocab_size", "n_topics", "order", "successors", "topic_vocab_size",
+                   "concentration", "floor")
+
+
+def language_from_config(section: Any) -> SyntheticLanguage:
+  """The language a config section (``LANGUAGE_FIELDS``, dict-like) describes.
+
+  Raises ValueError naming missing fields or a bad value.
+  """
+  missing = [f for f in LANGUAGE_FIELDS if f not in section]
+  if missing:
+    raise ValueError(f"the synthetic language lacks {missing}; it needs "
+                     f"{list(LANGUAGE_FIELDS)}")
+  return make_language(int(section["seed"]),
+                       **{f: section[f] for f in LANGUAGE_FIELDS if f != "seed"})
 
 
 def _next_context(lang: SyntheticLanguage, context: np.ndarray,

@@ -16,24 +16,37 @@ PROCESSES = {"mdlm": MDLMProcess, "duo": DUOProcess}
 
 
 def make_process(name: str, vocab_size: int, **kwargs) -> MDLMProcess | DUOProcess:
-  """Builds the process of backbone ``name`` ('mdlm' | 'duo') with dataclass ``kwargs``."""
+  """Builds process ``name`` ('mdlm': masked, 'duo': uniform) with dataclass ``kwargs``."""
   if name not in PROCESSES:
     raise ValueError(f"unknown diffusion process {name!r}; expected one of {sorted(PROCESSES)}")
   return PROCESSES[name](vocab_size=vocab_size, **kwargs)
 
 
 def make_process_for_model(name: str, model_cfg, **kwargs) -> MDLMProcess | DUOProcess:
-  """The process of backbone ``name`` sized and conditioned like ``model_cfg`` (a DiTConfig).
+  """The process ``name`` sized and conditioned like ``model_cfg`` (any backbone config).
 
-  MDLM follows the checkpoint's ``time_conditioning`` (the released model feeds σ = 0);
-  DUO is always time-conditioned. ``kwargs``: further dataclass fields (eps, ...).
+  MDLM takes the backbone's mask id and follows its time conditioning (the released MDLM
+  feeds σ = 0); DUO is always time-conditioned and has no mask. ``kwargs``: further
+  dataclass fields (eps, ...).
   """
   if name == "mdlm":
-    kwargs = dict(kwargs, time_conditioning=model_cfg.time_conditioning)
+    if model_cfg.mask_id is None:
+      raise ValueError(f"diffusion.process='mdlm' needs a mask token, but the "
+                       f"{type(model_cfg).__name__} backbone has none")
+    kwargs = dict(kwargs, mask_id=model_cfg.mask_id,
+                  time_conditioning=model_cfg.time_conditioned)
   return make_process(name, model_cfg.vocab_size, **kwargs)
+
+
+def process_from_config(config, model_cfg) -> MDLMProcess | DUOProcess:
+  """The process of ``config.diffusion`` (process, eps, sampling_eps, antithetic)."""
+  d = config.diffusion
+  return make_process_for_model(str(d.process), model_cfg, eps=d.eps,
+                                sampling_eps=d.sampling_eps, antithetic=d.antithetic)
 
 
 __all__ = [
     "DUOProcess", "MDLMProcess", "NLLMeter", "PROCESSES", "SampleResult", "make_process",
-    "make_process_for_model", "make_sampler", "nll_metrics", "reduce_nelbo", "sample", "sampling_loop",
+    "make_process_for_model", "make_sampler",
+    "process_from_config", "nll_metrics", "reduce_nelbo", "sample", "sampling_loop",
 ]

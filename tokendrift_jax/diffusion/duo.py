@@ -116,9 +116,25 @@ class DUOProcess:
 
   name: ClassVar[str] = "duo"
   time_conditioning: ClassVar[bool] = True
+  mask_id: ClassVar[None] = None    # uniform state: no mask token
 
   def __post_init__(self):
     common.check_schedule(self.vocab_size, self.eps, self.sampling_eps)
+
+  # --- vocabulary ---------------------------------------------------------------------
+
+  @property
+  def text_vocab_size(self) -> int:
+    """Every id is text: V = ``len(tokenizer)`` after :meth:`prepare_tokenizer`."""
+    return self.vocab_size
+
+  def prepare_tokenizer(self, tokenizer):
+    """The tokenizer as DUO sets it up: a [PAD] token is added when there is none (its
+    ``dataloader.get_tokenizer``), so the released GPT-2 DUO has 50257 + 1 ids; the uniform
+    prior can sample that id, and it decodes to "[PAD]" as in DUO."""
+    if tokenizer.pad_token is None:
+      tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    return tokenizer
 
   # --- schedule -----------------------------------------------------------------------
 

@@ -61,6 +61,18 @@ class MDLMProcess:
     if not 0 <= self.mask_id < self.vocab_size:
       raise ValueError(f"mask_id {self.mask_id} outside the vocabulary [0, {self.vocab_size})")
 
+  # --- vocabulary ---------------------------------------------------------------------
+
+  @property
+  def text_vocab_size(self) -> int:
+    """Ids a tokenizer (and clean data) may use: V − 1 when the mask is the last id, as
+    MDLM appends it to the tokenizer; V when the mask is one of the tokenizer's ids."""
+    return self.vocab_size - 1 if self.mask_id == self.vocab_size - 1 else self.vocab_size
+
+  def prepare_tokenizer(self, tokenizer):
+    """The tokenizer as MDLM uses it: unchanged (the mask id is ``len(tokenizer)``)."""
+    return tokenizer
+
   # --- schedule -----------------------------------------------------------------------
 
   def sample_t(self, key: jax.Array, batch: int) -> jax.Array:

@@ -36,21 +36,28 @@ from tokendrift_jax import checkpoints
 from tokendrift_jax import sharding
 from tokendrift_jax.data import synthetic
 from tokendrift_jax.diffusion import make_process_for_model
+from tokendrift_jax.train import builder
 from tokendrift_jax.eval import report
 from tokendrift_jax.eval import sampling_eval
 from tokendrift_jax.train import trainer
 
-LANGUAGE_FIELDS = ("vocab_size", "n_topics", "order", "successors", "topic_vocab_size",
-                   "concentration", "floor")
-
-
 def language(config) -> synthetic.SyntheticLanguage:
-  lc = config.language
-  return synthetic.make_language(int(lc.seed), **{f: lc[f] for f in LANGUAGE_FIELDS})
+  try:
+    return synthetic.language_from_config(config.language)
+  except ValueError as e:
+    raise trainer.TrainError(f"config.language: {e}") from e
 
 
-def model_vocab(config, lang) -> int:
-  return lang.mdlm_vocab_size if config.backbone == "mdlm" else lang.duo_vocab_size
+def check_vocab(config, lang) -> None:
+  """The backbone's text ids must be the language's tokens (the process's vocabulary rule)."""
+  model_cfg = builder.model_config(config)
+  process = builder.process_for(config, model_cfg)
+  if process.text_vocab_size != lang.vocab_size:
+    raise trainer.TrainError(
+        f"config.model.vocab_size={config.model.vocab_size} gives a "
+        f"{config.diffusion.process} model {process.text_vocab_size} text ids but the "
+        f"language has {lang.vocab_size} tokens (an MDLM backbone needs one more id for "
+        f"the mask)")
 
 
 def prepare_data(config, workdir: str, lang) -> dict[str, str]:
@@ -200,9 +207,10 @@ _EVALUATORS: dict = {}
 def _evaluate(config, backbone: str, lang, seeds, mesh) -> list[dict]:
   cfg, params, meta = checkpoints.load_backbone_params(backbone)
   ev = config.evaluation
-  key = (cfg, meta["arch"], lang.seed, int(ev.batch), id(mesh))
+  process_name = checkpoints.checkpoint_process(meta, backbone)
+  key = (cfg, process_name, lang.seed, int(ev.batch), id(mesh))
   if key not in _EVALUATORS:  # one compiled sampler for every backbone of the experiment
-    process = make_process_for_model(meta["arch"], cfg)
+    process = make_process_for_model(process_name, cfg)
     judge = sampling_eval.SyntheticJudge(lang, arch=meta["arch"], vocab_size=cfg.vocab_size,
                                          progress=False)
     _EVALUATORS[key] = sampling_eval.SampleEvaluator(cfg, process, judge, mesh=mesh,
@@ -280,16 +288,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   lang = language(config)
-  vocab = model_vocab(config, lang)
-  if int(config.model.vocab_size) != vocab:
-    raise trainer.TrainError(f"config.model.vocab_size={config.model.vocab_size} but a "
-                             f"{config.backbone} model of the language needs {vocab}")
+  check_vocab(config, lang)
   data = prepare_data(config, workdir, lang)
   seeds = tuple(int(s) for s in config.refine.seeds)
   stages = plan(config, workdir, data)
   backbones = {st.name: _train_stage(st, workdir) for st in stages}
 
-  mesh = trainer.make_mesh(config)
+  mesh = builder.make_mesh(config)
   results: dict[str, list[dict]] = {}
   for st in stages:
     method = "pretrained" if st.method == "pretrain" else st.method
@@ -313,11 +318,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     table += "\nAblations (TokenDrift, same budget and seeds):\n\n" + report.markdown_table(
         ablation)
   timings = _recorded_seconds(workdir, stages)
-  payload = {"backbone": config.backbone, "language": config.language.to_dict(),
+  payload = {"process": str(config.diffusion.process), "family": str(config.model.family),
+             "language": config.language.to_dict(),
              "seeds": list(seeds), "nfe": list(config.evaluation.nfe),
              "rows": results, "summary": summary, "seconds": timings}
   report.write_json(os.path.join(workdir, "results.json"), payload)
-  header = (f"# {config.backbone.upper()} on the synthetic language: Gen.-PPL (exact "
+  header = (f"# {str(config.diffusion.process).upper()} on the synthetic language: Gen.-PPL (exact "
             f"likelihood judge) and entropy, mean ± SD over seeds {list(seeds)}\n\n")
   report.write_text(os.path.join(workdir, "results.md"), header + table + "\n")
   print("\n" + header + table)

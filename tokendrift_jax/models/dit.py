@@ -31,6 +31,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tokendrift_jax.models import base
+from tokendrift_jax.models.common import (check_attention_impl, remat_policy_fn,
+                                          resolve_attention_impl)
+
 FREQ_EMBED_DIM = 256     # TimestepEmbedder.frequency_embedding_size
 ROPE_BASE = 10_000.0
 LN_EPS = 1e-5            # torch.nn.functional.layer_norm default
@@ -72,6 +76,20 @@ class DiTConfig:
   def head_dim(self) -> int:
     return self.hidden_size // self.n_heads
 
+  @property
+  def feature_dim(self) -> int:
+    """TokenDrift feature size: [mean H^(L-1), mean H^(L)] = 2·hidden_size."""
+    return 2 * self.hidden_size
+
+  @property
+  def mask_id(self) -> int:
+    """MDLM appends the mask to the tokenizer: the last id, V − 1."""
+    return self.vocab_size - 1
+
+  @property
+  def time_conditioned(self) -> bool:
+    return bool(self.time_conditioning)
+
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
@@ -107,19 +125,6 @@ def duo_small() -> DiTConfig:
   [PAD] token that DUO's ``get_tokenizer`` adds (uniform state, no mask)."""
   return DiTConfig(vocab_size=50258, hidden_size=768, cond_dim=128, n_blocks=12, n_heads=12,
                    length=1024, dropout=0.1, time_conditioning=True)
-
-
-# "" (jax's default: save nothing) and the jax.checkpoint_policies that take no arguments
-# and suit a DiT block.
-REMAT_POLICIES = ("", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
-                  "everything_saveable")
-
-
-def remat_policy_fn(name: str):
-  """The ``jax.checkpoint_policies`` function called ``name`` (None for "")."""
-  if name not in REMAT_POLICIES:
-    raise ValueError(f"remat policy must be one of {REMAT_POLICIES}, got {name!r}")
-  return getattr(jax.checkpoint_policies, name) if name else None
 
 
 # ----------------------------------------------------------------------------- init
@@ -193,32 +198,6 @@ def apply_rotary(x, cos, sin):
   sin = sin.astype(x.dtype)[None, :, None, :]
   x1, x2 = jnp.split(x, 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-ATTENTION_IMPLS = (None, "xla", "cudnn", "auto")
-
-
-def check_attention_impl(impl):
-  impl = impl or None
-  if impl not in ATTENTION_IMPLS:
-    raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS} ('' = None), got "
-                     f"{impl!r}")
-  return impl
-
-
-def resolve_attention_impl(impl, dtype, head_dim: int):
-  """The ``implementation=`` for jax.nn.dot_product_attention; resolves "auto".
-
-  "auto" picks the cuDNN flash kernel where it applies (a GPU backend, 16-bit inputs, head
-  dim a multiple of 8 up to 128) and XLA's otherwise, so one config serves CPU tests and
-  GPU runs.
-  """
-  if impl != "auto":
-    return impl
-  ok = (jax.default_backend() == "gpu"
-        and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-        and head_dim % 8 == 0 and head_dim <= 128)
-  return "cudnn" if ok else "xla"
 
 
 def _dropout(x, rate: float, rng):
@@ -348,6 +327,10 @@ class DiT(nnx.Module):
     """int[B, L] -> float32[B, L, d] token embeddings."""
     return self.vocab_embed(input_ids)
 
+  def embedding_table(self):
+    """The token-embedding matrix E, float32 [V, d]."""
+    return self.vocab_embed.embedding[...]
+
   def __call__(self, input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
                return_hidden: bool | int = False):
     """Raw backbone output (before SUBS / log-softmax).
@@ -444,9 +427,99 @@ def _remat_block(gdef, policy: str):
                         policy=remat_policy_fn(policy))
 
 
-def count_params(params) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(params))
+# ----------------------------------------------------------------------------- FLOPs
 
 
-def block_param_names() -> Sequence[str]:
-  return ("norm1", "attn_qkv", "attn_out", "norm2", "mlp", "adaLN_modulation")
+@dataclasses.dataclass(frozen=True)
+class DiTFlops:
+  """Analytic matmul FLOPs of the DiT (:class:`models.base.FlopModel`), 2 per multiply-add.
+
+  d = hidden_size, r = mlp_ratio, n = n_blocks, c = cond_dim, V = vocab_size, f = 256 (the
+  timestep frequency embedding). Forward, per token (every Linear is x·W)::
+
+    block linears   2·(3d² + d² + 2·r·d²)   qkv, attn_out, mlp in + out  (= 2·their params)
+    attention       2·2·L·d                 QKᵀ (L keys × d) and P·V (L values × d)
+    output layer    2·d·V                   (with the output layer only)
+
+  Per sequence (the conditioning path, independent of L)::
+
+    sigma map       2·(f·c + c²)            TimestepEmbedder's two Linears
+    adaLN           n·2·c·6d                one per block
+    final adaLN     2·c·2d                  (with the output layer only)
+
+  The embedding lookup is a gather (0 FLOPs). Backward: 2× the forward, less the first
+  σ-map Linear's input gradient (2·f·c; the sinusoid of σ needs none); the embedding's
+  gradient is a scatter-add. Input-only backward (frozen encoder): 1× the block linears
+  (x̄ = ȳ·Wᵀ) and 2× attention (both operands of QKᵀ and P·V are activations); the
+  conditioning path is constant.
+  """
+  cfg: DiTConfig
+
+  def block_linear_per_token(self) -> int:
+    d, r = self.cfg.hidden_size, self.cfg.mlp_ratio
+    return 2 * (3 * d * d + d * d + 2 * r * d * d)
+
+  def attention_per_token(self, length: int) -> int:
+    return 4 * length * self.cfg.hidden_size
+
+  def conditioning(self, *, final: bool) -> int:
+    c, d = self.cfg.cond_dim, self.cfg.hidden_size
+    total = 2 * (FREQ_EMBED_DIM * c + c * c) + self.cfg.n_blocks * 2 * c * 6 * d
+    return total + (2 * c * 2 * d if final else 0)
+
+  def forward(self, length: int, *, output_layer: bool) -> int:
+    cfg = self.cfg
+    per_token = cfg.n_blocks * (self.block_linear_per_token() + self.attention_per_token(length))
+    if output_layer:
+      per_token += 2 * cfg.hidden_size * cfg.vocab_size
+    return length * per_token + self.conditioning(final=output_layer)
+
+  def backward(self, length: int) -> int:
+    # Twice the forward, less the input gradient of the σ map's first Linear (its input,
+    # the sinusoidal embedding, is not differentiated).
+    return 2 * self.forward(length, output_layer=True) - 2 * FREQ_EMBED_DIM * self.cfg.cond_dim
+
+  def input_backward(self, length: int) -> int:
+    # Input gradients only: one product per Linear, two per attention product.
+    n = self.cfg.n_blocks
+    return n * length * (self.block_linear_per_token() + 2 * self.attention_per_token(length))
+
+  def shared_forward(self, length: int) -> int:
+    del length
+    return self.conditioning(final=False)
+
+  def recompute(self, length: int, policy: str, *, weight_grads: bool) -> int:
+    """Extra forward products of one differentiated block stack under remat ``policy``.
+
+    Only what the backward pass reads is recomputed (XLA removes the rest):
+
+    * ``nothing_saveable``: every product of the block, except, when the stack has no
+      weight gradients (the frozen encoder), the MLP's output Linear: its result only
+      forms the block output, and the next block's input is saved. The adaLN products
+      depend on the conditioning only and are not recomputed.
+    * ``dots_with_no_batch_dims_saveable``: the attention products (they have batch
+      dimensions; Linear outputs are saved); without weight gradients only QKᵀ (P·V's
+      result only feeds attn_out, whose input is needed for its weight gradient alone).
+    * ``dots_saveable`` / ``everything_saveable`` / "": none.
+    """
+    remat_policy_fn(policy)  # validates the name
+    cfg = self.cfg
+    d, r = cfg.hidden_size, cfg.mlp_ratio
+    attn = cfg.n_blocks * length * self.attention_per_token(length)
+    if policy == "nothing_saveable":
+      linear = cfg.n_blocks * length * self.block_linear_per_token()
+      if not weight_grads:
+        linear -= cfg.n_blocks * length * 2 * r * d * d
+      return linear + attn
+    if policy == "dots_with_no_batch_dims_saveable":
+      return attn if weight_grads else attn // 2
+    return 0
+
+  def lift(self, length: int) -> int:
+    return 2 * length * self.cfg.vocab_size * self.cfg.hidden_size
+
+
+FAMILY = base.Family(
+    name="dit", config_cls=DiTConfig, module_cls=DiT, flops=DiTFlops,
+    compatible_fields=("dropout",),
+    hub_names={"mdlm": "kuleshov-group/mdlm-owt", "duo": "s-sahoo/duo"})

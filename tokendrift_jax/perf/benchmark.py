@@ -1,8 +1,8 @@
 """Benchmark of the jitted training steps: time, throughput, FLOPs, MFU, compile time, memory.
 
-For each (objective, per-device batch) case the step is built exactly as
-``train.trainer.build`` builds it (same ``StepContext``, optimizer, state, shardings and
-``step.jit_train_step``, donation included) from a config, with random weights (the
+For each (objective, per-device batch) case the step is the one training runs: it is built
+by ``train.builder.build_step`` from a config, as ``train.trainer.build`` builds it (same
+``StepContext``, optimizer, state, shardings, donation), with random weights (the
 initialisation plus N(0, 0.02²) on every leaf, so no layer is zero) and random tokens instead
 of a checkpoint and a corpus. Then:
 
@@ -44,12 +44,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tokendrift_jax import checkpoints
+from tokendrift_jax import models
 from tokendrift_jax import sharding
-from tokendrift_jax.models.dit import DiTConfig
 from tokendrift_jax.perf import flops as flops_lib
 from tokendrift_jax.perf import hlo
-from tokendrift_jax.train import trainer
+from tokendrift_jax.train import builder
 
 # Architectures selectable by name; "config" keeps the config's own model section.
 # tiny: head dim 64 (cuDNN flash attention needs a multiple of 8, at most 128).
@@ -91,14 +90,14 @@ def apply_size(config: ml_collections.ConfigDict, size: str, length: int = 0,
 def case_config(config: ml_collections.ConfigDict, *, objective: str, per_device_batch: int,
                 n_micro: int = 1) -> ml_collections.ConfigDict:
   """``config`` set up for one case: micro_batch = per-device batch × batch shards."""
-  if objective not in trainer.OBJECTIVES:
-    raise BenchmarkError(f"objective must be one of {trainer.OBJECTIVES}, got {objective!r}")
+  if objective not in builder.OBJECTIVES:
+    raise BenchmarkError(f"objective must be one of {builder.OBJECTIVES}, got {objective!r}")
   if per_device_batch < 1 or n_micro < 1:
     raise BenchmarkError(f"per-device batch {per_device_batch} and n_micro {n_micro} must "
                          f"be >= 1")
   c = copy.deepcopy(config)
   c.objective = objective
-  mesh = trainer.make_mesh(c)
+  mesh = builder.make_mesh(c)
   shards = sharding.num_batch_shards(mesh)
   c.batch.micro_batch = int(per_device_batch) * shards
   c.batch.global_batch = c.batch.micro_batch * int(n_micro)
@@ -119,24 +118,36 @@ def remat_policy(config) -> str:
 @dataclasses.dataclass
 class StepSetup:
   """A built (not yet compiled) training step and what it is called with."""
-  config: ml_collections.ConfigDict
-  model_cfg: DiTConfig
-  fn: Callable                         # the jitted step(state, batch, encoder_params)
+  parts: builder.StepParts
   abstract_args: tuple                 # ShapeDtypeStructs carrying the shardings
   make_args: Callable[[], tuple]       # concrete (state, batch, encoder_params)
-  mesh: Any
-  drift: Any                           # DriftConfig or None
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.parts.config
+
+  @property
+  def model_cfg(self):
+    return self.parts.model_cfg
+
+  @property
+  def fn(self) -> Callable:
+    """The jitted step(state, batch, encoder_params) of ``train.builder.build_step``."""
+    return self.parts.step_fn
+
+  @property
+  def mesh(self):
+    return self.parts.mesh
+
+  @property
+  def drift(self):
+    return self.parts.drift
 
 
-def _with_sharding(tree, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      tree, shardings)
+_PARAM_CACHE: dict[tuple[Any, int], dict] = {}
 
 
-_PARAM_CACHE: dict[tuple[DiTConfig, int], dict] = {}
-
-
-def random_params(model_cfg: DiTConfig, seed: int) -> dict:
+def random_params(model_cfg, seed: int) -> dict:
   """The initialisation plus N(0, 0.02²) noise on every leaf (float32 numpy; cached).
 
   Random rather than zero-initialised weights: adaLN and the output layer start at zero,
@@ -145,7 +156,7 @@ def random_params(model_cfg: DiTConfig, seed: int) -> dict:
   key = (model_cfg, int(seed))
   if key not in _PARAM_CACHE:
     _PARAM_CACHE.clear()  # one architecture at a time (170M: 0.7 GB of host memory)
-    params = checkpoints.init_params(model_cfg, seed)
+    params = models.init_params(model_cfg, seed)
     rng = np.random.default_rng(seed + 1)
     _PARAM_CACHE[key] = jax.tree.map(
         lambda x: (np.asarray(x) + PARAM_NOISE * rng.standard_normal(np.shape(x))
@@ -153,49 +164,35 @@ def random_params(model_cfg: DiTConfig, seed: int) -> dict:
   return _PARAM_CACHE[key]
 
 
-def random_tokens(process, global_batch: int, length: int, vocab_size: int,
-                  seed: int) -> np.ndarray:
-  """int32 [G, L] ids that are valid clean data (never the MDLM mask id)."""
-  high = vocab_size
-  mask_id = getattr(process, "mask_id", None)
+def random_tokens(process, global_batch: int, length: int, seed: int) -> np.ndarray:
+  """int32 [G, L] ids that are valid clean data (text ids, never the mask id)."""
   rng = np.random.default_rng(seed + 2)
-  ids = rng.integers(0, high - (1 if mask_id is not None else 0), (global_batch, length))
-  if mask_id is not None:
+  mask_id, high = process.mask_id, process.text_vocab_size
+  if mask_id is not None and mask_id < high:  # a mask inside the text range is skipped
+    ids = rng.integers(0, high - 1, (global_batch, length))
     ids = np.where(ids >= mask_id, ids + 1, ids)
+  else:
+    ids = rng.integers(0, high, (global_batch, length))
   return ids.astype(np.int32)
 
 
 def build_step(config: ml_collections.ConfigDict, *, seed: int = 0) -> StepSetup:
-  """The training step of ``config`` as ``trainer.build`` makes it, without data or ckpt."""
-  if config.objective not in trainer.OBJECTIVES:
-    raise BenchmarkError(f"config.objective must be one of {trainer.OBJECTIVES}, got "
+  """The training step of ``config`` (``train.builder.build_step``), without data or ckpt."""
+  if config.objective not in builder.OBJECTIVES:
+    raise BenchmarkError(f"config.objective must be one of {builder.OBJECTIVES}, got "
                          f"{config.objective!r}")
-  model_cfg = trainer.model_config(config)
-  mesh = trainer.make_mesh(config)
-  trainer.check_batch_config(config, mesh, jax.process_count())
-  dcfg = trainer.drift_config(config) if config.objective == "drift" else None
-  process = trainer.process_for(config, model_cfg)
-  parts = trainer.build_step(config, model_cfg, mesh, process, dcfg)
-  init, shardings, enc_shardings = parts.init_state, parts.state_shardings, parts.encoder_shardings
-  fn = parts.step_fn
-  abs_params = checkpoints.abstract_params(model_cfg)
-  abs_state = jax.eval_shape(init, abs_params)
-  g, length = int(config.batch.global_batch), model_cfg.length
-  batch_shard = sharding.batch_sharding(mesh)
-  abstract = (_with_sharding(abs_state, shardings),
-              jax.ShapeDtypeStruct((g, length), jnp.int32, sharding=batch_shard),
-              None if dcfg is None else _with_sharding(abs_params, enc_shardings))
+  parts = builder.build_step(config)
+  g, length = int(config.batch.global_batch), parts.model_cfg.length
 
   def make_args():
-    params = random_params(model_cfg, seed)
-    state = sharding.to_global(init(params), shardings)
-    tokens = random_tokens(process, g, length, model_cfg.vocab_size, seed)
-    batch = sharding.to_global(tokens, batch_shard)
-    enc = None if dcfg is None else sharding.to_global(params, enc_shardings)
+    params = random_params(parts.model_cfg, seed)
+    state = sharding.to_global(parts.init_state(params), parts.state_shardings)
+    tokens = random_tokens(parts.process, g, length, seed)
+    batch = sharding.to_global(tokens, parts.batch_sharding)
+    enc = None if parts.drift is None else sharding.to_global(params, parts.encoder_shardings)
     return state, batch, enc
 
-  return StepSetup(config=config, model_cfg=model_cfg, fn=fn, abstract_args=abstract,
-                   make_args=make_args, mesh=mesh, drift=dcfg)
+  return StepSetup(parts=parts, abstract_args=parts.abstract_args(), make_args=make_args)
 
 
 def analytic_flops(setup: StepSetup, n_micro: int | None = None) -> flops_lib.StepFlops:

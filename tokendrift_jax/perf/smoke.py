@@ -1,6 +1,7 @@
 """bf16-vs-fp32 smoke check of the TokenDrift micro-step (the device script's first stage).
 
-One TokenDrift micro-step (``train.losses.drift_microstep``: corrupt, generator, SUBS, soft
+One TokenDrift micro-step (``train.losses.drift_microstep`` with the context that
+``train.builder.build_step`` makes for training: corrupt, generator, SUBS, soft
 lift, frozen encoder, drift against the queues, fixed-point gradient) is run with the same
 weights, batch, key and queues under several numerics variants, and each is compared with
 the float32 / XLA-attention reference:
@@ -37,8 +38,8 @@ import numpy as np
 
 from tokendrift_jax.drift import queue as queue_lib
 from tokendrift_jax.perf import benchmark as bench
+from tokendrift_jax.train import builder
 from tokendrift_jax.train import losses
-from tokendrift_jax.train import trainer
 
 LIMITS = {"feature_rel_err": 5e-2, "grad_cosine": 0.99}
 
@@ -70,27 +71,34 @@ def run(config: ml_collections.ConfigDict, *, batch: int,
         variants: Sequence[Variant] = (Variant("bf16/xla", "bfloat16", "xla"),),
         seed: int = 0) -> dict[str, Any]:
   """Runs the reference (float32, XLA attention) and every variant; returns the report."""
-  model_cfg = trainer.model_config(config)
-  dcfg = trainer.drift_config(config)
-  process = trainer.process_for(config, model_cfg)
-  params = jax.tree.map(jnp.asarray, bench.random_params(model_cfg, seed))
-  tokens = bench.random_tokens(process, 2 * batch, model_cfg.length, model_cfg.vocab_size,
-                               seed)
-  x_fill, x0 = jnp.asarray(tokens[:batch]), jnp.asarray(tokens[batch:])
-  key = jax.random.key(seed + 3)
-  dim = 2 * model_cfg.hidden_size
 
-  def step_fn(variant: Variant):
+  def variant_parts(variant: Variant) -> builder.StepParts:
+    # The training step's own build, on one device with one micro-batch of ``batch``.
     c = ml_collections.ConfigDict(config.to_dict())
     c.model.dtype = variant.dtype
     c.model.attention_impl = variant.attention_impl
-    ctx = losses.StepContext(graphdef=trainer.model_graphdef(c, model_cfg), process=process,
-                             drift=dcfg, mesh=None, dropout=model_cfg.dropout > 0,
-                             compute_dtype=jnp.dtype(variant.dtype))
+    c.mesh.shape, c.mesh.num_devices, c.mesh.param_sharding = (1, 1), 1, "replicated"
+    c.batch.global_batch = c.batch.micro_batch = int(batch)
+    c.batch.eval_global_batch = 1
+    return builder.build_step(c)
+
+  def microstep(parts: builder.StepParts):
+    ctx = parts.ctx
     return jax.jit(lambda p, q, x, k: losses.drift_microstep(ctx, p, p, q, x, k))
 
   reference = Variant("fp32/xla", "float32", "xla")
-  ref_jit = step_fn(reference)
+  parts = variant_parts(reference)
+  model_cfg, dcfg, process = parts.model_cfg, parts.drift, parts.process
+  if dcfg is None:
+    raise bench.BenchmarkError("the smoke check runs a TokenDrift micro-step: set "
+                               "config.objective='drift'")
+  params = jax.tree.map(jnp.asarray, bench.random_params(model_cfg, seed))
+  tokens = bench.random_tokens(process, 2 * batch, model_cfg.length, seed)
+  x_fill, x0 = jnp.asarray(tokens[:batch]), jnp.asarray(tokens[batch:])
+  key = jax.random.key(seed + 3)
+  dim = model_cfg.feature_dim
+
+  ref_jit = microstep(parts)
 
   def ref_fn(*args):
     # Full float32 products: a GPU's default for float32 matmuls is TF32 (10-bit mantissa).
@@ -110,7 +118,7 @@ def run(config: ml_collections.ConfigDict, *, batch: int,
   ref = one(reference, ref_fn)
   rows = []
   for variant in variants:
-    out = one(variant, step_fn(variant))
+    out = one(variant, microstep(variant_parts(variant)))
     g, gr = out["grads"], ref["grads"]
     cos = float(g @ gr / max(np.linalg.norm(g) * np.linalg.norm(gr), 1e-30))
     finite = bool(np.all(np.isfinite(g)) and math.isfinite(out["loss"])

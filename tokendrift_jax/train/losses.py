@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from tokendrift_jax import checkpoints
+from tokendrift_jax import models
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import metrics as diff_metrics
 from tokendrift_jax.drift import features as feat_lib
@@ -28,7 +28,8 @@ class StepContext:
   """Static pieces of a step (hashable closures for jit).
 
   Attributes:
-    graphdef: NNX graph of the generator (and of the frozen encoder, the same network).
+    graphdef: NNX graph of the generator (and of the frozen encoder, the same network),
+      a backbone of any registered family (:mod:`tokendrift_jax.models`).
     process: the diffusion process (MDLM or DUO) of the backbone.
     drift: TokenDrift hyper-parameters, or None for continuation training.
     mesh: the (data, fsdp) mesh, or None for an unsharded step.
@@ -50,7 +51,7 @@ class StepContext:
 
 def generator(ctx: StepContext, params, dropout_key):
   """The generator as a denoiser ``(x, sigma) -> logits`` (dropout on in training)."""
-  model = checkpoints.merge(ctx.graphdef, params)
+  model = models.merge(ctx.graphdef, params)
   key = dropout_key if ctx.dropout else None
   return lambda x, sigma: model(x, sigma, dropout_rng=key)
 
@@ -90,8 +91,8 @@ def drift_microstep(ctx: StepContext, params, encoder_params, queues, x0, key):
   sigma = process.model_sigma(t)
   predicted = process.predicted_positions(xt)
 
-  encoder = checkpoints.merge(ctx.graphdef, jax.lax.stop_gradient(encoder_params))
-  table = encoder.vocab_embed.embedding[...]
+  encoder = models.merge(ctx.graphdef, jax.lax.stop_gradient(encoder_params))
+  table = encoder.embedding_table()
   enc_sigma = feat_lib.encoder_sigma(b, dcfg.encoder_sigma)
 
   def encoder_hidden(embeds, s):

@@ -1,0 +1,104 @@
+"""The backbone contract: what every model family provides to the rest of the package.
+
+A *family* is one file under ``tokendrift_jax/models/`` (or anywhere, registered with
+:func:`tokendrift_jax.models.register`) that defines a :class:`Family`. Nothing else in the
+package knows a family's internals: training, TokenDrift, sampling, evaluation, checkpoints
+and FLOP accounting use only what is declared here.
+
+A family's **config** (a frozen dataclass, stored in checkpoints) provides:
+
+* ``vocab_size: int``, ``length: int`` (maximum sequence length), ``dropout: float`` (the
+  training-mode rate; 0 when the family has none);
+* ``feature_dim: int``: size of the pooled TokenDrift feature h = [mean H^(L-1), mean H^(L)]
+  (paper Sec. 3: 2·d);
+* ``mask_id: int | None``: the id masked (absorbing-state) diffusion uses, None when the
+  architecture has no mask token;
+* ``time_conditioned: bool``: whether the network reads the noise level σ;
+* ``to_dict()`` / ``from_dict(d)`` (unknown fields are an error), ``num_params()``.
+
+A family's **module** (an ``nnx.Module`` built as ``module_cls(config, *, dtype,
+attention_impl, remat, remat_policy, scan_layers, rngs)``; a family may ignore compute
+options it has no use for) provides:
+
+* ``__call__(input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
+  return_hidden=False)``: int[B, L] ids or float[B, L, d] input embeddings (the soft-token
+  lift, paper Eq. 3), σ float[B] (ignored when not time-conditioned), an optional dropout
+  key; returns float32 logits [B, L, V], or ``(logits, hidden)`` with the last k block
+  outputs (each float32 [B, L, d]) when ``return_hidden=k`` (True = all);
+* ``embedding_table()``: the token-embedding matrix E, float32 [V, d] (the lift's E).
+
+Parameters are a pure dict of float32 arrays (``nnx.to_pure_dict``), in every family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol
+
+
+class BackboneConfig(Protocol):
+  vocab_size: int
+  length: int
+  dropout: float
+
+  @property
+  def feature_dim(self) -> int: ...
+
+  @property
+  def mask_id(self) -> int | None: ...
+
+  @property
+  def time_conditioned(self) -> bool: ...
+
+  def to_dict(self) -> dict[str, Any]: ...
+
+  def num_params(self) -> int: ...
+
+
+class FlopModel(Protocol):
+  """Analytic matmul FLOPs of one sequence of ``length`` tokens (2 per multiply-add).
+
+  ``perf/flops.py`` composes a training step from these; each family states its own.
+  """
+
+  def forward(self, length: int, *, output_layer: bool) -> int:
+    """One forward pass (``output_layer=False``: up to the last block, as the encoder)."""
+
+  def backward(self, length: int) -> int:
+    """The backward pass of a forward with the output layer, weight and input grads."""
+
+  def input_backward(self, length: int) -> int:
+    """The backward of the block stack when only input gradients are needed (the frozen
+    encoder's soft pass)."""
+
+  def shared_forward(self, length: int) -> int:
+    """What a second forward with the same σ and weights reuses from the first (the
+    conditioning path), so is not computed again; 0 when nothing is shared."""
+
+  def recompute(self, length: int, policy: str, *, weight_grads: bool) -> int:
+    """Forward products recomputed in the backward pass under remat ``policy``."""
+
+  def lift(self, length: int) -> int:
+    """The soft-token product p·E over all positions, 2·L·V·d."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A registered backbone family.
+
+  Attributes:
+    name: the ``config.model.family`` value and the checkpoint's ``family``.
+    config_cls: the architecture dataclass (see the module docstring).
+    module_cls: the nnx.Module class.
+    flops: ``flops(config) -> FlopModel``.
+    compatible_fields: config fields that a run may set differently from its init
+      checkpoint (e.g. dropout); ``length`` may always be shorter. Every other field must
+      be equal.
+    hub_names: released checkpoints by diffusion process, for the offline hint.
+  """
+  name: str
+  config_cls: type
+  module_cls: type
+  flops: Callable[[Any], FlopModel]
+  compatible_fields: tuple[str, ...] = ()
+  hub_names: Mapping[str, str] = dataclasses.field(default_factory=dict)

@@ -1,0 +1,44 @@
+"""Building blocks shared by backbone families: remat policies and attention kernels."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# "" (jax's default: save nothing) and the jax.checkpoint_policies that take no arguments
+# and suit a transformer block.
+REMAT_POLICIES = ("", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "everything_saveable")
+
+
+def remat_policy_fn(name: str):
+  """The ``jax.checkpoint_policies`` function called ``name`` (None for "")."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat policy must be one of {REMAT_POLICIES}, got {name!r}")
+  return getattr(jax.checkpoint_policies, name) if name else None
+
+
+ATTENTION_IMPLS = (None, "xla", "cudnn", "auto")
+
+
+def check_attention_impl(impl):
+  impl = impl or None
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS} ('' = None), got "
+                     f"{impl!r}")
+  return impl
+
+
+def resolve_attention_impl(impl, dtype, head_dim: int):
+  """The ``implementation=`` for jax.nn.dot_product_attention; resolves "auto".
+
+  "auto" picks the cuDNN flash kernel where it applies (a GPU backend, 16-bit inputs, head
+  dim a multiple of 8 up to 128) and XLA's otherwise, so one config serves CPU tests and
+  GPU runs.
+  """
+  if impl != "auto":
+    return impl
+  ok = (jax.default_backend() == "gpu"
+        and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        and head_dim % 8 == 0 and head_dim <= 128)
+  return "cudnn" if ok else "xla"

@@ -1,0 +1,201 @@
+"""One function from a config to the jitted, sharded training step: :func:`build_step`.
+
+The trainer, the benchmark (``perf/benchmark.py``) and the bf16 smoke check
+(``perf/smoke.py``) all call it, so what is timed and checked is the step that training
+runs. It needs no data and no checkpoint: parameters enter through ``init_state``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from tokendrift_jax import models
+from tokendrift_jax import sharding
+from tokendrift_jax.diffusion import process_from_config
+from tokendrift_jax.drift import objective as obj_lib
+from tokendrift_jax.train import losses
+from tokendrift_jax.train import optim
+from tokendrift_jax.train import step as step_lib
+
+OBJECTIVES = ("drift", "continuation")
+
+
+class TrainError(ValueError):
+  """A configuration or input problem, reported as one line before anything is written."""
+
+
+# ----------------------------------------------------------------------------- config parts
+
+
+def model_config(config: ml_collections.ConfigDict):
+  """The architecture ``config.model`` describes (its ``family``'s config dataclass)."""
+  try:
+    return models.model_config(config.model)
+  except (KeyError, TypeError, ValueError) as e:
+    raise TrainError(f"config.model: {e}") from e
+
+
+def make_mesh(config: ml_collections.ConfigDict):
+  try:
+    return sharding.mesh_from_config(config.mesh)
+  except ValueError as e:
+    raise TrainError(str(e)) from e
+
+
+def check_batch_config(config, mesh, process_count: int) -> None:
+  g, b = int(config.batch.global_batch), int(config.batch.micro_batch)
+  shards = sharding.num_batch_shards(mesh)
+  if g < 1 or b < 1:
+    raise TrainError(f"config.batch.global_batch={g} and micro_batch={b} must be >= 1")
+  if g % b:
+    raise TrainError(f"config.batch.global_batch={g} is not divisible by "
+                     f"config.batch.micro_batch={b}")
+  if b % shards:
+    raise TrainError(f"config.batch.micro_batch={b} is not divisible by the {shards} devices "
+                     f"of the mesh {dict(mesh.shape)}; every micro-batch is spread over all "
+                     f"devices")
+  if g % process_count:
+    raise TrainError(f"config.batch.global_batch={g} is not divisible by the "
+                     f"{process_count} processes")
+  e = int(config.batch.eval_global_batch)
+  if e % shards or e % process_count:
+    raise TrainError(f"config.batch.eval_global_batch={e} must be divisible by the {shards} "
+                     f"devices and {process_count} processes")
+
+
+def check_ema_config(config) -> None:
+  if config.ema.evaluate not in ("raw", "ema"):
+    raise TrainError(f"config.ema.evaluate must be 'raw' or 'ema', got {config.ema.evaluate!r}")
+  if config.ema.evaluate == "ema" and not config.ema.enabled:
+    raise TrainError("config.ema.evaluate='ema' but config.ema.enabled is False")
+
+
+def drift_config(config) -> obj_lib.DriftConfig:
+  d = config.drift.to_dict()
+  d["temperatures"] = tuple(d["temperatures"])
+  try:
+    return obj_lib.DriftConfig(**d)
+  except (TypeError, ValueError) as e:
+    raise TrainError(f"config.drift: {e}") from e
+
+
+def process_for(config, model_cfg):
+  """The diffusion process of ``config.diffusion`` for ``model_cfg``."""
+  try:
+    return process_from_config(config, model_cfg)
+  except (TypeError, ValueError) as e:
+    raise TrainError(f"config.diffusion: {e}") from e
+
+
+def model_graphdef(config, model_cfg):
+  """The NNX graph of the backbone as config.model asks (dtype, attention, remat, scan)."""
+  try:
+    return models.graphdef(
+        model_cfg, dtype=jnp.dtype(config.model.dtype),
+        attention_impl=config.model.attention_impl or None, remat=bool(config.model.remat),
+        remat_policy=str(config.model.get("remat_policy", "") or ""),
+        scan_layers=bool(config.model.get("scan_layers", False)))
+  except (TypeError, ValueError) as e:
+    raise TrainError(f"config.model: {e}") from e
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+@dataclasses.dataclass
+class StepParts:
+  """The compiled-to-be pieces of a run, independent of data and checkpoints.
+
+  Attributes:
+    model_cfg, mesh, process, drift: what the config resolves to (drift None for
+      continuation).
+    ctx: the static context of the micro-steps.
+    optimizer: the optax transformation.
+    init_state: ``params -> TrainState`` (host arrays in, host arrays out).
+    state_shardings: TrainState of shardings; encoder_shardings: the frozen encoder's
+      (None for continuation); batch_sharding: of a global [G, L] batch.
+    step_fn: jitted ``(state, batch, encoder_params) -> (state, metrics)``, state donated.
+    eval_fn: jitted ``(params, batch, key) -> {"nll_sum", "num_tokens"}``.
+  """
+  config: ml_collections.ConfigDict
+  model_cfg: Any
+  mesh: Any
+  process: Any
+  drift: obj_lib.DriftConfig | None
+  ctx: losses.StepContext
+  optimizer: Any
+  init_state: Callable[[Any], step_lib.TrainState]
+  state_shardings: step_lib.TrainState
+  encoder_shardings: Any
+  batch_sharding: Any
+  step_fn: Callable
+  eval_fn: Callable
+
+  def abstract_args(self) -> tuple:
+    """ShapeDtypeStructs (with shardings) of ``step_fn``'s arguments, for ``.lower``."""
+    def with_sharding(tree, shardings):
+      return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          tree, shardings)
+    abs_params = models.abstract_params(self.model_cfg)
+    abs_state = jax.eval_shape(self.init_state, abs_params)
+    batch = jax.ShapeDtypeStruct((int(self.config.batch.global_batch), self.model_cfg.length),
+                                 jnp.int32, sharding=self.batch_sharding)
+    encoder = (None if self.drift is None
+               else with_sharding(abs_params, self.encoder_shardings))
+    return with_sharding(abs_state, self.state_shardings), batch, encoder
+
+
+def build_step(config: ml_collections.ConfigDict, model_cfg=None) -> StepParts:
+  """The sharded, jitted train and eval steps of ``config``.
+
+  Checks the objective, the model, the mesh and batch sizes, EMA, drift and diffusion
+  settings (TrainError naming the field). ``model_cfg`` defaults to ``config.model``'s
+  architecture (the trainer passes the one it checked against the init checkpoint).
+  """
+  if config.objective not in OBJECTIVES:
+    raise TrainError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
+  model_cfg = model_config(config) if model_cfg is None else model_cfg
+  mesh = make_mesh(config)
+  check_batch_config(config, mesh, jax.process_count())
+  check_ema_config(config)
+  dcfg = drift_config(config) if config.objective == "drift" else None
+  process = process_for(config, model_cfg)
+  gdef = model_graphdef(config, model_cfg)
+  total = int(config.train.steps)
+  optimizer = optim.make_optimizer(config.optim, total)
+
+  def init_state(params):
+    return step_lib.init_state(
+        params, optimizer, seed=int(config.seed), ema=bool(config.ema.enabled),
+        queue_size=None if dcfg is None else dcfg.queue_size,
+        feature_dim=model_cfg.feature_dim)
+
+  abstract = models.abstract_params(model_cfg)
+  shardings = step_lib.state_sharding(jax.eval_shape(init_state, abstract), mesh,
+                                      config.mesh.param_sharding)
+  enc_shardings = None
+  if dcfg is not None:
+    enc_shardings = sharding.param_sharding(abstract, mesh, config.mesh.param_sharding)
+  ctx = losses.StepContext(graphdef=gdef, process=process, drift=dcfg, mesh=mesh,
+                           dropout=float(model_cfg.dropout) > 0,
+                           compute_dtype=jnp.dtype(config.model.dtype))
+  scfg = step_lib.StepConfig(micro_batch=int(config.batch.micro_batch),
+                             ema_decay=float(config.ema.decay) if config.ema.enabled else None,
+                             lr_schedule=optim.learning_rate_schedule(config.optim, total),
+                             ema_warmup=bool(config.ema.get("warmup", True)))
+  step_fn = step_lib.jit_train_step(step_lib.make_train_step(ctx, optimizer, scfg), shardings,
+                                    mesh, enc_shardings)
+  eval_fn = jax.jit(step_lib.make_eval_step(ctx),
+                    in_shardings=(shardings.params, sharding.batch_sharding(mesh),
+                                  sharding.replicated(mesh)),
+                    out_shardings=sharding.replicated(mesh))
+  return StepParts(config=config, model_cfg=model_cfg, mesh=mesh, process=process, drift=dcfg,
+                   ctx=ctx, optimizer=optimizer, init_state=init_state,
+                   state_shardings=shardings, encoder_shardings=enc_shardings,
+                   batch_sharding=sharding.batch_sharding(mesh), step_fn=step_fn,
+                   eval_fn=eval_fn)
