@@ -37,6 +37,9 @@ from tokendrift_jax import sharding
 from tokendrift_jax.data import synthetic
 from tokendrift_jax.diffusion import make_process_for_model
 from tokendrift_jax.train import builder
+from tokendrift_jax.eval import entropy
+from tokendrift_jax.eval import files
+from tokendrift_jax.eval import judges
 from tokendrift_jax.eval import report
 from tokendrift_jax.eval import sampling_eval
 from tokendrift_jax.train import trainer
@@ -211,8 +214,7 @@ def _evaluate(config, backbone: str, lang, seeds, mesh) -> list[dict]:
   key = (cfg, process_name, lang.seed, int(ev.batch), id(mesh))
   if key not in _EVALUATORS:  # one compiled sampler for every backbone of the experiment
     process = make_process_for_model(process_name, cfg)
-    judge = sampling_eval.SyntheticJudge(lang, arch=meta["arch"], vocab_size=cfg.vocab_size,
-                                         progress=False)
+    judge = judges.SyntheticJudge(lang, process=process, progress=False)
     _EVALUATORS[key] = sampling_eval.SampleEvaluator(cfg, process, judge, mesh=mesh,
                                                      batch=int(ev.batch), progress=False)
   params = sharding.to_global(params, sharding.replicated(mesh))
@@ -237,7 +239,7 @@ def _eval_stage(name: str, config, backbone: str, lang, seeds, workdir: str, mes
       return cached["rows"]
   t0 = time.time()
   rows = _evaluate(config, backbone, lang, seeds, mesh)
-  report.write_json(path, {"key": key, "rows": rows, "seconds": time.time() - t0})
+  files.write_json(path, {"key": key, "rows": rows, "seconds": time.time() - t0})
   return rows
 
 
@@ -249,7 +251,7 @@ def reference_rows(config, lang, seeds) -> list[dict]:
                                      int(config.model.length))
     for nfe in config.evaluation.nfe:
       rows.append(dict(nfe=int(nfe), seed=int(seed), gen_ppl=synthetic.gen_ppl(lang, tokens),
-                       entropy=float(sampling_eval.entropy_lib.mean_entropy(tokens)),
+                       entropy=float(entropy.mean_entropy(tokens)),
                        num_samples=int(tokens.shape[0])))
   return rows
 
@@ -322,10 +324,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
              "language": config.language.to_dict(),
              "seeds": list(seeds), "nfe": list(config.evaluation.nfe),
              "rows": results, "summary": summary, "seconds": timings}
-  report.write_json(os.path.join(workdir, "results.json"), payload)
+  files.write_json(os.path.join(workdir, "results.json"), payload)
   header = (f"# {str(config.diffusion.process).upper()} on the synthetic language: Gen.-PPL (exact "
             f"likelihood judge) and entropy, mean ± SD over seeds {list(seeds)}\n\n")
-  report.write_text(os.path.join(workdir, "results.md"), header + table + "\n")
+  files.write_text(os.path.join(workdir, "results.md"), header + table + "\n")
   print("\n" + header + table)
   print("\ncompute time recorded by the stages: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())

@@ -63,16 +63,22 @@ def config_from_dict(family: str, fields: dict[str, Any]):
 def model_config(model: Any):
   """The architecture that a ``config.model`` section describes.
 
-  ``model.family`` picks the family (default "dit"); its config class takes every field of
-  the section it declares; compute options (:data:`COMPUTE_FIELDS`) are ignored here.
-  Raises ValueError naming a missing field or a bad value.
+  ``model.family`` picks the family; the section holds exactly the family's config fields
+  and the compute options (:data:`COMPUTE_FIELDS`, not used here). Raises ValueError
+  naming a missing or unknown field or a bad value.
   """
-  name = str(model.get("family", "dit") or "dit")
+  if "family" not in model:
+    raise ValueError(f"config.model has no 'family' (one of {families()})")
+  name = str(model["family"])
   family = get_family(name)
   fields = [f.name for f in dataclasses.fields(family.config_cls)]
   missing = [f for f in fields if f not in model]
   if missing:
     raise ValueError(f"model.family={name!r} needs the field(s) {missing} in config.model")
+  unknown = sorted(set(model.keys()) - set(fields) - set(COMPUTE_FIELDS))
+  if unknown:
+    raise ValueError(f"config.model has field(s) {unknown} that model.family={name!r} does "
+                     f"not have (its fields: {fields}; compute options: {list(COMPUTE_FIELDS)})")
   try:
     return family.config_cls(**{f: model[f] for f in fields})
   except TypeError as e:

@@ -380,7 +380,7 @@ def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_ba
 
 def drift_share(step_rows: Sequence[dict], measure: Callable[..., list[dict]],
                 q_sizes: Sequence[int] = (1024, 65536), iters: int = 5) -> list[dict]:
-  """Drift + queue cost (``launch/bench_drift.measure``) next to each drift step's time.
+  """Drift + queue cost (``perf.drift_timing.measure``) next to each drift step's time.
 
   For every drift row: the isolated drift_from_features + fixed-point loss + pushes at the
   row's feature size m = 2d and N = its micro batch, per queue size, and its share of the
