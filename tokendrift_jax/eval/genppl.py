@@ -371,15 +371,15 @@ class GenPPLEvaluator:
       raise ValueError(f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, not a str")
     tokens, mask, lengths, sample = self._chunks(texts, group_size)
     rows, b = tokens.shape[0], self.batch_size
-    n_batches = math.ceil(rows / b)
-    fill = n_batches * b - rows
+    num_batches = math.ceil(rows / b)
+    fill = num_batches * b - rows
     if fill:
       tokens = np.concatenate([tokens, np.full((fill, self.context_size), self.model.eos_id, np.int32)])
       mask = np.concatenate([mask, np.ones((fill, self.context_size), np.int32)])
       lengths = np.concatenate([lengths, np.zeros((fill,), np.int32)])
     outputs = []
     with jax.default_matmul_precision(self.matmul_precision):
-      for i in tqdm.trange(n_batches, desc="Gen-PPL", disable=not self.progress):
+      for i in tqdm.trange(num_batches, desc="Gen-PPL", disable=not self.progress):
         sl = slice(i * b, (i + 1) * b)
         outputs.append(self._score(
             self._params,
