@@ -16,12 +16,10 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tokendrift_jax.eval import files  # noqa: E402
-from tokendrift_jax.eval import judges  # noqa: E402
-from tokendrift_jax.eval import plots  # noqa: E402
-from tokendrift_jax.eval import report  # noqa: E402
+from tokendrift_jax.eval import files
+from tokendrift_jax.eval import judges
+from tokendrift_jax.eval import plots
+from tokendrift_jax.eval import report
 
 
 def _parser() -> argparse.ArgumentParser:
