@@ -13,19 +13,21 @@ import transformers
 
 from convert import gpt2 as convert_gpt2_module
 from convert.gpt2 import convert_gpt2
-from tests import fixtures_gpt2 as fx
 
 # float32 Flax forward vs float64 PyTorch forward of a 2-layer, width-32 GPT-2 with
 # O(1) logits: ~1e-6 absolute; 1e-4 relative to the logit scale leaves margin while
 # any mis-mapped (e.g. untransposed) weight changes logits by O(1).
 REL_TOL = 1e-4
+# build_tiny_gpt2 (tests/conftest.py): vocabulary and EOS of its tiny GPT-2 tokenizer.
+VOCAB = 320
+EOS = "<|endoftext|>"
 
 
 @pytest.fixture(scope="module")
-def src_dirs(tmp_path_factory):
+def src_dirs(tmp_path_factory, build_tiny_gpt2):
   root = tmp_path_factory.mktemp("gpt2_src")
-  fx.build_tiny_gpt2(root / "safetensors", seed=0, safe_serialization=True)
-  fx.build_tiny_gpt2(root / "bin", seed=1, safe_serialization=False)
+  build_tiny_gpt2(root / "safetensors", seed=0, safe_serialization=True)
+  build_tiny_gpt2(root / "bin", seed=1, safe_serialization=False)
   return {"safetensors": root / "safetensors", "bin": root / "bin"}
 
 
@@ -49,7 +51,7 @@ def test_converted_weights_and_tokenizer(src_dirs, tmp_path, kind):
   assert not names & {"model.safetensors", "pytorch_model.bin"}
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".judge")]
 
-  ids = np.random.default_rng(3).integers(0, fx.VOCAB, size=(2, 32)).astype(np.int32)
+  ids = np.random.default_rng(3).integers(0, VOCAB, size=(2, 32)).astype(np.int32)
   pt = transformers.GPT2LMHeadModel.from_pretrained(str(src)).double().eval()
   with torch.no_grad():
     want = pt(torch.from_numpy(ids.astype(np.int64))).logits.numpy()
@@ -59,9 +61,9 @@ def test_converted_weights_and_tokenizer(src_dirs, tmp_path, kind):
 
   tok_src = transformers.AutoTokenizer.from_pretrained(str(src))
   tok_dst = transformers.AutoTokenizer.from_pretrained(str(dst))
-  text = "the cat" + fx.EOS + " sat on the mat ÿ€"
+  text = "the cat" + EOS + " sat on the mat ÿ€"
   assert tok_dst(text)["input_ids"] == tok_src(text)["input_ids"]
-  assert tok_dst.eos_token == fx.EOS
+  assert tok_dst.eos_token == EOS
 
 
 def test_refuses_existing_destination_without_force(src_dirs, tmp_path):
@@ -99,7 +101,7 @@ def test_verification_catches_wrong_weights(src_dirs, tmp_path):
   dst = convert_gpt2(src_dirs["safetensors"], tmp_path / "judge", verify=False)
   # The seed-1 model has the same shapes and different weights.
   with pytest.raises(ValueError, match="disagrees"):
-    convert_gpt2_module._verify(src_dirs["bin"], dst, vocab_size=fx.VOCAB, n_positions=32)
+    convert_gpt2_module._verify(src_dirs["bin"], dst, vocab_size=VOCAB, n_positions=32)
 
 
 def test_bad_sources(tmp_path, src_dirs):

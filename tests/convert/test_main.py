@@ -12,14 +12,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from convert.__main__ import main as convert_main
-from tests import fixtures_dit as fx
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
-def model():
-  return fx.build_torch_dit(fx.tiny_cfg("mdlm"), seed=4)
+def model(build_torch_dit, torch_dit_config):
+  return build_torch_dit(torch_dit_config("mdlm"), seed=4)
 
 
 def _run(capsys, *args):
@@ -44,8 +43,8 @@ def _edit_hf(src_dir, fn):
   save_file(state, path)
 
 
-def test_wrong_shape(model, tmp_path, capsys):
-  src = fx.save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
+def test_wrong_shape(model, tmp_path, capsys, save_hf_dir):
+  src = save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
   _edit_hf(src, lambda s: s.__setitem__("backbone.blocks.1.attn_out.weight",
                                         torch.randn(32, 31)))
   dst = tmp_path / "out"
@@ -53,24 +52,24 @@ def test_wrong_shape(model, tmp_path, capsys):
   _assert_error(rc, err, dst, "blocks.1.attn_out.weight", "(32, 31)", "(32, 32)")
 
 
-def test_missing_key(model, tmp_path, capsys):
-  src = fx.save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
+def test_missing_key(model, tmp_path, capsys, save_hf_dir):
+  src = save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
   _edit_hf(src, lambda s: s.pop("backbone.output_layer.linear.bias"))
   dst = tmp_path / "out"
   rc, err = _run(capsys, src, dst)
   _assert_error(rc, err, dst, "missing key", "output_layer.linear.bias")
 
 
-def test_extra_key(model, tmp_path, capsys):
-  src = fx.save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
+def test_extra_key(model, tmp_path, capsys, save_hf_dir):
+  src = save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
   _edit_hf(src, lambda s: s.__setitem__("backbone.blocks.0.attn_extra.weight", torch.ones(2)))
   dst = tmp_path / "out"
   rc, err = _run(capsys, src, dst)
   _assert_error(rc, err, dst, "unknown key", "blocks.0.attn_extra.weight")
 
 
-def test_wrong_rotary_buffer(model, tmp_path, capsys):
-  src = fx.save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
+def test_wrong_rotary_buffer(model, tmp_path, capsys, save_hf_dir):
+  src = save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
   _edit_hf(src, lambda s: s.__setitem__("backbone.rotary_emb.inv_freq",
                                         s["backbone.rotary_emb.inv_freq"] * 2))
   dst = tmp_path / "out"
@@ -97,8 +96,8 @@ def test_directory_without_config(tmp_path, capsys):
   _assert_error(rc, err, dst, "config.json")
 
 
-def test_causal_hf_config_is_refused(model, tmp_path, capsys):
-  src = fx.save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
+def test_causal_hf_config_is_refused(model, tmp_path, capsys, save_hf_dir):
+  src = save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
   cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
   (tmp_path / "hf" / "config.json").write_text(json.dumps({**cfg, "causal": True}))
   dst = tmp_path / "out"
@@ -106,22 +105,22 @@ def test_causal_hf_config_is_refused(model, tmp_path, capsys):
   _assert_error(rc, err, dst, "causal=true")
 
 
-def test_bare_state_dict_needs_config(model, tmp_path, capsys):
-  src = fx.save_bare(model, str(tmp_path / "sd.safetensors"))
+def test_bare_state_dict_needs_config(model, tmp_path, capsys, save_bare):
+  src = save_bare(model, str(tmp_path / "sd.safetensors"))
   dst = tmp_path / "out"
   rc, err = _run(capsys, src, dst)
   _assert_error(rc, err, dst, "--config")
 
 
-def test_ema_without_shadow(model, tmp_path, capsys):
-  src = fx.save_lightning(model, str(tmp_path / "last.ckpt"), "mdlm")
+def test_ema_without_shadow(model, tmp_path, capsys, save_lightning):
+  src = save_lightning(model, str(tmp_path / "last.ckpt"), "mdlm")
   dst = tmp_path / "out"
   rc, err = _run(capsys, src, dst, "--ema")
   _assert_error(rc, err, dst, "shadow_params")
 
 
-def test_existing_dst_needs_force(model, tmp_path, capsys):
-  src = fx.save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
+def test_existing_dst_needs_force(model, tmp_path, capsys, save_hf_dir):
+  src = save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
   dst = tmp_path / "out"
   dst.mkdir()
   (dst / "keep.txt").write_text("precious")
@@ -133,13 +132,13 @@ def test_existing_dst_needs_force(model, tmp_path, capsys):
   assert not (dst / "keep.txt").exists() and (dst / "params").is_dir()
 
 
-def test_module_entry_point(model, tmp_path):
+def test_module_entry_point(model, tmp_path, save_hf_dir):
   """`python -m convert` as a user runs it: help text, success and a one-line failure."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-m", "convert", "--help"], cwd=ROOT, env=env,
                        capture_output=True, text=True, check=True).stdout
   assert "pickle" in out and "runs code" in out
-  src = fx.save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
+  src = save_hf_dir(model, str(tmp_path / "hf"), "mdlm")
   ok = subprocess.run([sys.executable, "-m", "convert", src, str(tmp_path / "out")], cwd=ROOT,
                       env=env, capture_output=True, text=True)
   assert ok.returncode == 0, ok.stderr

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_drift_field import np_drift  # the independent float64 drift reference
+from tests.references.np_drift import np_drift  # the independent float64 drift reference
 from tokendrift_jax import sharding
 from tokendrift_jax.drift import features as feat
 from tokendrift_jax.drift import field

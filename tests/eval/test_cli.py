@@ -29,7 +29,7 @@ from convert.gpt2 import convert_gpt2
 from tests import fixtures_gpt2
 from tests import fixtures_tokenizer
 from tests import fixtures_train as ft
-from tests.test_genppl import _torch_protocol
+from tests.references.torch_genppl import torch_protocol
 from tokendrift_jax import checkpoints
 from tokendrift_jax import sharding
 from tokendrift_jax.data import synthetic
@@ -151,7 +151,7 @@ def test_cli_writes_results_table_and_samples(assets, cli_run):
     assert max(max(x) for x in ids) < len(tokenizer)
     texts = [s["text"] for s in mine]
     assert texts == tokenizer.batch_decode(ids)
-    ppl, _, w = _torch_protocol(assets["pt"], texts, LENGTH, CONTEXT, group_size=GROUP)
+    ppl, _, w = torch_protocol(assets["pt"], texts, LENGTH, CONTEXT, group_size=GROUP)
     assert abs(row["gen_ppl"] - ppl) <= REL_TOL * ppl
     assert row["num_tokens"] == w.sum() and row["num_samples"] == NUM_SAMPLES
     # Entropy: float32 on device vs float64 here, values ~2 nats: 1e-5 absolute.
@@ -192,7 +192,7 @@ def test_duo_checkpoint_is_sampled_decoded_and_judged(assets, tmp_path, capsys):
   tokenizer.add_special_tokens({"pad_token": "[PAD]"})  # as DUO's get_tokenizer does
   texts = [smp["text"] for smp in samples]
   assert texts == tokenizer.batch_decode(ids)
-  ppl, _, w = _torch_protocol(assets["pt"], texts, LENGTH, CONTEXT, group_size=GROUP)
+  ppl, _, w = torch_protocol(assets["pt"], texts, LENGTH, CONTEXT, group_size=GROUP)
   assert abs(row["gen_ppl"] - ppl) <= REL_TOL * ppl and row["num_tokens"] == w.sum()
   assert abs(row["entropy"] - _entropy_reference(ids)) < 1e-5
   # DUO's uniform prior can leave its [PAD] id (320) in a sample: it decodes to "[PAD]".

@@ -1,6 +1,6 @@
 """Gen-PPL: the Flax judge evaluation == the MDLM/DUO protocol run in PyTorch.
 
-Reference (`_torch_protocol` below) is written from MDLM
+Reference (`torch_protocol` in tests/references/torch_genppl.py) is written from MDLM
 ``Diffusion.compute_generative_perplexity`` / ``eval_retokenize`` and DUO
 ``Metrics.record_generative_perplexity``: one tokenizer call per group (pad = EOS,
 truncation, padding=True, max_length), ``torch.split`` into judge-context chunks,
@@ -18,11 +18,11 @@ import jax
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import transformers
 
 from convert.gpt2 import convert_gpt2
 from tests import fixtures_gpt2 as fx
+from tests.references.torch_genppl import torch_protocol
 from tokendrift_jax import sharding
 from tokendrift_jax.eval import genppl
 
@@ -71,39 +71,6 @@ def judge(judge_dirs):
   return genppl.load_judge(str(judge_dirs[1]))
 
 
-def _torch_protocol(pt_dir, texts, max_length, context, group_size=None):
-  """float64 PyTorch Gen-PPL following the public code; returns per-sample sums."""
-  tokenizer = transformers.AutoTokenizer.from_pretrained(str(pt_dir))
-  if tokenizer.pad_token is None:
-    tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.pad_token_id = tokenizer.eos_token_id
-  eos = tokenizer.eos_token_id
-  model = transformers.GPT2LMHeadModel.from_pretrained(str(pt_dir)).double().eval()
-  group_size = group_size or len(texts)
-  nll_sums, w_sums = [], []
-  for start in range(0, len(texts), group_size):
-    enc = tokenizer(texts[start:start + group_size], return_tensors="pt",
-                    return_token_type_ids=False, return_attention_mask=True,
-                    truncation=True, padding=True, max_length=max_length)
-    ids, attn = enc["input_ids"], enc["attention_mask"]
-    nll_row = torch.zeros(ids.shape[0], dtype=torch.float64)
-    w_row = torch.zeros(ids.shape[0], dtype=torch.float64)
-    for chunk, chunk_mask in zip(torch.split(ids, context, dim=-1),
-                                 torch.split(attn, context, dim=-1)):
-      with torch.no_grad():
-        logits = model(chunk, attention_mask=chunk_mask)[0]
-      nlls = F.cross_entropy(logits.transpose(-1, -2)[..., :-1], chunk[..., 1:], reduction="none")
-      first_eos = (chunk == eos).cumsum(-1) == 1
-      token_mask = chunk != eos
-      valid = (first_eos[..., 1:] + token_mask[..., 1:]).double()
-      nll_row += (nlls * valid).sum(-1)
-      w_row += valid.sum(-1)
-    nll_sums.append(nll_row.numpy())
-    w_sums.append(w_row.numpy())
-  nll, w = np.concatenate(nll_sums), np.concatenate(w_sums)
-  return math.exp(nll.sum() / w.sum()), nll, w
-
-
 def _check_coverage(tokenizer, texts):
   """The texts must exercise what the protocol is about, or the test proves little."""
   tokenizer.pad_token = tokenizer.eos_token
@@ -139,7 +106,7 @@ def test_parity_with_torch_protocol_on_8_device_mesh(judge_dirs, judge):
   evaluator = genppl.GenPPLEvaluator(judge, max_length=MAX_LENGTH, batch_size=8,
                                      mesh=sharding.make_mesh(), progress=False)
   result = evaluator.score(texts)
-  ref = _torch_protocol(judge_dirs[0], texts, MAX_LENGTH, CONTEXT)
+  ref = torch_protocol(judge_dirs[0], texts, MAX_LENGTH, CONTEXT)
   assert result.num_samples == len(texts)
   _assert_close(result, ref)
   # The judge is far from uniform, so this is not log(V) by accident.
@@ -154,7 +121,7 @@ def test_parity_per_group_retokenization_single_device(judge_dirs, judge):
                                      mesh=sharding.make_mesh(devices=jax.devices()[:1]),
                                      progress=False)
   result = evaluator.score(texts, group_size=3)
-  _assert_close(result, _torch_protocol(judge_dirs[0], texts, MAX_LENGTH, CONTEXT, group_size=3))
+  _assert_close(result, torch_protocol(judge_dirs[0], texts, MAX_LENGTH, CONTEXT, group_size=3))
   # Grouping matters only through padding: it must not be a no-op in this set,
   # otherwise the test above would not show that groups are honoured.
   whole = evaluator.score(texts)
@@ -170,7 +137,7 @@ def test_chunk_smaller_than_judge_context(judge_dirs, judge):
   texts = _texts(seed=2, n=6)
   evaluator = genppl.GenPPLEvaluator(judge, max_length=40, batch_size=8, context_size=16,
                                      progress=False)
-  _assert_close(evaluator.score(texts), _torch_protocol(judge_dirs[0], texts, 40, 16))
+  _assert_close(evaluator.score(texts), torch_protocol(judge_dirs[0], texts, 40, 16))
 
 
 def _numpy_weights(tokens, lengths, eos):

@@ -242,17 +242,6 @@ def test_markdown_reports_failed_cases_and_drift_share():
   assert math.isclose(out[0]["share"], 2 * 10.24 / 500.0)
 
 
-def test_attention_auto_and_errors():
-  # No GPU here: "auto" is XLA's attention; on a GPU in bf16 it is cuDNN's.
-  assert dit_lib.resolve_attention_impl("auto", jnp.bfloat16, 64) == "xla"
-  assert dit_lib.resolve_attention_impl("cudnn", jnp.float32, 64) == "cudnn"
-  with pytest.raises(ValueError, match="attention_impl"):
-    dit_lib.check_attention_impl("flash")
-  with pytest.raises(ValueError, match="remat policy"):
-    DiT(DiTConfig(vocab_size=8, hidden_size=8, cond_dim=4, n_blocks=2, n_heads=2, length=4),
-        remat=True, remat_policy="save_all", rngs=nnx.Rngs(0))
-
-
 def test_device_check_script_parses_and_names_the_wheels():
   path = os.path.join(ROOT, "launch", "device_check.sh")
   assert subprocess.run(["bash", "-n", path], capture_output=True).returncode == 0

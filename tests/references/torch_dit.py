@@ -160,3 +160,15 @@ def randomize_(model: nn.Module, seed: int, scale: float = 0.3) -> nn.Module:
       else:
         p.copy_(scale * torch.randn(p.shape, generator=g))
   return model
+
+
+def reference_logits(model: DIT, ids, sigma, autocast_bf16=False):
+  """The reference forward as float64 NumPy: run in float64 (the model is returned to
+  float32 after), or under PyTorch CPU autocast(bfloat16)."""
+  m = model if autocast_bf16 else model.double()
+  with torch.no_grad():
+    out = m(torch.from_numpy(ids), torch.from_numpy(sigma).to(
+        torch.float32 if autocast_bf16 else torch.float64), autocast_bf16=autocast_bf16)
+  if not autocast_bf16:
+    model.float()
+  return out.double().numpy()
