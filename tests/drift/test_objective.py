@@ -217,7 +217,7 @@ def test_drift_from_features_matches_reference(q_size, real_pushes, gen_pushes,
   neg_ok[np.arange(8), np.arange(8)] = False
   want, scales = np_drift(np.asarray(h), pos, neg, np.ones((8, len(pos)), bool), neg_ok,
                           normalization=normalization)
-  # Same bound and reasoning as tests/test_drift_field.py (τ = 0.02 logit rounding).
+  # Same bound and reasoning as tests/drift/test_field.py (τ = 0.02 logit rounding).
   np.testing.assert_allclose(np.asarray(v), want, rtol=0, atol=1e-5)
   np.testing.assert_allclose(np.asarray(diag["scale"]), scales, rtol=1e-5)
   with pytest.raises(ValueError, match="queue_size"):

@@ -20,13 +20,13 @@ import pytest
 import torch
 import transformers
 
-from convert.gpt2 import convert_gpt2
-from tests import fixtures_gpt2 as fx
 from tests.references.torch_genppl import torch_protocol
 from tokendrift_jax import sharding
 from tokendrift_jax.eval import genppl
 
-CONTEXT = 32      # judge n_positions
+CONTEXT = 32      # judge n_positions (tiny_gpt2_judge, tests/conftest.py)
+VOCAB = 320       # the tiny judge's vocabulary; EOS = VOCAB - 1
+EOS = "<|endoftext|>"
 MAX_LENGTH = 80   # retokenization max_length: up to 3 chunks (32 + 32 + 16)
 # The Flax judge runs float32 (highest matmul precision) against a float64 PyTorch
 # reference; per-token NLLs of O(5) agree to ~1e-6 relative and the sums over a few
@@ -46,24 +46,21 @@ def _texts(seed: int, n: int) -> list[str]:
     n_words = int(rng.integers(1, 70))
     words = [str(w) for w in rng.choice(_WORDS, size=n_words)]
     for _ in range(int(rng.integers(0, 4))):
-      words.insert(int(rng.integers(0, len(words) + 1)), fx.EOS)
+      words.insert(int(rng.integers(0, len(words) + 1)), EOS)
     text = " ".join(words)
     if i % 4 == 0:
-      text = fx.EOS + text   # MDLM samples start with BOS (= EOS for GPT-2)
+      text = EOS + text   # MDLM samples start with BOS (= EOS for GPT-2)
     out.append(text)
   # Fixed cases: no EOS at all and short (its first padding EOS is scored); EOS
   # only at the very end; bytes the BPE never merged; two EOS in a row.
-  out += ["hello world", "the cat sat on the mat" + fx.EOS, "Zebra ÿ ünïcödé €42 !!",
-          "sea shells" + fx.EOS + fx.EOS + "by the shore"]
+  out += ["hello world", "the cat sat on the mat" + EOS, "Zebra ÿ ünïcödé €42 !!",
+          "sea shells" + EOS + EOS + "by the shore"]
   return out
 
 
 @pytest.fixture(scope="module")
-def judge_dirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("gpt2_judge")
-  fx.build_tiny_gpt2(root / "pt", n_positions=CONTEXT)
-  convert_gpt2(root / "pt", root / "flax", verify=False)
-  return root / "pt", root / "flax"
+def judge_dirs(tiny_gpt2_judge):
+  return tiny_gpt2_judge.pt, tiny_gpt2_judge.flax
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +244,7 @@ def test_judge_directory_without_tokenizer(judge_dirs, tmp_path):
     genppl.load_judge(str(weights_only))
   # An explicit tokenizer directory makes the same weights usable.
   j = genppl.load_judge(str(weights_only), tokenizer_name_or_path=str(judge_dirs[1]))
-  assert j.eos_id == fx.VOCAB - 1 and j.context_size == CONTEXT
+  assert j.eos_id == VOCAB - 1 and j.context_size == CONTEXT
 
 
 def test_hub_name_unavailable_offline_says_how_to_convert():

@@ -1,4 +1,9 @@
-"""Tiny backbones, token arrays and configs for training tests (no torch, no hub)."""
+"""Tiny backbones, token arrays and configs for training tests (no torch, no hub).
+
+A plain module, not tests: tests/conftest.py exposes these as fixtures (tiny_run_config,
+with_periodic_eval, tiny_model_config, random_params, make_tokens, tiny_lang), and the run
+config files of the launch/train.py subprocess tests import it in the child process.
+"""
 
 from __future__ import annotations
 

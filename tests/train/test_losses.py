@@ -1,4 +1,5 @@
-"""The full TokenDrift micro-step (Alg. 1): sharded == single device; cost of drift + queues."""
+"""train/losses: the full TokenDrift micro-step (Alg. 1), sharded == single device; the
+cost of drift + queues."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import fixtures_train as ft
 from tokendrift_jax import checkpoints
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import make_process
@@ -18,10 +18,10 @@ from tokendrift_jax.drift import queue as queue_lib
 from tokendrift_jax.train import losses
 
 
-def _setup(arch):
-  cfg = ft.tiny_model_config(arch)
-  params = ft.random_params(cfg, seed=3)
-  encoder = ft.random_params(cfg, seed=4)
+def _setup(arch, tiny_model_config, random_params):
+  cfg = tiny_model_config(arch)
+  params = random_params(cfg, seed=3)
+  encoder = random_params(cfg, seed=4)
   process = make_process(arch, cfg.vocab_size)
   text_vocab = cfg.vocab_size - 1 if arch == "mdlm" else cfg.vocab_size
   x0 = np.random.default_rng(5).integers(0, text_vocab, size=(8, cfg.length)).astype(np.int32)
@@ -48,8 +48,8 @@ def _run(arch, mesh, setup):
 
 
 @pytest.mark.parametrize("arch", ["mdlm", "duo"])
-def test_sharded_microstep_equals_single_device(arch):
-  setup = _setup(arch)
+def test_sharded_microstep_equals_single_device(arch, tiny_model_config, random_params):
+  setup = _setup(arch, tiny_model_config, random_params)
   one = _run(arch, sharding.make_mesh((1, 1), jax.devices()[:1]), setup)
   eight = _run(arch, sharding.make_mesh((8, 1)), setup)
   loss1, grads1, q1, m1 = one
@@ -69,9 +69,9 @@ def test_sharded_microstep_equals_single_device(arch):
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, atol=1e-7)
 
 
-def test_drift_and_queue_cost_next_to_the_model_passes():
+def test_drift_and_queue_cost_next_to_the_model_passes(tiny_model_config, random_params):
   """Prints (never asserts) the drift + queue cost at Q = 1024 and 65536 vs a micro-step."""
-  cfg, params, encoder, process, x0, _ = _setup("mdlm")
+  cfg, params, encoder, process, x0, _ = _setup("mdlm", tiny_model_config, random_params)
   mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
   m = 2 * cfg.hidden_size
   rows = []

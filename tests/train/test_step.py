@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tests import fixtures_train as ft
 from tokendrift_jax import checkpoints
 from tokendrift_jax.diffusion import make_process
 from tokendrift_jax.train import losses
@@ -39,9 +38,9 @@ def _reference_grads(ctx, params, batch, rng, step, micro):
   return jax.tree.map(lambda a: a / n, total)
 
 
-def test_two_steps_match_numpy_adamw_clip_and_ema():
-  cfg = ft.tiny_model_config("mdlm", dropout=0.0)
-  params0 = ft.random_params(cfg, seed=21)
+def test_two_steps_match_numpy_adamw_clip_and_ema(tiny_model_config, random_params):
+  cfg = tiny_model_config("mdlm", dropout=0.0)
+  params0 = random_params(cfg, seed=21)
   process = make_process("mdlm", cfg.vocab_size)
   batch = np.random.default_rng(2).integers(0, cfg.vocab_size - 1, (8, cfg.length)).astype(
       np.int32)
