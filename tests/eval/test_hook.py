@@ -45,7 +45,8 @@ def _synthetic_reference_gen_ppl(lang, tokens) -> float:
 
 def test_training_hook_writes_eval_jsonl_and_curve(tmp_path, eval_backbone, eval_dit_config,
                                                    tiny_run_config, tiny_lang):
-  lang = synthetic.make_language(tiny_lang["seed"], **{k: v for k, v in tiny_lang.items() if k != "seed"})
+  lang = synthetic.make_language(tiny_lang["seed"],
+                                 **{k: v for k, v in tiny_lang.items() if k != "seed"})
   init = eval_backbone(str(tmp_path / "init"), lang.mdlm_vocab_size, seed=2)
   np.save(tmp_path / "train.npy", synthetic.sample_corpus(lang, 1, 64, LENGTH))
   # One device and no gradient accumulation keep the train-step compile short; the

@@ -14,8 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_compare_assembles_runs(eval_assets, eval_cli_run, tmp_path, capsys, eval_config):
   other = tmp_path / "other"
-  cli.evaluate_checkpoint(eval_config(eval_assets, checkpoint=eval_assets["ckpt2"], label="TokenDrift",
-                                  write_samples=False), str(other))
+  cli.evaluate_checkpoint(eval_config(eval_assets, checkpoint=eval_assets["ckpt2"],
+                                      label="TokenDrift", write_samples=False), str(other))
   released, _ = eval_cli_run
   sys.path.insert(0, os.path.join(ROOT, "launch"))
   try:

@@ -100,7 +100,8 @@ def test_cli_two_processes_equal_one_process(eval_assets, eval_cli_run, tmp_path
 
   monkeypatch.setattr(sampling_eval.SampleEvaluator, "sample", sample)
   with pytest.raises(KeyboardInterrupt):
-    cli.run(eval_config(eval_assets, nfe=(4,), seeds=(0, 1), progress=False, label="MDLM"), str(out))
+    cli.run(eval_config(eval_assets, nfe=(4,), seeds=(0, 1), progress=False, label="MDLM"),
+            str(out))
   monkeypatch.undo()
   capsys.readouterr()
   assert os.listdir(out / cli.PROGRESS_DIR) == ["nfe4-seed0.json"]
