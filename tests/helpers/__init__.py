@@ -1,0 +1,1 @@
+"""Plain helper modules the tests and their subprocesses import (not tests)."""

@@ -1,0 +1,111 @@
+"""Tiny backbones, token arrays and configs for training tests (no torch, no hub).
+
+A plain module, not tests: tests/conftest.py exposes these as fixtures (tiny_run_config,
+with_periodic_eval, tiny_model_config, random_params, make_tokens, tiny_lang), and the run
+config files of the launch/train.py subprocess tests import it in the child process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from configs import base
+from tokendrift_jax import checkpoints
+from tokendrift_jax.models.dit import DiTConfig
+
+TINY = dict(vocab_size=33, hidden_size=32, cond_dim=16, n_blocks=2, n_heads=4, length=16,
+            dropout=0.1, mlp_ratio=4)
+
+
+def tiny_model_config(arch: str, **over) -> DiTConfig:
+  fields = dict(TINY, time_conditioning=(arch == "duo"))
+  fields.update(over)
+  return DiTConfig(**fields)
+
+
+def random_params(config: DiTConfig, seed: int) -> dict:
+  """Initial params with every leaf perturbed: adaLN and the output layer start at zero."""
+  params = checkpoints.init_params(config, seed)
+  rng = np.random.default_rng(seed + 1000)
+  return jax.tree.map(
+      lambda x: np.asarray(x) + 0.2 * rng.standard_normal(np.shape(x)).astype(np.float32),
+      params)
+
+
+def make_backbone(path: str, arch: str = "mdlm", seed: int = 0, **over) -> str:
+  cfg = tiny_model_config(arch, **over)
+  checkpoints.save_backbone(path, cfg, random_params(cfg, seed), meta={"arch": arch})
+  return path
+
+
+def make_tokens(path: str, n: int, length: int, vocab: int, seed: int) -> str:
+  """Rows of ids in [0, vocab) with some repeated structure (so losses move)."""
+  rng = np.random.default_rng(seed)
+  base_rows = rng.integers(0, vocab, size=(8, length))
+  rows = base_rows[rng.integers(0, 8, size=n)]
+  noise = rng.random((n, length)) < 0.2
+  rows = np.where(noise, rng.integers(0, vocab, size=(n, length)), rows)
+  np.save(path, rows.astype(np.int32))
+  return path
+
+
+def tiny_config(tmp: str, arch: str = "mdlm", objective: str = "drift", *, steps: int = 3,
+                mesh_shape=(-1, 1), num_devices: int = 0, param_sharding: str = "replicated",
+                global_batch: int = 16, micro_batch: int = 8, queue_size: int = 24,
+                seed: int = 0):
+  """A complete tiny run config with its backbone and data written under ``tmp``."""
+  os.makedirs(tmp, exist_ok=True)
+  mcfg = tiny_model_config(arch)
+  vocab_text = mcfg.vocab_size - 1 if arch == "mdlm" else mcfg.vocab_size
+  init = os.path.join(tmp, "init")
+  if not os.path.isdir(init):
+    make_backbone(init, arch, seed=7)
+  train_npy = os.path.join(tmp, "train.npy")
+  valid_npy = os.path.join(tmp, "valid.npy")
+  if not os.path.exists(train_npy):
+    make_tokens(train_npy, 96, mcfg.length, vocab_text, seed=1)
+    make_tokens(valid_npy, 32, mcfg.length, vocab_text, seed=2)
+  c = base.get_config()
+  c.seed = seed
+  c.backbone = arch
+  c.objective = objective
+  c.init_checkpoint = init
+  c.model.update({k: v for k, v in mcfg.to_dict().items()})
+  c.model.dtype = "float32"
+  c.data.kind = "tokens"
+  c.data.train_tokens = train_npy
+  c.data.valid_tokens = valid_npy
+  c.batch.global_batch = global_batch
+  c.batch.micro_batch = micro_batch
+  c.batch.eval_global_batch = 8
+  c.mesh.shape = tuple(mesh_shape)
+  c.mesh.num_devices = num_devices
+  c.mesh.param_sharding = param_sharding
+  c.drift.queue_size = queue_size
+  c.optim.lr = 1e-3   # large enough that parameters visibly move in 3 steps
+  c.train.steps = steps
+  c.train.log_every = 1
+  c.train.checkpoint_every = 1000
+  c.train.eval_every = 0
+  c.train.progress = False
+  return c
+
+
+# A synthetic language whose MDLM vocabulary (32 + mask) is TINY's.
+TINY_LANG = dict(seed=3, vocab_size=32, n_topics=2, order=1, successors=4, topic_vocab_size=16,
+                 concentration=1.0, floor=0.01)
+
+
+def with_periodic_eval(c, every: int, nfe=(2,), num_samples: int = 8, batch: int = 4):
+  """Turns on validation NLL and the Fig. 2 sampling hook of a tiny MDLM config (judged
+  by TINY_LANG), both every ``every`` steps."""
+  c.train.eval_every, c.train.eval_batches = every, 2
+  se = c.sample_eval
+  se.enabled, se.every, se.nfe = True, every, tuple(nfe)
+  se.num_samples, se.batch = num_samples, batch
+  se.judge_kind = "synthetic"
+  se.synthetic.update(TINY_LANG)
+  return c

@@ -1,0 +1,112 @@
+"""train/losses: the full TokenDrift micro-step (Alg. 1), sharded == single device; the
+cost of drift + queues."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tokendrift_jax import checkpoints
+from tokendrift_jax import sharding
+from tokendrift_jax.diffusion import make_process
+from tokendrift_jax.drift import objective as obj_lib
+from tokendrift_jax.drift import queue as queue_lib
+from tokendrift_jax.train import losses
+
+
+def _setup(arch, tiny_model_config, random_params):
+  cfg = tiny_model_config(arch)
+  params = random_params(cfg, seed=3)
+  encoder = random_params(cfg, seed=4)
+  process = make_process(arch, cfg.vocab_size)
+  text_vocab = cfg.vocab_size - 1 if arch == "mdlm" else cfg.vocab_size
+  x0 = np.random.default_rng(5).integers(0, text_vocab, size=(8, cfg.length)).astype(np.int32)
+  rng = np.random.default_rng(6)
+  # Partly filled queues (10 of 16 slots) with unit-norm features.
+  queues = {}
+  for name in ("real", "gen"):
+    q = queue_lib.init_queue(16, 2 * cfg.hidden_size)
+    feats = rng.standard_normal((10, 2 * cfg.hidden_size)).astype(np.float32)
+    queues[name] = queue_lib.push(q, feats / np.linalg.norm(feats, axis=1, keepdims=True))
+  return cfg, params, encoder, process, x0, queues
+
+
+def _run(arch, mesh, setup):
+  cfg, params, encoder, process, x0, queues = setup
+  ctx = losses.StepContext(graphdef=checkpoints.graphdef(cfg, scan_layers=True),
+                           process=process, drift=obj_lib.DriftConfig(queue_size=16),
+                           mesh=mesh, dropout=True)
+  rep = sharding.replicated(mesh)
+  fn = jax.jit(lambda p, e, q, x, k: losses.drift_microstep(ctx, p, e, q, x, k),
+               in_shardings=(rep, rep, rep, sharding.batch_sharding(mesh), rep))
+  loss, grads, new_q, metrics = fn(params, encoder, queues, x0, jax.random.PRNGKey(11))
+  return jax.device_get((loss, grads, new_q, metrics))
+
+
+@pytest.mark.parametrize("arch", ["mdlm", "duo"])
+def test_sharded_microstep_equals_single_device(arch, tiny_model_config, random_params):
+  setup = _setup(arch, tiny_model_config, random_params)
+  one = _run(arch, sharding.make_mesh((1, 1), jax.devices()[:1]), setup)
+  eight = _run(arch, sharding.make_mesh((8, 1)), setup)
+  loss1, grads1, q1, m1 = one
+  loss8, grads8, q8, m8 = eight
+  assert np.isfinite(loss1) and loss1 > 0
+  # float32 sums split over 8 devices reorder the additions; 1e-5 is the issue's bound.
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-7)
+  g1, g8 = jax.tree.leaves(grads1), jax.tree.leaves(grads8)
+  scale = max(float(np.max(np.abs(g))) for g in g1)
+  assert scale > 0
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(g1, g8)) <= 1e-5 * max(scale, 1.0)
+  for name in ("real", "gen"):
+    np.testing.assert_allclose(q8[name].buf, q1[name].buf, rtol=0, atol=1e-6)
+    assert int(q8[name].count) == int(q1[name].count) == 16   # 10 + 8 pushed, capacity 16
+    assert int(q8[name].ptr) == int(q1[name].ptr) == 2        # wrapped
+  for key in ("v_norm", "scale", "pos_weight_frac"):
+    np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, atol=1e-7)
+
+
+def test_drift_and_queue_cost_next_to_the_model_passes(tiny_model_config, random_params):
+  """Prints (never asserts) the drift + queue cost at Q = 1024 and 65536 vs a micro-step."""
+  cfg, params, encoder, process, x0, _ = _setup("mdlm", tiny_model_config, random_params)
+  mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
+  m = 2 * cfg.hidden_size
+  rows = []
+  for q_size in (1024, 65536):
+    dcfg = obj_lib.DriftConfig(queue_size=q_size)
+    rng = np.random.default_rng(q_size)
+    queues = {n: queue_lib.push(queue_lib.init_queue(q_size, m),
+                                rng.standard_normal((q_size, m)).astype(np.float32))
+              for n in ("real", "gen")}
+    h = jnp.asarray(rng.standard_normal((8, m)), jnp.float32)
+    u = jnp.asarray(rng.standard_normal((8, m)), jnp.float32)
+
+    @jax.jit
+    def drift_and_push(h, u, qr, qg):
+      v, _ = obj_lib.drift_from_features(h, u, qr, qg, dcfg)
+      return obj_lib.push_features(qr, qg, u, h, after=v)
+
+    ctx = losses.StepContext(graphdef=checkpoints.graphdef(cfg, scan_layers=True),
+                             process=process, drift=dcfg,
+                             mesh=mesh, dropout=True)
+    micro = jax.jit(lambda p, e, q, x, k: losses.drift_microstep(ctx, p, e, q, x, k))
+    timings = {}
+    for name, call in (("drift+queues", lambda: drift_and_push(h, u, queues["real"],
+                                                              queues["gen"])),
+                       ("micro-step", lambda: micro(params, encoder, queues, x0,
+                                                    jax.random.PRNGKey(0)))):
+      jax.block_until_ready(call())
+      t = []
+      for _ in range(5):
+        t0 = time.perf_counter()
+        jax.block_until_ready(call())
+        t.append(time.perf_counter() - t0)
+      timings[name] = float(np.median(t))
+    rows.append((q_size, timings["drift+queues"], timings["micro-step"]))
+  print("\nQ       drift+queues   whole micro-step (tiny model, 8 x 16 tokens)   share")
+  for q_size, d, s in rows:
+    print(f"{q_size:<7d} {d * 1e3:9.3f} ms   {s * 1e3:9.3f} ms   {d / s:6.1%}")
+  print("170M figures: docs/PERFORMANCE.md (launch/benchmark.py --drift_share)")
