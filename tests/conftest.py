@@ -497,7 +497,7 @@ def _eval_backbone(path: str, vocab: int, seed: int, arch: str = "mdlm") -> str:
   if arch == "duo":
     cfg = DiTConfig(**dict(cfg.to_dict(), time_conditioning=True))
   # random_params perturbs every leaf (adaLN / output layers start at zero).
-  checkpoints.save_backbone(path, cfg, tiny_run.random_params(cfg, seed), meta={"arch": arch})
+  checkpoints.save_backbone(path, cfg, tiny_run.random_params(cfg, seed), meta={"process": arch})
   return path
 
 

@@ -42,7 +42,7 @@ def test_parity_every_source_format(torch_dits, tmp_path, arch, fmt, save_hf_dir
     # One bare file keeps the 'backbone.' prefix, the other does not: both are accepted.
     src = save_bare(model, str(tmp_path / f"sd{ext}"), prefix="" if ext == ".bin" else
                     "backbone.")
-    extra = ["--arch", arch, "--config",
+    extra = ["--process", arch, "--config",
              '{"vocab_size": %d, "hidden_size": %d, "cond_dim": %d, "n_blocks": %d, '
              '"n_heads": %d, "length": %d, "time_conditioning": %s}' % (
                  model.cfg["vocab_size"], model.cfg["hidden_size"], model.cfg["cond_dim"],
@@ -53,7 +53,7 @@ def test_parity_every_source_format(torch_dits, tmp_path, arch, fmt, save_hf_dir
   dst = convert_dit(src, tmp_path / "out", *extra)
 
   f = checkpoints.load_backbone(dst)
-  assert f.meta["arch"] == arch
+  assert f.meta["process"] == arch
   assert f.config.time_conditioning == (arch == "duo")
   ids, sigma = dit_inputs(model.cfg["vocab_size"], seed=3)
   got = np.asarray(f(jnp.asarray(ids, jnp.int32), jnp.asarray(sigma, jnp.float32)))

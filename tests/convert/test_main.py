@@ -85,7 +85,7 @@ def test_not_a_checkpoint(tmp_path, capsys, name, content):
   src = tmp_path / name
   src.write_bytes(content)
   dst = tmp_path / "out"
-  rc, err = _run(capsys, src, dst, "--arch", "mdlm", "--config", '{"vocab_size": 37}')
+  rc, err = _run(capsys, src, dst, "--process", "mdlm", "--config", '{"vocab_size": 37}')
   _assert_error(rc, err, dst, name)
 
 
@@ -142,7 +142,7 @@ def test_module_entry_point(model, tmp_path, save_hf_dir):
   ok = subprocess.run([sys.executable, "-m", "convert", src, str(tmp_path / "out")], cwd=ROOT,
                       env=env, capture_output=True, text=True)
   assert ok.returncode == 0, ok.stderr
-  assert "arch=mdlm" in ok.stdout
+  assert "process=mdlm" in ok.stdout
   with open(os.path.join(src, "config.json")) as f:
     cfg = json.load(f)
   cfg["hidden_dim"] = 48

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tokendrift_jax.data import synthetic
+from tokendrift_jax.diffusion import make_process
 from tokendrift_jax.eval import entropy
 
 
@@ -83,8 +84,9 @@ def test_language_tables_are_valid(order):
   for topic in range(k):
     assert np.isin(lang.successors[topic], lang.topic_vocab[topic]).all()
   np.testing.assert_allclose(lang.topic_probs, 1.0 / 8, rtol=0, atol=0)
-  assert lang.mask_id == 250 and lang.mdlm_vocab_size == 251
-  assert lang.duo_vocab_size == 250
+  # The language is the tokenizer: an MDLM backbone of V + 1 ids (mask last), a DUO one of V.
+  assert make_process("mdlm", 251).text_vocab_size == lang.vocab_size == 250
+  assert make_process("duo", 250).text_vocab_size == 250
 
 
 def test_sample_corpus_follows_the_process():
@@ -159,7 +161,7 @@ def test_judge_rejects_non_text_ids():
   lang = synthetic.make_language(0)
   tokens = synthetic.sample_corpus(lang, 0, 4, 16)
   masked = tokens.copy()
-  masked[2, 5] = lang.mask_id
+  masked[2, 5] = lang.vocab_size   # the mask id of an MDLM backbone
   with pytest.raises(ValueError, match=r"token id 250 at \(sequence 2, position 5\)"):
     synthetic.gen_ppl(lang, masked)
   negative = tokens.copy()

@@ -20,6 +20,10 @@ from tests.references.np_entropy import entropy_reference
 from tests.references.torch_genppl import torch_protocol
 from tokendrift_jax import sharding
 from tokendrift_jax.data import synthetic
+from tokendrift_jax.diffusion import make_process
+from tokendrift_jax.eval.eval_config import EvalError
+from tokendrift_jax.eval import files
+from tokendrift_jax.eval import judges
 from tokendrift_jax.eval import cli
 from tokendrift_jax.eval import report
 from tokendrift_jax.eval import sampling_eval
@@ -45,10 +49,10 @@ def test_duo_checkpoint_is_sampled_decoded_and_judged(eval_assets, tmp_path, cap
   assert cli.run(c, str(out)) == 0
   capsys.readouterr()
   payload = json.loads((out / "results.json").read_text())
-  assert payload["arch"] == "duo" and payload["sampling"]["sampler_precision"] == "float64"
+  assert payload["process"] == "duo" and payload["sampling"]["sampler_precision"] == "float64"
   assert payload["sampling"]["noise_removal"] == "ancestral"
   [row] = payload["rows"]
-  samples = report.read_jsonl(str(out / "samples.jsonl"))
+  samples = files.read_jsonl(str(out / "samples.jsonl"))
   ids = [smp["token_ids"] for smp in samples]
   assert len(ids) == NUM_SAMPLES and max(max(x) for x in ids) <= VOCAB
   tokenizer = transformers.AutoTokenizer.from_pretrained(eval_assets["pt"])
@@ -59,9 +63,8 @@ def test_duo_checkpoint_is_sampled_decoded_and_judged(eval_assets, tmp_path, cap
   assert abs(row["gen_ppl"] - ppl) <= REL_TOL * ppl and row["num_tokens"] == w.sum()
   assert abs(row["entropy"] - entropy_reference(ids)) < 1e-5
   # DUO's uniform prior can leave its [PAD] id (320) in a sample: it decodes to "[PAD]".
-  judge = sampling_eval.build_judge(c, arch="duo", vocab_size=VOCAB + 1,
-                                    max_length=LENGTH, mesh=sharding.make_mesh(),
-                                    progress=False)
+  judge = judges.build_judge(c, process=make_process("duo", VOCAB + 1), max_length=LENGTH,
+                             mesh=sharding.make_mesh(), progress=False)
   pad_row = np.asarray([ids[0][:3] + [VOCAB] + ids[0][4:]])
   assert judge.decode(pad_row) == tokenizer.batch_decode(pad_row.tolist())
   assert "[PAD]" in judge.decode(pad_row)[0]
@@ -105,8 +108,8 @@ def test_interrupted_evaluation_resumes(eval_assets, eval_cli_run, tmp_path, mon
     # judge sums up to float32 reduction order.
     assert math.isclose(g["gen_ppl"], w["gen_ppl"], rel_tol=1e-6)
     assert g["entropy"] == w["entropy"] and g["num_tokens"] == w["num_tokens"]
-  assert (report.read_jsonl(str(out / "samples.jsonl"))
-          == report.read_jsonl(str(want_out / "samples.jsonl")))
+  assert (files.read_jsonl(str(out / "samples.jsonl"))
+          == files.read_jsonl(str(want_out / "samples.jsonl")))
   assert ((out / "results.md").read_text().splitlines()[:4]
           == (want_out / "results.md").read_text().splitlines()[:4])
 
@@ -114,7 +117,7 @@ def test_interrupted_evaluation_resumes(eval_assets, eval_cli_run, tmp_path, mon
 def test_progress_of_other_weights_is_not_reused(tmp_path):
   fp = {"weights": "a", "sampling": {"num_samples": 8}}
   path = cli._progress_path(str(tmp_path), 4, 0)
-  report.write_json(path, {"fingerprint": fp, "row": {"nfe": 4}, "samples": None})
+  files.write_json(path, {"fingerprint": fp, "row": {"nfe": 4}, "samples": None})
   assert list(cli._load_progress(str(tmp_path), fp, (4, 8), (0,))) == [(4, 0)]
   assert cli._load_progress(str(tmp_path), dict(fp, weights="b"), (4,), (0,)) == {}
   assert cli._load_progress(str(tmp_path), dict(fp, sampling={"num_samples": 16}),
@@ -167,8 +170,8 @@ def test_empty_sample_set_and_other_user_errors(eval_assets, tmp_path, capsys, e
   assert "config.batch 6 is not divisible by the 8 batch shards" in err
   with pytest.raises(report.ReportError, match="empty"):
     report.summarize([])
-  judge = sampling_eval.SyntheticJudge(synthetic.make_language(0, vocab_size=20, n_topics=2,
-                                                               topic_vocab_size=8),
-                                       arch="duo", vocab_size=20, progress=False)
-  with pytest.raises(sampling_eval.EvalError, match="empty"):
+  judge = judges.SyntheticJudge(synthetic.make_language(0, vocab_size=20, n_topics=2,
+                                                        topic_vocab_size=8),
+                                process=make_process("duo", 20), progress=False)
+  with pytest.raises(EvalError, match="empty"):
     judge.score(np.zeros((0, LENGTH), np.int32), None)

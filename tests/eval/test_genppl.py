@@ -65,7 +65,7 @@ def judge_dirs(tiny_gpt2_judge):
 
 @pytest.fixture(scope="module")
 def judge(judge_dirs):
-  return genppl.load_judge(str(judge_dirs[1]))
+  return genppl.load_gpt2(str(judge_dirs[1]))
 
 
 def _check_coverage(tokenizer, texts):
@@ -201,7 +201,7 @@ def test_bfloat16_close_to_float32(judge_dirs):
   texts = _texts(seed=0, n=12)
   results = {}
   for dtype in ("float32", "bfloat16"):
-    j = genppl.load_judge(str(judge_dirs[1]), dtype=dtype)
+    j = genppl.load_gpt2(str(judge_dirs[1]), dtype=dtype)
     ev = genppl.GenPPLEvaluator(j, max_length=MAX_LENGTH, batch_size=8, progress=False,
                                 matmul_precision=None if dtype == "bfloat16" else "highest")
     results[dtype] = ev.score(texts)
@@ -226,13 +226,13 @@ def test_bfloat16_close_to_float32(judge_dirs):
 
 def test_missing_judge_directory_says_how_to_convert(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"does not exist.*python -m convert\.gpt2 SRC DST"):
-    genppl.load_judge(str(tmp_path / "no_judge"))
+    genppl.load_gpt2(str(tmp_path / "no_judge"))
 
 
 def test_pytorch_only_directory_says_how_to_convert(judge_dirs):
   pt_dir = str(judge_dirs[0])
   with pytest.raises(FileNotFoundError, match=r"PyTorch weights.*python -m convert\.gpt2"):
-    genppl.load_judge(pt_dir)
+    genppl.load_gpt2(pt_dir)
 
 
 def test_judge_directory_without_tokenizer(judge_dirs, tmp_path):
@@ -241,9 +241,9 @@ def test_judge_directory_without_tokenizer(judge_dirs, tmp_path):
   for name in ("flax_model.msgpack", "config.json"):
     (weights_only / name).write_bytes((judge_dirs[1] / name).read_bytes())
   with pytest.raises(FileNotFoundError, match="no GPT-2 tokenizer files"):
-    genppl.load_judge(str(weights_only))
+    genppl.load_gpt2(str(weights_only))
   # An explicit tokenizer directory makes the same weights usable.
-  j = genppl.load_judge(str(weights_only), tokenizer_name_or_path=str(judge_dirs[1]))
+  j = genppl.load_gpt2(str(weights_only), tokenizer_name_or_path=str(judge_dirs[1]))
   assert j.eos_id == VOCAB - 1 and j.context_size == CONTEXT
 
 
@@ -251,7 +251,7 @@ def test_hub_name_unavailable_offline_says_how_to_convert():
   # conftest sets HF_HUB_OFFLINE=1; the name does not exist in any cache.
   with pytest.raises(FileNotFoundError, match=r"gpt2-large.*python -m convert\.gpt2.*"
                      + genppl.JUDGE_CONFIG_FIELD.replace(".", r"\.")):
-    genppl.load_judge("tokendrift-tests/no-such-judge")
+    genppl.load_gpt2("tokendrift-tests/no-such-judge")
   assert genppl.DEFAULT_JUDGE == "gpt2-large"
 
 
@@ -270,6 +270,6 @@ def test_empty_and_bad_inputs(judge):
   with pytest.raises(ValueError, match="context_size 64"):
     genppl.GenPPLEvaluator(judge, max_length=MAX_LENGTH, context_size=64)
   with pytest.raises(ValueError, match="dtype"):
-    genppl.load_judge("unused", dtype="float16")
+    genppl.load_gpt2("unused", dtype="float16")
   with pytest.raises(ValueError, match="at least one result"):
     genppl.GenPPLResult.merge([])

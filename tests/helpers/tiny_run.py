@@ -14,6 +14,7 @@ import numpy as np
 
 from configs import base
 from tokendrift_jax import checkpoints
+from tokendrift_jax import models
 from tokendrift_jax.models.dit import DiTConfig
 
 TINY = dict(vocab_size=33, hidden_size=32, cond_dim=16, n_blocks=2, n_heads=4, length=16,
@@ -28,7 +29,7 @@ def tiny_model_config(arch: str, **over) -> DiTConfig:
 
 def random_params(config: DiTConfig, seed: int) -> dict:
   """Initial params with every leaf perturbed: adaLN and the output layer start at zero."""
-  params = checkpoints.init_params(config, seed)
+  params = models.init_params(config, seed)
   rng = np.random.default_rng(seed + 1000)
   return jax.tree.map(
       lambda x: np.asarray(x) + 0.2 * rng.standard_normal(np.shape(x)).astype(np.float32),
@@ -37,7 +38,7 @@ def random_params(config: DiTConfig, seed: int) -> dict:
 
 def make_backbone(path: str, arch: str = "mdlm", seed: int = 0, **over) -> str:
   cfg = tiny_model_config(arch, **over)
-  checkpoints.save_backbone(path, cfg, random_params(cfg, seed), meta={"arch": arch})
+  checkpoints.save_backbone(path, cfg, random_params(cfg, seed), meta={"process": arch})
   return path
 
 
@@ -70,7 +71,7 @@ def tiny_config(tmp: str, arch: str = "mdlm", objective: str = "drift", *, steps
     make_tokens(valid_npy, 32, mcfg.length, vocab_text, seed=2)
   c = base.get_config()
   c.seed = seed
-  c.backbone = arch
+  c.diffusion.process = arch
   c.objective = objective
   c.init_checkpoint = init
   c.model.update({k: v for k, v in mcfg.to_dict().items()})

@@ -18,6 +18,7 @@ import transformers
 
 from tests.references.np_entropy import entropy_reference
 from tests.references.torch_genppl import torch_protocol
+from tokendrift_jax.eval import files
 from tokendrift_jax.eval import cli
 from tokendrift_jax.eval import report
 from tokendrift_jax.eval import sampling_eval
@@ -41,10 +42,10 @@ def test_cli_writes_results_table_and_samples(eval_assets, eval_cli_run):
       "results.json", "results.md", "samples.jsonl"]
   assert "sampling NFE=" in proc.stderr and "Gen-PPL" in proc.stderr  # progress bars
   payload = json.loads((out / "results.json").read_text())
-  samples = report.read_jsonl(str(out / "samples.jsonl"))
+  samples = files.read_jsonl(str(out / "samples.jsonl"))
   tokenizer = transformers.AutoTokenizer.from_pretrained(eval_assets["pt"])
 
-  assert payload["arch"] == "mdlm" and payload["label"] == "MDLM"
+  assert payload["process"] == "mdlm" and payload["label"] == "MDLM"
   assert [(r["nfe"], r["seed"]) for r in payload["rows"]] == [
       (n, s) for n in NFES for s in SEEDS]
   assert len(samples) == len(NFES) * len(SEEDS) * NUM_SAMPLES
@@ -128,9 +129,9 @@ def test_cli_two_processes_equal_one_process(eval_assets, eval_cli_run, tmp_path
   assert got["resumed_pairs"] == [[4, 0]] and not (out / cli.PROGRESS_DIR).exists()
   refs = [r for r in want["rows"] if r["nfe"] == 4]
   assert [(r["nfe"], r["seed"]) for r in got["rows"]] == [(4, 0), (4, 1)]
-  want_ids = [s["token_ids"] for s in report.read_jsonl(str(want_out / "samples.jsonl"))
+  want_ids = [s["token_ids"] for s in files.read_jsonl(str(want_out / "samples.jsonl"))
               if s["nfe"] == 4]
-  got_ids = [s["token_ids"] for s in report.read_jsonl(str(out / "samples.jsonl"))]
+  got_ids = [s["token_ids"] for s in files.read_jsonl(str(out / "samples.jsonl"))]
   assert got_ids == want_ids
   for row, ref in zip(got["rows"], refs):
     # Same samples, same judge batches on an 8-device mesh: float32 sums can differ only

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from tokendrift_jax.eval import files
 from tokendrift_jax.eval import hook as hook_lib
 from tokendrift_jax.eval import report
 from tokendrift_jax.train import checkpointing
@@ -91,7 +92,7 @@ def test_two_processes_equal_one_process(tiny_dir, tmp_path, tiny_run_config, wi
   """
   single = str(tmp_path / "single")
   cfg = with_periodic_eval(tiny_run_config(tiny_dir, mesh_shape=(4, 1), num_devices=4), every=3)
-  trainer.train(cfg, single, hooks=[hook_lib.make_sample_eval_hook(cfg)])
+  trainer.train(cfg, single, hooks=[hook_lib.make_sample_eval_hook(cfg, single)])
   cfg_file = _write_cfg_file(str(tmp_path), f"""
       from tests.helpers import tiny_run
       def get_config():
@@ -118,7 +119,7 @@ def test_two_processes_equal_one_process(tiny_dir, tmp_path, tiny_run_config, wi
   assert steps_logged == [1, 2, 3], "the second launch must resume at step 3"
   np.testing.assert_allclose(read_losses(multi), read_losses(single), rtol=1e-5, atol=1e-6)
   assert max_abs_diff(exported_params(multi), exported_params(single)) <= 1e-5
-  rows = {w: report.read_jsonl(os.path.join(w, hook_lib.EVAL_FILE)) for w in (single, multi)}
+  rows = {w: files.read_jsonl(os.path.join(w, hook_lib.EVAL_FILE)) for w in (single, multi)}
   # Validation NLL over the process-sliced validation batches, at the last step.
   val = {w: [r for r in metrics_writer.read_jsonl(os.path.join(w, "metrics.jsonl"))
              if "val/nll" in r] for w in (single, multi)}

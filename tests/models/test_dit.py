@@ -20,7 +20,8 @@ from flax import nnx
 
 from tests.references.torch_dit import DIT, randomize_, reference_logits
 from tokendrift_jax import checkpoints
-from tokendrift_jax.models import dit as dit_lib
+from tokendrift_jax import models
+from tokendrift_jax.models import common
 from tokendrift_jax.models.dit import DiT, DiTConfig, mdlm_small
 
 REL_TOL = 1e-4
@@ -56,7 +57,7 @@ def test_hidden_states_match_blocks(torch_dits, tmp_path, save_hf_dir, convert_d
   model = torch_dits["duo"]
   dst = convert_dit(save_hf_dir(model, str(tmp_path / "hf"), "duo"), tmp_path / "out")
   cfg, params, _ = checkpoints.load_backbone_params(dst)
-  dit = checkpoints.merge(checkpoints.graphdef(cfg), params)
+  dit = models.merge(models.graphdef(cfg), params)
   ids, sigma = dit_inputs(cfg.vocab_size, seed=11)
   logits, hidden = dit(jnp.asarray(ids, jnp.int32), jnp.asarray(sigma, jnp.float32),
                        return_hidden=True)
@@ -80,10 +81,10 @@ def test_full_170m_config_converts_and_runs(tmp_path, save_bare, convert_dit, di
   model = randomize_(DIT(tcfg), seed=0, scale=0.05).eval()
   n_torch = sum(p.numel() for p in model.parameters())
   assert cfg.num_params() == n_torch
-  abstract = checkpoints.abstract_params(cfg)
+  abstract = models.abstract_params(cfg)
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract)) == n_torch
   src = save_bare(model, str(tmp_path / "mdlm170m.safetensors"), prefix="backbone.")
-  dst = convert_dit(src, tmp_path / "out", "--arch", "mdlm", "--config",
+  dst = convert_dit(src, tmp_path / "out", "--process", "mdlm", "--config",
                  '{"vocab_size": 50258, "time_conditioning": false}')
   f = checkpoints.load_backbone(dst)
   assert f.config == cfg
@@ -110,7 +111,7 @@ def test_scan_layers_is_the_same_function(torch_dits, tmp_path, save_hf_dir, con
     ref_logits, ref_hidden = m(torch.from_numpy(ids), torch.from_numpy(sigma), return_hidden=True)
     model.float()
   for remat in (False, True):
-    dit = checkpoints.merge(checkpoints.graphdef(cfg, scan_layers=True, remat=remat), params)
+    dit = models.merge(models.graphdef(cfg, scan_layers=True, remat=remat), params)
     logits, hidden = dit(jnp.asarray(ids, jnp.int32), jnp.asarray(sigma, jnp.float32),
                          return_hidden=2)
     assert rel_err(logits, ref_logits.numpy()) <= REL_TOL
@@ -121,10 +122,10 @@ def test_scan_layers_is_the_same_function(torch_dits, tmp_path, save_hf_dir, con
 
 def test_attention_auto_and_errors():
   # No GPU here: "auto" is XLA's attention; on a GPU in bf16 it is cuDNN's.
-  assert dit_lib.resolve_attention_impl("auto", jnp.bfloat16, 64) == "xla"
-  assert dit_lib.resolve_attention_impl("cudnn", jnp.float32, 64) == "cudnn"
+  assert common.resolve_attention_impl("auto", jnp.bfloat16, 64) == "xla"
+  assert common.resolve_attention_impl("cudnn", jnp.float32, 64) == "cudnn"
   with pytest.raises(ValueError, match="attention_impl"):
-    dit_lib.check_attention_impl("flash")
+    common.check_attention_impl("flash")
   with pytest.raises(ValueError, match="remat policy"):
     DiT(DiTConfig(vocab_size=8, hidden_size=8, cond_dim=4, n_blocks=2, n_heads=2, length=4),
         remat=True, remat_policy="save_all", rngs=nnx.Rngs(0))

@@ -27,3 +27,21 @@ def test_markdown_reports_failed_cases_and_drift_share():
   assert [(s["Q"], s["m"]) for s in out] == [(1024, 1536), (65536, 1536)]
   # Two micro-steps per step: the drift runs twice.
   assert math.isclose(out[0]["share"], 2 * 10.24 / 500.0)
+
+
+def test_benchmark_times_the_step_that_training_runs(tmp_path, tiny_run_config):
+  """The trainer's jitted step and the benchmark's lower to the same program."""
+  from tokendrift_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  for objective in ("drift", "continuation"):
+    c = tiny_run_config(str(tmp_path / "t"), objective=objective, mesh_shape=(4, 2),
+                        param_sharding="fsdp", global_batch=16, micro_batch=8)
+    run = trainer.build(c, str(tmp_path / objective))
+    try:
+      from_trainer = run.parts.step_fn.lower(*run.parts.abstract_args()).as_text()
+    finally:
+      run.checkpointer.close()
+      run.writer.close()
+    setup = bench.build_step(c)
+    from_benchmark = setup.fn.lower(*setup.abstract_args).as_text()
+    assert "while" in from_trainer   # the micro-step scan is in the program
+    assert from_benchmark == from_trainer

@@ -16,6 +16,7 @@ from flax import nnx
 
 from tokendrift_jax.drift import objective as obj
 from tokendrift_jax.drift import queue as qlib
+from tokendrift_jax.models import dit as dit_lib
 from tokendrift_jax.models.dit import DiT, DiTConfig
 from tokendrift_jax.perf import benchmark as bench
 from tokendrift_jax.perf import flops
@@ -49,15 +50,15 @@ def _passes_program(gdef):
 
 
 def _pass_flops(cfg, b: int, policy: str | None) -> int:
-  L, f = cfg.length, flops.FREQ_EMBED_DIM
-  gen = flops.forward_per_sequence(cfg, L, output_layer=True)
-  enc = flops.forward_per_sequence(cfg, L, output_layer=False)
-  linear = cfg.n_blocks * L * flops.block_linear_per_token(cfg)
-  attn = cfg.n_blocks * L * flops.attention_per_token(cfg, L)
+  L, f, fm = cfg.length, dit_lib.FREQ_EMBED_DIM, dit_lib.DiTFlops(cfg)
+  gen = fm.forward(L, output_layer=True)
+  enc = fm.forward(L, output_layer=False)
+  linear = cfg.n_blocks * L * fm.block_linear_per_token()
+  attn = cfg.n_blocks * L * fm.attention_per_token(L)
   total = b * (gen + (2 * gen - 2 * f * cfg.cond_dim) + enc + linear + 2 * attn)
   if policy is not None:
-    total += b * (flops.recompute_per_sequence(cfg, L, policy, weight_grads=True)
-                  + flops.recompute_per_sequence(cfg, L, policy, weight_grads=False))
+    total += b * (fm.recompute(L, policy, weight_grads=True)
+                  + fm.recompute(L, policy, weight_grads=False))
   return total
 
 
@@ -115,7 +116,7 @@ def test_step_flops_bookkeeping():
   assert cont.recompute == 0 and cont.hardware == cont.model
   # 2 · (parameters in matmuls) per token + attention: the usual transformer estimate.
   d, r = cfg.hidden_size, cfg.mlp_ratio
-  assert flops.block_linear_per_token(cfg) == 2 * (4 + 2 * r) * d * d
+  assert dit_lib.DiTFlops(cfg).block_linear_per_token() == 2 * (4 + 2 * r) * d * d
   with pytest.raises(ValueError, match="remat policy"):
     flops.step_flops(cfg, objective="continuation", length=16, micro_batch=2,
                      remat_policy="bogus")

@@ -3,14 +3,12 @@ cost of drift + queues."""
 
 from __future__ import annotations
 
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokendrift_jax import checkpoints
+from tokendrift_jax import models
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import make_process
 from tokendrift_jax.drift import objective as obj_lib
@@ -37,7 +35,7 @@ def _setup(arch, tiny_model_config, random_params):
 
 def _run(arch, mesh, setup):
   cfg, params, encoder, process, x0, queues = setup
-  ctx = losses.StepContext(graphdef=checkpoints.graphdef(cfg, scan_layers=True),
+  ctx = losses.StepContext(graphdef=models.graphdef(cfg, scan_layers=True),
                            process=process, drift=obj_lib.DriftConfig(queue_size=16),
                            mesh=mesh, dropout=True)
   rep = sharding.replicated(mesh)
@@ -67,46 +65,3 @@ def test_sharded_microstep_equals_single_device(arch, tiny_model_config, random_
     assert int(q8[name].ptr) == int(q1[name].ptr) == 2        # wrapped
   for key in ("v_norm", "scale", "pos_weight_frac"):
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, atol=1e-7)
-
-
-def test_drift_and_queue_cost_next_to_the_model_passes(tiny_model_config, random_params):
-  """Prints (never asserts) the drift + queue cost at Q = 1024 and 65536 vs a micro-step."""
-  cfg, params, encoder, process, x0, _ = _setup("mdlm", tiny_model_config, random_params)
-  mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
-  m = 2 * cfg.hidden_size
-  rows = []
-  for q_size in (1024, 65536):
-    dcfg = obj_lib.DriftConfig(queue_size=q_size)
-    rng = np.random.default_rng(q_size)
-    queues = {n: queue_lib.push(queue_lib.init_queue(q_size, m),
-                                rng.standard_normal((q_size, m)).astype(np.float32))
-              for n in ("real", "gen")}
-    h = jnp.asarray(rng.standard_normal((8, m)), jnp.float32)
-    u = jnp.asarray(rng.standard_normal((8, m)), jnp.float32)
-
-    @jax.jit
-    def drift_and_push(h, u, qr, qg):
-      v, _ = obj_lib.drift_from_features(h, u, qr, qg, dcfg)
-      return obj_lib.push_features(qr, qg, u, h, after=v)
-
-    ctx = losses.StepContext(graphdef=checkpoints.graphdef(cfg, scan_layers=True),
-                             process=process, drift=dcfg,
-                             mesh=mesh, dropout=True)
-    micro = jax.jit(lambda p, e, q, x, k: losses.drift_microstep(ctx, p, e, q, x, k))
-    timings = {}
-    for name, call in (("drift+queues", lambda: drift_and_push(h, u, queues["real"],
-                                                              queues["gen"])),
-                       ("micro-step", lambda: micro(params, encoder, queues, x0,
-                                                    jax.random.PRNGKey(0)))):
-      jax.block_until_ready(call())
-      t = []
-      for _ in range(5):
-        t0 = time.perf_counter()
-        jax.block_until_ready(call())
-        t.append(time.perf_counter() - t0)
-      timings[name] = float(np.median(t))
-    rows.append((q_size, timings["drift+queues"], timings["micro-step"]))
-  print("\nQ       drift+queues   whole micro-step (tiny model, 8 x 16 tokens)   share")
-  for q_size, d, s in rows:
-    print(f"{q_size:<7d} {d * 1e3:9.3f} ms   {s * 1e3:9.3f} ms   {d / s:6.1%}")
-  print("170M figures: docs/PERFORMANCE.md (launch/benchmark.py --drift_share)")

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tokendrift_jax import checkpoints
+from tokendrift_jax import models
 from tokendrift_jax.diffusion import make_process
 from tokendrift_jax.train import losses
 from tokendrift_jax.train import optim
@@ -30,7 +30,7 @@ def _reference_grads(ctx, params, batch, rng, step, micro):
   for j in range(n):
     x0 = batch[j::n]                    # rows {m·n + j}
     k_loss, _ = jax.random.split(jax.random.fold_in(base, j))
-    model = lambda p: checkpoints.merge(ctx.graphdef, p)
+    model = lambda p: models.merge(ctx.graphdef, p)
     g = jax.grad(lambda p: ctx.process.loss(lambda x, s: model(p)(x, s), x0, k_loss)[0])(
         params)
     g = jax.tree.map(lambda a: np.asarray(a, np.float64), g)
@@ -47,7 +47,7 @@ def test_two_steps_match_numpy_adamw_clip_and_ema(tiny_model_config, random_para
   ocfg = ml_collections.ConfigDict(dict(lr=LR, b1=B1, b2=B2, eps=EPS, weight_decay=WD,
                                         warmup_steps=0, grad_clip=CLIP, schedule="constant"))
   optimizer = optim.make_optimizer(ocfg, total_steps=10)
-  ctx = losses.StepContext(graphdef=checkpoints.graphdef(cfg), process=process, drift=None,
+  ctx = losses.StepContext(graphdef=models.graphdef(cfg), process=process, drift=None,
                            mesh=None, dropout=False)
   scfg = step_lib.StepConfig(micro_batch=4, ema_decay=DECAY,
                              lr_schedule=optim.learning_rate_schedule(ocfg, 10))

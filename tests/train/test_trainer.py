@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from tokendrift_jax import checkpoints
+from tokendrift_jax import models
 from tokendrift_jax.train import checkpointing
 from tokendrift_jax.train import trainer
 
@@ -74,9 +75,9 @@ def test_full_170m_drift_config_runs_one_micro_step(tmp_path, make_tokens):
   rng = np.random.default_rng(0)
   params = jax.tree.map(
       lambda x: np.asarray(x) + 0.02 * rng.standard_normal(np.shape(x)).astype(np.float32),
-      checkpoints.init_params(cfg170, 0))
+      models.init_params(cfg170, 0))
   init = str(tmp_path / "mdlm170m")
-  checkpoints.save_backbone(init, cfg170, params, meta={"arch": "mdlm"})
+  checkpoints.save_backbone(init, cfg170, params, meta={"process": "mdlm"})
   del params
   make_tokens(str(tmp_path / "train.npy"), 16, 16, 50257, seed=3)
   c = mdlm_drift.get_config()

@@ -19,9 +19,10 @@ The exact sequence likelihood is the mixture over topics,
 ``p(x) = sum_k pi_k prod_t P_k(x_t | c_t)``, computed in float64 with log-sum-exp.
 "Gen-PPL" of a set of sequences is ``exp`` of their mean per-token NLL under it.
 
-Token ids: ``0 .. V-1`` are text tokens, ``V = lang.vocab_size``. The MDLM backbone
-uses ``V + 1`` ids, the extra id ``V`` being the mask (``lang.mask_id``), as MDLM does
-for GPT-2. The DUO backbone uses exactly ``V`` ids: DUO's uniform-state process has no
+Token ids: ``0 .. V-1`` are text tokens, ``V = lang.vocab_size``: the language plays the
+tokenizer, so a backbone's process must have ``text_vocab_size == V``
+(``diffusion.*Process.text_vocab_size``). The MDLM backbone thus uses ``V + 1`` ids, the
+extra id ``V`` being the mask, as MDLM does for GPT-2. The DUO backbone uses exactly ``V`` ids: DUO's uniform-state process has no
 mask and its prior is uniform over the tokenizer's ids (``len(tokenizer)`` in
 ``trainer_base.py``), here the text ids. The judge scores only text ids: any other id
 (e.g. a mask left in an unfinished MDLM sample) raises ``ValueError``; the caller has
@@ -97,21 +98,6 @@ class SyntheticLanguage:
   def start_context(self) -> int:
     """Id of the all-start context (every digit is the start symbol V)."""
     return self.n_contexts - 1
-
-  @property
-  def mask_id(self) -> int:
-    """The MDLM mask id, one past the text ids; never a valid input to the judge."""
-    return self.vocab_size
-
-  @property
-  def mdlm_vocab_size(self) -> int:
-    """Backbone vocabulary for MDLM: the text ids plus the mask."""
-    return self.vocab_size + 1
-
-  @property
-  def duo_vocab_size(self) -> int:
-    """Backbone vocabulary for DUO: the text ids only (uniform prior over them)."""
-    return self.vocab_size
 
 
 def _floyd_subsets(rng: np.random.Generator, n_rows: int, population: int,
@@ -253,7 +239,8 @@ def _check_text_tokens(lang: SyntheticLanguage, tokens) -> np.ndarray:
         f"token id {int(tokens[row, pos])} at (sequence {row}, position {pos}) is "
         f"outside the text vocabulary [0, {lang.vocab_size}); {int(bad.sum())} such "
         f"ids in tokens of shape {tokens.shape}. The judge scores text ids only: map "
-        f"mask ({lang.mask_id}) or other special ids explicitly before scoring")
+        f"the mask (id {lang.vocab_size} of an MDLM backbone) or other special ids "
+        f"explicitly before scoring")
   return tokens
 
 

@@ -1,4 +1,4 @@
-"""train/launch.main: clear one-line errors before anything is written."""
+"""entrypoints.train_main (launch/train.py): clear one-line errors before anything is written."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from tokendrift_jax.train import launch
+from tokendrift_jax import entrypoints
+from tokendrift_jax import runtime
 from tokendrift_jax.train import trainer
 
 
 def _launch_error(cfg, workdir, capsys):
-  rc = launch.main(cfg, str(workdir))
+  rc = entrypoints.train_main(cfg, str(workdir))
   err = capsys.readouterr().err.strip()
   assert rc == 2, err
   assert err.startswith("error: ") and len(err.splitlines()) == 1, err
@@ -87,7 +88,7 @@ def test_repeated_sequence_override_is_refused(tiny_dir, tmp_path, capsys, monke
   err = _launch_error(c, tmp_path / "wd", capsys)
   assert "--config.sample_eval.nfe is given 2 times" in err and "(4, 8, 4, 8, 16)" in err
   # A repeated scalar keeps the last value (absl), which is fine.
-  assert launch.repeated_sequence_overrides(argv[:2] + argv[4:], c) is None
+  assert runtime.repeated_sequence_overrides(argv[:2] + argv[4:], c) is None
 
 
 @pytest.mark.parametrize("global_batch,micro_batch,num_devices,needle", [
@@ -110,7 +111,7 @@ def test_checkpoint_architecture_mismatch(tiny_dir, tmp_path, capsys, tiny_run_c
 
 def test_checkpoint_family_mismatch(tiny_dir, tmp_path, capsys, tiny_run_config):
   c = tiny_run_config(tiny_dir)
-  c.backbone = "duo"
+  c.diffusion.process = "duo"
   err = _launch_error(c, tmp_path / "wd", capsys)
   assert "mdlm backbone" in err
 
@@ -119,6 +120,6 @@ def test_resume_refuses_a_different_run(tiny_dir, tmp_path, capsys, tiny_run_con
   wd = str(tmp_path / "wd")
   trainer.train(tiny_run_config(tiny_dir, objective="continuation", steps=0), wd)
   c = tiny_run_config(tiny_dir, objective="drift", steps=2)
-  rc = launch.main(c, wd)
+  rc = entrypoints.train_main(c, wd)
   err = capsys.readouterr().err
   assert rc == 2 and "different run" in err and "objective" in err
