@@ -347,7 +347,8 @@ def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_ba
   mcfg = setup.model_cfg
   tokens = int(c.batch.global_batch) * mcfg.length
   row = {
-      "objective": objective, "size": size, "backbone": c.backbone,
+      "objective": objective, "size": size, "family": str(c.model.family),
+      "process": str(c.diffusion.process),
       "length": mcfg.length, "per_device_batch": int(per_device_batch),
       "micro_batch": int(c.batch.micro_batch), "n_micro": int(n_micro),
       "global_batch": int(c.batch.global_batch), "num_devices": int(setup.mesh.size),

@@ -22,7 +22,7 @@ and its relative error is reported, not bounded. Measured on CPU (bf16 emulated 
 same rounding of operands and outputs), 170M at L = 128, batch 4: feature errors 5e-3 /
 8e-3, gradient relative error 1.3e-2, cosine 0.9999; the limits (5e-2, 0.99) leave a 6x
 and 100x margin. They flag a broken kernel or precision bug (errors of order 1, NaNs), not
-the last bit; this is not a parity test (that is ``tests/test_dit_parity.py``).
+the last bit; this is not a parity test (that is ``tests/models/test_dit.py``).
 """
 
 from __future__ import annotations
