@@ -11,7 +11,6 @@ import dataclasses
 import importlib
 from typing import Any
 
-import jax
 from flax import nnx
 
 from tokendrift_jax.models.base import BackboneConfig, Family, FlopModel
@@ -113,10 +112,6 @@ def merge(gdef, params: dict) -> nnx.Module:
   return nnx.merge(gdef, params)
 
 
-def count_params(params) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(params))
-
-
 __all__ = ["BackboneConfig", "COMPUTE_FIELDS", "Family", "FlopModel", "abstract_params",
-           "build", "config_from_dict", "count_params", "families", "family_of",
+           "build", "config_from_dict", "families", "family_of",
            "get_family", "graphdef", "init_params", "merge", "model_config", "register"]
