@@ -1,16 +1,41 @@
-"""Test-session setup: 8 simulated CPU devices, deterministic float32 matmuls."""
+"""Test-session setup: 8 simulated CPU devices, deterministic float32 matmuls.
+
+Numerical tests
+---------------
+* Comparisons of arrays and pytrees go through ``chex.assert_trees_all_close`` (or
+  ``chex.assert_trees_all_equal`` for exact ones) on the whole tree, so that a failure
+  names the leaf. Tolerances are always explicit (``rtol=`` and ``atol=``; chex's default
+  rtol is 1e-6, np.testing's 1e-7) and each is justified in a comment by what the
+  computation's rounding allows (float32 reassociation, a float64 reference, ...).
+  Shapes and dtypes through ``chex.assert_shape`` / ``assert_type`` / ``assert_rank``.
+* A comparison that is not elementwise stays hand-written with a comment saying why: a
+  norm-relative error (``rel_err``, max |diff| / max |ref|), a cosine, a statistical
+  bound, a lower bound ("parameters must move"), an inequality ("must differ").
+* References the tests compare against are independent implementations written from the
+  papers / public code and live in tests/references/ (PyTorch DIT, the MDLM/DUO Gen-PPL
+  protocol, MDLM wrapping, a NumPy entropy); they run in float64 where they can.
+* Pure math is checked under ``chex.variants`` (with and without jit) where the function
+  is meant to be traced.
+* Builders shared by several directories (tiny tokenizer, GPT-2 judge, DIT checkpoints,
+  tiny runs) are session fixtures in this file; the tiny-run builders are a plain module
+  (tests/helpers/tiny_run.py) because subprocess configs import them.
+"""
 
 import os
 
-# Must be set before jax is imported anywhere: every test sees 8 CPU devices and
-# single-device tests build their mesh from jax.devices()[:1].
-_flags = os.environ.get("XLA_FLAGS", "")
-if "xla_force_host_platform_device_count" not in _flags:
-  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import chex  # noqa: E402  (imports jax; no backend is initialised by the import)
+
+# Before any JAX operation: every test sees 8 CPU devices and single-device tests build
+# their mesh from jax.devices()[:1]. chex rewrites XLA_FLAGS in os.environ (replacing any
+# device count already there), so test subprocesses that inherit the environment get 8
+# devices too; those that need another count (the jax.distributed tests) set XLA_FLAGS
+# themselves.
+chex.set_n_cpu_devices(8)
 
 import jax  # noqa: E402
 
@@ -338,6 +363,8 @@ def _dit_inputs(vocab, seed=0, length=16, batch=3):
 
 
 def _rel_err(got, ref):
+  # Not elementwise on purpose: the parity bound is relative to the largest logit (a
+  # per-element rtol would fail on logits near zero that carry no signal).
   import numpy as np  # pylint: disable=import-outside-toplevel
   return float(np.max(np.abs(np.asarray(got, np.float64) - ref)) / np.max(np.abs(ref)))
 
@@ -448,6 +475,8 @@ def _exported_params(workdir):
 
 
 def _max_abs_diff(a, b):
+  # For lower bounds only ("parameters must move"): chex has no tree assert for "differs";
+  # closeness of trees goes through chex.assert_trees_all_close.
   import numpy as np  # pylint: disable=import-outside-toplevel
   return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -467,7 +496,8 @@ def exported_params():
 
 @pytest.fixture(scope="session")
 def max_abs_diff():
-  """``max_abs_diff(tree_a, tree_b)``: max |a - b| over all leaves, float64."""
+  """``max_abs_diff(tree_a, tree_b)``: max |a - b| over all leaves, float64 (for lower
+  bounds such as "parameters must move"; use chex.assert_trees_all_close for closeness)."""
   return _max_abs_diff
 
 

@@ -8,6 +8,7 @@ float32 forward of a 3-block model with O(1) activations is ~1e-6 off float64.
 
 from __future__ import annotations
 
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -58,15 +59,18 @@ def test_parity_every_source_format(torch_dits, tmp_path, arch, fmt, save_hf_dir
   ids, sigma = dit_inputs(model.cfg["vocab_size"], seed=3)
   got = np.asarray(f(jnp.asarray(ids, jnp.int32), jnp.asarray(sigma, jnp.float32)))
   ref = reference_logits(model, ids, sigma)
-  assert got.dtype == np.float32 and got.shape == (B, L, model.cfg["vocab_size"])
+  chex.assert_type(got, np.float32)
+  chex.assert_shape(got, (B, L, model.cfg["vocab_size"]))
+  # rel_err: max |diff| relative to the largest logit (not elementwise; module docstring).
   err = rel_err(got, ref)
   assert err <= REL_TOL, f"{arch}/{fmt}: relative max logit error {err:.2e}"
   if arch == "mdlm":
     # Not time-conditioned: sigma is ignored (the release feeds zeros).
     other = np.asarray(f(jnp.asarray(ids, jnp.int32), jnp.asarray(sigma * 0 + 3.0, jnp.float32)))
-    np.testing.assert_array_equal(got, other)
+    chex.assert_trees_all_equal(got, other)
   else:
     other = np.asarray(f(jnp.asarray(ids, jnp.int32), jnp.asarray(sigma * 0 + 3.0, jnp.float32)))
+    # A lower bound (the logits must change): chex has no "arrays differ" assert.
     assert np.max(np.abs(other - got)) > 1e-3, "DUO logits must depend on sigma"
 
 

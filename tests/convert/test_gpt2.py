@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_converted_weights_and_tokenizer(src_dirs, tmp_path, kind):
     want = pt(torch.from_numpy(ids.astype(np.int64))).logits.numpy()
   got = _flax_logits(dst, ids)
   assert np.abs(want).max() > 1.0  # random, non-trivial weights
-  assert np.abs(got - want).max() <= REL_TOL * np.abs(want).max()
+  chex.assert_trees_all_close(got, want, rtol=0, atol=REL_TOL * np.abs(want).max())
 
   tok_src = transformers.AutoTokenizer.from_pretrained(str(src))
   tok_dst = transformers.AutoTokenizer.from_pretrained(str(dst))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -56,8 +57,23 @@ def generator(ctx: StepContext, params, dropout_key):
   return lambda x, sigma: model(x, sigma, dropout_rng=key)
 
 
+def _check_batch(x0) -> None:
+  """Trace-time contract of a micro-batch: int32 [b, L] token ids."""
+  chex.assert_rank(x0, 2)
+  chex.assert_type(x0, jnp.int32)
+
+
+def _check_queues(queues) -> None:
+  """Trace-time contract of the queues: "real" and "gen", buffers [Q, m] of one shape."""
+  chex.assert_rank([queues["real"].buf, queues["gen"].buf], 2)
+  chex.assert_equal_shape([queues["real"].buf, queues["gen"].buf])
+  chex.assert_rank([queues["real"].ptr, queues["real"].count,
+                    queues["gen"].ptr, queues["gen"].count], 0)
+
+
 def continuation_microstep(ctx: StepContext, params, x0, key):
   """The backbone's own diffusion loss (MDLM NELBO / DUO ELBO) and its gradient."""
+  _check_batch(x0)
   k_loss, k_drop = jax.random.split(key)
   x0 = ctx.constrain_batch(x0)
 
@@ -82,6 +98,8 @@ def drift_microstep(ctx: StepContext, params, encoder_params, queues, x0, key):
     (loss, grads, new_queues, metrics) with metrics holding the drift diagnostics
     (per-temperature ‖V‖, s(τ), fraction of weight on positives, queue fill).
   """
+  _check_batch(x0)
+  _check_queues(queues)
   dcfg, process = ctx.drift, ctx.process
   k_t, k_x, k_drop = jax.random.split(key, 3)
   x0 = ctx.constrain_batch(x0)
