@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import numpy as np
 import pytest
 
@@ -30,9 +31,10 @@ def test_cache_blocks_equal_reference(tmp_path, tok_dir, tok, make_texts, write_
             valid_docs=5, group_docs=4, progress=False)
   splits = cache_lib.prepare_splits(**kw)
   docs = tokens_of(tok, texts)
-  np.testing.assert_array_equal(splits["train"].blocks, ref_wrap(docs[:18], 16, 299, 299, 4))
-  np.testing.assert_array_equal(splits["validation"].blocks,
-                                ref_wrap(docs[18:], 16, 299, 299, 4))
+  chex.assert_trees_all_equal(
+      {"train": splits["train"].blocks, "validation": splits["validation"].blocks},
+      {"train": ref_wrap(docs[:18], 16, 299, 299, 4),
+       "validation": ref_wrap(docs[18:], 16, 299, 299, 4)})
   man = splits["train"].manifest
   assert man["doc_range"] == [0, 18] and splits["validation"].manifest["doc_range"] == [18, 23]
   assert man["counts"]["tokens"] == sum(len(d) + 1 for d in docs[:18])
@@ -52,7 +54,7 @@ def test_cache_blocks_equal_reference(tmp_path, tok_dir, tok, make_texts, write_
   # Any change of input gives a new cache entry.
   other = cache_lib.prepare_splits(**{**kw, "group_docs": None})
   assert other["train"].directory != splits["train"].directory
-  np.testing.assert_array_equal(other["train"].blocks, ref_wrap(docs[:18], 16, 299, 299, None))
+  chex.assert_trees_all_equal(other["train"].blocks, ref_wrap(docs[:18], 16, 299, 299, None))
   write_jsonl(tmp_path / "corpus.jsonl", texts[:-1] + ["changed text."])
   changed = cache_lib.prepare_splits(**kw)
   assert changed["validation"].directory != splits["validation"].directory

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import chex
 import numpy as np
 import pytest
 
@@ -40,17 +41,19 @@ def test_train_batches_shape_determinism_and_epochs(pipeline_cfg):
   it, _ = input_pipeline.make_datasets(pipeline_cfg, global_batch=4, seq_len=16, seed=3,
                                        process_index=0, process_count=1)
   batches = take(it, 3 * (n // 4) + 3)
-  assert all(b.shape == (4, 16) and b.dtype == np.int32 for b in batches)
+  chex.assert_shape(batches, (4, 16))
+  chex.assert_type(batches, np.int32)
   rows = np.concatenate(batches)
   # Each epoch (n consecutive rows of the stream) is a permutation of all blocks.
   def as_set(a):
     return sorted(map(bytes, a.astype(np.int32)))
   for e in range(3):
     assert as_set(rows[e * n:(e + 1) * n]) == as_set(blocks)
+  # Inequalities ("must differ") stay np.array_equal: chex has no "arrays differ" assert.
   assert not np.array_equal(rows[:n], rows[n:2 * n])  # reshuffled per epoch
   same, _ = input_pipeline.make_datasets(pipeline_cfg, global_batch=4, seq_len=16, seed=3,
                                          process_index=0, process_count=1)
-  np.testing.assert_array_equal(np.concatenate(take(same, 5)), rows[:20])
+  chex.assert_trees_all_equal(np.concatenate(take(same, 5)), rows[:20])
   other, _ = input_pipeline.make_datasets(pipeline_cfg, global_batch=4, seq_len=16, seed=4,
                                           process_index=0, process_count=1)
   assert not np.array_equal(np.concatenate(take(other, 5)), rows[:20])
@@ -63,12 +66,12 @@ def test_process_slices_tile_the_global_batch(pipeline_cfg):
   p1, evp1 = input_pipeline.make_datasets(pipeline_cfg, process_index=1, process_count=2, **kw)
   for _ in range(7):
     a, b = next(p0), next(p1)
-    assert a.shape == (3, 16)
-    np.testing.assert_array_equal(np.concatenate([a, b]), next(one))
+    chex.assert_shape([a, b], (3, 16))
+    chex.assert_trees_all_equal(np.concatenate([a, b]), next(one))
   whole, half0, half1 = list(ev1()), list(ev0()), list(evp1())
   assert len(whole) == len(half0) == len(half1) >= 2
   for w, x0, x1 in zip(whole, half0, half1):
-    np.testing.assert_array_equal(np.concatenate([x0, x1]), w)
+    chex.assert_trees_all_equal(np.concatenate([x0, x1]), w)
   with pytest.raises(ValueError, match="not divisible by the 4 processes"):
     input_pipeline.make_datasets(pipeline_cfg, process_index=0, process_count=4, **kw)
 
@@ -80,9 +83,9 @@ def test_eval_is_in_order_and_restartable(pipeline_cfg):
                                             process_count=1)
   got = np.concatenate(list(factory()))
   full = (valid.shape[0] // 2) * 2
-  np.testing.assert_array_equal(got, valid[:full])
-  np.testing.assert_array_equal(np.concatenate(list(factory(num_batches=2))), valid[:4])
-  np.testing.assert_array_equal(np.concatenate(list(factory())), got)
+  chex.assert_trees_all_equal(got, valid[:full])
+  chex.assert_trees_all_equal(np.concatenate(list(factory(num_batches=2))), valid[:4])
+  chex.assert_trees_all_equal(np.concatenate(list(factory())), got)
 
 
 def test_resume_from_state(pipeline_cfg, tmp_path):
@@ -95,8 +98,7 @@ def test_resume_from_state(pipeline_cfg, tmp_path):
   state = json.loads(json.dumps(it.get_state()))  # must survive a JSON round trip
   fresh, _ = input_pipeline.make_datasets(pipeline_cfg, **kw)
   fresh.set_state(state)
-  for i in range(k, 9):
-    np.testing.assert_array_equal(next(fresh), expected[i])
+  chex.assert_trees_all_equal([next(fresh) for _ in range(k, 9)], list(expected[k:9]))
 
   # Through grain's orbax handler, as the trainer saves it.
   import grain  # pylint: disable=import-outside-toplevel
@@ -109,7 +111,7 @@ def test_resume_from_state(pipeline_cfg, tmp_path):
   handler.save(ckpt, args=grain.checkpoint.CheckpointSave(it2))
   fresh2, _ = input_pipeline.make_datasets(pipeline_cfg, **kw)
   handler.restore(ckpt, args=grain.checkpoint.CheckpointRestore(fresh2))
-  np.testing.assert_array_equal(next(fresh2), expected[3])
+  chex.assert_trees_all_equal(next(fresh2), expected[3])
 
 
 def test_ids_beyond_the_model_are_refused(pipeline_cfg):

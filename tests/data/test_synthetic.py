@@ -6,6 +6,7 @@ import itertools
 import math
 import statistics
 
+import chex
 import numpy as np
 import pytest
 
@@ -54,18 +55,18 @@ def test_log_likelihood_matches_brute_force_enumeration(order):
   # 1 by a few ulps of accumulated rounding, far below 1e-12.
   assert abs(np.exp(logp).sum() - 1.0) <= 1e-12
   per_topic = synthetic.topic_log_likelihoods(lang, seqs)
-  np.testing.assert_allclose(np.exp(per_topic).sum(axis=0), 1.0, rtol=0, atol=1e-12)
+  chex.assert_trees_all_close(np.exp(per_topic).sum(axis=0), 1.0, rtol=0, atol=1e-12)
   reference = np.array([_reference_log_prob(lang, list(s)) for s in seqs])
   # Same float64 factors multiplied in a different order (log-sum vs product): the
   # log-probs agree to ~1e-15 relative; 1e-12 absolute on values of order 1..20.
-  np.testing.assert_allclose(logp, reference, rtol=0, atol=1e-12)
+  chex.assert_trees_all_close(logp, reference, rtol=0, atol=1e-12)
   # Per-position marginals from the forward recursion against the enumeration.
   probs = np.exp(reference)
   enumerated = np.zeros((length, lang.vocab_size))
   for t in range(length):
     np.add.at(enumerated[t], seqs[:, t], probs)
-  np.testing.assert_allclose(synthetic.position_marginals(lang, length), enumerated,
-                             rtol=0, atol=1e-12)
+  chex.assert_trees_all_close(synthetic.position_marginals(lang, length), enumerated,
+                              rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("order", [1, 2])
@@ -73,17 +74,17 @@ def test_language_tables_are_valid(order):
   lang = synthetic.make_language(3, order=order)
   k, c, s = lang.successors.shape
   assert (k, c, s) == (8, 251**order, 4)
-  assert lang.successor_probs.shape == (k, c, s)
+  chex.assert_shape(lang.successor_probs, (k, c, s))
   # Dirichlet rows renormalised in float64: sums are 1 to a few ulps.
-  np.testing.assert_allclose(lang.successor_probs.sum(-1), 1.0, rtol=0, atol=1e-12)
+  chex.assert_trees_all_close(lang.successor_probs.sum(-1), 1.0, rtol=0, atol=1e-12)
   assert (lang.successor_probs >= 0).all()
   srt = np.sort(lang.successors, axis=-1)
   assert (np.diff(srt, axis=-1) > 0).all(), "successors must be distinct per row"
-  assert lang.topic_vocab.shape == (8, 64)
+  chex.assert_shape(lang.topic_vocab, (8, 64))
   assert (np.diff(lang.topic_vocab, axis=1) > 0).all()
   for topic in range(k):
     assert np.isin(lang.successors[topic], lang.topic_vocab[topic]).all()
-  np.testing.assert_allclose(lang.topic_probs, 1.0 / 8, rtol=0, atol=0)
+  chex.assert_trees_all_equal(lang.topic_probs, 1.0 / 8)
   # The language is the tokenizer: an MDLM backbone of V + 1 ids (mask last), a DUO one of V.
   assert make_process("mdlm", 251).text_vocab_size == lang.vocab_size == 250
   assert make_process("duo", 250).text_vocab_size == 250
@@ -94,8 +95,8 @@ def test_sample_corpus_follows_the_process():
                                  topic_vocab_size=6, floor=0.05)
   n, length = 6000, 24
   tokens, topics = synthetic.sample_corpus(lang, 5, n, length, return_topics=True)
-  assert tokens.dtype == np.int32 and tokens.shape == (n, length)
-  assert topics.dtype == np.int32 and topics.shape == (n,)
+  chex.assert_type([tokens, topics], np.int32)
+  chex.assert_shape([tokens, topics], [(n, length), (n,)])
   ctx = synthetic._contexts(lang, tokens)
   z_scores = []
   # Topics: binomial counts against pi.
@@ -142,18 +143,19 @@ def test_seeds_are_deterministic():
   a = synthetic.make_language(1, order=2)
   b = synthetic.make_language(1, order=2)
   c = synthetic.make_language(2, order=2)
-  np.testing.assert_array_equal(a.successors, b.successors)
-  np.testing.assert_array_equal(a.successor_probs, b.successor_probs)
+  chex.assert_trees_all_equal((a.successors, a.successor_probs),
+                              (b.successors, b.successor_probs))
+  # Inequalities ("other seed, other draw") stay np.array_equal: chex has no "differ" assert.
   assert not np.array_equal(a.successors, c.successors)
   x1 = synthetic.sample_corpus(a, 4, 64, 32)
   x2 = synthetic.sample_corpus(b, 4, 64, 32)
   x3 = synthetic.sample_corpus(a, 5, 64, 32)
-  np.testing.assert_array_equal(x1, x2)
+  chex.assert_trees_all_equal(x1, x2)
   assert not np.array_equal(x1, x3)
   m1 = synthetic.sample_independent_marginals(a, 4, 64, 32)
   m2 = synthetic.sample_independent_marginals(b, 4, 64, 32)
   m3 = synthetic.sample_independent_marginals(a, 5, 64, 32)
-  np.testing.assert_array_equal(m1, m2)
+  chex.assert_trees_all_equal(m1, m2)
   assert not np.array_equal(m1, m3)
 
 
@@ -187,8 +189,8 @@ def test_nll_and_gen_ppl_definitions():
   lang = synthetic.make_language(0, order=2)
   tokens = synthetic.sample_corpus(lang, 1, 32, 20)
   logp = synthetic.log_likelihood(lang, tokens)
-  np.testing.assert_allclose(synthetic.nll_per_token(lang, tokens), -logp / 20,
-                             rtol=1e-15, atol=0)
+  chex.assert_trees_all_close(synthetic.nll_per_token(lang, tokens), -logp / 20,
+                              rtol=1e-15, atol=0)
   # Gen-PPL pools all tokens: total NLL over total token count.
   pooled = math.exp(-logp.sum() / tokens.size)
   assert synthetic.gen_ppl(lang, tokens) == pytest.approx(pooled, rel=1e-12)

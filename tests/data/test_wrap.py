@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import numpy as np
 import pytest
 
@@ -17,13 +18,14 @@ def random_docs(rng: np.random.Generator, n: int, vocab: int = 50) -> list[list[
 def test_wrap_hand_worked_example():
   # docs + EOS: 1 2 3 E 4 5 E -> pieces of 3: [1 2 3] [E 4 5], remainder [E] dropped.
   out = wrap_lib.wrap_documents([[1, 2, 3], [4, 5]], length=5, bos=90, eos=99)
-  np.testing.assert_array_equal(out, [[90, 1, 2, 3, 99], [90, 99, 4, 5, 99]])
-  assert out.dtype == np.int32
+  chex.assert_trees_all_equal(out, np.array([[90, 1, 2, 3, 99], [90, 99, 4, 5, 99]]))
+  chex.assert_type(out, np.int32)
 
 
 def test_wrap_too_short_group_gives_no_block():
   out = wrap_lib.wrap_documents([[1], [2]], length=8, bos=0, eos=9)  # 4 tokens < 6
-  assert out.shape == (0, 8) and out.dtype == np.int32
+  chex.assert_shape(out, (0, 8))
+  chex.assert_type(out, np.int32)
 
 
 @pytest.mark.parametrize("length", [3, 8, 17])
@@ -32,7 +34,7 @@ def test_wrap_documents_matches_reference(length):
   docs = random_docs(rng, 40)
   docs[3] = []  # an empty document still contributes its EOS
   got = wrap_lib.wrap_documents(docs, length=length, bos=50, eos=51)
-  np.testing.assert_array_equal(got, ref_wrap(docs, length, 50, 51, None))
+  chex.assert_trees_all_equal(got, ref_wrap(docs, length, 50, 51, None))
 
 
 @pytest.mark.parametrize("group_docs,flush_docs", [(1, 1), (4, 1000), (7, 1000), (None, 1),
@@ -43,7 +45,7 @@ def test_iter_wrapped_blocks_matches_reference(group_docs, flush_docs):
   parts = list(wrap_lib.iter_wrapped_blocks(iter(docs), length=10, bos=50, eos=51,
                                             group_docs=group_docs, flush_docs=flush_docs))
   got = np.concatenate(parts)
-  np.testing.assert_array_equal(got, ref_wrap(docs, 10, 50, 51, group_docs))
+  chex.assert_trees_all_equal(got, ref_wrap(docs, 10, 50, 51, group_docs))
 
 
 def test_group_remainder_dropped_per_group():
@@ -52,7 +54,7 @@ def test_group_remainder_dropped_per_group():
   docs = [[1, 2], [3, 4], [5, 6], [7, 8]]
   per_group = np.concatenate(list(wrap_lib.iter_wrapped_blocks(
       docs, length=6, bos=0, eos=9, group_docs=2)))
-  np.testing.assert_array_equal(per_group, [[0, 1, 2, 9, 3, 9], [0, 5, 6, 9, 7, 9]])
+  chex.assert_trees_all_equal(per_group, np.array([[0, 1, 2, 9, 3, 9], [0, 5, 6, 9, 7, 9]]))
   whole = wrap_lib.wrap_documents(docs, length=6, bos=0, eos=9)
-  np.testing.assert_array_equal(whole, [[0, 1, 2, 9, 3, 9], [0, 4, 9, 5, 6, 9],
-                                        [0, 9, 7, 8, 9, 9]])
+  chex.assert_trees_all_equal(whole, np.array([[0, 1, 2, 9, 3, 9], [0, 4, 9, 5, 6, 9],
+                                                [0, 9, 7, 8, 9, 9]]))
