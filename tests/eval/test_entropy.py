@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -33,12 +34,15 @@ def test_matches_numpy_reference():
   tokens = _fixed_tokens()
   got = np.asarray(entropy.sample_entropy(tokens))
   want = np.array([_numpy_entropy(r) for r in tokens])
-  assert got.dtype == np.float32
+  chex.assert_type(got, np.float32)
+  chex.assert_shape(got, (tokens.shape[0],))
   # float32 logs of counts <= 64 averaged over 64 positions: ~1e-7 relative; 1e-6
   # absolute covers the zero-entropy row and rounding of log(64) ~ 4.16.
-  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(want[:4], [0.0, np.log(64), np.log(8),
-                                        -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))], atol=1e-12)
+  chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
+  # The reference itself on the hand-computed rows (float64: 1e-12 absolute).
+  chex.assert_trees_all_close(
+      want[:4], np.array([0.0, np.log(64), np.log(8),
+                          -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))]), rtol=1e-7, atol=1e-12)
   assert entropy.mean_entropy(tokens) == pytest.approx(want.mean(), rel=1e-6)
 
 
@@ -47,10 +51,10 @@ def test_jittable_and_same_under_x64():
   base = np.asarray(entropy.sample_entropy(tokens))
   with jax.enable_x64(True):
     wide = np.asarray(entropy.sample_entropy(tokens.astype(np.int64)))
-  assert wide.dtype == np.float32
-  np.testing.assert_allclose(wide, base, rtol=1e-6, atol=1e-7)
+  chex.assert_type(wide, np.float32)
+  chex.assert_trees_all_close(wide, base, rtol=1e-6, atol=1e-7)
   jitted = jax.jit(entropy.sample_entropy)
-  np.testing.assert_allclose(np.asarray(jitted(tokens)), base, rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(jitted(tokens), base, rtol=1e-6, atol=1e-7)
 
 
 def test_bad_inputs():

@@ -8,6 +8,7 @@ is asserted.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,8 +85,7 @@ def test_pass_formulas_match_hlo_and_full_remat_keeps_values():
   # The same operations are recomputed; only XLA's fusion of them may differ (float32
   # reassociation, ~1e-7 relative), so 1e-5 is loose for equal functions and tight for any
   # real change of the function.
-  for x, y in zip(jax.tree.leaves(runs["nothing_saveable"]), jax.tree.leaves(runs[None])):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(runs["nothing_saveable"], runs[None], rtol=1e-5, atol=1e-6)
 
 
 def test_drift_term_matches_hlo(compiled_text):

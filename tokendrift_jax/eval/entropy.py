@@ -12,6 +12,7 @@ histogram, jittable with static shapes.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,7 +40,13 @@ def _row_entropy(row: jax.Array) -> jax.Array:
 
 @jax.jit
 def _entropy(tokens: jax.Array) -> jax.Array:
-  return jax.vmap(_row_entropy)(tokens)
+  # Trace-time contract (host inputs get the one-line errors of _check_tokens first).
+  chex.assert_rank(tokens, 2)
+  chex.assert_type(tokens, int)
+  out = jax.vmap(_row_entropy)(tokens)
+  chex.assert_shape(out, tokens.shape[:1])
+  chex.assert_type(out, jnp.float32)
+  return out
 
 
 def sample_entropy(tokens) -> jax.Array:

@@ -32,6 +32,7 @@ import os
 import pathlib
 from typing import Any, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -214,6 +215,9 @@ def protocol_weights(tokens: jax.Array, lengths: jax.Array, eos_id: int) -> jax.
   Returns:
     float32[B, C - 1]: 1 where the target is not EOS or is the chunk's first EOS.
   """
+  chex.assert_rank([tokens, lengths], [2, 1])
+  chex.assert_type([tokens, lengths], int)
+  chex.assert_equal_shape_prefix([tokens, lengths], 1)
   is_eos = tokens == eos_id
   first_eos = jnp.cumsum(is_eos.astype(jnp.int32), axis=-1) == 1
   keep = jnp.logical_or(first_eos, jnp.logical_not(is_eos))
@@ -235,6 +239,10 @@ def chunk_nll_sums(logits: jax.Array, tokens: jax.Array, lengths: jax.Array,
     (sum_t nll_t * w_t, sum_t w_t), each float32[B], with nll_t the cross entropy of
     ``tokens[:, t + 1]`` under ``logits[:, t]``.
   """
+  chex.assert_rank([logits, tokens, lengths], [3, 2, 1])
+  chex.assert_type([logits, tokens, lengths], [float, int, int])
+  chex.assert_equal_shape_prefix([logits, tokens], 2)
+  chex.assert_equal_shape_prefix([tokens, lengths], 1)
   nll = optax.softmax_cross_entropy_with_integer_labels(
       logits[:, :-1].astype(jnp.float32), tokens[:, 1:])
   w = protocol_weights(tokens, lengths, eos_id)
@@ -245,6 +253,8 @@ def chunk_nll_sums(logits: jax.Array, tokens: jax.Array, lengths: jax.Array,
 
 def _score_batch(params, tokens, mask, lengths, *, module, eos_id):
   """Judge forward + weighted NLL sums for int32[B, C] chunks -> 2 x float32[B]."""
+  chex.assert_rank([tokens, mask, lengths], [2, 2, 1])
+  chex.assert_equal_shape([tokens, mask])
   positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1], dtype=jnp.int32)[None, :], tokens.shape)
   logits = module.apply({"params": params}, tokens, mask, positions,
                         deterministic=True, return_dict=False)[0]
