@@ -447,3 +447,239 @@ def load_source(src: str, *, ema: bool = False, process: str | None = None,
   meta = {"process": arch, "source": os.path.abspath(src), "source_kind": kind, "ema": bool(ema),
           **notes}
   return params, config, meta
+
+
+# ------------------------------------------------------------------- export (the inverse)
+# Shown by `python -m convert.export --help` for --family dit, with EXPORT_FORMATS.
+EXPORTS = """\
+  (MDLM / DUO)
+  hf          a directory as the released HF checkpoints have it: config.json with the
+              MDLM / DUO HF fields and model_type "mdlm" / "duo", weights under
+              'backbone.' in model.safetensors (sharded with model.safetensors.index.json
+              above --max-shard-size); the release's configuration_*.py / modeling_*.py
+              are not written (copy them from the hub release to load with
+              trust_remote_code);
+  lightning   a .ckpt as the MDLM / DUO trainers write it: state_dict ('backbone.*') and
+              ema.shadow_params (backbone.parameters() order), both holding the exported
+              weights, loops counters, and hyper_parameters['config'] with the model
+              fields those repositories build the DIT from (needs torch and omegaconf);
+  safetensors a bare DIT state dict (DIT.state_dict() names, no prefix) in one file."""
+
+EXPORT_FORMATS = ("hf", "lightning", "safetensors")
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+# A release's auto_map points at its own code files (not written here).
+_HF_AUTO_MAP = {"mdlm": {"AutoConfig": "configuration_mdlm.MDLMConfig",
+                         "AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
+                "duo": {"AutoConfig": "configuration_duo.DUOConfig",
+                        "AutoModelForMaskedLM": "modeling_duo.DUO"}}
+_LIGHTNING_VERSION = "2.2.1"   # the lightning pinned by the MDLM requirements
+
+
+def check_exportable(config: DiTConfig, meta: dict, fmt: str) -> None:
+  """Refuses (ConversionError with the reason) what the public MDLM/DUO code cannot load.
+
+  The public ``DIT`` fixes the MLP ratio at 4; DUO's HF config and trainer have no switch
+  for an unconditioned backbone (DUO's ``mean`` parameterisation asserts
+  time_conditioning); ``hf`` and ``lightning`` need to know the diffusion process.
+  """
+  if fmt not in EXPORT_FORMATS:
+    raise ConversionError(f"--format {fmt!r}: the dit family exports {list(EXPORT_FORMATS)}")
+  if config.mlp_ratio != 4:
+    raise ConversionError(f"mlp_ratio={config.mlp_ratio}: the public MDLM/DUO DIT has a fixed "
+                          f"MLP ratio of 4 and cannot represent this backbone")
+  if fmt == "safetensors":
+    return
+  process = meta.get("process")
+  if process not in ("mdlm", "duo"):
+    raise ConversionError(f"meta['process'] is {process!r}: --format {fmt} writes an MDLM or "
+                          f"DUO checkpoint; pass --process mdlm|duo")
+  if process == "duo" and not config.time_conditioning:
+    raise ConversionError("time_conditioning=False with process 'duo': the public DUO code is "
+                          "always time-conditioned and cannot represent this backbone")
+
+
+def _get(tree: dict, path: tuple):
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def to_torch_state(params: dict, config: DiTConfig) -> dict[str, np.ndarray]:
+  """The inverse of :func:`to_flax_params`: pure param dict -> DIT state dict.
+
+  Returns float32 arrays under the DIT's names (no ``backbone.``), in
+  ``backbone.parameters()`` order, weights [out, in], then the rotary buffer
+  ``rotary_emb.inv_freq`` float32[head_dim / 2] that the released state dicts carry.
+  """
+  state: dict[str, np.ndarray] = {}
+  for name in torch_parameter_names(config):
+    path, transpose = _flax_path(name)
+    try:
+      arr = np.asarray(_get(params, path), np.float32)
+    except (KeyError, TypeError) as e:
+      raise ConversionError(f"the parameters have no {path} for '{name}'") from e
+    arr = np.ascontiguousarray(arr.T) if transpose else arr
+    if tuple(arr.shape) != _torch_shape(name, config):
+      raise ConversionError(f"parameter {path} gives '{name}' the shape {tuple(arr.shape)}, "
+                            f"expected {_torch_shape(name, config)} for {config}")
+    state[name] = arr
+  hd = config.head_dim
+  # As the DIT's Rotary computes it (float32 base ** (arange / dim)), correctly rounded.
+  state[ROTARY_BUFFER] = (1.0 / (ROPE_BASE ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+                          ).astype(np.float32)
+  return state
+
+
+def hf_config(config: DiTConfig, process: str, dtype: str = "float32") -> dict:
+  """config.json of the MDLM / DUO HF release for ``config`` (every field explicit: the HF
+  config classes' defaults are not the released model's, e.g. MDLMConfig's cond_dim 129)."""
+  out = {"architectures": [process.upper()], "auto_map": _HF_AUTO_MAP[process],
+         "model_type": process, "vocab_size": config.vocab_size,
+         "model_length": config.length, "hidden_dim": config.hidden_size,
+         "cond_dim": config.cond_dim, "n_blocks": config.n_blocks, "n_heads": config.n_heads,
+         "dropout": float(config.dropout)}
+  if process == "mdlm":
+    out["time_conditioning"] = bool(config.time_conditioning)
+  else:   # DUOConfig: no time_conditioning (always on); the AR variant's switch is causal
+    out.update(causal=False, var_min=True)
+  out["torch_dtype"] = dtype
+  return out
+
+
+def lightning_hparams(config: DiTConfig, process: str) -> dict:
+  """The hydra config fields the MDLM / DUO code builds and checks the DIT from.
+
+  MDLM: ``config.backbone``, ``parameterization``, ``time_conditioning``, ``T`` and
+  ``subs_masking`` at the top level; DUO: the same under ``algo`` (plus
+  ``causal_attention``). Both: ``model.*`` (the DIT) and ``training.ema``.
+  """
+  model = {"name": "tokendrift_jax", "type": "ddit", "hidden_size": config.hidden_size,
+           "cond_dim": config.cond_dim, "length": config.length, "n_blocks": config.n_blocks,
+           "n_heads": config.n_heads, "scale_by_sigma": True, "dropout": float(config.dropout)}
+  if process == "mdlm":
+    return {"backbone": "dit", "parameterization": "subs",
+            "time_conditioning": bool(config.time_conditioning), "T": 0, "subs_masking": False,
+            "model": model, "training": {"ema": 0.9999}}
+  return {"algo": {"name": "duo_base", "backbone": "dit", "parameterization": "mean",
+                   "time_conditioning": True, "causal_attention": False, "T": 0},
+          "model": model, "training": {"ema": 0.9999}}
+
+
+def parse_size(text: str) -> int:
+  """'5GB', '200MB', '20KB' or a byte count -> bytes (powers of 1000, as HF's)."""
+  s = str(text).strip().upper()
+  for unit, mult in (("GB", 10 ** 9), ("MB", 10 ** 6), ("KB", 10 ** 3), ("B", 1)):
+    if s.endswith(unit):
+      s, scale = s[:-len(unit)], mult
+      break
+  else:
+    scale = 1
+  try:
+    value = int(float(s) * scale)
+  except ValueError:
+    value = 0
+  if value <= 0:
+    raise ConversionError(f"--max-shard-size {text!r}: expected a positive size like 5GB, "
+                          f"200MB or 20KB")
+  return value
+
+
+def _cast(state: dict[str, np.ndarray], dtype: str):
+  """{name: float32 array} -> tensors to save: numpy for float32/float16; torch for bfloat16
+  (numpy has none). The rotary buffer stays float32 (rounded, it would no longer match the
+  base the importers check)."""
+  if dtype == "bfloat16":
+    torch = _torch()
+    return {k: torch.from_numpy(v) if k == ROTARY_BUFFER else
+            torch.from_numpy(v).to(torch.bfloat16) for k, v in state.items()}, "torch"
+  np_dtype = {"float32": np.float32, "float16": np.float16}[dtype]
+  return {k: v if k == ROTARY_BUFFER else v.astype(np_dtype) for k, v in state.items()}, "np"
+
+
+def _save_safetensors(tensors: dict, kind: str, path: str) -> None:
+  metadata = {"format": "pt"}   # what transformers' loader expects of a PyTorch file
+  if kind == "torch":
+    from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
+  else:
+    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  save_file(tensors, path, metadata=metadata)
+
+
+def _nbytes(t) -> int:
+  return int(t.nbytes) if hasattr(t, "nbytes") else int(t.numel() * t.element_size())
+
+
+def export(params: dict, config: DiTConfig, meta: dict, dst: str, *, fmt: str,
+           dtype: str = "float32", max_shard_size: str = "5GB") -> list[str]:
+  """Writes ``params`` (the project's pure dict) at ``dst`` in format ``fmt``.
+
+  ``dst`` must not exist; ``hf`` creates it as a directory, ``lightning`` and
+  ``safetensors`` as one file. The caller (``python -m convert.export``) writes to a
+  temporary sibling and swaps it in. Returns the files written (relative to ``dst`` for hf).
+  """
+  check_exportable(config, meta, fmt)
+  if dtype not in EXPORT_DTYPES:
+    raise ConversionError(f"--dtype {dtype!r}: expected one of {list(EXPORT_DTYPES)}")
+  state = to_torch_state(params, config)
+  tensors, kind = _cast(state, dtype)
+  if fmt == "safetensors":
+    _save_safetensors(tensors, kind, dst)
+    return [os.path.basename(dst)]
+  process = meta["process"]
+  if fmt == "hf":
+    limit = parse_size(max_shard_size)
+    named = {"backbone." + k: v for k, v in tensors.items()}
+    shards: list[dict] = [{}]
+    size = 0
+    for name, t in named.items():   # in backbone.parameters() order, as save_pretrained
+      if shards[-1] and size + _nbytes(t) > limit:
+        shards.append({})
+        size = 0
+      shards[-1][name] = t
+      size += _nbytes(t)
+    os.makedirs(dst)
+    with open(os.path.join(dst, "config.json"), "w") as f:
+      json.dump(hf_config(config, process, dtype), f, indent=2, sort_keys=True)
+      f.write("\n")
+    if len(shards) == 1:
+      _save_safetensors(shards[0], kind, os.path.join(dst, "model.safetensors"))
+      return ["config.json", "model.safetensors"]
+    files, weight_map = [], {}
+    for i, shard in enumerate(shards):
+      fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      _save_safetensors(shard, kind, os.path.join(dst, fname))
+      files.append(fname)
+      weight_map.update({k: fname for k in shard})
+    index = {"metadata": {"total_size": sum(_nbytes(t) for t in named.values())},
+             "weight_map": weight_map}
+    with open(os.path.join(dst, "model.safetensors.index.json"), "w") as f:
+      json.dump(index, f, indent=2, sort_keys=True)
+      f.write("\n")
+    return ["config.json", "model.safetensors.index.json"] + files
+  # lightning
+  torch = _torch()
+  try:
+    from omegaconf import OmegaConf  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ConversionError("--format lightning needs omegaconf (the repositories pickle their "
+                          "hydra config): pip install -r requirements-convert.txt") from e
+  as_torch = {k: (v if kind == "torch" else torch.from_numpy(np.ascontiguousarray(v)))
+              for k, v in tensors.items()}
+  step = int(meta.get("step", 0) or 0)
+  # Both the trained and the EMA slot hold the exported weights, so the repositories use
+  # them whether or not eval.disable_ema is set.
+  shadow = [as_torch[n].clone() for n in torch_parameter_names(config)]
+  ckpt = {
+      "epoch": 0, "global_step": step, "pytorch-lightning_version": _LIGHTNING_VERSION,
+      "state_dict": {"backbone." + k: v for k, v in as_torch.items()},
+      "ema": {"decay": 0.9999, "num_updates": step, "shadow_params": shadow},
+      # on_load_checkpoint of both repositories reads these two counters.
+      "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 0}},
+                             "epoch_loop.batch_progress": {"current": {"completed": 0}}}},
+      "hyper_parameters": {"config": OmegaConf.create(lightning_hparams(config, process))},
+      "optimizer_states": [], "lr_schedulers": [], "callbacks": {},
+      "tokendrift_jax": {"process": process, "source": str(meta.get("source", "")),
+                         "dtype": dtype},
+  }
+  torch.save(ckpt, dst)
+  return [os.path.basename(dst)]
