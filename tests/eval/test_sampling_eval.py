@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import numpy as np
 
@@ -28,4 +29,4 @@ def test_samples_follow_documented_keys_on_any_device_count(eval_assets, eval_cl
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), nfe), 0)
     tokens = np.asarray(sampler(params, key, nfe).tokens)
     want = [s["token_ids"] for s in samples if (s["nfe"], s["seed"]) == (nfe, seed)]
-    np.testing.assert_array_equal(tokens, np.asarray(want))
+    chex.assert_trees_all_equal(tokens, np.asarray(want))
