@@ -1,14 +1,23 @@
-"""Drift field vs an independent float64 NumPy implementation of TokenDrift Sec. 3.2 / Alg. 2."""
+"""Drift field vs an independent float64 NumPy implementation of TokenDrift Sec. 3.2 / Alg. 2.
+
+The field's math runs under ``chex.variants(with_jit=True, without_jit=True)`` on the
+standard shape (cases 0-3, both normalisations; and the pairwise distances); the other
+shapes, options and the hand-checkable 1x1x1 example run jitted only (each new shape costs seconds of op-by-op
+compilation without jit). ``test_variants_run_traced_and_untraced`` proves that a variants
+test executes its function once traced and once eagerly.
+"""
 
 from __future__ import annotations
 
 import math
+import unittest
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from tests.references.np_drift import TEMPS, np_drift  # independent float64 reference
 from tokendrift_jax.drift import field
@@ -94,20 +103,49 @@ def ref_for(anchors, pos, neg, pm, nm, temps, **kw):
                   **kw)
 
 
-@pytest.mark.parametrize("normalization", ["joint", "drifting_alg2"])
-@pytest.mark.parametrize("index", range(len(CASES)),
-                         ids=[f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-{c[5]}" for c in CASES])
-def test_matches_float64_reference(index, normalization):
+def check_reference_case(field_fn, index, normalization):
+  """One case of CASES through ``field_fn`` (jitted or not) vs the float64 reference."""
   anchors, pos, neg, pm, nm, temps = build_case(index)
-  v, diag = drift_field(anchors, pos, neg, pos_mask=pm, neg_mask=nm, temperatures=temps,
-                        normalization=normalization)
+  v, diag = field_fn(anchors, pos, neg, pos_mask=pm, neg_mask=nm, temperatures=temps,
+                     normalization=normalization)
   want, scales = ref_for(anchors, pos, neg, pm, nm, temps, normalization=normalization)
   chex.assert_shape(v, anchors.shape)
+  chex.assert_type(v, jnp.float32)
   chex.assert_tree_all_finite((v, diag))
-  np.testing.assert_allclose(np.asarray(v), want, rtol=0, atol=ATOL)
-  np.testing.assert_allclose(np.asarray(diag["scale"]), scales, rtol=1e-5, atol=0)
+  chex.assert_trees_all_close(v, want, rtol=0, atol=ATOL)
+  chex.assert_trees_all_close(diag["scale"], scales, rtol=1e-5, atol=0)
   if CASES[index][5] == "empty_anchor":
-    assert np.all(np.asarray(v)[2] == 0.0)
+    chex.assert_trees_all_equal(v[2], jnp.zeros_like(v[2]))
+
+
+_STATIC = ("temperatures", "eps", "normalization", "distance")
+
+
+class FieldVariantsTest(chex.TestCase):
+  """drift_field traced (jit) and eager on the standard shape and a hand-checkable case."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(index=(0, 1, 2, 3), normalization=("joint", "drifting_alg2"))
+  def test_matches_float64_reference(self, index, normalization):
+    check_reference_case(self.variant(field.drift_field, static_argnames=_STATIC), index,
+                         normalization)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_pairwise_sq_dists(self):
+    x, y = build_case(0)[1:3]
+    want = ((x[:, None, :].astype(np.float64) - y[None].astype(np.float64)) ** 2).sum(-1)
+    got = self.variant(field.pairwise_sq_dists)(x, y)
+    chex.assert_shape(got, (P, K))
+    # ‖x‖² + ‖y‖² − 2x·y of unit vectors in float32: cancellation leaves ~4 ulp(2) ≈ 1e-6.
+    chex.assert_trees_all_close(got, want, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("normalization", ["joint", "drifting_alg2"])
+@pytest.mark.parametrize("index", range(4, len(CASES)),
+                         ids=[f"{c[0]}x{c[1]}x{c[2]}x{c[3]}-{c[5]}" for c in CASES[4:]])
+def test_matches_float64_reference_other_shapes(index, normalization):
+  """The cases of other shapes, jitted only (the variants test covers cases 0-3)."""
+  check_reference_case(drift_field, index, normalization)
 
 
 @pytest.mark.parametrize("normalization", ["joint", "drifting_alg2"])
@@ -120,7 +158,8 @@ def test_euclidean_distance_and_ratios(normalization):
                        repulsion=r, normalization=normalization, distance=dist)
     want, _ = ref_for(anchors, pos, neg, pm, nm, temps, a=a, r=r,
                       normalization=normalization, distance=dist)
-    np.testing.assert_allclose(np.asarray(v), want, rtol=0, atol=ATOL, err_msg=f"{a}:{r} {dist}")
+    chex.assert_trees_all_close({f"{a}:{r} {dist}": v}, {f"{a}:{r} {dist}": want}, rtol=0,
+                                atol=ATOL)
 
 
 @pytest.mark.parametrize("normalization", ["joint", "drifting_alg2"])
@@ -131,12 +170,13 @@ def test_reference_blocks_equal_one_set(normalization):
   # Per-block masks of every supported form: None, [P_b] and [N, K_b].
   pos_masks = (None, pm[0, N:])
   neg_masks = (nm[:, :N], nm[0, N:])
+  # Preconditions on the inputs (the per-block masks above express pm, nm), not a result check.
   assert np.all(pm[:, :N]) and np.all(pm == pm[0]) and np.all(nm[:, N:] == nm[0, N:])
   v, diag = drift_field(anchors, pos_blocks, neg_blocks, pos_mask=pos_masks,
                         neg_mask=neg_masks, normalization=normalization)
   want, scales = ref_for(anchors, pos, neg, pm, nm, temps, normalization=normalization)
-  np.testing.assert_allclose(np.asarray(v), want, rtol=0, atol=ATOL)
-  np.testing.assert_allclose(np.asarray(diag["scale"]), scales, rtol=1e-5)
+  chex.assert_trees_all_close(v, want, rtol=0, atol=ATOL)
+  chex.assert_trees_all_close(diag["scale"], scales, rtol=1e-5)
   with pytest.raises(ValueError, match="pos_mask must be None or a sequence of 2"):
     field.drift_field(anchors, pos_blocks, neg_blocks, pos_mask=pm)
   with pytest.raises(ValueError, match=r"neg_mask\[0\] must have shape"):
@@ -144,7 +184,10 @@ def test_reference_blocks_equal_one_set(normalization):
 
 
 def test_joint_weights_and_diagnostics():
-  """Hand-checkable: one anchor, one positive, one negative at known distances."""
+  """Hand-checkable: one anchor, one positive, one negative at known distances.
+
+  Jitted only: without jit every op of the field compiles once more for this 1x2 shape.
+  """
   h = np.array([[1.0, 0.0]], np.float32)
   u = np.array([[0.0, 1.0]], np.float32)      # ‖h − u‖² = 2
   v = np.array([[-1.0, 0.0]], np.float32)     # ‖h − v‖² = 4
@@ -152,10 +195,11 @@ def test_joint_weights_and_diagnostics():
   w_pos = 1.0 / (1.0 + math.exp(-(4 - 2) / tau))
   vt = w_pos * u[0] - (1 - w_pos) * v[0]
   drift, diag = drift_field(h, u, v, temperatures=(tau,))
-  np.testing.assert_allclose(np.asarray(diag["pos_weight_frac"]), [w_pos], rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(diag["v_norm"]), [np.linalg.norm(vt)], rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(diag["scale"]), [math.sqrt(vt @ vt + 1e-8)], rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(drift)[0], vt / math.sqrt(vt @ vt + 1e-8), rtol=1e-6)
+  got = {"pos_weight_frac": diag["pos_weight_frac"], "v_norm": diag["v_norm"],
+         "scale": diag["scale"], "drift": drift[0]}
+  want = {"pos_weight_frac": [w_pos], "v_norm": [np.linalg.norm(vt)],
+          "scale": [math.sqrt(vt @ vt + 1e-8)], "drift": vt / math.sqrt(vt @ vt + 1e-8)}
+  chex.assert_trees_all_close(got, {k: np.asarray(w) for k, w in want.items()}, rtol=1e-6)
 
 
 @pytest.mark.parametrize("normalization", ["joint", "drifting_alg2"])
@@ -170,8 +214,7 @@ def test_masked_entries_are_exactly_excluded(normalization):
   v_bad, d_bad = drift_field(anchors, pos_bad, neg_bad, pos_mask=pm, neg_mask=nm,
                              normalization=normalization)
   # Exactly zero weight times finite garbage: bit-identical results.
-  np.testing.assert_array_equal(np.asarray(v_bad), np.asarray(v_ok))
-  chex.assert_trees_all_equal(d_bad, d_ok)
+  chex.assert_trees_all_equal((v_bad, d_bad), (v_ok, d_ok))
 
 
 @pytest.mark.parametrize("normalization", ["joint", "drifting_alg2"])
@@ -183,13 +226,14 @@ def test_antisymmetry_and_equilibrium(normalization):
     v_swap, _ = drift_field(anchors, neg, pos, pos_mask=nm, neg_mask=pm, attraction=ar,
                             repulsion=ar, normalization=normalization)
     # Swapping the sets swaps identical float operations: exact up to XLA reassociation.
-    np.testing.assert_allclose(np.asarray(v_swap), -np.asarray(v), rtol=0, atol=1e-7)
-    assert float(jnp.max(jnp.abs(v))) > 0.1  # the check is not vacuous
+    chex.assert_trees_all_close(v_swap, -v, rtol=0, atol=1e-7)
+    assert float(jnp.max(jnp.abs(v))) > 0.1  # a lower bound: the check is not vacuous
   # Positives identical to negatives (same features, same masks): V = 0 exactly (Cor. C.3).
   v_eq, diag = drift_field(anchors, neg, neg, pos_mask=nm, neg_mask=nm,
                            normalization=normalization)
-  assert np.all(np.asarray(v_eq) == 0.0)
-  np.testing.assert_allclose(np.asarray(diag["scale"]), math.sqrt(1e-8), rtol=1e-6)
+  chex.assert_trees_all_equal(v_eq, jnp.zeros_like(v_eq))
+  chex.assert_trees_all_close(diag["scale"], np.full(diag["scale"].shape, math.sqrt(1e-8)),
+                              rtol=1e-6)
 
 
 def test_gradients_through_field_are_finite():
@@ -211,8 +255,8 @@ def test_x64_trace_keeps_float32():
   v32, _ = drift_field(anchors, pos, neg, pos_mask=pm, neg_mask=nm)
   with jax.enable_x64(True):
     v64mode, diag = jax.jit(field.drift_field)(anchors, pos, neg, pos_mask=pm, neg_mask=nm)
-    assert v64mode.dtype == jnp.float32 and diag["scale"].dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(v64mode), np.asarray(v32), rtol=0, atol=1e-7)
+    chex.assert_type([v64mode, diag["scale"]], jnp.float32)
+  chex.assert_trees_all_close(v64mode, v32, rtol=0, atol=1e-7)
 
 
 def test_bad_inputs_raise():
@@ -228,3 +272,34 @@ def test_bad_inputs_raise():
     field.drift_field(a, y, y, normalization="rows")
   with pytest.raises(ValueError, match="temperatures"):
     field.drift_field(a, y, y, temperatures=(0.1, 0.0))
+
+
+# ---------------------------------------------------------------- the variants run twice
+
+
+def test_variants_run_traced_and_untraced():
+  """A chex.variants(with_jit, without_jit) test runs its function once traced, once eager.
+
+  A small chex.TestCase is run through unittest; the function it wraps with
+  ``self.variant`` records whether its input is a tracer each time it executes.
+  """
+  runs = []
+
+  def recorded_dists(x, y):
+    runs.append(isinstance(x, jax.core.Tracer))
+    return field.pairwise_sq_dists(x, y)
+
+  class Probe(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_probe(self):
+      x = np.array([[1.0, 0.0]], np.float32)
+      d = self.variant(recorded_dists)(x, np.array([[0.0, 1.0], [-1.0, 0.0]], np.float32))
+      chex.assert_trees_all_close(d, np.array([[2.0, 4.0]]), rtol=0, atol=1e-6)
+
+  suite = unittest.defaultTestLoader.loadTestsFromTestCase(Probe)
+  result = unittest.TestResult()
+  suite.run(result)
+  assert result.wasSuccessful(), result.errors + result.failures
+  assert result.testsRun == 2
+  assert sorted(runs) == [False, True], runs  # one untraced and one traced execution

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -49,6 +50,11 @@ def posterior(x0_probs: jax.Array, xt: jax.Array, alpha_s: jax.Array,
     alpha_t: float[B] (or scalar) α at the current time t.
   """
   common.check_tokens(xt, "xt")
+  # Trace-time contract: x0_probs float [B, L, V] over the positions of xt; α [B] or scalar.
+  chex.assert_rank(x0_probs, 3)
+  chex.assert_type(x0_probs, float)
+  chex.assert_shape(xt, x0_probs.shape[:2])
+  chex.assert_rank([alpha_s, alpha_t], {0, 1})
   dtype = x0_probs.dtype
   n = x0_probs.shape[-1]
   a_s = jnp.broadcast_to(jnp.asarray(alpha_s, dtype), xt.shape[:1])[:, None, None]
@@ -70,6 +76,11 @@ def nelbo_per_token(log_p: jax.Array, x0: jax.Array, xt: jax.Array, alpha_t: jax
     x0, xt: int[B, L].
     alpha_t, dalpha_t: float[B] α_t and dα_t/dt.
   """
+  # Trace-time contract: log_p float [B, L, N], tokens [B, L], α and α' [B].
+  chex.assert_rank(log_p, 3)
+  chex.assert_type(log_p, float)
+  chex.assert_shape([x0, xt], log_p.shape[:2])
+  chex.assert_shape([alpha_t, dalpha_t], log_p.shape[:1])
   dtype = log_p.dtype
   n = log_p.shape[-1]
   a = alpha_t.astype(dtype)[:, None]
@@ -212,6 +223,7 @@ class DUOProcess:
     if log_probs.shape != (*x0.shape, self.vocab_size):
       raise ValueError(f"log_probs shape {log_probs.shape} does not match x0 {x0.shape} "
                        f"and vocab {self.vocab_size}")
+    chex.assert_equal_shape([x0, xt])  # trace-time: xt like x0 (not checked above)
     log_probs = log_probs.astype(common.compute_dtype(log_probs))
     t = t.astype(log_probs.dtype)
     return nelbo_per_token(log_probs, x0, xt, self.alpha(t), self.dalpha(t))

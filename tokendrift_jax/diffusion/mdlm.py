@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -156,6 +157,9 @@ class MDLMProcess:
     common.check_tokens(x0, "x0")
     common.check_tokens(xt, "xt")
     common.check_time(t, x0.shape[0])
+    # Trace-time contract (not checked above): log_probs [B, L, V], xt like x0.
+    chex.assert_equal_shape([x0, xt])
+    chex.assert_shape(log_probs, (*x0.shape, self.vocab_size))
     dtype = common.compute_dtype(log_probs)
     t = t.astype(dtype)
     weight = schedule.dsigma(t, self.eps) / jnp.expm1(schedule.sigma(t, self.eps))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -96,6 +97,8 @@ def gumbel_argmax(probs: jax.Array, u: jax.Array) -> jax.Array:
   Returns:
     int32[...].
   """
+  chex.assert_type(probs, float)
+  chex.assert_equal_shape([probs, u])
   noise = GUMBEL_EPS - jnp.log(u.astype(probs.dtype) + GUMBEL_EPS)
   return jnp.argmax(probs / noise, axis=-1).astype(jnp.int32)
 
@@ -128,9 +131,15 @@ def mdlm_ddpm_step(p_x0: jax.Array, x: jax.Array, t: jax.Array, s: jax.Array, u:
   Returns:
     int32[B, L].
   """
+  # Trace-time contract: p_x0 and u [B, L, V], x [B, L], t and s scalars or [B].
+  chex.assert_rank(p_x0, 3)
+  chex.assert_equal_shape([p_x0, u])
+  chex.assert_shape(x, p_x0.shape[:2])
   dtype = p_x0.dtype
   t = jnp.asarray(t, dtype)
   s = jnp.asarray(s, dtype)
+  chex.assert_rank([t, s], {0, 1})
+  chex.assert_equal_shape([t, s])
   if t.ndim:
     t, s = t[:, None, None], s[:, None, None]
   is_mask_col = jnp.arange(p_x0.shape[-1]) == mask_id
@@ -152,6 +161,7 @@ def duo_ancestral_step(p_x0: jax.Array, x: jax.Array, alpha_s: jax.Array, alpha_
   Returns:
     int32[B, L].
   """
+  chex.assert_equal_shape([p_x0, u])  # the posterior checks p_x0 [B, L, V] against x
   return gumbel_argmax(duo_lib.posterior(p_x0, x, alpha_s, alpha_t), u)
 
 
@@ -249,6 +259,8 @@ def sampling_loop(process, logits_fn: LogitsFn, key: jax.Array, steps: jax.Array
   n_iter = steps + int(final_forward)
   x, _, _, nfe = jax.lax.fori_loop(
       0, n_iter, body, (x, lp0, jnp.asarray(False), jnp.asarray(0, jnp.int32)))
+  chex.assert_shape(x, (batch, length))
+  chex.assert_type([x, nfe], jnp.int32)
   return x, nfe
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -47,6 +48,7 @@ def pool_features(hidden_states: Sequence[jax.Array]) -> jax.Array:
   # Accumulate the position means in float32 without materialising float32 copies of H.
   pooled = jnp.concatenate(
       [jnp.mean(pen, axis=1, dtype=dtype), jnp.mean(last, axis=1, dtype=dtype)], axis=-1)
+  chex.assert_rank(pooled, 2)  # [B, 2d]
   return l2_normalize(pooled)
 
 
@@ -63,6 +65,9 @@ def encoder_features(encoder_hidden: EncoderHidden, embeds: jax.Array,
 def clean_features(encoder_hidden: EncoderHidden, embedding: jax.Array, input_ids: jax.Array,
                    sigma: jax.Array) -> jax.Array:
   """u = pool(encoder(E[x0], sigma)), stop-gradient: int [B, L] ids -> [B, 2d]."""
+  chex.assert_rank(embedding, 2)
+  chex.assert_rank(input_ids, 2)
+  chex.assert_type(input_ids, int)
   table = jax.lax.stop_gradient(embedding)
   embeds = jnp.take(table, input_ids, axis=0)
   return jax.lax.stop_gradient(encoder_features(encoder_hidden, embeds, sigma))

@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 from typing import Sequence, Union
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -59,6 +60,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 def pairwise_sq_dists(x: jax.Array, y: jax.Array) -> jax.Array:
   """‖x_i − y_j‖² for x [N, m], y [P, m] -> [N, P], clamped at 0 (rounding can go below)."""
+  chex.assert_rank([x, y], 2)
+  chex.assert_equal_shape([x, y], dims=1)
   xx = jnp.sum(x * x, axis=-1)[:, None]
   yy = jnp.sum(y * y, axis=-1)[None, :]
   xy = jnp.einsum("nm,pm->np", x, y, precision=_HIGHEST)
@@ -284,4 +287,8 @@ def drift_field(
       "pos_weight_frac": frac,
       "v_rms": jnp.sqrt(jnp.mean(jnp.sum(drift * drift, axis=-1))),
   }
+  # Output contract (trace time): V like the anchors, one diagnostic per temperature.
+  chex.assert_shape(drift, anchors.shape)
+  chex.assert_shape([diagnostics[k] for k in ("v_norm", "scale", "pos_weight_frac")],
+                    (len(temps),))
   return drift, diagnostics

@@ -16,6 +16,7 @@ exactly zero outside M_i (``jnp.where`` passes a zero cotangent there).
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -33,6 +34,8 @@ def _embed_product(p: jax.Array, table: jax.Array) -> jax.Array:
   which is exact (it is the float32 image of a cotangent of p's dtype), so p̄ is the same
   float32 accumulation of the same exact products, rounded to p's dtype as before.
   """
+  chex.assert_rank([p, table], 2)
+  chex.assert_axis_dimension(p, 1, table.shape[0])
   acc = jnp.promote_types(p.dtype, jnp.float32)
   return jnp.dot(p, table, preferred_element_type=acc).astype(p.dtype)
 
@@ -115,4 +118,5 @@ def soft_token_lift(
   # Observed positions are exact rows of E, as in the clean features u = φ(E[x0]): rounding
   # them to the compute dtype would offset every h from u by a constant.
   observed = jnp.take(exact, input_ids, axis=0)
+  chex.assert_equal_shape([soft, observed])  # [B, L, d] both
   return jnp.where(predicted_mask[..., None], soft, observed)

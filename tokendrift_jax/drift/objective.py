@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -187,6 +188,8 @@ def push_features(q_real: queue_lib.FeatureQueue, q_gen: queue_lib.FeatureQueue,
   buffers and the write, copy insertion duplicates each [Q, m] buffer twice per step (seen
   on CPU, 6x the drift cost at Q = 65536); an optimization_barrier does not prevent it.
   """
+  chex.assert_rank([u, h], 2)
+  chex.assert_equal_shape([u, h])  # [N, m] both
   u = _gather(jax.lax.stop_gradient(u), mesh)
   h = _gather(jax.lax.stop_gradient(h), mesh)
   if after is not None:
@@ -216,12 +219,14 @@ def mirror_direction(feature_fn: Callable[[jax.Array], jax.Array], logits: jax.A
                      drift: jax.Array) -> jax.Array:
   """g = ∇_ℓ ⟨h(ℓ), sg(V)⟩ = Jᵀ V via one vjp of ``feature_fn`` [B, L, V] -> [B, m]."""
   h, vjp_fn = jax.vjp(feature_fn, jax.lax.stop_gradient(logits))
+  chex.assert_equal_shape([h, drift])  # V [B, m] like the features
   (g,) = vjp_fn(jax.lax.stop_gradient(drift).astype(h.dtype))
   return g
 
 
 def mirror_teacher_logits(logits: jax.Array, g: jax.Array, eta: float) -> jax.Array:
   """ℓ* = sg(ℓ + ηg) (Sec. 3.4); p* = softmax(ℓ*)."""
+  chex.assert_equal_shape([logits, g])
   return jax.lax.stop_gradient(logits + eta * g.astype(logits.dtype))
 
 
@@ -233,10 +238,16 @@ def _check_mask(logits, predicted_mask):
     raise TypeError(f"predicted_mask must be bool, got {predicted_mask.dtype}")
 
 
+def _check_teacher(logits, teacher_logits):
+  """Trace-time contract of the mirror losses: teacher logits like the logits [B, L, V]."""
+  chex.assert_equal_shape([logits, teacher_logits])
+
+
 def mirror_kl_loss(logits: jax.Array, teacher_logits: jax.Array,
                    predicted_mask: jax.Array) -> jax.Array:
   """(1/B) Σ_i Σ_{t∈M_i} KL(softmax(ℓ*) ‖ softmax(ℓ)) for [B, L, V] logits (float32 math)."""
   _check_mask(logits, predicted_mask)
+  _check_teacher(logits, teacher_logits)
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   log_q = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32), -1)
   q = jnp.exp(log_q)
@@ -249,6 +260,7 @@ def mirror_mse_loss(logits: jax.Array, teacher_logits: jax.Array,
                     predicted_mask: jax.Array) -> jax.Array:
   """(1/B) Σ_i Σ_{t∈M_i} ‖ℓ*_{i,t} − ℓ_{i,t}‖² (non-finite ℓ entries contribute 0)."""
   _check_mask(logits, predicted_mask)
+  _check_teacher(logits, teacher_logits)
   lg = logits.astype(jnp.float32)
   diff = jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) - lg
   diff = jnp.where(jnp.isfinite(lg), diff, 0.0)

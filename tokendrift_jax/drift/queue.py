@@ -16,6 +16,7 @@ arithmetic is traced, and the write is one scatter of min(n, Q) rows.
 
 from __future__ import annotations
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -48,6 +49,13 @@ def init_queue(capacity: int, dim: int, dtype=jnp.float32) -> FeatureQueue:
       count=jnp.zeros((), dtype=jnp.int32))
 
 
+def _check(queue: FeatureQueue) -> None:
+  """Trace-time contract of a queue: buf [Q, m], ptr and count int scalars."""
+  chex.assert_rank(queue.buf, 2)
+  chex.assert_rank([queue.ptr, queue.count], 0)
+  chex.assert_type([queue.ptr, queue.count], int)
+
+
 def _slots(q: int) -> jax.Array:
   return jnp.arange(q, dtype=jnp.int32)
 
@@ -59,6 +67,7 @@ def _start(queue: FeatureQueue) -> jax.Array:
 
 def push(queue: FeatureQueue, feats: jax.Array) -> FeatureQueue:
   """Appends ``feats`` [n, m] (stop-gradient), evicting the oldest; returns the new queue."""
+  _check(queue)
   if feats.ndim != 2 or feats.shape[1] != queue.dim:
     raise ValueError(f"queue push expects features of shape [n, {queue.dim}], got {feats.shape}")
   q, n = queue.capacity, feats.shape[0]
@@ -76,12 +85,14 @@ def push(queue: FeatureQueue, feats: jax.Array) -> FeatureQueue:
 
 def valid_mask(queue: FeatureQueue) -> jax.Array:
   """bool [Q]: True for slots that hold a pushed feature."""
+  _check(queue)
   age = jnp.mod(_slots(queue.capacity) - _start(queue), queue.capacity)
   return age < queue.count
 
 
 def ordered(queue: FeatureQueue) -> tuple[jax.Array, jax.Array]:
   """(rows [Q, m], valid [Q]): entries oldest→newest first, then the empty slots."""
+  _check(queue)
   idx = jnp.mod(_start(queue) + _slots(queue.capacity), queue.capacity)
   return queue.buf[idx], _slots(queue.capacity) < queue.count
 
