@@ -18,6 +18,7 @@ import json
 import os
 import types
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,11 +175,9 @@ def test_export_loads_in_the_public_code_and_imports_back_exactly(
   over = dict(process=arch, config_override=r.config.to_dict()) if base == "safetensors" else {}
   params1, cfg1, meta1 = load_source(str(dst), **over)
   assert cfg1 == r.config and meta1["process"] == arch
-  flat0, tree0 = jax.tree_util.tree_flatten(jax.tree.map(np.asarray, r.params))
-  flat1, tree1 = jax.tree_util.tree_flatten(params1)
-  assert tree0 == tree1
-  for a, b in zip(flat0, flat1):
-    assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
+  # Same tree structure, shapes and dtypes (strict), float32, and equal bit for bit.
+  chex.assert_type(jax.tree.leaves(params1), np.float32)
+  chex.assert_trees_all_equal(params1, jax.tree.map(np.asarray, r.params), strict=True)
 
 
 def _train_state_checkpoint(workdir, cfg, params, ema_params, step, process="mdlm"):
@@ -207,7 +206,7 @@ def test_training_checkpoint_raw_or_ema_weights(tmp_path, tiny_model_config):
     assert _export(src, dst, "--format", "safetensors", "--weights", weights) == 0
     got, expected = load_file(str(dst)), to_torch_state(want, cfg)
     assert sorted(got) == sorted(expected)
-    assert all(np.array_equal(got[k], expected[k]) for k in expected)
+    chex.assert_trees_all_equal(got, expected)
   # The Lightning export of a training checkpoint records its step.
   import torch  # pylint: disable=import-outside-toplevel
   assert _export(run, tmp_path / "run.ckpt", "--format", "lightning", "--weights", "ema") == 0
@@ -315,7 +314,7 @@ def test_dtype_option_casts_weights_not_the_rotary_buffer(released, tmp_path, co
   assert json.loads((dst / "config.json").read_text())["torch_dtype"] == "bfloat16"
   _, params, _ = checkpoints.load_backbone_params(convert_dit(dst, tmp_path / "back"))
   emb = state["backbone.vocab_embed.embedding"].float().numpy()
-  np.testing.assert_array_equal(params["vocab_embed"]["embedding"], emb)
+  chex.assert_trees_all_equal(params["vocab_embed"]["embedding"], emb)
 
 
 def test_exporter_registry(monkeypatch):
