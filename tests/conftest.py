@@ -4,9 +4,10 @@ Numerical tests
 ---------------
 * Comparisons of arrays and pytrees go through ``chex.assert_trees_all_close`` (or
   ``chex.assert_trees_all_equal`` for exact ones) on the whole tree, so that a failure
-  names the leaf. Tolerances are always explicit (``rtol=`` and ``atol=``; chex's default
-  rtol is 1e-6, np.testing's 1e-7) and each is justified in a comment by what the
-  computation's rounding allows (float32 reassociation, a float64 reference, ...).
+  names the leaf. Tolerances are always explicit (``rtol=`` and ``atol=``: chex's default
+  rtol is 1e-6, NumPy's 1e-7, so a call converted from NumPy passes the old rtol) and each
+  is justified in a comment by what the computation's rounding allows (float32
+  reassociation, a float64 reference, ...).
   Shapes and dtypes through ``chex.assert_shape`` / ``assert_type`` / ``assert_rank``.
 * A comparison that is not elementwise stays hand-written with a comment saying why: a
   norm-relative error (``rel_err``, max |diff| / max |ref|), a cosine, a statistical
