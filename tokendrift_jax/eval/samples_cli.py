@@ -1,0 +1,297 @@
+"""``launch/sample.py``: look at a backbone's samples, or two backbones' side by side.
+
+``python launch/sample.py CKPT --tokenizer DIR [--nfe 8] [--seeds 0 1] [--num-samples 4]
+[--compare CKPT2] [--out samples.jsonl]``
+
+Draws ``--num-samples`` unconditional samples per seed at ``--nfe`` denoising steps with
+the backbone's own sampler (:class:`sampling_eval.SampleEvaluator`: the same jitted
+sampler, defaults and keys ``sample_key(seed, nfe, batch_index)`` as ``launch/eval.py``, so
+with the same batch and length the texts are the ones it judges), decodes them with the
+tokenizer as the process prepares it (DUO adds its [PAD]), prints one block per sample with
+the seed and NFE in its header, and writes one JSON row per sample to ``--out``. With
+``--compare CKPT2`` both checkpoints are sampled with the same keys and printed side by
+side per (seed, sample), as in Fig. 3 of the paper.
+
+The MDLM / DUO DiTs here are unconditional and their samplers take no prompt, so
+``--prefix`` is refused for them rather than imitated. User errors are one ``error: ...``
+line and exit status 2, before anything is sampled or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import shutil
+import sys
+import textwrap
+from typing import Callable
+
+# Processes whose sampler accepts a prompt / prefix; none of the current ones do.
+PREFIX_PROCESSES: tuple[str, ...] = ()
+DEFAULT_MAX_BATCH = 64
+
+Loader = Callable[[str], tuple]   # path -> (config, params, meta)
+
+
+class SampleError(ValueError):
+  """A one-line user error of launch/sample.py."""
+
+
+def _default_loader(path: str):
+  from tokendrift_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  return checkpoints.load_backbone_params(path)
+
+
+def _default_reader(path: str):
+  from tokendrift_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  return checkpoints.read_backbone_config(path)
+
+
+def default_batch(num_samples: int, shards: int, max_batch: int = DEFAULT_MAX_BATCH) -> int:
+  """min(num_samples, max_batch) rounded up to a multiple of the mesh's batch shards."""
+  want = min(int(num_samples), max_batch)
+  return max(shards, math.ceil(want / shards) * shards)
+
+
+def draw(model_cfg, params, process, tokenizer, *, nfe: int, seeds, num_samples: int,
+         batch: int, mesh, length: int | None = None, bar=None) -> list[dict]:
+  """Samples and decodes; one row per sample (seed-major, then index).
+
+  Returns:
+    dicts with seed, index, nfe, nfe_model (backbone forwards of the sample's batch),
+    text and token_ids (int list of ``length``).
+  """
+  # pylint: disable=import-outside-toplevel
+  from tokendrift_jax import sharding
+  from tokendrift_jax.eval import sampling_eval
+  # No judge: only SampleEvaluator's sampler (and its key scheme) is used.
+  evaluator = sampling_eval.SampleEvaluator(model_cfg, process, None, mesh=mesh, batch=batch,
+                                            length=length, progress=False,
+                                            prefix="launch/sample.py")
+  params = sharding.to_global(params, sharding.param_sharding(params, mesh, "replicated"))
+  rows = []
+  for seed in seeds:
+    tokens, nfe_model = evaluator.sample(params, nfe, seed, num_samples, bar)
+    texts = tokenizer.batch_decode(tokens.tolist())
+    for i in range(tokens.shape[0]):
+      rows.append(dict(seed=int(seed), index=i, nfe=int(nfe), nfe_model=nfe_model[i // batch],
+                       text=texts[i], token_ids=tokens[i].tolist()))
+  return rows
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def header(row: dict, num_samples: int, label: str | None = None) -> str:
+  """``=== sample 2/4 | seed=0 | NFE=8 | LABEL ===`` (index 1-based)."""
+  parts = [f"sample {row['index'] + 1}/{num_samples}", f"seed={row['seed']}",
+           f"NFE={row['nfe']}"] + ([label] if label else [])
+  return "=== " + " | ".join(parts) + " ==="
+
+
+def printable(text: str) -> str:
+  """``text`` with control characters other than newlines (a random or byte-level model
+  emits them) shown as U+FFFD, so a sample cannot move the cursor or ring the terminal."""
+  return "".join(c if c == "\n" or c.isprintable() else "\ufffd" for c in text)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+  # Paragraph by paragraph, so a sample's own line breaks survive.
+  lines = []
+  for para in printable(text).split("\n"):
+    lines.extend(textwrap.wrap(para, width=width, replace_whitespace=False,
+                               drop_whitespace=True) or [""])
+  return lines
+
+
+def format_samples(rows: list[dict], num_samples: int, label: str, width: int) -> str:
+  """One block per sample: its header, then the text wrapped at ``width``."""
+  blocks = [header(r, num_samples, label) + "\n" + "\n".join(_wrap(r["text"], width))
+            for r in rows]
+  return "\n\n".join(blocks) + "\n"
+
+
+def format_side_by_side(rows_a: list[dict], rows_b: list[dict], num_samples: int,
+                        labels: tuple[str, str], width: int) -> str:
+  """One block per (seed, sample) with checkpoint A's text left of B's.
+
+  Raises:
+    SampleError: the rows are not for the same (seed, index) pairs.
+  """
+  col = max(10, (width - 3) // 2)
+  blocks = []
+  for a, b in zip(rows_a, rows_b):
+    if (a["seed"], a["index"], a["nfe"]) != (b["seed"], b["index"], b["nfe"]):
+      raise SampleError(f"internal: unaligned samples {a['seed'], a['index']} vs "
+                        f"{b['seed'], b['index']}")
+    lines = [header(a, num_samples),
+             f"{('A: ' + labels[0])[:col]:<{col}} | {('B: ' + labels[1])[:col]}"]
+    for la, lb in itertools.zip_longest(_wrap(a["text"], col), _wrap(b["text"], col),
+                                        fillvalue=""):
+      lines.append(f"{la:<{col}} | {lb}".rstrip())
+    blocks.append("\n".join(lines))
+  return "\n\n".join(blocks) + "\n"
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python launch/sample.py", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("checkpoint", metavar="CKPT", help="a backbone checkpoint directory")
+  p.add_argument("--tokenizer", required=True,
+                 help="local tokenizer directory (e.g. a saved GPT-2 tokenizer)")
+  p.add_argument("--nfe", type=int, default=8, help="denoising steps (default 8)")
+  p.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds (default 0)")
+  p.add_argument("--num-samples", type=int, default=4, help="samples per seed (default 4)")
+  p.add_argument("--batch", type=int, default=0,
+                 help="samples per sampler call (default: num-samples, up to 64, rounded "
+                      "to the device count); the samples depend on it")
+  p.add_argument("--length", type=int, default=0, help="sample length (default: the model's)")
+  p.add_argument("--compare", metavar="CKPT2",
+                 help="a second checkpoint, sampled with the same keys and printed beside")
+  p.add_argument("--prefix", help="a prompt for families whose sampler supports one (none of "
+                                  "the current MDLM / DUO DiTs)")
+  p.add_argument("--weights", choices=("raw", "ema"),
+                 help="training checkpoints: the trained (raw, default) or EMA weights")
+  p.add_argument("--out", default="samples.jsonl", help="JSON lines output (default "
+                                                        "./samples.jsonl)")
+  p.add_argument("--force", action="store_true", help="replace an existing --out")
+  p.add_argument("--devices", type=int, default=0,
+                 help="sample on the first N local devices (default 0: all)")
+  p.add_argument("--width", type=int, default=0, help="print width (default: the terminal's)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  return p
+
+
+def _labels(paths: list[str]) -> list[str]:
+  """Short names of the checkpoints: the last path component, or the last two when the
+  last ones agree (runs/a/backbone vs runs/b/backbone)."""
+  parts = [os.path.normpath(os.path.abspath(p)).split(os.sep) for p in paths]
+  for n in (1, 2, 3):
+    labels = ["/".join(p[-n:]) for p in parts]
+    if len(set(labels)) == len(labels):
+      return labels
+  return [os.path.abspath(p) for p in paths]
+
+
+def _check_int(value: int, name: str, minimum: int) -> None:
+  if value < minimum:
+    raise SampleError(f"{name}={value} must be >= {minimum}")
+
+
+def run(argv: list[str] | None = None, *, reader: Callable | None = None,
+        loader: Callable | None = None, stdout=None) -> int:
+  """The CLI. ``reader(path, weights) -> (config, meta)`` and ``loader(path, weights) ->
+  (config, params, meta)`` resolve a checkpoint (default: backbone checkpoint directories;
+  launch/sample.py passes convert.export's, which also reads training checkpoints)."""
+  args = build_parser().parse_args(argv)
+  stdout = stdout or sys.stdout
+  # pylint: disable=import-outside-toplevel
+  from tokendrift_jax import checkpoints
+  try:
+    return _run(args, reader, loader, stdout)
+  except (SampleError, checkpoints.CheckpointError, FileNotFoundError, ValueError) as e:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _run(args, reader, loader, stdout) -> int:
+  # pylint: disable=import-outside-toplevel
+  from tokendrift_jax import checkpoints
+  reader = reader or (lambda path, weights: _default_reader(path))
+  loader = loader or (lambda path, weights: _default_loader(path))
+  _check_int(args.nfe, "--nfe", 1)
+  _check_int(args.num_samples, "--num-samples", 1)
+  _check_int(args.batch, "--batch", 0)
+  _check_int(args.devices, "--devices", 0)
+  for s in args.seeds:
+    _check_int(s, "--seeds", 0)
+  out = os.path.abspath(args.out)
+  if os.path.exists(out) and not args.force:
+    raise SampleError(f"{out} already exists; pass --force to overwrite")
+  if not os.path.isdir(os.path.dirname(out)):
+    raise SampleError(f"--out {out}: the directory {os.path.dirname(out)} does not exist")
+  paths = [args.checkpoint] + ([args.compare] if args.compare else [])
+  # Cheap checks of every checkpoint before any weights are read or sampled.
+  heads = []
+  for path in paths:
+    cfg, meta = reader(path, args.weights)
+    process = checkpoints.checkpoint_process(meta, path)
+    if args.prefix is not None and process not in PREFIX_PROCESSES:
+      raise SampleError(
+          f"--prefix: {path} is a {meta.get('family', 'dit')} backbone with the {process} "
+          f"process, which is unconditional; its sampler takes no prompt or prefix, so "
+          f"sample without --prefix")
+    length = args.length or cfg.length
+    if not 1 <= length <= cfg.length:
+      raise SampleError(f"--length {length} must be in [1, {cfg.length}] (the length of "
+                        f"{path})")
+    heads.append((cfg, process))
+  length = args.length or heads[0][0].length
+  if len(heads) == 2 and length > heads[1][0].length:
+    raise SampleError(f"--compare {args.compare}: its length {heads[1][0].length} is shorter "
+                      f"than the samples of {args.checkpoint} ({length}); pass --length")
+  if not os.path.isdir(os.path.expanduser(args.tokenizer)):
+    raise SampleError(f"--tokenizer {args.tokenizer}: no such directory (a local tokenizer "
+                      f"directory; this code does not download)")
+
+  import tqdm
+  from tokendrift_jax import diffusion, sharding
+  from tokendrift_jax.data import tokenizer as tok_lib
+  from tokendrift_jax.eval import files, judges
+  import jax
+  devices = jax.local_devices()
+  if args.devices > len(devices):
+    raise SampleError(f"--devices {args.devices}: only {len(devices)} local devices exist")
+  mesh = sharding.make_mesh(devices=devices[:args.devices] if args.devices else devices)
+  shards = sharding.num_batch_shards(mesh)
+  batch = args.batch or default_batch(args.num_samples, shards)
+  if batch % shards:
+    raise SampleError(f"--batch {batch} does not divide over the {shards} devices")
+  processes, tokenizers = [], []
+  for path, (cfg, name) in zip(paths, heads):
+    process = diffusion.make_process_for_model(name, cfg)
+    # One tokenizer per checkpoint: DUO's prepare_tokenizer adds [PAD] in place.
+    tokenizer = process.prepare_tokenizer(tok_lib.load_tokenizer(args.tokenizer,
+                                                                 field="--tokenizer"))
+    judges.check_vocab(process, len(tokenizer), f"the tokenizer {args.tokenizer!r} (for {path})")
+    processes.append(process)
+    tokenizers.append(tokenizer)
+
+  num_batches = math.ceil(args.num_samples / batch)
+  bar = tqdm.tqdm(total=len(paths) * len(args.seeds) * num_batches, unit="batch",
+                  desc=f"sampling NFE={args.nfe}", disable=args.no_progress,
+                  dynamic_ncols=True, file=sys.stderr)
+  results = []
+  labels = _labels(paths)
+  try:
+    for path, label, (cfg, name), process, tokenizer in zip(paths, labels, heads, processes,
+                                                             tokenizers):
+      bar.set_description(f"sampling {os.path.basename(os.path.normpath(path))} "
+                          f"NFE={args.nfe}")
+      _, params, _ = loader(path, args.weights)
+      rows = draw(cfg, params, process, tokenizer, nfe=args.nfe, seeds=args.seeds,
+                  num_samples=args.num_samples, batch=batch, mesh=mesh, length=length,
+                  bar=bar)
+      for r in rows:
+        r.update(checkpoint=os.path.abspath(path), label=label, process=name, batch=batch,
+                 length=length)
+      results.append(rows)
+  finally:
+    bar.close()
+
+  width = args.width or shutil.get_terminal_size((100, 24)).columns
+  if len(results) == 1:
+    text = format_samples(results[0], args.num_samples, results[0][0]["label"], width)
+  else:
+    text = format_side_by_side(results[0], results[1], args.num_samples,
+                               (results[0][0]["label"], results[1][0]["label"]), width)
+  stdout.write(text)
+  files.write_jsonl(out, [r for rows in results for r in rows])
+  print(f"wrote {sum(len(r) for r in results)} samples to {out}", file=sys.stderr)
+  return 0
