@@ -7,10 +7,16 @@ p_x0 (t − s) with mass s on the mask; DUO: Bayes-rule uniform-state posterior)
 only the uniforms with the code under test (``step_uniforms``, the documented noise source).
 Forward counts are checked against a host-side counter that the denoiser bumps through
 ``io_callback`` every time it actually runs.
+
+The pieces (gumbel_argmax, sample_categorical, mdlm_ddpm_step, duo_ancestral_step) run
+under ``chex.variants(with_jit=True, without_jit=True)`` in ``SamplerStepVariantsTest``;
+the whole samplers are compiled programs (make_sampler jits them) and
+``test_same_seed_same_samples_on_1_and_8_devices`` is their sharded variant.
 """
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,55 +184,61 @@ def _run(sampler, params, key, steps):
 # --- pieces ---------------------------------------------------------------------------
 
 
-def test_gumbel_argmax_matches_formula_and_law():
-  rng = np.random.default_rng(0)
-  q = rng.uniform(0, 1, (64, V)) * (rng.random((64, V)) < 0.7)
-  u = rng.uniform(0, 1, (64, V))
-  with jax.enable_x64(True):
-    got = np.asarray(smp.gumbel_argmax(jnp.asarray(q), jnp.asarray(u)))
-  np.testing.assert_array_equal(got, np_gumbel_argmax(q, u))
-  # Law: draws follow p / Σp within 4 standard errors.
-  p = np.asarray([0.05, 0.1, 0.15, 0.3, 0.4])
-  n = 20000
-  draws = np.asarray(jax.jit(lambda k: smp.sample_categorical(
-      k, jnp.broadcast_to(jnp.asarray(p * 3.0, jnp.float32), (n, 5))))(jax.random.key(1)))
-  freq = np.bincount(draws, minlength=5) / n
-  assert np.all(np.abs(freq - p) < 4 * np.sqrt(p * (1 - p) / n)), freq
+class SamplerStepVariantsTest(chex.TestCase):
+  """The sampler step functions, traced (jit) and eager."""
 
-
-def test_mdlm_step_vs_numpy():
-  rng = np.random.default_rng(2)
-  z = rng.normal(size=(B, L, V)) * 2
-  z[..., MASK] = -np.inf
-  p = np.exp(np_log_softmax(z))
-  x = np.where(rng.random((B, L)) < 0.6, MASK, rng.integers(0, MASK, (B, L)))
-  u = rng.uniform(0, 1, (B, L, V))
-  t, s = 0.4, 0.15
-  q = p * (t - s)
-  q[..., MASK] = s
-  ref = np.where(x == MASK, np_gumbel_argmax(q, u), x)
-  with jax.enable_x64(True):
-    got = np.asarray(smp.mdlm_ddpm_step(jnp.asarray(p), jnp.asarray(x), t, s, jnp.asarray(u),
-                                        MASK))
-    # Per-example times [B] broadcast the same way.
-    got_b = np.asarray(smp.mdlm_ddpm_step(jnp.asarray(p), jnp.asarray(x), jnp.full((B,), t),
-                                          jnp.full((B,), s), jnp.asarray(u), MASK))
-  np.testing.assert_array_equal(got, ref)
-  np.testing.assert_array_equal(got_b, ref)
-  assert np.any(got != x) and np.any(got == MASK)
-
-
-def test_duo_step_vs_numpy():
-  rng = np.random.default_rng(3)
-  p = np.exp(np_log_softmax(rng.normal(size=(B, L, V)) * 2))
-  x = rng.integers(0, V, (B, L))
-  u = rng.uniform(0, 1, (B, L, V))
-  for a_s, a_t in ((0.6, 0.2), (1.0, 0.9)):
-    ref = np_gumbel_argmax(np_duo_posterior(p, x, a_s, a_t), u)
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gumbel_argmax_matches_formula_and_law(self):
+    rng = np.random.default_rng(0)
+    q = rng.uniform(0, 1, (64, V)) * (rng.random((64, V)) < 0.7)
+    u = rng.uniform(0, 1, (64, V))
     with jax.enable_x64(True):
-      got = np.asarray(smp.duo_ancestral_step(jnp.asarray(p), jnp.asarray(x), a_s, a_t,
-                                              jnp.asarray(u)))
-    np.testing.assert_array_equal(got, ref)
+      got = self.variant(smp.gumbel_argmax)(jnp.asarray(q), jnp.asarray(u))
+    chex.assert_type(got, jnp.int32)
+    chex.assert_trees_all_equal(got, np_gumbel_argmax(q, u))
+    # Law: draws follow p / Σp within 4 standard errors (a statistical bound).
+    p = np.asarray([0.05, 0.1, 0.15, 0.3, 0.4])
+    n = 20000
+    draws = np.asarray(self.variant(lambda k: smp.sample_categorical(
+        k, jnp.broadcast_to(jnp.asarray(p * 3.0, jnp.float32), (n, 5))))(jax.random.key(1)))
+    freq = np.bincount(draws, minlength=5) / n
+    assert np.all(np.abs(freq - p) < 4 * np.sqrt(p * (1 - p) / n)), freq
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_mdlm_step_vs_numpy(self):
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(B, L, V)) * 2
+    z[..., MASK] = -np.inf
+    p = np.exp(np_log_softmax(z))
+    x = np.where(rng.random((B, L)) < 0.6, MASK, rng.integers(0, MASK, (B, L)))
+    u = rng.uniform(0, 1, (B, L, V))
+    t, s = 0.4, 0.15
+    q = p * (t - s)
+    q[..., MASK] = s
+    ref = np.where(x == MASK, np_gumbel_argmax(q, u), x)
+    step = self.variant(smp.mdlm_ddpm_step, static_argnums=5)
+    with jax.enable_x64(True):
+      got = step(jnp.asarray(p), jnp.asarray(x), t, s, jnp.asarray(u), MASK)
+      # Per-example times [B] broadcast the same way.
+      got_b = step(jnp.asarray(p), jnp.asarray(x), jnp.full((B,), t), jnp.full((B,), s),
+                   jnp.asarray(u), MASK)
+    chex.assert_type([got, got_b], jnp.int32)
+    chex.assert_trees_all_equal((got, got_b), (ref, ref))
+    # Inequalities: the step changed some tokens and left some masked (not vacuous).
+    assert np.any(np.asarray(got) != x) and np.any(np.asarray(got) == MASK)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_duo_step_vs_numpy(self):
+    rng = np.random.default_rng(3)
+    p = np.exp(np_log_softmax(rng.normal(size=(B, L, V)) * 2))
+    x = rng.integers(0, V, (B, L))
+    u = rng.uniform(0, 1, (B, L, V))
+    step = self.variant(smp.duo_ancestral_step)
+    for a_s, a_t in ((0.6, 0.2), (1.0, 0.9)):
+      ref = np_gumbel_argmax(np_duo_posterior(p, x, a_s, a_t), u)
+      with jax.enable_x64(True):
+        got = step(jnp.asarray(p), jnp.asarray(x), a_s, a_t, jnp.asarray(u))
+      chex.assert_trees_all_equal({(a_s, a_t): got}, {(a_s, a_t): ref})
 
 
 # --- whole samplers -------------------------------------------------------------------
@@ -239,14 +251,15 @@ def test_mdlm_trajectory_matches_numpy_and_counts_are_exact():
   for steps in (4, 16, 128):
     ref_x, ref_fwd = np_mdlm_trajectory(params, key, steps, cache=True)
     out, calls = _run(cached, params, key, steps)
-    assert out.tokens.dtype == jnp.int32 and out.tokens.shape == (B, L)
-    np.testing.assert_array_equal(out.tokens, ref_x)
+    chex.assert_type(out.tokens, jnp.int32)
+    chex.assert_shape(out.tokens, (B, L))
+    chex.assert_trees_all_equal(out.tokens, ref_x)
     assert int(out.nfe_model) == calls == ref_fwd
     assert out.steps == steps and out.nfe == steps and out.final_forward
     assert int(out.loop_forwards) == ref_fwd - 1
     # Same draws without the cache: same samples, one forward per step + noise removal.
     out_nc, calls_nc = _run(uncached, params, key, steps)
-    np.testing.assert_array_equal(out_nc.tokens, out.tokens)
+    chex.assert_trees_all_equal(out_nc.tokens, out.tokens)
     assert int(out_nc.nfe_model) == calls_nc == steps + 1
   # 128 steps but only B·L = 64 tokens: at most 64 steps can change anything, so the cache
   # must have skipped at least 128 − 65 forwards.
@@ -264,7 +277,7 @@ def test_mdlm_float64_without_noise_removal_matches_numpy():
     ref_x, ref_fwd = np_mdlm_trajectory(params, key, steps, cache=True, noise_removal="none",
                                         noise_dtype=jnp.float64)
     out, calls = _run(sampler, params, key, steps)
-    np.testing.assert_array_equal(out.tokens, ref_x)
+    chex.assert_trees_all_equal(out.tokens, ref_x)
     assert int(out.nfe_model) == calls == ref_fwd <= steps
     assert not out.final_forward and int(out.loop_forwards) == ref_fwd
 
@@ -281,7 +294,7 @@ def test_duo_trajectory_matches_numpy(noise_removal, float64):
   for steps in (1, 4):
     ref_x, ref_fwd = np_duo_trajectory(params, key, steps, noise_removal, noise_dtype)
     out, calls = _run(sampler, params, key, steps)
-    np.testing.assert_array_equal(out.tokens, ref_x)
+    chex.assert_trees_all_equal(out.tokens, ref_x)
     assert int(out.nfe_model) == calls == ref_fwd == steps + 1
     assert out.nfe == steps and out.final_forward
 
@@ -294,7 +307,7 @@ def test_oracle_denoiser_recovers_x0_at_every_nfe(kind, noise_removal, float64):
   sampler = _sampler(kind, noise_removal=noise_removal, float64=float64)
   for steps in NFES:
     out, calls = _run(sampler, params, jax.random.key(10 + steps), steps)
-    np.testing.assert_array_equal(out.tokens, x0)
+    chex.assert_trees_all_equal(out.tokens, x0)
     assert int(out.nfe_model) == calls and out.final_forward
     if kind == "duo":
       assert calls == steps + 1
@@ -304,6 +317,7 @@ def test_oracle_denoiser_recovers_x0_at_every_nfe(kind, noise_removal, float64):
 
 @pytest.mark.parametrize("kind", ["mdlm", "duo"])
 def test_same_seed_same_samples_on_1_and_8_devices(kind):
+  """The sharded variant of the samplers: 1-device and 8-device meshes, same samples."""
   assert len(jax.devices()) == 8, "conftest should provide 8 CPU devices"
   params = _params(11, sig=0.0 if kind == "mdlm" else 0.3)
   process = MDLMProcess(V) if kind == "mdlm" else DUOProcess(V)
@@ -315,11 +329,12 @@ def test_same_seed_same_samples_on_1_and_8_devices(kind):
   eight, _ = _run(_sampler(kind, mesh_devices=8), params, key, 8)
   assert len(eight.tokens.sharding.device_set) == 8
   assert len(one.tokens.sharding.device_set) == 1
-  np.testing.assert_array_equal(np.asarray(one.tokens), np.asarray(eight.tokens))
-  assert int(one.nfe_model) == int(eight.nfe_model) and one.steps == eight.steps == 8
+  chex.assert_trees_all_equal((one.tokens, one.nfe_model), (eight.tokens, eight.nfe_model))
+  assert one.steps == eight.steps == 8
   again, _ = _run(_sampler(kind, mesh_devices=8), params, key, 8)
-  np.testing.assert_array_equal(np.asarray(again.tokens), np.asarray(eight.tokens))
+  chex.assert_trees_all_equal(again.tokens, eight.tokens)
   other, _ = _run(_sampler(kind, mesh_devices=8), params, jax.random.key(13), 8)
+  # An inequality ("another seed gives other samples"), not a comparison with a reference.
   assert np.any(np.asarray(other.tokens) != np.asarray(eight.tokens))
 
 
