@@ -236,6 +236,9 @@ def export(src: str, dst: str, *, fmt: str, weights: str | None = None,
   if fmt not in exporter.EXPORT_FORMATS:
     raise err(f"unknown format {fmt!r}; the {family} family exports "
               f"{list(exporter.EXPORT_FORMATS)}")
+  dtypes = getattr(exporter, "EXPORT_DTYPES", ("float32",))
+  if dtype not in dtypes:
+    raise err(f"--dtype {dtype!r}: the {family} exporter writes {list(dtypes)}")
   if fmt in _SUFFIX and not dst.endswith(_SUFFIX[fmt]):
     raise err(f"{dst}: --format {fmt} writes one file whose name must end with "
               f"{_SUFFIX[fmt]} (python -m convert recognises the format by it)")

@@ -178,6 +178,8 @@ def test_export_loads_in_the_public_code_and_imports_back_exactly(
   # Same tree structure, shapes and dtypes (strict), float32, and equal bit for bit.
   chex.assert_type(jax.tree.leaves(params1), np.float32)
   chex.assert_trees_all_equal(params1, jax.tree.map(np.asarray, r.params), strict=True)
+  if base == "lightning":   # the EMA slot holds the same weights
+    chex.assert_trees_all_equal(load_source(str(dst), ema=True)[0], params1, strict=True)
 
 
 def _train_state_checkpoint(workdir, cfg, params, ema_params, step, process="mdlm"):
