@@ -135,8 +135,10 @@ def _config(tmp_path, process: str, objective: str, init: str):
   return c
 
 
-@pytest.mark.parametrize("process", ["mdlm", "duo"])
-def test_toy_family_trains_with_both_objectives(toy_family, tmp_path, process):
+def test_toy_family_trains_with_both_objectives(toy_family, tmp_path):
+  # One process is enough: the family is what is under test (both processes are covered
+  # with the DiT); each objective costs a compile of the tiny step.
+  process = "mdlm"
   cfg = MixerConfig()
   params = jax.tree.map(lambda x: np.asarray(x) + 0.1, models.init_params(cfg, seed=1))
   init = checkpoints.save_backbone(tmp_path / "init", cfg, params, meta={"process": process})
