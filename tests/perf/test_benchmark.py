@@ -22,7 +22,7 @@ def test_markdown_reports_failed_cases_and_drift_share():
              "push_ms": 0.01} for q in q_sizes]
 
   row = {"objective": "drift", "size": "170m", "length": 128, "micro_batch": 4, "n_micro": 2,
-         "step_s": 0.5, "hidden_size": 768}
+         "step_s": 0.5, "feature_dim": 1536}
   out = bench.drift_share([row, failed], fake_measure, (1024, 65536))
   assert [(s["Q"], s["m"]) for s in out] == [(1024, 1536), (65536, 1536)]
   # Two micro-steps per step: the drift runs twice.

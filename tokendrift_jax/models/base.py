@@ -95,6 +95,7 @@ class Family:
       checkpoint (e.g. dropout); ``length`` may always be shorter. Every other field must
       be equal.
     hub_names: released checkpoints by diffusion process, for the offline hint.
+    sizes: named architectures (config fields) that the benchmark's ``--size`` selects.
   """
   name: str
   config_cls: type
@@ -102,3 +103,4 @@ class Family:
   flops: Callable[[Any], FlopModel]
   compatible_fields: tuple[str, ...] = ()
   hub_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  sizes: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)

@@ -522,4 +522,9 @@ class DiTFlops:
 FAMILY = base.Family(
     name="dit", config_cls=DiTConfig, module_cls=DiT, flops=DiTFlops,
     compatible_fields=("dropout",),
-    hub_names={"mdlm": "kuleshov-group/mdlm-owt", "duo": "s-sahoo/duo"})
+    hub_names={"mdlm": "kuleshov-group/mdlm-owt", "duo": "s-sahoo/duo"},
+    # tiny: head dim 64 (cuDNN flash attention needs a multiple of 8, at most 128). 170m:
+    # the releases; its 50258 ids are GPT-2 + mask for MDLM, GPT-2 + [PAD] for DUO.
+    sizes={"tiny": dict(vocab_size=1024, hidden_size=256, cond_dim=64, n_blocks=2, n_heads=4),
+           "170m": dict(vocab_size=50258, hidden_size=768, cond_dim=128, n_blocks=12,
+                        n_heads=12, mlp_ratio=4)})

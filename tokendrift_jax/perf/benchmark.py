@@ -50,14 +50,6 @@ from tokendrift_jax.perf import flops as flops_lib
 from tokendrift_jax.perf import hlo
 from tokendrift_jax.train import builder
 
-# Architectures selectable by name; "config" keeps the config's own model section.
-# tiny: head dim 64 (cuDNN flash attention needs a multiple of 8, at most 128).
-SIZES: dict[str, dict[str, Any] | None] = {
-    "config": None,
-    "tiny": dict(vocab_size=1024, hidden_size=256, cond_dim=64, n_blocks=2, n_heads=4),
-    "170m": dict(vocab_size=50258, hidden_size=768, cond_dim=128, n_blocks=12, n_heads=12,
-                 mlp_ratio=4),
-}
 PARAM_NOISE = 0.02
 
 
@@ -70,18 +62,22 @@ class BenchmarkError(ValueError):
 
 def apply_size(config: ml_collections.ConfigDict, size: str, length: int = 0,
                ) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with the named architecture and (if > 0) the given length.
+  """A copy of ``config`` with a named architecture and (if > 0) the given length.
 
-  The vocabulary of "170m" is 50258 for both backbones: GPT-2 + mask for MDLM, GPT-2 +
-  [PAD] for DUO (``len(tokenizer)`` after DUO's ``get_tokenizer``).
+  ``size`` is "config" (the config's own model section) or one of the named sizes that
+  the config's model family declares (``Family.sizes``; the DiT's are "tiny" and "170m").
   """
-  if size not in SIZES:
-    raise BenchmarkError(f"--size must be one of {sorted(SIZES)}, got {size!r}")
+  try:
+    family = models.get_family(str(config.model.family))
+  except ValueError as e:
+    raise BenchmarkError(f"config.model.family: {e}") from e
+  known = ["config"] + sorted(family.sizes)
+  if size not in known:
+    raise BenchmarkError(f"--size must be one of {known} for model family {family.name!r}, "
+                         f"got {size!r}")
   c = copy.deepcopy(config)
-  fields = SIZES[size]
-  if fields is not None:
-    fields = dict(fields)
-    c.model.update(fields)
+  if size != "config":
+    c.model.update(dict(family.sizes[size]))
   if length > 0:
     c.model.length = int(length)
   return c
@@ -356,7 +352,7 @@ def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_ba
       "remat_policy": remat_policy(c) or "none",
       "scan_layers": bool(c.model.get("scan_layers", False)),
       "queue_size": None if setup.drift is None else setup.drift.queue_size,
-      "params": mcfg.num_params(), "hidden_size": mcfg.hidden_size,
+      "params": mcfg.num_params(), "feature_dim": mcfg.feature_dim,
       "lower_s": t1 - t0, "compile_s": t2 - t1, "first_step_s": first,
       "step_s": step_s, "step_s_all": times, "step_s_min": min(times),
       "tokens_per_step": tokens, "tokens_per_s": tokens / step_s,
@@ -391,7 +387,7 @@ def drift_share(step_rows: Sequence[dict], measure: Callable[..., list[dict]],
   for row in step_rows:
     if row["objective"] != "drift" or "error" in row:
       continue
-    m = 2 * int(row["hidden_size"])
+    m = int(row["feature_dim"])
     for r in measure(q_sizes=tuple(q_sizes), dim=m, batch=row["micro_batch"], iters=iters):
       per_step_ms = r["drift+push_ms"] * row["n_micro"]
       out.append({"size": row["size"], "length": row["length"],

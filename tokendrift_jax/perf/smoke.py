@@ -144,8 +144,8 @@ def run(config: ml_collections.ConfigDict, *, batch: int,
 
 def markdown(report: dict[str, Any]) -> str:
   m = report["model"]
-  lines = [f"Drift micro-step, d={m['hidden_size']} n={m['n_blocks']} V={m['vocab_size']} "
-           f"L={m['length']} batch={report['batch']} Q={report['queue_size']}; reference "
+  arch = " ".join(f"{k}={v}" for k, v in sorted(m.items()))
+  lines = [f"Drift micro-step, {arch}; batch={report['batch']} Q={report['queue_size']}; reference "
            f"{report['reference']['variant']} (loss {report['reference']['loss']:.6g}). "
            f"Limits: feature rel err < {report['limits']['feature_rel_err']}, grad cosine > "
            f"{report['limits']['grad_cosine']}.", "",
