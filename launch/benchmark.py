@@ -31,8 +31,15 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/mdlm_drift.py",
-                                          "training config file")
+from tokendrift_jax import runtime
+
+try:
+  # The default file is loaded here, with the command line's --config.* overrides.
+  _CONFIG = config_flags.DEFINE_config_file("config", "configs/mdlm_drift.py",
+                                            "training config file")
+except runtime.CONFIG_ERRORS as _e:
+  runtime.exit_config_error(_e, sys.argv[:1] + ["--config=configs/mdlm_drift.py"] + sys.argv[1:],
+                            "configs/mdlm_drift.py")
 _SIZE = flags.DEFINE_enum("size", "config", ["config", "tiny", "170m"],
                           "architecture: the config's model, or a named size")
 _LENGTH = flags.DEFINE_list("length", ["0"], "sequence length(s); 0 = the config's")
@@ -126,4 +133,5 @@ def _smoke() -> int:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)),
+          flags_parser=runtime.flags_parser("configs/mdlm_drift.py"))

@@ -21,6 +21,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from tokendrift_jax import runtime
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config file",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (results.json, results.md, "
@@ -35,4 +37,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=runtime.flags_parser("configs/eval.py"))
