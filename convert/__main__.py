@@ -18,8 +18,10 @@ SRC may be, by --family:
 {sources}
 
 Every tensor is accounted for: a missing key, an unknown key or a wrong shape stops the
-conversion with a one-line error and nothing is written. An existing DST is only
-replaced with --force.
+conversion with a one-line error and nothing is written. DST is checked (its parent a
+directory, writable, some free space) before SRC is read. An existing DST is only
+replaced with --force, and only once the new checkpoint is complete: a failed write
+leaves the old DST intact.
 
 GPT-2 judges for Gen-PPL: python -m convert.gpt2 SRC_HF_DIR DST_DIR
 """
@@ -65,18 +67,26 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--force", action="store_true", help="replace an existing DST")
   args = parser.parse_args(argv)
 
-  from tokendrift_jax import checkpoints
+  from tokendrift_jax import checkpoints, fs
 
   try:
     dst = os.path.abspath(args.dst)
-    if os.path.exists(dst) and not args.force:
+    if os.path.lexists(dst) and not args.force:
       raise registry.ConversionError(f"{dst} already exists; pass --force to overwrite")
+    real_src, real_dst = os.path.realpath(args.src), os.path.realpath(dst)
+    if real_src == real_dst or real_src.startswith(real_dst + os.sep):
+      raise registry.ConversionError(f"{dst}: DST must not be SRC or contain it (--force would "
+                                     f"replace the source)")
+    # Before SRC is read and converted: a destination that cannot be written fails now.
+    # The weights are stored as float32, at most twice a (16-bit) source's size.
+    fs.check_writable_destination(dst, kind="dir",
+                                  need_bytes=2 * _source_bytes(args.src) + fs.MiB)
     converter = registry.get_converter(args.family)
     params, config, meta = converter.load_source(args.src, ema=args.ema, process=args.process,
                                                  config_override=_parse_config(args.config))
     checkpoints.save_backbone(dst, config, params, meta=meta, force=args.force)
-  except (registry.ConversionError, checkpoints.CheckpointError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (registry.ConversionError, checkpoints.CheckpointError, ValueError, OSError) as e:
+    print(f"error: {_one_line(e)}", file=sys.stderr)
     return 2
   n = sum(int(v.size) for v in _leaves(params))
   print(f"converted {meta['source_kind']} {args.src} -> {dst}\n"
@@ -84,6 +94,26 @@ def main(argv: list[str] | None = None) -> int:
         f"  config={config.to_dict()}")
   if meta.get("ignored_non_backbone_entries"):
     print(f"  ignored non-backbone state_dict entries: {meta['ignored_non_backbone_entries']}")
+  return 0
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e).strip()
+  if isinstance(e, OSError) and e.filename is not None:
+    text = f"{e.filename}: {e.strerror or text}"
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def _source_bytes(src: str) -> int:
+  """Bytes of SRC's weight files (a file, or the files of a model directory); 0 if unknown."""
+  try:
+    if os.path.isfile(src):
+      return os.path.getsize(src)
+    if os.path.isdir(src):
+      return sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src)
+                 if os.path.isfile(os.path.join(src, f)))
+  except OSError:
+    pass
   return 0
 
 

@@ -199,13 +199,34 @@ def read_state_file(path: str) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:
-    raise ConversionError(f"{path}: not a PyTorch state dict ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    raise ConversionError(f"{path}: not a PyTorch checkpoint / state dict: "
+                          f"{torch_load_reason(e)}") from e
   if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
     raise ConversionError(f"{path}: not a state dict (a mapping of names to tensors)")
   if "state_dict" in obj and isinstance(obj["state_dict"], dict):
     raise ConversionError(f"{path}: looks like a Lightning checkpoint; give it a .ckpt name")
   return {k: _tensor_to_numpy(v) for k, v in obj.items()}
+
+
+def torch_load_reason(e: BaseException) -> str:
+  """The reason of a failed ``torch.load(weights_only=True)`` in one line, without torch's
+  advice to retry with ``weights_only=False`` (which would run the file's pickled code and
+  cannot help a file that is not a checkpoint)."""
+  text = str(e)
+  if "weights_only" in text or "Weights only load failed" in text:
+    cause = e.__cause__ or e.__context__
+    reason = str(cause).strip() if cause is not None else ""
+    if not reason:
+      keep = [ln.strip() for ln in text.splitlines() if ln.strip() and not any(
+          w in ln for w in ("weights_only", "Weights only", "file an issue",
+                            "documentation of torch.load", "trusted source"))]
+      reason = keep[0] if keep else ""
+    reason = reason.replace("WeightsUnpickler error:", "").strip()
+    if "GLOBAL" in reason:
+      return reason + " (a state dict holds only tensors; this file would run other code)"
+    return f"unreadable pickle data ({reason})" if reason else "unreadable pickle data"
+  first = text.strip().splitlines()[0] if text.strip() else ""
+  return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def strip_backbone_prefix(state: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
@@ -238,12 +259,54 @@ def hf_config_to_dit(cfg: dict, where: str) -> tuple[DiTConfig, str | None]:
     raise ConversionError(f"{where}: config.json has causal=true, an autoregressive DIT; only "
                           f"the non-causal MDLM / DUO diffusion backbones convert")
   arch = str(cfg.get("model_type", "")).lower()
-  dit = DiTConfig(vocab_size=int(cfg["vocab_size"]), hidden_size=int(cfg["hidden_dim"]),
-                  cond_dim=int(cfg["cond_dim"]), n_blocks=int(cfg["n_blocks"]),
-                  n_heads=int(cfg["n_heads"]), length=int(cfg["model_length"]),
-                  dropout=float(cfg.get("dropout", 0.1)),
-                  time_conditioning=bool(cfg.get("time_conditioning", arch == "duo")))
+  ints = {k: config_int(cfg[k], k, where) for k in need}
+  dropout = config_float(cfg.get("dropout", 0.1), "dropout", where)
+  tc = cfg.get("time_conditioning", arch == "duo")
+  if not isinstance(tc, bool):
+    raise ConversionError(f"{where}: field 'time_conditioning' must be true or false, got "
+                          f"{json.dumps(tc)}")
+  dit = _dit_config(where, vocab_size=ints["vocab_size"], hidden_size=ints["hidden_dim"],
+                    cond_dim=ints["cond_dim"], n_blocks=ints["n_blocks"],
+                    n_heads=ints["n_heads"], length=ints["model_length"], dropout=dropout,
+                    time_conditioning=tc)
   return dit, (arch if arch in ("mdlm", "duo") else None)
+
+
+def config_int(value, field: str, where: str) -> int:
+  """``value`` of config field ``field`` (in the file ``where``) as a positive int.
+
+  Only JSON integers are accepted: null, booleans, strings and every float (also an
+  integral 32.0, which the public PyTorch code would not accept as a layer size) are
+  refused, naming the field and the file.
+  """
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise ConversionError(f"{where}: field '{field}' must be a positive integer, got "
+                          f"{_show(value)}")
+  if value <= 0:
+    raise ConversionError(f"{where}: field '{field}' must be a positive integer, got {value}")
+  return value
+
+
+def config_float(value, field: str, where: str) -> float:
+  """``value`` of config field ``field`` as a float (a JSON number; not null/bool/string)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ConversionError(f"{where}: field '{field}' must be a number, got {_show(value)}")
+  return float(value)
+
+
+def _show(value) -> str:
+  try:
+    return f"{json.dumps(value)} ({'null' if value is None else type(value).__name__})"
+  except (TypeError, ValueError):
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _dit_config(where: str, **fields) -> DiTConfig:
+  """DiTConfig(**fields); its ValueError (divisibility, ranges) prefixed with ``where``."""
+  try:
+    return DiTConfig(**fields)
+  except (TypeError, ValueError) as e:
+    raise ConversionError(f"{where}: {e}") from e
 
 
 def read_hf_dir(path: str) -> tuple[dict[str, np.ndarray], DiTConfig, str | None]:
@@ -304,7 +367,7 @@ def lightning_config_to_dit(hcfg, vocab_size: int, where: str) -> tuple[DiTConfi
     val = _cfg_get(hcfg, dotted)
     if val is None:
       raise ConversionError(f"{where}: hyper_parameters['config'] lacks '{dotted}'")
-    fields[key] = int(val)
+    fields[key] = config_int(val, f"config.{dotted}", f"{where} hyper_parameters")
   dropout = _cfg_get(hcfg, "model.dropout")
   tc = _cfg_get(hcfg, "algo.time_conditioning")
   if tc is None:
@@ -321,8 +384,13 @@ def lightning_config_to_dit(hcfg, vocab_size: int, where: str) -> tuple[DiTConfi
       raise ConversionError(f"{where}: cannot tell whether the model is time-conditioned; "
                             f"pass --process mdlm|duo")
     tc = arch == "duo"
-  config = DiTConfig(vocab_size=int(vocab_size), dropout=float(0.1 if dropout is None else dropout),
-                     time_conditioning=bool(tc), **fields)
+  if not isinstance(tc, bool):
+    raise ConversionError(f"{where} hyper_parameters: 'time_conditioning' must be true or "
+                          f"false, got {_show(tc)}")
+  config = _dit_config(where, vocab_size=int(vocab_size),
+                       dropout=config_float(0.1 if dropout is None else dropout,
+                                            "config.model.dropout", f"{where} hyper_parameters"),
+                       time_conditioning=tc, **fields)
   return config, arch
 
 

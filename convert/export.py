@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import uuid
 
 HELP = """\
 Export a tokendrift_jax backbone (a converted release, a run's backbone/, or a training
@@ -183,35 +181,12 @@ class Source:
 # ----------------------------------------------------------------------------- writing
 
 
-def _remove(path: str) -> None:
-  if os.path.isdir(path) and not os.path.islink(path):
-    shutil.rmtree(path, ignore_errors=True)
-  elif os.path.lexists(path):
-    os.unlink(path)
-
-
+# The write-new-then-swap helper is shared with save_backbone (tokendrift_jax.fs).
 def write_then_swap(dst: str, write) -> None:
-  """Calls ``write(tmp)`` for a temporary sibling ``tmp`` of ``dst`` (absent), then renames
-  it to ``dst``. An existing ``dst`` is moved aside first and restored if the rename fails,
-  and removed only once the new one is in place; ``tmp`` is removed on any error."""
-  parent, base = os.path.split(dst)
-  tag = uuid.uuid4().hex[:8]
-  tmp = os.path.join(parent, f".{base}.export-{tag}.tmp")
-  try:
-    write(tmp)
-    if not os.path.lexists(dst):
-      os.rename(tmp, dst)
-      return
-    old = os.path.join(parent, f".{base}.export-{tag}.old")
-    os.rename(dst, old)
-    try:
-      os.rename(tmp, dst)
-    except BaseException:
-      os.rename(old, dst)
-      raise
-    _remove(old)
-  finally:
-    _remove(tmp)
+  """Calls ``write(tmp)`` for a temporary sibling ``tmp`` of ``dst``, then swaps it in; an
+  existing ``dst`` survives any failure (see :func:`tokendrift_jax.fs.write_then_swap`)."""
+  from tokendrift_jax import fs  # pylint: disable=import-outside-toplevel
+  fs.write_then_swap(dst, write, label="export")
 
 
 def export(src: str, dst: str, *, fmt: str, weights: str | None = None,
@@ -249,6 +224,15 @@ def export(src: str, dst: str, *, fmt: str, weights: str | None = None,
       raise err(f"{source.src}: {e}") from e
   if not os.path.isdir(os.path.dirname(dst)):
     raise err(f"{os.path.dirname(dst)}: the parent directory of DST does not exist")
+  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
+  from tokendrift_jax import fs, models
+  n_params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(models.abstract_params(
+      source.config)))
+  fs.check_writable_destination(dst, kind="dir" if fmt not in _SUFFIX else "file",
+                                need_bytes=n_params * (4 if dtype == "float32" else 2) + fs.MiB,
+                                create_parents=False)
   params = source.params()
   files: list[str] = []
 
@@ -259,8 +243,6 @@ def export(src: str, dst: str, *, fmt: str, weights: str | None = None,
   write_then_swap(dst, write)
   if fmt in _SUFFIX:   # a one-file format: the exporter named the temporary file
     files = [os.path.basename(dst)]
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
   return {"src": source.src, "kind": source.kind, "dst": dst, "format": fmt,
           "family": family, "process": source.meta.get("process"), "dtype": dtype,
           "weights": getattr(source, "weights", None), "step": source.meta.get("step"),

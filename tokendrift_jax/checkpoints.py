@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tokendrift_jax import models
+from tokendrift_jax import fs, models
 
 FORMAT = "tokendrift_jax.backbone/v1"
 PROCESSES = ("mdlm", "duo")
@@ -99,24 +99,80 @@ def checkpoint_process(meta: dict, where: str) -> str:
 
 def save_backbone(path: str | os.PathLike, config, params: dict, *,
                   meta: dict[str, Any] | None = None, force: bool = False) -> str:
-  """Writes a backbone checkpoint atomically (orbax writes to a temporary dir and renames).
+  """Writes a backbone checkpoint, write-new-then-swap.
+
+  The checkpoint is written to a temporary sibling of ``path`` and renamed into place only
+  when complete; an existing ``path`` (``force``) is moved aside, and removed only once the
+  new one is in place, so any failure leaves it exactly as it was (and no temporaries).
+  The destination is checked (parent a directory, writable, free space for the weights)
+  before anything is written. Missing parent directories are created. Every process of a
+  multi-process run calls this collectively (process 0 does the swap).
 
   Raises:
-    CheckpointError: ``path`` exists and ``force`` is False, or params mismatch config.
+    CheckpointError: ``path`` exists and ``force`` is False, params mismatch config, the
+      destination cannot be written (one line naming path and reason), or the write failed.
   """
   path = os.path.abspath(os.fspath(path))
   check_param_shapes(config, params, "save_backbone")
-  if os.path.exists(path) and not force:
+  if os.path.lexists(path) and not force:
     raise CheckpointError(f"{path} already exists; pass --force to overwrite")
   meta = normalize_meta(meta or {}, "save_backbone")
   payload = {"format": FORMAT, "family": models.family_of(config).name,
              "model": config.to_dict(), "meta": meta}
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    ckptr.save(path,
-               args=ocp.args.Composite(params=ocp.args.StandardSave(_to_storage(params)),
-                                       config=ocp.args.JsonSave(payload)),
-               force=force)
+  storage = _to_storage(params)
+  need = int(sum(np.asarray(a).nbytes for a in jax.tree.leaves(storage))) + fs.MiB
+  try:
+    fs.check_writable_destination(path, kind="dir", need_bytes=need)
+  except fs.DestinationError as e:
+    raise CheckpointError(str(e)) from e
+  existed = os.path.lexists(path)
+
+  def write(tmp):
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+      # Never orbax's force=True: it deletes the destination before writing.
+      ckptr.save(tmp, args=ocp.args.Composite(params=ocp.args.StandardSave(storage),
+                                              config=ocp.args.JsonSave(payload)))
+
+  try:
+    if jax.process_count() == 1:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      fs.write_then_swap(path, write, label="saving")
+    else:
+      _save_collectively(path, write)
+  except (OSError, ValueError) as e:
+    if isinstance(e, CheckpointError):
+      raise
+    reason = (str(e).splitlines() or [type(e).__name__])[0]
+    left = ("the existing checkpoint there is left as it was" if existed
+            else "nothing was written")
+    raise CheckpointError(f"{path}: writing the checkpoint failed ({type(e).__name__}: "
+                          f"{reason}); {left}") from e
   return path
+
+
+def _save_collectively(path: str, write) -> None:
+  """write_then_swap across processes: all write the same temporary (orbax coordinates the
+  write), process 0 swaps it in, and every process learns whether that succeeded."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  tag = int(multihost_utils.broadcast_one_to_all(
+      np.int32(int.from_bytes(os.urandom(3), "little"))))
+  tmp = fs.sibling(path, "saving", f"{tag:06x}") + ".tmp"
+  primary = jax.process_index() == 0
+  if primary:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  ok = False
+  try:
+    write(tmp)
+    if primary:
+      fs.swap_into_place(tmp, path, tag=f"{tag:06x}")
+    ok = True
+  finally:
+    if primary:
+      fs.remove_with_leftovers(tmp)
+    all_ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+  if ok and not all_ok:
+    raise CheckpointError(f"{path}: process 0 could not put the checkpoint in place; the "
+                          f"existing checkpoint there (if any) is left as it was")
 
 
 def read_backbone_config(path: str | os.PathLike) -> tuple[Any, dict]:
