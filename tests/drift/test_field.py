@@ -2,9 +2,9 @@
 
 The field's math runs under ``chex.variants(with_jit=True, without_jit=True)`` on the
 standard shape (cases 0-3, both normalisations; and the pairwise distances); the other
-shapes, options and the hand-checkable 1x1x1 example run jitted only (each new shape costs seconds of op-by-op
-compilation without jit). ``test_variants_run_traced_and_untraced`` proves that a variants
-test executes its function once traced and once eagerly.
+shapes, options and the hand-checkable 1x1x1 example run jitted only (without jit, each
+new shape costs seconds of op-by-op compilation). ``test_variants_run_traced_and_untraced``
+proves that a variants test executes its function once traced and once eagerly.
 """
 
 from __future__ import annotations

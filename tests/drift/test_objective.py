@@ -4,8 +4,9 @@ The encoder is a small differentiable toy (two tanh layers with random non-zero 
 written twice: in JAX for the code under test and in float64 NumPy for the references
 (including central finite differences for Jacobian-vector products).
 
-The lift, the pooled features, the Alg. 1 drift and the fixed-point / mirror losses run
-under ``chex.variants(with_jit=True, without_jit=True)`` (``ObjectiveVariantsTest``). The
+The lift, the pooled features, the Alg. 1 reference sets and the fixed-point / mirror
+losses run under ``chex.variants(with_jit=True, without_jit=True)``
+(``ObjectiveVariantsTest``). The
 composed objective and the equilibrium check run jitted only (one program each; without
 jit they would recompile the whole field op by op for new shapes), and
 ``test_sharded_step_matches_single_device`` is the sharded variant (8 devices vs 1).
@@ -151,10 +152,12 @@ def filled_queue(capacity, pushes, seed):
   return q, ref
 
 
-def check_drift_from_features(variant, q_size, real_pushes, gen_pushes, normalization):
+def check_drift_from_features(variant, drift_variant, q_size, real_pushes, gen_pushes,
+                              normalization):
   """Alg. 1 references (self-exclusion; partially filled, wrapped, empty queues) vs float64.
 
-  ``variant`` wraps the functions under test (jax.jit, or a chex variant).
+  ``variant`` wraps build_references and ``drift_variant`` drift_from_features (jax.jit, or
+  a chex variant).
   """
   q_real, ref_real = filled_queue(q_size, real_pushes, 10)
   q_gen, ref_gen = filled_queue(q_size, gen_pushes, 11)
@@ -168,7 +171,7 @@ def check_drift_from_features(variant, q_size, real_pushes, gen_pushes, normaliz
   for mask, ref in ((refs.pos_mask[1], ref_real), (refs.neg_mask[1], ref_gen)):
     chex.assert_shape(mask, (q_size,))
     assert int(np.sum(np.asarray(mask))) == len(ref)
-  v, diag = variant(obj.drift_from_features, static_argnames="config")(
+  v, diag = drift_variant(obj.drift_from_features, static_argnames="config")(
       h, u, q_real, q_gen, config=config)
   # Reference sets written out per Alg. 1 from the deques (no slot layout, no masks for
   # the queues): U = u ∪ Q_real, H = h ∪ Q_gen with h_i excluded for anchor i.
@@ -189,10 +192,29 @@ def check_drift_from_features(variant, q_size, real_pushes, gen_pushes, normaliz
 def test_drift_from_features_empty_and_overfull_queues_alg2():
   """Empty and overfull queues with the Alg. 2 field, jitted only (without jit its ops would
   compile again for these shapes: ~10 s on 2 cores)."""
-  check_drift_from_features(jax.jit, 4, 0, 1, "drifting_alg2")
+  check_drift_from_features(jax.jit, jax.jit, 4, 0, 1, "drifting_alg2")
 
 
 # ---------------------------------------------------------------- fixed point and mirror
+
+
+def test_fixed_point_logit_gradient():
+  """∇_ℓ L = −(α/B) Jᵀ V through the feature map, and Jᵀ V vs finite differences (eager,
+  once: the loss itself runs under variants in ObjectiveVariantsTest)."""
+  logits, ids, mask = make_batch(4)
+  fn = feature_fn_for(ids, mask)
+  v, fd = fd_pullback(4)
+  _, vjp_fn = jax.vjp(fn, jnp.asarray(logits))
+  jtv = vjp_fn(jnp.asarray(v))[0]
+  for alpha in (1.0, 0.5):
+    g_l = jax.grad(lambda lg: obj.fixed_point_loss(fn(lg), v, alpha))(jnp.asarray(logits))
+    # Same pullback with the cotangent scaled by −α/B before or after: float32 rounding.
+    chex.assert_trees_all_close(g_l, -alpha / 4 * jtv, rtol=1e-6, atol=1e-9)
+    chex.assert_trees_all_equal(g_l[~mask], jnp.zeros_like(g_l[~mask]))
+    assert np.any(np.asarray(g_l)[mask] != 0.0)  # an inequality: the gradient is not vacuous
+  # Jᵀ V itself vs float64 finite differences of ⟨h(ℓ), V⟩ (an independent pullback).
+  # Finite-difference truncation ~1e-10; float32 Jacobian ~1e-7 relative on entries ≲ 0.1.
+  chex.assert_trees_all_close(jtv, fd, rtol=0, atol=2e-6)
 
 
 def test_equilibrium_gives_zero_loss_and_gradients():
@@ -409,33 +431,28 @@ class ObjectiveVariantsTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_drift_from_features_matches_reference(self):
-    """Partially filled and wrapped queues, joint normalisation (Alg. 2: jitted only below)."""
-    check_drift_from_features(self.variant, 64, 3, 10, "joint")
+    """Partially filled and wrapped queues, joint normalisation (Alg. 2: below).
+
+    build_references runs under the variants; drift_from_features jitted in both (its
+    field runs under variants in tests/drift/test_field.py, and without jit it would
+    compile the field's ops again for these shapes).
+    """
+    check_drift_from_features(self.variant, jax.jit, 64, 3, 10, "joint")
 
   @chex.variants(with_jit=True, without_jit=True)
-  def test_fixed_point_gradients(self):
+  def test_fixed_point_loss_and_feature_gradient(self):
     logits, ids, mask = make_batch(4)
-    fn = feature_fn_for(ids, mask)
-    v, fd = fd_pullback(4)
+    h = jax.jit(feature_fn_for(ids, mask))(jnp.asarray(logits))
+    v, _ = fd_pullback(4)
+    # α is traced: one compilation serves both values.
+    loss_and_grad_h = self.variant(
+        jax.value_and_grad(lambda x, a: obj.fixed_point_loss(x, v, a)))
     for alpha in (1.0, 0.5):
-      h = fn(jnp.asarray(logits))
-      loss, g_h = self.variant(jax.value_and_grad(
-          lambda x, a: obj.fixed_point_loss(x, v, a)), static_argnums=1)(h, alpha)
+      loss, g_h = loss_and_grad_h(h, alpha)
       # ∇_h L = −αV/B to the last bit (residual formed without rounding through h + αV).
       chex.assert_trees_all_equal(g_h, -alpha * v / np.float32(4))
       chex.assert_trees_all_close(loss, alpha ** 2 * np.sum(v.astype(np.float64) ** 2) / 8,
                                   rtol=1e-6)
-      g_l = self.variant(jax.grad(lambda lg, a: obj.fixed_point_loss(fn(lg), v, a)),
-                         static_argnums=1)(jnp.asarray(logits), alpha)
-      _, vjp_fn = jax.vjp(fn, jnp.asarray(logits))
-      jtv = vjp_fn(jnp.asarray(v))[0]
-      # Same pullback with the cotangent scaled by −α/B before or after: float32 rounding.
-      chex.assert_trees_all_close(g_l, -alpha / 4 * jtv, rtol=1e-6, atol=1e-9)
-      chex.assert_trees_all_equal(g_l[~mask], jnp.zeros_like(g_l[~mask]))
-      assert np.any(np.asarray(g_l)[mask] != 0.0)  # an inequality: the gradient is not vacuous
-    # Jᵀ V itself vs float64 finite differences of ⟨h(ℓ), V⟩ (an independent pullback).
-    # Finite-difference truncation ~1e-10; float32 Jacobian ~1e-7 relative on entries ≲ 0.1.
-    chex.assert_trees_all_close(jtv, fd, rtol=0, atol=2e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_mirror_teacher_and_losses_match_numpy(self):
@@ -483,13 +500,16 @@ class ObjectiveVariantsTest(chex.TestCase):
   def test_mirror_losses_with_impossible_tokens_are_finite(self):
     """SUBS-style logits: −1e6 or −inf on the mask token contribute nothing and stay finite."""
     logits, ids, mask = make_batch(4)
+    teacher_fn = self.variant(obj.mirror_teacher_logits, static_argnums=2)
+    losses = [self.variant(jax.value_and_grad(f)) for f in (obj.mirror_kl_loss,
+                                                            obj.mirror_mse_loss)]
     for neg in (-1e6, -np.inf):
       lg = logits.copy()
       lg[..., VOCAB - 1] = neg
       lg = jnp.asarray(lg)
       g = jnp.asarray(np.random.default_rng(7).standard_normal(lg.shape), jnp.float32)
-      teacher = self.variant(obj.mirror_teacher_logits, static_argnums=2)(lg, g, 0.5)
-      for loss_fn in (obj.mirror_kl_loss, obj.mirror_mse_loss):
-        val, grad = self.variant(jax.value_and_grad(loss_fn))(lg, teacher, mask)
+      teacher = teacher_fn(lg, g, 0.5)
+      for loss_and_grad in losses:
+        val, grad = loss_and_grad(lg, teacher, mask)
         chex.assert_tree_all_finite((val, grad))
         assert float(val) > 0  # a lower bound: the loss is not vacuous

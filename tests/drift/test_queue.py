@@ -1,7 +1,7 @@
 """FIFO feature queues vs a collections.deque reference (TokenDrift Alg. 1 line 11, Table 5).
 
 ``push`` runs under ``chex.variants(with_jit=True, without_jit=True)``: traced (as in the
-train step) and eagerly.
+train step) and eagerly (Q = 1024 jitted only: each push size compiles anew without jit).
 """
 
 from __future__ import annotations
@@ -45,32 +45,36 @@ def check_against(queue, ref: collections.deque):
                               rtol=1e-7)
 
 
+def check_fifo(push, capacity):
+  """Pushes of several sizes through ``push`` (jitted or not) vs the deque reference."""
+  queue = qlib.init_queue(capacity, DIM)
+  ref = collections.deque(maxlen=capacity)
+  check_against(queue, ref)
+  start = 1
+  # Pushes of 3 (several steps to wrap), 8 (the paper's micro-batch), n = Q, n > Q.
+  sizes = [3, 3, 8, 8, 3] * 2 + [capacity, 3, capacity + 5, 8]
+  for n in sizes:
+    new = rows(start, n)
+    start += n
+    queue = push(queue, new)
+    ref.extend(map(tuple, new))
+    check_against(queue, ref)
+  # The pushes of Q and Q + 5 rows above start mid-ring, so they wrap for every size.
+  for _ in range(2):
+    new = rows(start, 8)
+    start += 8
+    queue = push(queue, new)
+    ref.extend(map(tuple, new))
+  check_against(queue, ref)
+
+
 class QueueVariantsTest(chex.TestCase):
   """push traced and eager; the deque is the reference."""
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters(4, 64, 1024)
+  @parameterized.parameters(4, 64)
   def test_fifo_order_wraparound_and_eviction(self, capacity):
-    push = self.variant(qlib.push)
-    queue = qlib.init_queue(capacity, DIM)
-    ref = collections.deque(maxlen=capacity)
-    check_against(queue, ref)
-    start = 1
-    # Pushes of 3 (several steps to wrap), 8 (the paper's micro-batch), n = Q, n > Q.
-    sizes = [3, 3, 8, 8, 3] * 2 + [capacity, 3, capacity + 5, 8]
-    for n in sizes:
-      new = rows(start, n)
-      start += n
-      queue = push(queue, new)
-      ref.extend(map(tuple, new))
-      check_against(queue, ref)
-    # The pushes of Q and Q + 5 rows above start mid-ring, so they wrap for every size.
-    for _ in range(2):
-      new = rows(start, 8)
-      start += 8
-      queue = push(queue, new)
-      ref.extend(map(tuple, new))
-    check_against(queue, ref)
+    check_fifo(self.variant(qlib.push), capacity)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_oldest_evicted_small_example(self):
@@ -105,3 +109,8 @@ def test_push_is_stop_gradient_and_bad_shape_raises():
     qlib.push(q, jnp.ones((2, 4)))
   with pytest.raises(ValueError, match="capacity"):
     qlib.init_queue(0, DIM)
+
+
+def test_fifo_order_wraparound_and_eviction_1024():
+  """The paper's Q = 1024, jitted only (the variants above run Q = 4 and 64)."""
+  check_fifo(jax.jit(qlib.push), 1024)
