@@ -80,6 +80,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       steps=13_000, log_every=50, checkpoint_every=1000, keep_checkpoints=3, resume=True,
       eval_every=1000, eval_batches=8, export_backbone=True, progress=True))
+  # A non-finite update (params, optimizer state, EMA, queues or metrics; checked on the
+  # device every step): "stop" ends the run with an error before anything non-finite is
+  # saved (finite checkpoints are kept); "skip" keeps the previous state and counts the step
+  # in the metric skipped_steps.
+  c.train.nonfinite = "stop"
 
   # Sampling + judge during training (Fig. 2): the hook of tokendrift_jax/eval/hook.py.
   # Fields in tokendrift_jax/eval/eval_config.py (enabled, every, nfe, num_samples, batch,

@@ -29,13 +29,19 @@ def _setup_logging() -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("absl", "orbax", "jax._src"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  # Orphaned tensorstore/orbax tasks of a failed checkpoint read log "Event loop is closed"
+  # tracebacks; the read failure itself is reported in one line by the trainer.
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def train_main(config: ml_collections.ConfigDict, workdir: str | None) -> int:
   """Runs the training (or the experiment) ``config`` describes; returns the exit code.
 
-  0 when done, 143 when preempted (rerun the same command to resume), 2 for a user error,
-  printed as one line ``error: ...`` before anything is written.
+  0 when done, 143 when preempted by SIGTERM and 130 when stopped by Ctrl-C (both after a
+  checkpoint: rerun the same command to resume), 2 for a user error, printed as one line
+  ``error: ...`` before anything is written, or for a non-finite training state (one line;
+  its metrics row is in metrics.jsonl and no non-finite checkpoint was saved). A second
+  Ctrl-C aborts at once: one line ``error: interrupted ...``, exit 130.
   """
   # pylint: disable=import-outside-toplevel
   _setup_logging()
@@ -62,10 +68,14 @@ def train_main(config: ml_collections.ConfigDict, workdir: str | None) -> int:
   except _user_errors() as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt as e:
+    print(f"error: {e or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+    return trainer.EXIT_INTERRUPTED
   if summary.get("preempted"):
-    print(f"preempted at step {summary['step']}; checkpoint in {summary['workdir']}/checkpoints"
+    what = "interrupted (Ctrl-C)" if summary.get("signal") == "SIGINT" else "preempted"
+    print(f"{what} at step {summary['step']}; checkpoint in {summary['workdir']}/checkpoints"
           f" (rerun the same command to resume)")
-    return trainer.EXIT_PREEMPTED
+    return int(summary.get("exit_code", trainer.EXIT_PREEMPTED))
   print(f"done: step {summary['step']} in {summary['workdir']}"
         + (f"; backbone exported to {summary['backbone']}" if summary.get("backbone") else ""))
   return 0

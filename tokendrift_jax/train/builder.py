@@ -104,6 +104,18 @@ def model_graphdef(config, model_cfg):
     raise TrainError(f"config.model: {e}") from e
 
 
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+def nonfinite_policy(config) -> str:
+  """config.train.nonfinite: what a non-finite update does ("stop" by default)."""
+  policy = str(config.train.get("nonfinite", "stop"))
+  if policy not in NONFINITE_POLICIES:
+    raise TrainError(f"config.train.nonfinite must be one of {NONFINITE_POLICIES}, "
+                     f"got {policy!r}")
+  return policy
+
+
 # ----------------------------------------------------------------------------- the step
 
 
@@ -187,7 +199,8 @@ def build_step(config: ml_collections.ConfigDict, model_cfg=None) -> StepParts:
   scfg = step_lib.StepConfig(micro_batch=int(config.batch.micro_batch),
                              ema_decay=float(config.ema.decay) if config.ema.enabled else None,
                              lr_schedule=optim.learning_rate_schedule(config.optim, total),
-                             ema_warmup=bool(config.ema.get("warmup", True)))
+                             ema_warmup=bool(config.ema.get("warmup", True)),
+                             nonfinite=nonfinite_policy(config))
   step_fn = step_lib.jit_train_step(step_lib.make_train_step(ctx, optimizer, scfg), shardings,
                                     mesh, enc_shardings)
   eval_fn = jax.jit(step_lib.make_eval_step(ctx),

@@ -8,16 +8,90 @@ Each step directory holds three items:
 * ``meta``: JSON with the config, written for humans and for mismatch checks.
 
 orbax writes each step to a temporary directory and renames it when complete, so an
-interrupted save never leaves a checkpoint that looks valid.
+interrupted save never leaves a checkpoint that looks valid. A checkpoint damaged later
+(a truncated array file, a deleted manifest or metadata file) is found on restore:
+:meth:`Checkpointer.restore_newest_intact` says so in one line and falls back to the next
+older step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import os
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+
+from tokendrift_jax.train import metrics_writer
+
+# The longest close() waits for orbax to finish (seconds).
+CLOSE_TIMEOUT_S = 60.0
+_NOISY_LOGGERS = ("absl", "orbax", "asyncio", "jax._src")
+
+
+class DamagedCheckpoints(Exception):
+  """No checkpoint could be restored; ``damaged`` = [(step, one-line reason)]."""
+
+  def __init__(self, directory: str, damaged: list[tuple[int, str]]):
+    self.directory, self.damaged = directory, damaged
+    listed = "; ".join(f"step {s}: {why}" for s, why in damaged)
+    super().__init__(f"no intact checkpoint in {directory} ({listed}); delete the damaged "
+                     f"step directories (or the whole directory to start over) and rerun")
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+  """``Type: first line of the message`` (tensorstore errors run over many lines)."""
+  msg = (str(e).strip().splitlines() or [""])[0]
+  if len(msg) > limit:
+    msg = msg[:limit] + "..."
+  return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _is_closed_loop_noise(unraisable) -> bool:
+  exc = getattr(unraisable, "exc_value", None)
+  return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+
+
+def drop_closed_loop_noise() -> None:
+  """Wraps sys.unraisablehook so that 'RuntimeError: Event loop is closed' is dropped.
+
+  After a failed tensorstore read, orbax closes its event loop while tensorstore threads
+  still hold callbacks for it; each one later dies with that error, printed by the
+  unraisable hook (hundreds of lines, issue 15.5) at a time no ``with`` block can cover.
+  Every other unraisable exception goes to the previous hook. Idempotent.
+  """
+  current = sys.unraisablehook
+  if getattr(current, "_drops_closed_loop_noise", False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_noise(unraisable):
+      current(unraisable)
+
+  hook._drops_closed_loop_noise = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+  """Silences orbax / absl / asyncio logging (tensorstore read errors come back as pages
+  of tracebacks, then 'Event loop is closed' from orphaned tasks) while a possibly damaged
+  checkpoint is read. Failed reads are collected here, inside the silence."""
+  drop_closed_loop_noise()
+  loggers = [logging.getLogger(n) for n in _NOISY_LOGGERS]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL + 1)
+  try:
+    yield
+  finally:
+    gc.collect()
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
 
 
 class Checkpointer:
@@ -30,6 +104,7 @@ class Checkpointer:
                                            enable_async_checkpointing=False)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
+    self.damaged: set[int] = set()  # steps restore_newest_intact found unreadable
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -39,7 +114,10 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_state: dict, meta: dict, *, force: bool = False
            ) -> bool:
-    if not force and step in self.manager.all_steps():
+    if int(step) in self.damaged:  # unreadable: this run rewrites it
+      self.manager.delete(int(step))
+      self.damaged.discard(int(step))
+    elif not force and step in self.manager.all_steps():
       return False
     saved = self.manager.save(
         int(step),
@@ -58,9 +136,42 @@ class Checkpointer:
                                 data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
     return out["state"], dict(out["data"]), dict(out["meta"])
 
-  def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+  def all_steps(self) -> list[int]:
+    return sorted(int(s) for s in self.manager.all_steps())
+
+  def restore_newest_intact(self, abstract_state: Any, *,
+                            warn: Callable[[str], None] = logging.warning
+                            ) -> tuple[int, Any, dict, dict] | None:
+    """(step, state, data_state, meta) of the newest checkpoint that restores; None if
+    there is none. A damaged step is reported by ``warn`` in one line and skipped (left on
+    disk); :class:`DamagedCheckpoints` when every step is damaged."""
+    steps = self.all_steps()[::-1]
+    damaged: list[tuple[int, str]] = []
+    for i, step in enumerate(steps):
+      try:
+        with quiet_orbax():
+          state, data, meta = self.restore(step, abstract_state)
+        jax.block_until_ready(state)
+      except Exception as e:  # pylint: disable=broad-except
+        why = one_line(e)
+        damaged.append((step, why))
+        self.damaged.add(int(step))
+        nxt = f"resuming from step {steps[i + 1]}" if i + 1 < len(steps) else "no older step"
+        warn(f"checkpoint {os.path.join(self.directory, str(step))} is unreadable ({why}); "
+             f"{nxt}")
+        continue
+      return step, state, data, meta
+    if damaged:
+      raise DamagedCheckpoints(self.directory, damaged)
+    return None
+
+  def close(self, timeout_s: float | None = None) -> None:
+    """Waits for pending saves (at most ``timeout_s``, CLOSE_TIMEOUT_S) and closes."""
+    def finish():
+      self.manager.wait_until_finished()
+      self.manager.close()
+    metrics_writer.bounded_call(finish, CLOSE_TIMEOUT_S if timeout_s is None else timeout_s,
+                                "closing the checkpoint manager")
 
 
 def peek_latest_meta(workdir: str) -> tuple[int, dict] | None:
@@ -68,16 +179,22 @@ def peek_latest_meta(workdir: str) -> tuple[int, dict] | None:
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(directory):
     return None
-  manager = ocp.CheckpointManager(directory,
-                                  options=ocp.CheckpointManagerOptions(create=False,
-                                                                       read_only=True),
-                                  item_names=("state", "data", "meta"))
+  with quiet_orbax():  # orbax warns that a read-only manager saves nothing
+    manager = ocp.CheckpointManager(directory,
+                                    options=ocp.CheckpointManagerOptions(create=False,
+                                                                         read_only=True),
+                                    item_names=("state", "data", "meta"))
   try:
-    step = manager.latest_step()
-    if step is None:
-      return None
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    return int(step), dict(meta)
+    # The newest step whose meta reads (a damaged step is reported at restore).
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        with quiet_orbax():
+          meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                                 )["meta"]
+      except Exception:  # pylint: disable=broad-except
+        continue
+      return int(step), dict(meta)
+    return None
   finally:
     manager.close()
 

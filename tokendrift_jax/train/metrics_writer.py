@@ -7,12 +7,44 @@ and flat scalar fields; per-temperature drift diagnostics become ``v_norm/tau=0.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import threading
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+
+# The longest close() waits for the TensorBoard writer thread to flush (seconds). A writer
+# left inconsistent by an interrupt may never finish; the run must still end.
+CLOSE_TIMEOUT_S = 10.0
+
+
+def bounded_call(fn, timeout_s: float, what: str) -> bool:
+  """Runs ``fn()`` in a daemon thread and waits at most ``timeout_s``; True if it ended.
+
+  An exception in ``fn`` is logged (one line), not raised: this is for shutdown paths.
+  """
+  errors: list = []
+
+  def target():
+    try:
+      fn()
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  t = threading.Thread(target=target, name=f"close-{what}", daemon=True)
+  t.start()
+  t.join(timeout_s)
+  if t.is_alive():
+    logging.warning("%s did not finish within %.3g s; abandoned", what, timeout_s)
+    return False
+  if errors:
+    logging.warning("%s failed: %s: %s", what, type(errors[0]).__name__,
+                    str(errors[0]).splitlines()[0] if str(errors[0]) else "")
+    return False
+  return True
 
 
 def flatten_metrics(metrics: Mapping[str, Any], temperatures: Sequence[float] = ()
@@ -59,10 +91,20 @@ class MetricsWriter:
         self._tb.add_scalar(k.replace("=", "_"), float(v), int(step))
       self._tb.flush()
 
-  def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
-      self._tb = None
+  def close(self, timeout_s: float | None = None) -> None:
+    """Closes the TensorBoard writer, waiting at most ``timeout_s`` (CLOSE_TIMEOUT_S)."""
+    tb, self._tb = self._tb, None
+    if tb is None:
+      return
+    file_writers = list((getattr(tb, "all_writers", None) or {}).values())
+    if not bounded_call(tb.close, CLOSE_TIMEOUT_S if timeout_s is None else timeout_s,
+                        "closing the TensorBoard writer"):
+      # Abandoned (e.g. its queue was left inconsistent by an interrupt): mark its event
+      # writers closed so that tensorboardX's atexit cleanup does not wait on it again.
+      for fw in file_writers:
+        event_writer = getattr(fw, "event_writer", None)
+        if event_writer is not None:
+          event_writer._closed = True  # pylint: disable=protected-access
 
 
 def read_jsonl(path: str) -> list[dict]:

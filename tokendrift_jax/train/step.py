@@ -85,13 +85,29 @@ class StepConfig:
   ema_decay: float | None
   lr_schedule: Callable[[jax.Array], jax.Array]
   ema_warmup: bool = True
+  # config.train.nonfinite: "stop" returns the new state whatever it holds (the trainer
+  # stops before saving a non-finite one); "skip" keeps the old params, optimizer state,
+  # EMA and queues when the update is non-finite (the step counter, hence the data and
+  # the RNG, still moves on).
+  nonfinite: str = "stop"
+
+
+def all_finite(*trees) -> jax.Array:
+  """bool []: every floating leaf of ``trees`` is finite (one fused reduction)."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)
+           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
 def make_train_step(ctx: losses.StepContext, optimizer: optax.GradientTransformation,
                     scfg: StepConfig) -> Callable:
   """Returns ``step(state, batch, encoder_params) -> (state, metrics)`` (not jitted).
 
-  ``encoder_params`` is ignored (pass None) for continuation training.
+  ``encoder_params`` is ignored (pass None) for continuation training. ``metrics["finite"]``
+  (bool []) says whether the update (params, optimizer state, EMA, queues) and the metrics
+  are all finite: the trainer reads that one scalar before logging and saving instead of
+  copying the state to the host. With ``scfg.nonfinite == "skip"`` a non-finite update is
+  not applied.
   """
   drift = ctx.drift is not None
 
@@ -129,6 +145,12 @@ def make_train_step(ctx: losses.StepContext, optimizer: optax.GradientTransforma
       metrics["queue_fill_gen"] = queue_lib.fill_fraction(queues["gen"])
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["lr"] = scfg.lr_schedule(state.step)
+    finite = all_finite(params, opt_state, ema, queues, metrics)
+    if scfg.nonfinite == "skip":
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+      ema, queues = keep(ema, state.ema_params), keep(queues, state.queues)
+    metrics["finite"] = finite
     new_state = state.replace(step=new_step, params=params, opt_state=opt_state,
                               ema_params=ema, queues=queues)
     return new_state, metrics

@@ -8,8 +8,21 @@
    :mod:`tokendrift_jax.sharding`, and the jitted step (:mod:`tokendrift_jax.train.step`);
 3. resume from ``workdir/checkpoints`` when a checkpoint is there;
 4. loop: step, log (``metrics.jsonl``, TensorBoard, tqdm), checkpoint, evaluate;
-   a SIGTERM makes the loop checkpoint and stop after the current step;
+   a SIGTERM or a first Ctrl-C makes the loop checkpoint and stop after the current step
+   (exit 143 / 130); a second Ctrl-C aborts at once (:class:`Interrupted`);
 5. export the final weights as a backbone checkpoint (``workdir/backbone``).
+
+Fault tolerance:
+
+* every step computes on the device whether its update and metrics are finite (one bool,
+  ``metrics["finite"]``); the host reads it at log steps and before every save (periodic,
+  final, on a signal), so a non-finite state is never saved and never rotates a finite
+  checkpoint out. ``config.train.nonfinite="stop"`` (default) then ends the run with
+  :class:`NonFiniteError` after writing that step's metrics row; ``"skip"`` keeps the old
+  state and counts the step (``skipped_steps``).
+* resume restores the newest checkpoint that reads; a damaged one is reported in one line
+  and the next older step is tried (:meth:`checkpointing.Checkpointer.restore_newest_intact`).
+* shutdown (TensorBoard writer, checkpoint manager) waits a bounded time.
 """
 
 from __future__ import annotations
@@ -17,12 +30,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -37,9 +50,24 @@ from tokendrift_jax.train import checkpointing
 from tokendrift_jax.train import metrics_writer
 from tokendrift_jax.train import step as step_lib
 from tokendrift_jax.train.builder import OBJECTIVES, TrainError
-from tokendrift_jax.train.preemption import EXIT_PREEMPTED, Preemption
+from tokendrift_jax.train.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preemption
 
-__all__ = ["EXIT_PREEMPTED", "OBJECTIVES", "Hook", "Run", "TrainError", "build", "train"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_PREEMPTED", "OBJECTIVES", "Hook", "Interrupted",
+           "NonFiniteError", "Run", "TrainError", "build", "train"]
+
+
+class NonFiniteError(TrainError):
+  """A step produced a non-finite state (config.train.nonfinite="stop"); nothing
+  non-finite was saved. ``step``: where it was found; ``last_checkpoint``: what a rerun
+  resumes from (None: no checkpoint)."""
+
+  def __init__(self, message: str, step: int, last_checkpoint: int | None):
+    super().__init__(message)
+    self.step, self.last_checkpoint = step, last_checkpoint
+
+
+class Interrupted(KeyboardInterrupt):
+  """A second Ctrl-C: the run stopped at once, without saving."""
 
 
 # ----------------------------------------------------------------------------- setup
@@ -152,6 +180,7 @@ class Run:
   checkpointer: checkpointing.Checkpointer
   writer: metrics_writer.MetricsWriter
   init_checkpoint: str | None
+  skipped_steps: int = 0  # non-finite updates skipped (config.train.nonfinite="skip")
 
   @property
   def model_cfg(self):
@@ -206,6 +235,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
   if config.objective not in OBJECTIVES:
     raise TrainError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
   model_cfg, init_path = resolve_init_checkpoint(config)
+  builder.nonfinite_policy(config)
   parts = builder.build_step(config, model_cfg)
   train_iter, eval_factory = make_data(config, model_cfg.length, parts.process)
   check_eval_batches(config, eval_factory)
@@ -240,14 +270,22 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
 
 def maybe_resume(run: Run) -> int:
-  """Restores the latest checkpoint in workdir (if any and resume is on); returns the step."""
-  latest = run.checkpointer.latest_step()
-  if latest is None or not run.config.train.resume:
+  """Restores the newest intact checkpoint in workdir (if any and resume is on); returns
+  the step. A damaged newer checkpoint is reported in one line (logging.warning) and
+  skipped; TrainError listing the damage when no checkpoint reads."""
+  if run.checkpointer.latest_step() is None or not run.config.train.resume:
     return 0
   abstract = checkpointing.abstract_like(run.state)
-  state, data_state, meta = run.checkpointer.restore(latest, abstract)
+  try:
+    found = run.checkpointer.restore_newest_intact(abstract)
+  except checkpointing.DamagedCheckpoints as e:
+    raise TrainError(str(e)) from None
+  if found is None:
+    return 0
+  latest, state, data_state, meta = found
   _check_resume_meta(meta, run.config, run.model_cfg, run.checkpointer.directory)
   run.state = state
+  run.skipped_steps = int(meta.get("skipped_steps", 0))
   run.train_iter.set_state(data_state)
   if run.writer.enabled:  # process 0 owns the log; others rewriting it would race
     metrics_writer.truncate_jsonl(run.writer.path, latest)
@@ -256,9 +294,11 @@ def maybe_resume(run: Run) -> int:
 
 
 def save(run: Run, step: int) -> None:
+  """Checkpoints ``run.state`` (the caller has checked that it is finite)."""
   # A step that is already on disk (e.g. the last periodic save) is not written twice.
-  run.checkpointer.save(step, run.state, run.train_iter.get_state(),
-                        _meta(run.config, run.model_cfg))
+  meta = _meta(run.config, run.model_cfg)
+  meta["skipped_steps"] = int(run.skipped_steps)
+  run.checkpointer.save(step, run.state, run.train_iter.get_state(), meta)
 
 
 def eval_params(run: Run):
@@ -305,7 +345,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
   ``hooks`` are called after every step as ``hook(step, params)`` (see :data:`Hook`).
   """
   run = build(config, workdir)
-  start = maybe_resume(run)
+  try:
+    start = maybe_resume(run)
+  except BaseException:
+    run.checkpointer.close()
+    run.writer.close()
+    raise
+  policy = builder.nonfinite_policy(config)
   total, log_every = run.total_steps, max(1, int(config.train.log_every))
   temperatures = () if run.parts.drift is None else run.parts.drift.temperatures
   eval_every = int(config.train.eval_every)
@@ -316,35 +362,93 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
   bar = tqdm(total=total, initial=start, desc=f"{config.objective}",
              disable=not (is_main and config.train.progress), dynamic_ncols=True)
   step = start
+  last_saved = start or None
+  # Device scalars, updated without a host sync: the state's finite flag (None: no step
+  # ran, the state is the initial or restored one), the first step whose update was not
+  # finite (0: none) and, for "skip", the number of skipped updates.
+  finite, first_bad, skipped = None, None, None
+  logged_step = -1
+
+  def skipped_total() -> int:
+    return run.skipped_steps + (0 if skipped is None else int(skipped))
+
+  def save_checked(step, metrics):
+    nonlocal skipped
+    check_finite(step, metrics)
+    run.skipped_steps, skipped = skipped_total(), None
+    save(run, step)
+
+  def log_row(step, metrics, extra):
+    nonlocal logged_step
+    scalars = metrics_writer.flatten_metrics(metrics, temperatures)
+    scalars.update(extra)
+    if policy == "skip":
+      scalars["skipped_steps"] = float(skipped_total())
+    run.writer.write(step, scalars)
+    logged_step = step
+    return scalars
+
+  def check_finite(step, metrics):
+    """Before a save and at log steps: stop (policy "stop") on a non-finite state."""
+    if finite is None or policy != "stop" or bool(finite):
+      return
+    scalars = (metrics_writer.flatten_metrics(metrics, temperatures) if logged_step == step
+               else log_row(step, metrics, {}))
+    # The loss first, then the metrics in their logged order.
+    bad = sorted((k for k, v in scalars.items() if not np.isfinite(v)),
+                 key=lambda k: not k.startswith("loss"))
+    what = f"{bad[0]}={scalars[bad[0]]}" if bad else "the parameters or optimizer state"
+    since = int(first_bad)
+    where = f"step {since}" if since in (0, step) else f"step {since} (found at step {step})"
+    resume = (f"rerun to resume from the checkpoint of step {last_saved}" if last_saved
+              else "rerun to start over (no checkpoint was written)")
+    raise NonFiniteError(
+        f"non-finite training state at {where}: first non-finite metric {what}; nothing "
+        f"non-finite was saved; lower config.optim.lr (or set config.train.nonfinite=skip) "
+        f"and {resume}", step=step, last_checkpoint=last_saved)
+
   try:
     with Preemption() as preempt:
       t_last, n_since, t_compile = time.time(), 0, None
       stop = False
+      metrics: dict = {}
       while step < total and not stop:
         # Token ids were checked for the whole split in make_data, on every process alike.
         local = np.asarray(next(run.train_iter), np.int32)
         batch = jax.make_array_from_process_local_data(run.parts.batch_sharding, local)
         run.state, metrics = run.parts.step_fn(run.state, batch, run.encoder_params)
+        metrics = dict(metrics)
+        ok = metrics.pop("finite")
+        if policy == "skip":
+          miss = 1 - ok.astype(np.int32)
+          skipped = miss if skipped is None else skipped + miss
+          # The state kept is the previous (finite) one.
+        else:
+          finite = ok if finite is None else finite & ok
+          bad_now = (~ok).astype(np.int32) * run.state.step
+          first_bad = bad_now if first_bad is None else jnp.where(first_bad > 0, first_bad,
+                                                                  bad_now)
         step += 1
         n_since += 1
         bar.update(1)
         if step % log_every == 0 or step == total:
-          scalars = metrics_writer.flatten_metrics(metrics, temperatures)
+          extra = {}
+          jax.block_until_ready(metrics)
           now = time.time()
           if t_compile is None:
             t_compile = now - t_last
-            scalars["compile_and_first_steps_s"] = t_compile
+            extra["compile_and_first_steps_s"] = t_compile
           else:
-            scalars["step_time_s"] = (now - t_last) / n_since
-            scalars["tokens_per_s"] = tokens_per_step / scalars["step_time_s"]
+            extra["step_time_s"] = (now - t_last) / n_since
+            extra["tokens_per_s"] = tokens_per_step / extra["step_time_s"]
           t_last, n_since = now, 0
-          if not all(math.isfinite(v) for v in scalars.values()):
-            raise FloatingPointError(f"non-finite metrics at step {step}: {scalars}")
-          run.writer.write(step, scalars)
+          scalars = log_row(step, metrics, extra)
+          check_finite(step, metrics)
           last_metrics = scalars
           bar.set_postfix(loss=f"{scalars['loss']:.4g}")
         if run.checkpointer.should_save(step):
-          save(run, step)
+          save_checked(step, metrics)
+          last_saved = step
         ev = {}
         if eval_every > 0 and (step % eval_every == 0 or step == total):
           ev.update(validation_nll(run, int(config.train.eval_batches)))
@@ -356,16 +460,27 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
           t_last = time.time()
         stop = preempt.should_stop(step % log_every == 0)
       if stop and step < total:
-        save(run, step)
+        save_checked(step, metrics)
         summary["preempted"] = True
-        logging.warning("SIGTERM: checkpointed step %d in %s", step, run.checkpointer.directory)
+        summary["exit_code"] = 128 + preempt.signum
+        summary["signal"] = "SIGINT" if summary["exit_code"] == EXIT_INTERRUPTED else "SIGTERM"
+        logging.warning("%s: checkpointed step %d in %s", summary["signal"], step,
+                        run.checkpointer.directory)
     if not summary["preempted"]:
-      save(run, step)
+      save_checked(step, metrics)
       if config.train.export_backbone:
         summary["backbone"] = export_backbone(run)
+  except KeyboardInterrupt as e:
+    if isinstance(e, Interrupted):
+      raise
+    resume = (f"the checkpoint of step {last_saved}" if last_saved else "the start")
+    raise Interrupted(f"interrupted again (Ctrl-C) at step {step}: stopped without saving; "
+                      f"a rerun resumes from {resume}") from None
   finally:
     bar.close()
     run.checkpointer.close()
     run.writer.close()
   summary.update(step=step, metrics=last_metrics)
+  if policy == "skip":
+    summary["skipped_steps"] = skipped_total()
   return summary
