@@ -6,7 +6,8 @@ checkpoint, the continuation run and the TokenDrift run). Writes ``DIR/compare.m
 row per run, Gen.-PPL and entropy per NFE as mean ± SD over seeds, best Gen.-PPL per NFE in
 bold), ``DIR/compare.json`` and ``DIR/compare.png`` (Gen.-PPL and entropy against NFE side
 by side, one line per run). Runs of different diffusion processes (``process`` in
-results.json; ``arch`` in files of older versions) are refused. Errors print one
+results.json; ``arch`` in files of older versions) are refused, and so are two runs with
+one label (each run's ``label`` in results.json, or ``--labels``). Errors print one
 ``error: ...`` line and exit with status 2, before anything is written.
 """
 
@@ -35,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 def compare_runs(run_dirs, out: str, labels=None, title: str | None = None) -> dict:
   """Reads the runs, writes compare.md / compare.json / compare.png; returns the JSON."""
   results = [report.read_results(d) for d in run_dirs]
-  payload, md = report.compare(results, labels)
+  payload, md = report.compare(results, labels, run_dirs=list(run_dirs))
   os.makedirs(out, exist_ok=True)
   plots.plot_comparison([(r["label"], r["summary"]) for r in payload["runs"]],
                         os.path.join(out, "compare.png"),

@@ -8,6 +8,11 @@ everything was computed:
 * ``OUT/results.md``: a Tables 1-2 shaped table;
 * ``OUT/samples.jsonl``: one line per sample (nfe, seed, index, text, token_ids).
 
+Rows are labelled by the run (:func:`run_label`): ``config.label``, or for an empty label
+the training run's name when the checkpoint is a run's export ``WORKDIR/backbone`` (the
+name of WORKDIR), else the checkpoint directory's name. A training directory itself passed
+as ``config.checkpoint`` is an error that names ``WORKDIR/backbone``.
+
 :func:`run` turns user errors into one ``error: ...`` line on stderr and status 2; they are
 all detected before any output is written.
 
@@ -71,6 +76,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   seeds = eval_config.check_int_list(config.seeds, "config.seeds", minimum=0)
   num_samples = eval_config.check_num_samples(config.num_samples, "config.num_samples")
   ckpt = os.path.abspath(os.path.expanduser(str(config.checkpoint)))
+  if is_training_workdir(ckpt) and not os.path.isdir(os.path.join(ckpt, "params")):
+    backbone = os.path.join(ckpt, "backbone")
+    raise err(f"did you mean --config.checkpoint={backbone}? config.checkpoint={ckpt} is a "
+              f"training run's directory; a run exports the backbone it evaluates to "
+              f"WORKDIR/backbone" + ("" if os.path.isdir(backbone) else
+                                     " when its training finishes (none there yet)"))
   try:
     model_cfg, meta = checkpoints.read_backbone_config(ckpt)
     process_name = checkpoints.checkpoint_process(meta, ckpt)
@@ -104,7 +115,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   _, params, _ = checkpoints.load_backbone_params(ckpt)
   weights_hash = _weights_hash(params)
   params = sharding.to_global(params, sharding.param_sharding(params, mesh, "replicated"))
-  label = str(config.label) or os.path.basename(ckpt.rstrip("/"))
+  label = run_label(str(config.label), ckpt)
   judge_info = judges.info(judge)
   sampling = {"nfe": list(nfes), "seeds": list(seeds), "num_samples": num_samples,
               "batch": evaluator.batch, "length": length,
@@ -150,6 +161,30 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   files.write_text(os.path.join(workdir, RESULTS_MD), report.results_markdown(payload))
   shutil.rmtree(progress_dir, ignore_errors=True)
   return payload
+
+
+def is_training_workdir(path: str) -> bool:
+  """Whether ``path`` is a training run's directory (``config.json`` or ``checkpoints/``)."""
+  return (os.path.isfile(os.path.join(path, "config.json"))
+          or os.path.isdir(os.path.join(path, "checkpoints")))
+
+
+def run_label(label: str, checkpoint: str) -> str:
+  """The row label of an evaluation in results.md and compare tables.
+
+  ``config.label`` when set; else the name of the *run*: for a training run's export
+  ``WORKDIR/backbone`` (a ``backbone`` directory inside a training directory, see
+  :func:`is_training_workdir`) the name of WORKDIR, otherwise the checkpoint directory's
+  name (``/ckpt/mdlm`` -> ``mdlm``). Every training run exports a directory named
+  ``backbone``, so labelling by the directory's own name would give all runs one label.
+  """
+  if label:
+    return label
+  ckpt = os.path.abspath(os.path.expanduser(checkpoint)).rstrip(os.sep)
+  parent = os.path.dirname(ckpt)
+  if os.path.basename(ckpt) == "backbone" and is_training_workdir(parent):
+    return os.path.basename(parent)
+  return os.path.basename(ckpt)
 
 
 def _weights_hash(params) -> str:

@@ -3,6 +3,8 @@
 Every file is written to a temporary file in the target's directory and then renamed with
 ``os.replace`` (atomic on POSIX within one file system), so a crash or a preemption never
 leaves a partial file under the final name: a reader sees the old content or the new one.
+The files get the mode a plain ``open(path, "w")`` gives (0666 less the umask), not the
+0600 of the temporary file.
 """
 
 from __future__ import annotations
@@ -20,12 +22,20 @@ def _atomic_write(path: str, write: Callable[[TextIO], None]) -> None:
                              dir=directory)
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
+      # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask).
+      os.fchmod(f.fileno(), 0o666 & ~_umask())
       write(f)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)  # the only way to read it; set back at once
+  os.umask(mask)
+  return mask
 
 
 def write_text(path: str, text: str) -> None:

@@ -198,25 +198,39 @@ def read_results(run_dir: str) -> dict:
 # ----------------------------------------------------------------------------- compare
 
 
-def compare(results: Sequence[dict], labels: Sequence[str] | None = None) -> tuple[dict, str]:
+def compare(results: Sequence[dict], labels: Sequence[str] | None = None,
+            run_dirs: Sequence[str] | None = None) -> tuple[dict, str]:
   """Assembles several runs of one backbone into one Tables 1-2 style table.
 
   Args:
     results: results.json payloads (e.g. released / continuation / TokenDrift).
     labels: row labels (default: each run's label).
+    run_dirs: the runs' directories, named in errors.
 
   Returns:
     (compare.json payload, compare.md text).
 
   Raises:
-    ReportError: no runs, a label count mismatch, or runs of different diffusion processes.
+    ReportError: no runs, a label count mismatch, two rows with one label, or runs of
+      different diffusion processes.
   """
   if not results:
     raise ReportError("compare needs at least one run directory")
+  given = labels is not None
   if labels is None:
     labels = [r["label"] for r in results]
   if len(labels) != len(results):
     raise ReportError(f"{len(labels)} labels for {len(results)} runs")
+  names = list(run_dirs) if run_dirs is not None else [f"run {i + 1}" for i in range(
+      len(results))]
+  for j, lab in enumerate(labels):
+    first = labels.index(lab)
+    if first != j:
+      fix = ("give --labels distinct names" if given else
+             "label the rows apart with --labels L1 L2 ... (one per RUN_DIR), or evaluate "
+             "with --config.label=NAME")
+      raise ReportError(f"{fix}: {names[first]} and {names[j]} are both labelled {lab!r}, "
+                        f"the table's rows would not tell them apart")
   processes = sorted({str(run_process(r)) for r in results})
   if len(processes) > 1:
     raise ReportError(f"the runs are of different backbones {processes}: Tables 1-2 compare "
