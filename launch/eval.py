@@ -5,11 +5,14 @@ For every NFE in ``config.nfe`` and seed in ``config.seeds``: ``config.num_sampl
 unconditional samples with the backbone's sampler, decoded and scored (Gen-PPL by the judge,
 entropy of the token ids). Writes ``OUT/results.json``, ``OUT/results.md`` (a Tables 1-2
 shaped table, mean ± SD over seeds) and ``OUT/samples.jsonl``. Any config field can be
-overridden, e.g. ``--config.nfe=(4,8) --config.judge=/data/gpt2-large-flax``.
+overridden, e.g. ``--config.nfe=(4,8) --config.judge=/data/gpt2-large-flax``;
+``--config=configs/eval.py --help`` lists the fields with their defaults. A row is labelled
+``config.label``, else by its run (``WORKDIR`` for a training run's ``WORKDIR/backbone``).
 
-User errors (missing checkpoint or judge, vocabulary mismatch, empty sample set, a batch
-that does not divide over the devices, ...) print one ``error: ...`` line to stderr and
-exit with status 2, before any output is written. See docs/EVALUATION.md; the work is done
+User errors (a misspelled ``--config.*`` field or a missing config file, missing
+checkpoint or judge, vocabulary mismatch, empty sample set, a batch that does not divide
+over the devices, ...) print one ``error: ...`` line to stderr and exit with status 2,
+before any output is written. See docs/EVALUATION.md; the work is done
 by tokendrift_jax/eval/cli.py.
 """
 

@@ -1,6 +1,8 @@
 """Train: ``python launch/train.py --config=configs/mdlm_drift.py --workdir=DIR``.
 
-Any config field can be overridden, e.g. ``--config.optim.lr=5e-5``. Multi-host runs set
+Any config field can be overridden, e.g. ``--config.optim.lr=5e-5``
+(``--config=FILE --help`` lists them with their defaults; a misspelled field or a missing
+config file is one ``error: ...`` line and exit status 2). Multi-host runs set
 ``--config.distributed.*`` (or rely on the cluster environment) and start the same command
 on every host. A config that defines ``experiment`` (e.g. configs/demo.py) runs that
 experiment instead of a single training run.
