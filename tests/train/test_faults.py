@@ -1,7 +1,7 @@
 """Fault tolerance of the training loop (issue 15): non-finite states, Ctrl-C, damaged
 checkpoints.
 
-Every run is a tiny continuation run (1 device, 3 steps, a checkpoint every step). The
+Every run is a tiny TokenDrift run (1 device, 3 steps, a checkpoint every step). The
 uninterrupted reference run is made once per module; the damage tests edit copies of its
 checkpoints.
 """
@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from tokendrift_jax import entrypoints
+from tokendrift_jax.train import builder
 from tokendrift_jax.train import checkpointing
 from tokendrift_jax.train import metrics_writer
 from tokendrift_jax.train import step as step_lib
@@ -33,8 +34,8 @@ STEPS = 3
 @pytest.fixture(scope="module")
 def fault_config(tiny_dir, tiny_run_config):
   def make(**over):
-    c = tiny_run_config(tiny_dir, objective="continuation", steps=STEPS, mesh_shape=(1, 1),
-                        num_devices=1)
+    # The step program of test_trainer's one-device run: compiled once per session.
+    c = tiny_run_config(tiny_dir, steps=STEPS, mesh_shape=(1, 1), num_devices=1)
     c.train.checkpoint_every, c.train.export_backbone = 1, False
     for key, value in over.items():
       group, field = key.split("__")
@@ -45,27 +46,30 @@ def fault_config(tiny_dir, tiny_run_config):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, fault_config, read_losses):
-  """The uninterrupted run: (workdir, losses); checkpoints 1, 2, 3."""
+  """The uninterrupted run: (workdir, losses, abstract state); checkpoints 1, 2, 3."""
   wd = str(tmp_path_factory.mktemp("faults") / "reference")
   trainer.train(fault_config(), wd)
   losses = read_losses(wd)
   assert len(losses) == STEPS and np.all(np.isfinite(losses))
-  return wd, losses
+  abstract = builder.build_step(fault_config()).abstract_args()[0]
+  return wd, losses, abstract
+
+
+@pytest.fixture(scope="module")
+def restore(reference):
+  """``restore(workdir, step)``: the TrainState checkpointed at ``step``."""
+  def fn(wd, step):
+    ckpt = checkpointing.Checkpointer(wd)
+    try:
+      return ckpt.restore(step, reference[2])[0]
+    finally:
+      ckpt.close()
+  return fn
 
 
 def _steps_on_disk(wd):
   d = os.path.join(wd, "checkpoints")
   return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
-
-
-def _restore(wd, step, cfg):
-  run = trainer.build(cfg, wd)
-  try:
-    state, _, _ = run.checkpointer.restore(step, checkpointing.abstract_like(run.state))
-  finally:
-    run.checkpointer.close()
-    run.writer.close()
-  return state
 
 
 def _files(path):
@@ -87,7 +91,7 @@ def _one_error_line(err: str) -> str:
 
 
 def test_nonfinite_state_is_never_saved_and_the_rerun_resumes_finite(
-    tmp_path, fault_config, capsys, read_losses):
+    tmp_path, fault_config, capsys, restore):
   """lr=1e6, log every 5, checkpoint every step: step 2 is NaN (issue 15.1).
 
   The run stops at step 2 with one line (exit 2) and that step's metrics row; only the
@@ -104,7 +108,7 @@ def test_nonfinite_state_is_never_saved_and_the_rerun_resumes_finite(
   rows = metrics_writer.read_jsonl(os.path.join(wd, "metrics.jsonl"))
   assert [r["step"] for r in rows] == [2] and rows[0]["loss"] == "nan"
   good = _files(os.path.join(wd, "checkpoints", "1"))
-  state1 = _restore(wd, 1, fault_config())
+  state1 = restore(wd, 1)
   assert bool(step_lib.all_finite(state1))
 
   # The rerun resumes from the finite step 1; "skip" keeps the state of step 1.
@@ -112,7 +116,7 @@ def test_nonfinite_state_is_never_saved_and_the_rerun_resumes_finite(
   assert out["start_step"] == 1 and out["step"] == STEPS and out["skipped_steps"] == 2
   assert _steps_on_disk(wd) == [1, 2, 3]
   assert _files(os.path.join(wd, "checkpoints", "1")) == good
-  state3 = _restore(wd, 3, fault_config())
+  state3 = restore(wd, 3)
   chex.assert_trees_all_equal(state3.params, state1.params)
   chex.assert_trees_all_equal(state3.opt_state, state1.opt_state)
   rows = metrics_writer.read_jsonl(os.path.join(wd, "metrics.jsonl"))
@@ -228,40 +232,43 @@ NO_NOISE = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWa
 @NO_NOISE
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_damaged_latest_checkpoint_falls_back_to_the_intact_one(
-    damage, tmp_path, fault_config, reference, caplog):
-  """Each damage of issue 15.5 to the latest checkpoint (3): resume says so in one line and
-  restores step 2, equal to the reference's step 2; the damaged step is left on disk."""
+    damage, tmp_path, reference, restore, caplog):
+  """Each damage of issue 15.5 to the latest checkpoint (3): the resume path
+  (Checkpointer.restore_newest_intact, what trainer.maybe_resume calls) says so in one line
+  and restores step 2, equal to the reference's step 2; the damaged step is left on disk.
+  (The next test runs the whole launch path on one of these damages.)"""
   wd = _copy_damaged(reference, str(tmp_path / "wd"), {3: damage})
   caplog.set_level(logging.WARNING)
-  run = trainer.build(fault_config(), wd)
+  ckpt = checkpointing.Checkpointer(wd)
   try:
-    assert trainer.maybe_resume(run) == 2
-    got = run.state
+    step, got, data_state, meta = ckpt.restore_newest_intact(reference[2])
   finally:
-    run.checkpointer.close()
-    run.writer.close()
+    ckpt.close()
+  assert step == 2 and meta["objective"] == "drift" and data_state
   warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
   assert len(warnings) == 1, warnings
   assert len(warnings[0].splitlines()) == 1 and len(warnings[0]) < 400, warnings[0]
   assert "checkpoints/3 is unreadable" in warnings[0] and "resuming from step 2" in warnings[0]
   assert not any("Event loop is closed" in r.getMessage() for r in caplog.records)
-  chex.assert_trees_all_equal(got, _restore(reference[0], 2, fault_config()))
+  chex.assert_trees_all_equal(got, restore(reference[0], 2))
   assert _steps_on_disk(wd) == [1, 2, 3]
 
 
 @NO_NOISE
 def test_resume_past_a_damaged_checkpoint_reproduces_the_uninterrupted_run(
-    tmp_path, fault_config, reference, capsys, read_losses):
+    tmp_path, fault_config, reference, restore, capsys, caplog, read_losses):
   """launch/train.py on a run whose checkpoint 3 is truncated: exit 0, the losses of the
   uninterrupted run, and step 3 rewritten intact."""
   wd = _copy_damaged(reference, str(tmp_path / "wd"), {3: "truncated array file"})
+  caplog.set_level(logging.WARNING)
   assert entrypoints.train_main(fault_config(), wd) == 0
+  assert [r.getMessage().split(" is unreadable")[0] for r in caplog.records
+          if "unreadable" in r.getMessage()] == [f"checkpoint {wd}/checkpoints/3"]
   err = capsys.readouterr().err
   assert "Event loop is closed" not in err and "Traceback" not in err, err
   assert read_losses(wd) == reference[1]
   assert _steps_on_disk(wd) == [1, 2, 3]
-  chex.assert_trees_all_equal(_restore(wd, 3, fault_config()),
-                              _restore(reference[0], 3, fault_config()))
+  chex.assert_trees_all_equal(restore(wd, 3), restore(reference[0], 3))
 
 
 @NO_NOISE

@@ -53,11 +53,16 @@ def one_line(e: BaseException, limit: int = 200) -> str:
 
 def _is_closed_loop_noise(unraisable) -> bool:
   exc = getattr(unraisable, "exc_value", None)
-  return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+  if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+    return True
+  # An orbax read coroutine orphaned by the failed restore, finalized later.
+  code = getattr(getattr(unraisable, "object", None), "cr_code", None)
+  return code is not None and "orbax" in str(getattr(code, "co_filename", ""))
 
 
 def drop_closed_loop_noise() -> None:
-  """Wraps sys.unraisablehook so that 'RuntimeError: Event loop is closed' is dropped.
+  """Wraps sys.unraisablehook so that 'RuntimeError: Event loop is closed' (and errors of
+  orphaned orbax coroutines) are dropped.
 
   After a failed tensorstore read, orbax closes its event loop while tensorstore threads
   still hold callbacks for it; each one later dies with that error, printed by the
