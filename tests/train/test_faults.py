@@ -123,6 +123,27 @@ def test_nonfinite_state_is_never_saved_and_the_rerun_resumes_finite(
   assert [(r["step"], r["skipped_steps"]) for r in rows] == [(2, 1.0), (3, 2.0)]
 
 
+def test_sigterm_save_is_checked_too(tmp_path, fault_config):
+  """The same NaN run, no periodic checkpoint, SIGTERM during step 2 (sent by a hook): the
+  preemption save refuses the NaN state (issue 15.1) and writes its metrics row."""
+  def sigterm_at_2(step, params):  # pylint: disable=unused-argument
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(0.05)
+    return {}
+
+  wd = str(tmp_path / "nan_sigterm")
+  cfg = fault_config(optim__lr=1e6, train__log_every=5, train__checkpoint_every=1000)
+  with pytest.raises(trainer.NonFiniteError, match="non-finite training state at step 2") as e:
+    trainer.train(cfg, wd, hooks=[sigterm_at_2])
+  assert e.value.step == 2 and e.value.last_checkpoint is None
+  assert "start over" in str(e.value) and len(str(e.value).splitlines()) == 1
+  assert _steps_on_disk(wd) == []
+  rows = metrics_writer.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [2] and rows[0]["loss"] == "nan"
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_nonfinite_policy_is_checked(fault_config, tmp_path, capsys):
   rc = entrypoints.train_main(fault_config(train__nonfinite="ignore"), str(tmp_path / "wd"))
   err = _one_error_line(capsys.readouterr().err)

@@ -425,7 +425,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
           # The state kept is the previous (finite) one.
         else:
           finite = ok if finite is None else finite & ok
-          bad_now = (~ok).astype(np.int32) * run.state.step
+          bad_now = jnp.where(ok, 0, step + 1).astype(jnp.int32)
           first_bad = bad_now if first_bad is None else jnp.where(first_bad > 0, first_bad,
                                                                   bad_now)
         step += 1
