@@ -43,7 +43,7 @@ class DamagedCheckpoints(Exception):
                      f"step directories (or the whole directory to start over) and rerun")
 
 
-def one_line(e: BaseException, limit: int = 200) -> str:
+def one_line(e: BaseException, limit: int = 160) -> str:
   """``Type: first line of the message`` (tensorstore errors run over many lines)."""
   msg = (str(e).strip().splitlines() or [""])[0]
   if len(msg) > limit:
