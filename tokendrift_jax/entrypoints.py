@@ -69,7 +69,7 @@ def train_main(config: ml_collections.ConfigDict, workdir: str | None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt as e:
-    print(f"error: {e or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+    print(f"error: {str(e) or 'interrupted (Ctrl-C) before training started'}", file=sys.stderr)
     return trainer.EXIT_INTERRUPTED
   if summary.get("preempted"):
     what = "interrupted (Ctrl-C)" if summary.get("signal") == "SIGINT" else "preempted"

@@ -17,7 +17,6 @@ import threading
 import time
 
 import chex
-import jax
 import numpy as np
 import pytest
 
