@@ -1,7 +1,7 @@
 """Fault tolerance of the training loop (issue 15): non-finite states, Ctrl-C, damaged
 checkpoints.
 
-Every run is a tiny TokenDrift run (1 device, 3 steps, a checkpoint every step). The
+Every run is a tiny continuation run (1 device, 3 steps, a checkpoint every step). The
 uninterrupted reference run is made once per module; the damage tests edit copies of its
 checkpoints.
 """
@@ -33,8 +33,9 @@ STEPS = 3
 @pytest.fixture(scope="module")
 def fault_config(tiny_dir, tiny_run_config):
   def make(**over):
-    # The step program of test_trainer's one-device run: compiled once per session.
-    c = tiny_run_config(tiny_dir, steps=STEPS, mesh_shape=(1, 1), num_devices=1)
+    # Continuation: the loop is under test, not the objective, and its step compiles fastest.
+    c = tiny_run_config(tiny_dir, objective="continuation", steps=STEPS, mesh_shape=(1, 1),
+                        num_devices=1)
     c.train.checkpoint_every, c.train.export_backbone = 1, False
     for key, value in over.items():
       group, field = key.split("__")
@@ -265,7 +266,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_intact_one(
     step, got, data_state, meta = ckpt.restore_newest_intact(reference[2])
   finally:
     ckpt.close()
-  assert step == 2 and meta["objective"] == "drift" and data_state
+  assert step == 2 and meta["objective"] == "continuation" and data_state
   warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
   assert len(warnings) == 1, warnings
   assert len(warnings[0].splitlines()) == 1 and len(warnings[0]) < 400, warnings[0]
