@@ -90,13 +90,11 @@ def _one_error_line(err: str) -> str:
 # ------------------------------------------------------------------ 1. non-finite states
 
 
-def test_nonfinite_state_is_never_saved_and_the_rerun_resumes_finite(
-    tmp_path, fault_config, capsys, restore):
+def _nan_run(tmp_path, fault_config, capsys, restore):
   """lr=1e6, log every 5, checkpoint every step: step 2 is NaN (issue 15.1).
 
   The run stops at step 2 with one line (exit 2) and that step's metrics row; only the
-  finite checkpoint of step 1 is on disk, untouched by the rerun that resumes from it (with
-  nonfinite="skip", which skips and counts the two NaN updates and saves finite states).
+  finite checkpoint of step 1 is on disk. Returns (workdir, checkpoint 1's files, state 1).
   """
   wd = str(tmp_path / "nan")
   rc = entrypoints.train_main(fault_config(optim__lr=1e6, train__log_every=5), wd)
@@ -110,6 +108,21 @@ def test_nonfinite_state_is_never_saved_and_the_rerun_resumes_finite(
   good = _files(os.path.join(wd, "checkpoints", "1"))
   state1 = restore(wd, 1)
   assert bool(step_lib.all_finite(state1))
+  return wd, good, state1
+
+
+def test_nonfinite_state_is_never_saved(tmp_path, fault_config, capsys, restore):
+  _nan_run(tmp_path, fault_config, capsys, restore)
+
+
+@pytest.mark.slow
+def test_nonfinite_state_is_never_saved_and_the_rerun_resumes_finite(
+    tmp_path, fault_config, capsys, restore):
+  """The NaN run, then a rerun that resumes from the finite step 1 with nonfinite="skip"
+  (it skips and counts the two NaN updates, saves finite states and leaves checkpoint 1 as
+  it was). Slow: the skip policy compiles a step of its own; the policy's effect on one
+  state is the same jnp.where as in the suite's other runs."""
+  wd, good, state1 = _nan_run(tmp_path, fault_config, capsys, restore)
 
   # The rerun resumes from the finite step 1; "skip" keeps the state of step 1.
   out = trainer.train(fault_config(optim__lr=1e6, train__nonfinite="skip"), wd)
@@ -179,10 +192,9 @@ class _SignalInWriter:
       monkeypatch.setattr(tbw.FileWriter, "close", lambda fw: self.release.wait())
 
 
-def test_ctrl_c_checkpoints_at_the_step_boundary_and_resumes_exactly(
-    tmp_path, fault_config, reference, capsys, monkeypatch, read_losses):
+def _ctrl_c_run(tmp_path, fault_config, capsys, monkeypatch):
   """A Ctrl-C inside the TensorBoard write of step 2 (issue 15.4): the run checkpoints step
-  2 and exits 130; the rerun reproduces the uninterrupted run's losses."""
+  2 and exits 130. Returns the workdir."""
   wd = str(tmp_path / "sigint")
   hook = _SignalInWriter(monkeypatch, at_step=2, count=1)
   # No periodic checkpoint: the one on disk is the signal's.
@@ -194,6 +206,19 @@ def test_ctrl_c_checkpoints_at_the_step_boundary_and_resumes_exactly(
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
   assert _steps_on_disk(wd) == [2]
   monkeypatch.undo()
+  return wd
+
+
+def test_ctrl_c_checkpoints_at_the_step_boundary(tmp_path, fault_config, capsys, monkeypatch):
+  _ctrl_c_run(tmp_path, fault_config, capsys, monkeypatch)
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_at_the_step_boundary_and_resumes_exactly(
+    tmp_path, fault_config, reference, capsys, monkeypatch, read_losses):
+  """The Ctrl-C run, then the rerun: it reproduces the uninterrupted run's losses. Slow: the
+  suite's resume-equality check is the damaged-checkpoint resume below."""
+  wd = _ctrl_c_run(tmp_path, fault_config, capsys, monkeypatch)
   assert entrypoints.train_main(fault_config(train__checkpoint_every=1000), wd) == 0
   assert read_losses(wd) == reference[1]
 
