@@ -22,9 +22,10 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
 
 import numpy as np
+
+from tokendrift_jax import fs
 
 # Files that make up a GPT-2 tokenizer in an HF directory (slow and fast forms).
 TOKENIZER_FILES = (
@@ -72,6 +73,7 @@ def _verify(src: pathlib.Path, dst: pathlib.Path, vocab_size: int, n_positions: 
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
+
 
   length = min(_VERIFY_LENGTH, n_positions)
   ids = np.random.default_rng(0).integers(0, vocab_size, size=(1, length), dtype=np.int64)
@@ -126,8 +128,8 @@ def convert_gpt2(src_dir: str | os.PathLike, dst_dir: str | os.PathLike,
     raise FileExistsError(f"destination {str(dst)!r} exists; pass force=True (--force) to replace it")
   dst.parent.mkdir(parents=True, exist_ok=True)
 
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
-  try:
+  def write(tmp_dir: str) -> None:
+    tmp = pathlib.Path(tmp_dir)
     # transformers' own PyTorch -> Flax mapping (it needs _do_init=True).
     model = transformers.FlaxGPT2LMHeadModel.from_pretrained(str(src), from_pt=True)
     model.save_pretrained(str(tmp))
@@ -140,25 +142,9 @@ def convert_gpt2(src_dir: str | os.PathLike, dst_dir: str | os.PathLike,
     if verify:
       _verify(src, tmp, vocab_size=config["vocab_size"],
               n_positions=config.get("n_positions", _VERIFY_LENGTH))
-    if dst.exists():
-      # Swap in two renames so that dst is either the old or the new directory.
-      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-      os.rmdir(old)
-      os.rename(dst, old)
-      try:
-        os.rename(tmp, dst)
-      except BaseException:
-        os.rename(old, dst)
-        raise
-      if old.is_dir():
-        shutil.rmtree(old)
-      else:
-        old.unlink()
-    else:
-      os.rename(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+
+  # dst is either the old or the new directory at every moment.
+  fs.write_then_swap(str(dst), write, label="partial")
   return dst
 
 
