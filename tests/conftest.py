@@ -38,6 +38,16 @@ import chex  # noqa: E402  (imports jax; no backend is initialised by the import
 # themselves.
 chex.set_n_cpu_devices(8)
 
+# The suite's time is mostly XLA:CPU compiling tiny programs, and most of that is LLVM's
+# optimisation of the generated code, which the tests' tiny shapes cannot profit from.
+# Level 0 keeps XLA's own HLO passes (so the programs are the ones users run) and skips
+# only LLVM's; it halves many tests' wall time. Numbers keep IEEE semantics (XLA:CPU
+# fast-math stays off), so every tolerance keeps its meaning. Test subprocesses that set
+# their own XLA_FLAGS add TEST_XLA_FLAGS to it.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ["TOKENDRIFT_TEST_XLA_FLAGS"] = TEST_XLA_FLAGS
+os.environ["XLA_FLAGS"] = f"{os.environ['XLA_FLAGS']} {TEST_XLA_FLAGS}"
+
 import jax  # noqa: E402
 
 # float32 matmuls at full precision so parity tolerances mean what they say.

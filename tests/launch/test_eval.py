@@ -110,7 +110,8 @@ def test_cli_two_processes_equal_one_process(eval_assets, eval_cli_run, tmp_path
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+             + os.environ.get("TOKENDRIFT_TEST_XLA_FLAGS", ""),
              JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
   procs = []
   for pid in range(2):

@@ -37,7 +37,8 @@ def _write_cfg_file(tmp, body):
 
 def _env(extra_devices=8):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={extra_devices}")
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={extra_devices} "
+                 + os.environ.get("TOKENDRIFT_TEST_XLA_FLAGS", ""))
   return env
 
 
