@@ -513,18 +513,24 @@ class LLaDAFlops:
   def recompute(self, length: int, policy: str, *, weight_grads: bool) -> int:
     """Extra forward products of one differentiated block stack under remat ``policy``.
 
-    As for the DiT (``DiTFlops.recompute``): ``nothing_saveable`` recomputes every product
-    of the block, less the MLP's output Linear (ff_out) when there are no weight gradients
-    (its result only forms the block output); ``dots_with_no_batch_dims_saveable`` the
-    attention products (only QKᵀ without weight gradients); the other policies none.
+    Only what the backward pass reads is recomputed (XLA removes the rest):
+
+    * ``nothing_saveable``: every product of the block but the MLP's output Linear
+      (ff_out), with or without weight gradients: its result only forms the block output
+      through the residual sum, whose backward needs no values (the DiT's differs: there
+      the result is also multiplied by the adaLN gate). attn_out's result is recomputed:
+      it forms the residual stream that ff_norm and the MLP read.
+    * ``dots_with_no_batch_dims_saveable``: the attention products (Linear outputs are
+      saved); without weight gradients only QKᵀ (P·V's result only feeds attn_out, whose
+      input is needed for its weight gradient alone).
+    * ``dots_saveable`` / ``everything_saveable`` / "": none.
     """
     remat_policy_fn(policy)  # validates the name
     cfg = self.cfg
     attn = cfg.n_layers * length * self.attention_per_token(length)
     if policy == "nothing_saveable":
-      linear = cfg.n_layers * length * self.block_linear_per_token()
-      if not weight_grads:
-        linear -= cfg.n_layers * length * 2 * cfg.mlp_hidden_size * cfg.d_model
+      linear = cfg.n_layers * length * (self.block_linear_per_token()
+                                        - 2 * cfg.mlp_hidden_size * cfg.d_model)
       return linear + attn
     if policy == "dots_with_no_batch_dims_saveable":
       return attn if weight_grads else attn // 2
