@@ -114,6 +114,15 @@ def test_index_names_a_tensor_absent_from_its_shard(release, tmp_path, capsys):
   assert f"{elsewhere}: does not hold '{name}'" in err
 
 
+def test_shard_holds_a_tensor_its_index_does_not_list(release, tmp_path, capsys):
+  from safetensors.torch import load_file, save_file  # pylint: disable=import-outside-toplevel
+  src = _copy(release[0], str(tmp_path / "hf"))
+  shard = os.path.join(src, "model-00001-of-00003.safetensors")
+  save_file(dict(load_file(shard), extra=torch.zeros(3)), shard, metadata={"format": "pt"})
+  err = _fails(capsys, src, str(tmp_path / "out"))
+  assert f"{shard}: unknown key 'extra'" in err
+
+
 def test_vocabulary_disagrees_with_the_embedding(release, tmp_path, capsys):
   src = _copy(release[0], str(tmp_path / "hf"))
   cfg = dict(release[2], vocab_size=170, embedding_size=170)
