@@ -21,6 +21,7 @@ under ``model.transformer.`` -- sharded (``model.safetensors.index.json`` + shar
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from typing import Any
@@ -363,11 +364,9 @@ def read_weights(shards: dict[str, dict], config: LLaDAConfig) -> tuple[dict, li
   for fname, dtypes in shards.items():
     framework = "np"
     if "BF16" in dtypes.values():
-      try:
-        import torch  # pylint: disable=import-outside-toplevel,unused-import
-      except ImportError as e:
+      if importlib.util.find_spec("torch") is None:
         raise ConversionError(f"{fname}: reading bfloat16 safetensors needs PyTorch: pip "
-                              f"install -r requirements-convert.txt") from e
+                              f"install -r requirements-convert.txt")
       framework = "pt"   # numpy has no bfloat16
     with _safe_open(fname, framework) as f:
       for name in dtypes:
@@ -419,3 +418,148 @@ def load_source(src: str, *, ema: bool = False, process: str | None = None,
   meta = {"process": "llada", "source": os.path.abspath(src), "source_kind": "hf_dir",
           "ema": False, "source_dtypes": dtypes, **notes}
   return params, config, meta
+
+
+# ------------------------------------------------------------------- export (the inverse)
+# Shown by `python -m convert.export --help` for --family llada, with EXPORT_FORMATS.
+EXPORTS = """\
+  (LLaDA)
+  hf          a directory as the LLaDA releases have it: config.json with every public
+              ModelConfig field explicit (the class defaults are GPT-2's), weights under
+              'model.transformer.' in model.safetensors, sharded with
+              model.safetensors.index.json above --max-shard-size; eos/pad token ids
+              from the checkpoint's meta when it has them. The release's
+              configuration_llada.py / modeling_llada.py are not written (copy them from
+              the hub release to load with trust_remote_code)."""
+
+EXPORT_FORMATS = ("hf",)
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+_AUTO_MAP = {"AutoConfig": "configuration_llada.LLaDAConfig",
+             "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+             "AutoModel": "modeling_llada.LLaDAModelLM"}
+
+
+def check_exportable(config: LLaDAConfig, meta: dict, fmt: str) -> None:
+  """Refuses a format the llada family does not write (every LLaDAConfig is a release
+  config; the process is not recorded in an HF directory)."""
+  del config, meta
+  if fmt not in EXPORT_FORMATS:
+    raise ConversionError(f"--format {fmt!r}: the llada family exports {list(EXPORT_FORMATS)}")
+
+
+def _get(tree: dict, path: tuple):
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def to_torch_state(params: dict, config: LLaDAConfig) -> dict[str, np.ndarray]:
+  """The inverse of the import: pure param dict -> the release's state dict (float32
+  [out, in] weights, in the release's order)."""
+  state: dict[str, np.ndarray] = {}
+  for name in hf_names(config):
+    path, transpose = flax_path(name)
+    try:
+      arr = np.asarray(_get(params, path), np.float32)
+    except (KeyError, TypeError) as e:
+      raise ConversionError(f"the parameters have no {path} for '{name}'") from e
+    arr = np.ascontiguousarray(arr.T) if transpose else arr
+    if tuple(arr.shape) != hf_shape(name, config):
+      raise ConversionError(f"parameter {path} gives '{name}' the shape {tuple(arr.shape)}, "
+                            f"expected {hf_shape(name, config)} for {config}")
+    state[name] = arr
+  return state
+
+
+def hf_config(config: LLaDAConfig, meta: dict, dtype: str = "float32") -> dict:
+  """config.json for ``config``: every public ModelConfig field explicit, LLaDA's values
+  for the fields the project fixes (block type, norms, no biases, ...) and the
+  non-functional ones (init as the release)."""
+  out = dict(MODEL_CONFIG_DEFAULTS)
+  out.update(
+      d_model=config.d_model, n_heads=config.n_heads, n_kv_heads=config.n_kv_heads,
+      n_layers=config.n_layers, mlp_hidden_size=config.mlp_hidden_size,
+      mlp_ratio=4,   # unused when mlp_hidden_size is given; the release's value
+      max_sequence_length=config.length, rope_theta=float(config.rope_theta),
+      rms_norm_eps=float(config.rms_norm_eps), vocab_size=config.vocab_size,
+      embedding_size=config.vocab_size, mask_token_id=config.mask_token_id,
+      weight_tying=config.weight_tying, rope_full_precision=config.rope_full_precision,
+      residual_dropout=float(config.dropout),
+      embedding_dropout=float(config.embedding_dropout), attention_dropout=0.0,
+      init_device="meta", init_fn="mitchell", init_std=0.02, precision="amp_bf16",
+      bias_for_layer_norm=False, include_qkv_bias=False)
+  out.update({field: want for field, want, _ in REQUIRED_VALUES})
+  for field in ("eos_token_id", "pad_token_id"):
+    if field in meta:
+      out[field] = meta[field]
+    else:
+      del out[field]
+  out.update(architectures=["LLaDAModelLM"], auto_map=_AUTO_MAP, model_type="llada",
+             use_cache=False, torch_dtype=dtype)
+  return dict(sorted(out.items()))
+
+
+def _cast(state: dict[str, np.ndarray], dtype: str):
+  """{name: float32 array} -> (tensors to save, "np" | "torch"): torch for bfloat16 (numpy
+  has none), numpy otherwise."""
+  if dtype == "bfloat16":
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise ConversionError("--dtype bfloat16 needs PyTorch: pip install -r "
+                            "requirements-convert.txt") from e
+    return {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in state.items()}, "torch"
+  np_dtype = {"float32": np.float32, "float16": np.float16}[dtype]
+  return {k: v.astype(np_dtype) for k, v in state.items()}, "np"
+
+
+def _nbytes(t) -> int:
+  return int(t.nbytes) if hasattr(t, "nbytes") else int(t.numel() * t.element_size())
+
+
+def _save_safetensors(tensors: dict, kind: str, path: str) -> None:
+  # pylint: disable=import-outside-toplevel
+  if kind == "torch":
+    from safetensors.torch import save_file
+  else:
+    from safetensors.numpy import save_file
+  save_file(tensors, path, metadata={"format": "pt"})   # what transformers' loader expects
+
+
+def export(params: dict, config: LLaDAConfig, meta: dict, dst: str, *, fmt: str,
+           dtype: str = "float32", max_shard_size: str = "5GB") -> list[str]:
+  """Writes ``params`` at ``dst`` (a new directory) as an HF LLaDA release; returns the
+  files written (relative to ``dst``). The caller (``python -m convert.export``) writes
+  to a temporary sibling and swaps it in."""
+  from convert.dit import parse_size  # pylint: disable=import-outside-toplevel
+  check_exportable(config, meta, fmt)
+  if dtype not in EXPORT_DTYPES:
+    raise ConversionError(f"--dtype {dtype!r}: expected one of {list(EXPORT_DTYPES)}")
+  limit = parse_size(max_shard_size)
+  tensors, kind = _cast(to_torch_state(params, config), dtype)
+  shards: list[dict] = [{}]
+  size = 0
+  for name, t in tensors.items():   # in the release's order, as save_pretrained
+    if shards[-1] and size + _nbytes(t) > limit:
+      shards.append({})
+      size = 0
+    shards[-1][name] = t
+    size += _nbytes(t)
+  os.makedirs(dst)
+  with open(os.path.join(dst, "config.json"), "w") as f:
+    json.dump(hf_config(config, meta, dtype), f, indent=2)
+    f.write("\n")
+  if len(shards) == 1:
+    _save_safetensors(shards[0], kind, os.path.join(dst, SINGLE))
+    return ["config.json", SINGLE]
+  files, wmap = [], {}
+  for i, shard in enumerate(shards):
+    fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    _save_safetensors(shard, kind, os.path.join(dst, fname))
+    files.append(fname)
+    wmap.update({k: fname for k in shard})
+  with open(os.path.join(dst, INDEX), "w") as f:
+    json.dump({"metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())},
+               "weight_map": wmap}, f, indent=2, sort_keys=True)
+    f.write("\n")
+  return ["config.json", INDEX] + files

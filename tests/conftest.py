@@ -422,7 +422,8 @@ def _llada_hf_config(**over) -> dict:
 
 
 def _build_torch_llada(cfg: dict, seed: int = 0):
-  from tests.references.torch_llada import LLaDA, randomize_  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from tests.references.torch_llada import LLaDA, randomize_
   return randomize_(LLaDA(cfg), seed).eval()
 
 

@@ -13,6 +13,7 @@ import json
 import os
 
 import chex
+import numpy as np
 import pytest
 import torch
 
@@ -77,19 +78,6 @@ def test_bfloat16_shards_convert_exactly(release, tmp_path, capsys):
     for leaf in ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"):
       blk[leaf] = {"kernel": f32(f"blocks.{i}.{leaf}.weight").T}
   chex.assert_trees_all_equal(params, want)
-
-
-def test_single_file_equals_sharded(tmp_path, capsys, llada_hf_config, build_torch_llada,
-                                    save_llada_dir):
-  model = build_torch_llada(llada_hf_config(), seed=4)
-  outs = []
-  for n in (1, 2):
-    src = save_llada_dir(model, str(tmp_path / f"hf{n}"), n_shards=n)
-    assert os.path.isfile(os.path.join(src, "model.safetensors")) == (n == 1)
-    rc, err = _run(capsys, src, tmp_path / f"out{n}", "--family", "llada")
-    assert rc == 0, err
-    outs.append(checkpoints.load_backbone_params(tmp_path / f"out{n}")[1])
-  chex.assert_trees_all_equal(outs[0], outs[1])
 
 
 def test_missing_shard(release, tmp_path, capsys):
@@ -202,7 +190,8 @@ def test_process_and_ema_are_refused(release, tmp_path, capsys):
 
 def test_tied_release_with_a_stored_output_copy(tmp_path, capsys, llada_hf_config,
                                                 build_torch_llada, save_llada_dir):
-  """weight_tying: a stored ff_out equal to wte is accepted, a different one refused."""
+  """weight_tying: a stored ff_out equal to wte is accepted, a different one refused (and
+  a release in one model.safetensors, without an index, converts)."""
   from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
   model = build_torch_llada(llada_hf_config(weight_tying=True), seed=6)
   src = save_llada_dir(model, str(tmp_path / "hf"), n_shards=1)
@@ -218,3 +207,71 @@ def test_tied_release_with_a_stored_output_copy(tmp_path, capsys, llada_hf_confi
   save_file(dict(state, **{"model.transformer.ff_out.weight": wte + 1.0}), single)
   err = _fails(capsys, src, str(tmp_path / "out"))
   assert "differs from 'model.transformer.wte.weight'" in err
+
+
+def _read_as_the_release_code(path: str):
+  """The exported directory read the way the release's code reads it: LLaDAModelLM of
+  config.json (here the reference, which refuses what the release cannot be), weights
+  from model.safetensors or the shards of its index, loaded strictly."""
+  from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
+  from tests.references.torch_llada import LLaDA  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(path, "config.json")) as f:
+    cfg = json.load(f)
+  index = os.path.join(path, "model.safetensors.index.json")
+  if os.path.isfile(index):
+    with open(index) as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+  else:
+    files = ["model.safetensors"]
+  state = {}
+  for name in files:
+    state.update(load_file(os.path.join(path, name)))
+  model = LLaDA(cfg).eval()
+  model.load_state_dict(state, strict=True)
+  return model, cfg
+
+
+def test_export_round_trip(tmp_path, capsys, llada_hf_config, build_torch_llada,
+                           save_llada_dir):
+  """convert -> export hf (sharded) -> the release code computes the same logits; the
+  export imports back bit for bit."""
+  # pylint: disable=import-outside-toplevel
+  from convert.export import main as export_main
+  from tests.references.torch_llada import reference_outputs
+  cfg = llada_hf_config()
+  model = build_torch_llada(cfg, seed=7)
+  src = save_llada_dir(model, str(tmp_path / "hf"), n_shards=3)
+  rc, err = _run(capsys, src, tmp_path / "ckpt", "--family", "llada")
+  assert rc == 0, err
+  rc = export_main([str(tmp_path / "ckpt"), str(tmp_path / "export"), "--format", "hf",
+                    "--max-shard-size", "100KB"])
+  assert rc == 0, capsys.readouterr().err
+  files = sorted(os.listdir(tmp_path / "export"))
+  assert "model.safetensors.index.json" in files and len(files) > 4
+  exported, exported_cfg = _read_as_the_release_code(str(tmp_path / "export"))
+  # Every field that changes the function (and the token ids) as in the source config.json.
+  functional = set(cfg) - {"init_device", "init_fn", "init_std", "init_cutoff_factor",
+                           "precision", "transformers_version", "flash_attention"}
+  assert {k: exported_cfg[k] for k in functional} == {k: cfg[k] for k in functional}
+  ids = np.random.default_rng(8).integers(0, 160, size=(2, 16))
+  # float32 weights written and read unchanged: the same float64 computation, exactly.
+  chex.assert_trees_all_equal(reference_outputs(exported, ids), reference_outputs(model, ids))
+  rc, err = _run(capsys, tmp_path / "export", tmp_path / "back", "--family", "llada")
+  assert rc == 0, err
+  chex.assert_trees_all_equal(checkpoints.load_backbone_params(tmp_path / "back")[1],
+                              checkpoints.load_backbone_params(tmp_path / "ckpt")[1])
+
+
+def test_the_8b_config_json_is_sizes_8b():
+  """LLaDA-8B-Base's config.json (full_hf_config's defaults, transcribed from the release
+  copy in QuentinFitteRey/LLada-Reasoning@4bfec79d llada_local/) reads as sizes["8b"]."""
+  # pylint: disable=import-outside-toplevel
+  from convert.llada import hf_config_to_llada, hf_names
+  from tests.references.torch_llada import full_hf_config
+  from tokendrift_jax import models
+  from tokendrift_jax.models.llada import LLaDAConfig
+  config, notes = hf_config_to_llada(full_hf_config(), "config.json")
+  assert config == LLaDAConfig(**models.get_family("llada").sizes["8b"])
+  assert notes == {"eos_token_id": 126081, "pad_token_id": 126081}
+  # The release index lists 291 tensors: wte, ln_f, ff_out and 9 per block.
+  assert len(hf_names(config)) == 3 + 9 * 32

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from tests.references.torch_llada import reference_outputs
 from tokendrift_jax import checkpoints
