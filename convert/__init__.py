@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-CONVERTERS = {"dit": "convert.dit"}
+CONVERTERS = {"dit": "convert.dit", "llada": "convert.llada"}
 _REGISTERED: dict[str, ModuleType] = {}
 
 

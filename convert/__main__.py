@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="take ckpt['ema']['shadow_params'] (Lightning .ckpt only)")
   parser.add_argument("--family", default="dit",
                       help=f"model family of SRC (default dit; known: {registry.families()})")
-  parser.add_argument("--process", choices=("mdlm", "duo"),
-                      help="diffusion process of the weights, mdlm (masked) or duo (uniform); "
-                           "needed when SRC does not say")
+  parser.add_argument("--process", choices=("mdlm", "duo", "llada"),
+                      help="diffusion process of the weights, mdlm (masked), duo (uniform) or "
+                           "llada (LLaDA's masked process); needed when SRC does not say")
   parser.add_argument("--config", metavar="JSON",
                       help="the family's config fields as a JSON object or file; overrides "
                            "SRC's")

@@ -18,8 +18,8 @@ Numerical tests
 * Pure math is checked under ``chex.variants`` (with and without jit) where the function
   is meant to be traced.
 * Builders shared by several directories (tiny tokenizer, GPT-2 judge, DIT checkpoints,
-  tiny runs) are session fixtures in this file; the tiny-run builders are a plain module
-  (tests/helpers/tiny_run.py) because subprocess configs import them.
+  LLaDA directories, tiny runs) are session fixtures in this file; the tiny-run builders
+  are a plain module (tests/helpers/tiny_run.py) because subprocess configs import them.
 """
 
 import os
@@ -412,6 +412,50 @@ def convert_dit():
   """Factory: ``convert_dit(src, dst, *extra_args) -> dst`` runs ``python -m convert``'s
   main in-process and asserts it succeeded."""
   return _convert_dit
+
+
+# ---------------------------------------------------------------------- PyTorch LLaDA directories
+# Tiny LLaDA releases (tests/references/torch_llada.py): config.json with every field
+# explicit, safetensors shards + index. Shared by tests/models/test_llada.py and
+# tests/convert/test_llada.py. The sizes are pairwise distinct (V 160, d 64, kv 32, mlp 96)
+# so that a transposed or swapped tensor cannot pass a shape check.
+
+TORCH_LLADA_TINY = dict(d_model=64, n_heads=4, n_kv_heads=2, n_layers=3, mlp_hidden_size=96,
+                        vocab_size=160, embedding_size=160, max_sequence_length=32,
+                        rope_theta=500000.0, mask_token_id=150, eos_token_id=140,
+                        pad_token_id=140)
+
+
+def _llada_hf_config(**over) -> dict:
+  from tests.references.torch_llada import full_hf_config  # pylint: disable=import-outside-toplevel
+  return full_hf_config(**dict(TORCH_LLADA_TINY, **over))
+
+
+def _build_torch_llada(cfg: dict, seed: int = 0):
+  # pylint: disable=import-outside-toplevel
+  from tests.references.torch_llada import LLaDA, randomize_
+  return randomize_(LLaDA(cfg), seed).eval()
+
+
+@pytest.fixture(scope="session")
+def llada_hf_config():
+  """Factory: ``llada_hf_config(**over) -> dict``, the config.json of a tiny LLaDA (GQA 4 ->
+  2 heads, 3 blocks, rope_theta 500000 as the 8B, mask id 150 of 160), every field given."""
+  return _llada_hf_config
+
+
+@pytest.fixture(scope="session")
+def build_torch_llada():
+  """Factory: ``build_torch_llada(cfg, seed=0)``, a randomized PyTorch LLaDA in eval mode."""
+  return _build_torch_llada
+
+
+@pytest.fixture(scope="session")
+def save_llada_dir():
+  """Factory: ``save_llada_dir(model, path, n_shards=3, dtype=torch.float32) -> path``, an
+  HF LLaDA directory (config.json, shards + model.safetensors.index.json)."""
+  from tests.references.torch_llada import save_hf_dir  # pylint: disable=import-outside-toplevel
+  return save_hf_dir
 
 
 # ---------------------------------------------------------------------- tiny training runs

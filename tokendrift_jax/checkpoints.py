@@ -9,7 +9,8 @@ training exports)::
                                 "meta": {...}}
 
 ``family`` names the model family (:mod:`tokendrift_jax.models`); ``meta["process"]`` the
-diffusion process the weights were trained for ("mdlm": masked, "duo": uniform), beside
+diffusion process the weights were trained for ("mdlm": masked, "duo": uniform, "llada":
+LLaDA's masked process), beside
 where the weights came from (source path, whether EMA weights were taken, ...). A loader
 needs nothing but the directory.
 
@@ -30,7 +31,7 @@ import orbax.checkpoint as ocp
 from tokendrift_jax import fs, models
 
 FORMAT = "tokendrift_jax.backbone/v1"
-PROCESSES = ("mdlm", "duo")
+PROCESSES = ("mdlm", "duo", "llada")
 LEGACY_FAMILY = "dit"   # the only family before the registry
 
 
