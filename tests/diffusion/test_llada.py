@@ -61,7 +61,6 @@ def _prompt_mask(lengths=PROMPT_LENGTHS):
   return np.arange(L)[None, :] < np.asarray(lengths)[:, None]
 
 
-@jax.jit
 def _draws(key):
   """The documented key use of LLaDAProcess.loss, with jax.random directly."""
   k_t, k_x = jax.random.split(key)
@@ -79,22 +78,21 @@ class LLaDAVariantsTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_corrupt_is_forward_process(self):
+    """The SFT draw here; the pre-training draw (keep=None) in the composed loss below."""
     p = LLaDAProcess(V, mask_id=MASK)
     x0 = _x0(0)
-    t, u = _draws(jax.random.key(1))
-    keep = _prompt_mask()
-    for kp, lengths in ((None, None), (keep, PROMPT_LENGTHS)):
-      got = self.variant(p.corrupt)(jax.random.split(jax.random.key(1))[1],
-                                    jnp.asarray(x0, jnp.int32), t,
-                                    None if kp is None else jnp.asarray(kp))
-      chex.assert_type(got, jnp.int32)
-      # The same float32 uniforms compared with (1 − ε) t + ε: exact agreement (the
-      # threshold is the float32 product; none of the uniforms lies within an ulp of it).
-      ref, p_mask = np_llada.forward_process(x0, np.asarray(t, np.float64),
-                                             np.asarray(u, np.float64), MASK,
-                                             prompt_lengths=lengths)
-      assert np.min(np.abs(np.asarray(u, np.float64) - p_mask)) > 1e-6
-      chex.assert_trees_all_equal(np.asarray(got), ref)
+    key = jax.random.key(1)
+    t, u = _draws(key)
+    got = self.variant(p.corrupt)(jax.random.split(key)[1], jnp.asarray(x0, jnp.int32), t,
+                                  jnp.asarray(_prompt_mask()))
+    chex.assert_type(got, jnp.int32)
+    ref, p_mask = np_llada.forward_process(x0, np.asarray(t, np.float64),
+                                           np.asarray(u, np.float64), MASK,
+                                           prompt_lengths=PROMPT_LENGTHS)
+    # The same float32 uniforms against (1 − ε) t + ε: exact agreement, as no uniform lies
+    # within float32 rounding (~1e-7) of its threshold.
+    assert np.min(np.abs(np.asarray(u, np.float64) - p_mask)) > 1e-6
+    chex.assert_trees_all_equal(np.asarray(got), ref)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_log_probs_include_the_mask_logit(self):
@@ -104,18 +102,17 @@ class LLaDAVariantsTest(chex.TestCase):
     p = LLaDAProcess(V, mask_id=MASK)
     with jax.enable_x64(True):
       got = np.asarray(self.variant(p.log_probs)(jnp.asarray(logits), jnp.asarray(xt)))
+      probs = np.asarray(self.variant(p.probs)(jnp.asarray(logits), jnp.asarray(xt)))
     masked = xt == MASK
     # Masked rows: the log-softmax over all V ids (mask included, as F.cross_entropy and
     # generate.py's softmax); float64 evaluation of the same formula: rounding only.
     chex.assert_trees_all_close(got[masked], np_log_softmax(logits)[masked], rtol=1e-12,
                                 atol=1e-12)
-    assert np.all(np.exp(got[masked][:, MASK]) > 0)   # the mask keeps its probability mass
+    assert np.all(probs[masked][:, MASK] > 0)   # the mask keeps its probability mass
     # Unmasked rows: a point mass on the visible token (exp(−1e6) == 0 exactly).
-    probs = np.asarray(self.variant(p.probs)(jnp.asarray(logits, jnp.float32),
-                                             jnp.asarray(xt, jnp.int32)))
-    chex.assert_trees_all_equal(probs[~masked], np.eye(V, dtype=np.float32)[xt[~masked]])
-    # float32 softmax rows sum to 1 up to V·ulp.
-    chex.assert_trees_all_close(probs.sum(-1), np.ones((B, L)), rtol=0, atol=1e-6)
+    chex.assert_trees_all_equal(probs[~masked], np.eye(V)[xt[~masked]])
+    # float64 rows sum to 1 up to V·ulp.
+    chex.assert_trees_all_close(probs.sum(-1), np.ones((B, L)), rtol=0, atol=1e-14)
     chex.assert_trees_all_equal(p.predicted_positions(jnp.asarray(xt)), masked)
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -144,18 +141,32 @@ class LLaDAVariantsTest(chex.TestCase):
       chex.assert_trees_all_equal(per_tok[xt != MASK], np.zeros((xt != MASK).sum()))
 
 
+@jax.jit
+def _loss_and_logit_grad(params, x0, key, keep):
+  """LLaDAProcess.loss and its gradient w.r.t. the logits (an additive zero offset), for
+  pre-training (keep=None) and SFT; one program for both."""
+  p = LLaDAProcess(V, mask_id=MASK)
+  base = _logits_fn(params)
+
+  def run(kp):
+    def loss(delta):
+      return p.loss(lambda x, s: base(x, s) + delta, x0, key, keep=kp)
+    return jax.value_and_grad(loss, has_aux=True)(jnp.zeros((B, L, V), jnp.float32))
+
+  return run(None), run(keep)
+
+
 def test_loss_vs_reference_pretraining_and_sft():
-  """The composed loss (jitted) against GUIDELINES.md with the reproduced draws."""
+  """The composed loss (jitted) against GUIDELINES.md with the reproduced draws; the SFT
+  gradient w.r.t. the prompt positions' logits is exactly zero."""
   params = _params(4)
   x0 = _x0(4)
   key = jax.random.key(5)
-  p = LLaDAProcess(V, mask_id=MASK)
   t, u = (np.asarray(a, np.float64) for a in _draws(key))
-  keep = jnp.asarray(_prompt_mask())
-  loss = jax.jit(lambda k, kp: p.loss(_logits_fn(params), jnp.asarray(x0, jnp.int32), k,
-                                      keep=kp))
-  got_pre, m_pre = loss(key, None)
-  got_sft, m_sft = loss(key, keep)
+  keep = _prompt_mask()
+  x0j = jnp.asarray(x0, jnp.int32)
+  ((got_pre, m_pre), g_pre), ((got_sft, m_sft), g_sft) = _loss_and_logit_grad(
+      params, x0j, key, jnp.asarray(keep))
 
   xt, p_mask = np_llada.forward_process(x0, t, u, MASK)
   ref_pre, ref_sum = np_llada.pretrain_loss(np_logits(params, xt), x0, xt, p_mask, MASK)
@@ -175,35 +186,29 @@ def test_loss_vs_reference_pretraining_and_sft():
   # float32 nll_sum / num_tokens against the float64 reference ratio.
   chex.assert_trees_all_close(meter.compute()["nll"], ref_pre, rtol=1e-5)
   chex.assert_type([got_pre, got_sft], jnp.float32)
+  # Gradients: exactly zero wherever nothing is masked (prompt positions in SFT), and not
+  # vacuous at the masked ones.
+  g_pre, g_sft = np.asarray(g_pre), np.asarray(g_sft)
+  chex.assert_trees_all_equal({"pre": g_pre[xt != MASK], "sft": g_sft[keep]},
+                              {"pre": np.zeros_like(g_pre[xt != MASK]),
+                               "sft": np.zeros_like(g_sft[keep])})
+  assert np.all(np.abs(g_sft[xt_s == MASK]).sum(-1) > 0)   # an inequality, not a value
 
 
-def test_sft_prompt_is_never_masked_and_gets_no_gradient():
+def test_sft_prompt_is_never_masked_over_many_draws():
   p = LLaDAProcess(V, mask_id=MASK)
-  x0 = jnp.asarray(_x0(6), jnp.int32)
-  keep = jnp.asarray(_prompt_mask())
-  n = 400
-  keys = jax.random.split(jax.random.key(7), n)
-  ts = jax.random.uniform(jax.random.key(8), (n, B))
-  xts = np.asarray(jax.jit(jax.vmap(lambda k, t: p.corrupt(k, x0, t, keep)))(keys, ts))
-  prompt = np.broadcast_to(_prompt_mask(), xts.shape)
-  chex.assert_trees_all_equal(xts[prompt], np.broadcast_to(np.asarray(x0), xts.shape)[prompt])
-  # The answer is masked at rate p_mask: statistical bound, 5 standard errors of a binomial.
-  answer = ~prompt
-  p_mask = np.broadcast_to(((1 - EPS) * np.asarray(ts, np.float64) + EPS)[..., None],
-                           xts.shape)
-  hits = (xts == MASK)[answer]
-  expect = p_mask[answer]
+  n = 400   # draws of the whole batch, as one [n·B, L] batch
+  x0 = np.tile(_x0(6), (n, 1))
+  keep = np.tile(_prompt_mask(), (n, 1))
+  ts = jnp.asarray(np.random.default_rng(8).random(n * B), jnp.float32)
+  xts = np.asarray(p.corrupt(jax.random.key(7), jnp.asarray(x0, jnp.int32), ts,
+                             jnp.asarray(keep)))
+  chex.assert_trees_all_equal(xts[keep], x0[keep])
+  # The answer is masked at rate p_mask: statistical bound, 5 standard errors of a sum of
+  # independent Bernoulli draws.
+  p_mask = np.broadcast_to(((1 - EPS) * np.asarray(ts, np.float64) + EPS)[:, None], x0.shape)
+  hits, expect = (xts == MASK)[~keep], p_mask[~keep]
   assert abs(hits.sum() - expect.sum()) < 5 * np.sqrt((expect * (1 - expect)).sum())
-
-  # Gradient w.r.t. the logits at prompt positions: exactly zero (carry-over there).
-  logits0 = jnp.asarray(np.random.default_rng(9).normal(size=(B, L, V)), jnp.float32)
-
-  def sft(logits):
-    return p.loss(lambda x, s: logits, x0, jax.random.key(10), keep=keep)[0]
-
-  g = np.asarray(jax.jit(jax.grad(sft))(logits0))
-  chex.assert_trees_all_equal(g[_prompt_mask()], np.zeros_like(g[_prompt_mask()]))
-  assert np.any(g[~_prompt_mask()] != 0)   # an inequality: the gradient is not vacuous
 
 
 def test_process_basics_and_factory():

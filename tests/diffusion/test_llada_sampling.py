@@ -48,11 +48,13 @@ def _record(x):
   return np.zeros((), np.float32)
 
 
-def _params(seed):
+def _params(seed, mask_shift=-4.0):
+  """Random denoiser weights; ``mask_shift`` lowers the mask logit: at −4 the mask keeps
+  some probability mass (it enters every softmax) but never wins an argmax, at 0 it is an
+  ordinary token that LLaDA's rule may commit."""
   rng = np.random.default_rng(seed)
   table = rng.normal(size=(V, V)) * 2.0
-  # The mask keeps some probability mass (it enters every softmax) but never wins.
-  table[:, MASK] -= 4.0
+  table[:, MASK] += mask_shift
   return {"table": table, "pos": rng.normal(size=(P + G, V))}
 
 
@@ -101,7 +103,8 @@ def _prompt(seed):
   return rng.choice(np.delete(np.arange(V), MASK), size=(B, P))
 
 
-def _check_against_reference(res, ref, prompt, *, steps, cfg, remasking, temperature):
+def _check_against_reference(res, ref, prompt, *, steps, cfg, remasking, temperature,
+                             masks_left=False):
   seen = list(_seen)
   # Every backbone call: the state before each step (rows 2b, 2b + 1 with guidance).
   assert len(seen) == steps == int(res.nfe_model) == res.steps
@@ -117,7 +120,12 @@ def _check_against_reference(res, ref, prompt, *, steps, cfg, remasking, tempera
   tokens = np.asarray(res.tokens)
   chex.assert_trees_all_equal(tokens, ref["tokens"])
   chex.assert_trees_all_equal(tokens[:, :p_len], np.asarray(prompt))  # prompt unchanged
-  assert not np.any(tokens == MASK)   # every mask committed
+  if masks_left:
+    # The mask won some argmaxes and was committed: it stays a mask (and eligible in later
+    # blocks, before the current one), as in generate.py; the case is really exercised.
+    assert np.any(tokens[:, p_len:] == MASK)
+  else:
+    assert not np.any(tokens == MASK)   # every mask committed
   # Exact choices are meaningful only if rounding could not flip them (see MARGIN).
   if temperature > 0 or cfg:
     assert ref["margin"]["argmax"] > MARGIN, ref["margin"]
@@ -128,19 +136,21 @@ def _check_against_reference(res, ref, prompt, *, steps, cfg, remasking, tempera
 
 
 # Static configurations, each compiled once and run at several step counts (the step
-# count is traced): remasking, temperature, cfg_scale, block_length, steps.
+# count is traced): remasking, temperature, cfg_scale, block_length, steps, and the
+# denoiser's (seed, mask_shift).
 CONFIGS = {
-    # 3 blocks of 4: 1, 3 (2, 1, 1: remainder) and 6 (1, 1, 1, 1, 0, 0) steps per block.
-    "greedy_3_blocks": ("low_confidence", 0.0, 0.0, 4, (3, 9, 18)),
-    "gumbel_cfg_2_blocks": ("low_confidence", 0.7, 1.5, 6, (4, 10)),
-    "random_cfg_1_block": ("random", 0.0, 0.8, 12, (5,)),
+    # 3 blocks of 4: 1, 3 (2, 1, 1: remainder) and 6 (1, 1, 1, 1, 0, 0) steps per block;
+    # the mask competes here (its softmax mass matters) and wins a few argmaxes.
+    "greedy_3_blocks": ("low_confidence", 0.0, 0.0, 4, (3, 9, 18), (5, -1.0)),
+    "gumbel_cfg_2_blocks": ("low_confidence", 0.7, 1.5, 6, (4, 10), (1, -4.0)),
+    "random_cfg_1_block": ("random", 0.0, 0.8, 12, (5,), (1, -4.0)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_prompted_trajectory_matches_generate_py(name):
-  remasking, temperature, cfg, block, steps_list = CONFIGS[name]
-  params = _params(1)
+  remasking, temperature, cfg, block, steps_list, (seed, mask_shift) = CONFIGS[name]
+  params = _params(seed, mask_shift)
   prompt = _prompt(2)
   gen = ls.make_generate(PROCESS, lambda p, x, s: _jax_logits(p, x, s, record=True),
                          batch=B, prompt_length=P, gen_length=G, block_length=block,
@@ -160,26 +170,28 @@ def test_prompted_trajectory_matches_generate_py(name):
     chex.assert_shape(res.tokens, (B, P + G))
     chex.assert_type(res.tokens, jnp.int32)
     _check_against_reference(res, ref, prompt, steps=steps, cfg=cfg > 0, remasking=remasking,
-                             temperature=temperature)
+                             temperature=temperature, masks_left=mask_shift > -4)
 
 
 def test_unconditional_make_sampler_matches_generate_py():
   """make_sampler's LLaDA sampler: empty prompt, gen_length = length, SampleResult."""
   params = _params(3)
+  length = P + G   # the prompted tests' state size: the same uniforms helper (one compile)
   sampler = make_sampler(PROCESS, lambda p, x, s: _jax_logits(p, x, s, record=True),
-                         batch=B, length=G, block_length=4, remasking="random")
+                         batch=B, length=length, block_length=5, remasking="random")
   key = jax.random.key(4)
   steps = 6
-  gumbel_u, remask_u = _draws(key, 0)
+  gumbel_u, remask_u = _draws(key, P)
   # The unconditional default temperature (1: a draw from the model).
   ref = np_llada.generate(np_denoiser(params), np.zeros((B, 0), np.int64), steps=steps,
-                          gen_length=G, block_length=4, temperature=1.0, cfg_scale=0.0,
+                          gen_length=length, block_length=5, temperature=1.0, cfg_scale=0.0,
                           remasking="random", mask_id=MASK, gumbel_u=gumbel_u,
                           remask_u=remask_u)
   _seen.clear()
   res = sampler(_jax_params(params), key, steps)
   assert isinstance(res, SampleResult) and not res.final_forward and res.nfe == steps
   assert res.loop_forwards == steps and res.forward_rows == B
+  chex.assert_shape(res.tokens, (B, length))
   _check_against_reference(res, ref, np.zeros((B, 0), np.int64), steps=steps, cfg=False,
                            remasking="random", temperature=1.0)
   assert len({tuple(r) for r in np.asarray(res.tokens)}) > 1   # rows differ: a real draw
@@ -188,7 +200,7 @@ def test_unconditional_make_sampler_matches_generate_py():
 def test_cfg_sampler_same_tokens_on_8_devices():
   """The sharded variant: a batch-sharded 8-device run gives the reference's tokens."""
   assert len(jax.devices()) == 8, "conftest should provide 8 CPU devices"
-  remasking, temperature, cfg, block, (steps, _) = CONFIGS["gumbel_cfg_2_blocks"]
+  remasking, temperature, cfg, block, (steps, _), _ = CONFIGS["gumbel_cfg_2_blocks"]
   params = _params(1)
   prompt = _prompt(2)
   key = jax.random.key(10)

@@ -3,8 +3,8 @@ samplers.
 
 The processes share a duck-typed API (``sample_t``, ``model_sigma``, ``corrupt``, ``prior``,
 ``log_probs``, ``probs``, ``predicted_positions``, ``loss_per_token``, ``loss``), and own the
-vocabulary rule (``mask_id``, None for DUO, given for LLaDA; ``text_vocab_size``, the ids a tokenizer and
-clean data may use; ``prepare_tokenizer``). A process is chosen by
+vocabulary rule (``mask_id``, None for DUO and given for LLaDA; ``text_vocab_size``, the ids
+a tokenizer and clean data may use; ``prepare_tokenizer``). A process is chosen by
 ``config.diffusion.process`` independently of the backbone family; see docs/DIFFUSION.md
 for the formulas, the NFE convention and the precision choices.
 """
