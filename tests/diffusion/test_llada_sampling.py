@@ -28,7 +28,7 @@ import pytest
 from jax.experimental import io_callback
 
 from tokendrift_jax import sharding
-from tokendrift_jax.diffusion import LLaDAProcess, SampleResult, make_sampler
+from tokendrift_jax.diffusion import LLaDAProcess, MDLMProcess, SampleResult, make_sampler
 from tokendrift_jax.diffusion import llada_sampling as ls
 from tests.references import np_llada
 
@@ -279,7 +279,6 @@ def test_errors():
   with pytest.raises(ValueError, match="noise_removal"):
     make_sampler(PROCESS, logits_fn, batch=B, length=G, noise_removal="greedy")
   with pytest.raises(ValueError, match="apply only to diffusion.process='llada'"):
-    from tokendrift_jax.diffusion import MDLMProcess  # pylint: disable=import-outside-toplevel
     make_sampler(MDLMProcess(V), logits_fn, batch=B, length=G, block_length=4)
   with pytest.raises(TypeError, match="LLaDAProcess"):
     ls.make_generate(object(), logits_fn, batch=B, prompt_length=0, gen_length=G)

@@ -8,10 +8,10 @@ masked and the loss weight 1/p_mask is at most 1/ε.
 Parameterisation: LLaDA's mask predictor outputs logits over the whole vocabulary, and both
 its loss (``F.cross_entropy`` on the masked positions) and its sampler (``generate.py``:
 argmax and softmax over the last axis) use them as they are: **the mask logit is included**
-in the softmax (LLaDA never pushes it to −∞; a trained model simply gives it ~0 mass, as no
-target is ever the mask). Unmasked positions are not predicted: the loss ignores them and
-the sampler keeps the visible token. ``log_probs`` states that as a point mass on the
-visible token (as MDLM's carry-over), so no gradient reaches those logits.
+in the softmax (LLaDA never pushes it to −∞; no training target is ever the mask, so a
+trained model gives it little mass). Unmasked positions are not predicted: the loss ignores
+them and the sampler keeps the visible token. ``log_probs`` states that as a point mass on
+the visible token (as MDLM's carry-over), so no gradient reaches those logits.
 
 Pretraining loss (GUIDELINES, pre-training)::
 

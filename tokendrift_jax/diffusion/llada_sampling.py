@@ -19,8 +19,9 @@ steps). Every step:
   4. the k = (step's share of n_b) most confident positions of each row get x0.
 
 Positions are never remasked once committed; the argmax runs over every id including the
-mask, as in generate.py (a trained LLaDA gives the mask ~0 mass; a committed mask id simply
-stays masked and stays eligible in later steps, before the current block too, as there).
+mask, as in generate.py (no training target is ever the mask, so a trained LLaDA gives it
+little mass; a committed mask id simply stays masked and stays eligible in later steps,
+before the current block too, as there).
 The prompt is never changed (unless it contains mask ids, which generate.py treats as
 positions to fill).
 
