@@ -1,5 +1,8 @@
 """Few-step samplers: MDLM ``ddpm_cache`` and DUO ``ancestral``, with exact forward counts.
 
+:func:`make_sampler` / :func:`sample` also serve an LLaDAProcess, with LLaDA's generate.py
+sampler (:mod:`llada_sampling`, unconditional: empty prompt); what follows is about MDLM/DUO.
+
 Both samplers walk the grid t_i = 1 − i (1 − 1e-5) / steps, i = 0..steps−1 (the references'
 ``linspace(1, 1e-5, steps + 1)``), then optionally apply a noise-removal step at t = 1e-5.
 That step is iteration i = steps of the same loop, so the backbone is traced and compiled
@@ -38,8 +41,10 @@ from jax.sharding import Mesh
 
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import duo as duo_lib
+from tokendrift_jax.diffusion import llada_sampling
 from tokendrift_jax.diffusion import schedule
 from tokendrift_jax.diffusion.duo import DUOProcess
+from tokendrift_jax.diffusion.llada import LLaDAProcess
 from tokendrift_jax.diffusion.mdlm import MDLMProcess
 
 T_MIN = 1e-5  # last grid point (``eps=1e-5`` of the reference ``_sample``/``generate_samples``)
@@ -48,9 +53,15 @@ GUMBEL_EPS = 1e-10  # offsets of the references' ``_sample_categorical``
 LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
-NOISE_REMOVAL = {"mdlm": ("greedy", "none"), "duo": ("ancestral", "greedy", "none")}
-DEFAULT_NOISE_REMOVAL = {"mdlm": "greedy", "duo": "ancestral"}
-DEFAULT_FLOAT64 = {"mdlm": False, "duo": True}
+# LLaDA's generate.py commits every mask within its steps: no noise-removal forward.
+NOISE_REMOVAL = {"mdlm": ("greedy", "none"), "duo": ("ancestral", "greedy", "none"),
+                 "llada": ("none",)}
+DEFAULT_NOISE_REMOVAL = {"mdlm": "greedy", "duo": "ancestral", "llada": "none"}
+# LLaDA: float64 Gumbel noise, as generate.py's add_gumbel_noise.
+DEFAULT_FLOAT64 = {"mdlm": False, "duo": True, "llada": True}
+# The unconditional LLaDA sampler's temperature: 1 draws from the model, as the MDLM/DUO
+# samplers do; generate.py's default 0 would make every row and seed the same sample.
+LLADA_UNCONDITIONAL_TEMPERATURE = 1.0
 
 
 @flax.struct.dataclass
@@ -63,12 +74,15 @@ class SampleResult:
       noise-removal forward when ``final_forward``.
     steps: denoising steps = the paper's NFE.
     final_forward: whether a noise-removal forward was made (and counted in nfe_model).
+    forward_rows: rows of each backbone forward; None = the batch B (MDLM, DUO). The
+      LLaDA sampler sets it: B, or 2B with classifier-free guidance.
   """
 
   tokens: jax.Array
   nfe_model: jax.Array
   steps: int = flax.struct.field(pytree_node=False)
   final_forward: bool = flax.struct.field(pytree_node=False)
+  forward_rows: int | None = flax.struct.field(pytree_node=False, default=None)
 
   @property
   def nfe(self) -> int:
@@ -269,21 +283,32 @@ def sampling_loop(process, logits_fn: LogitsFn, key: jax.Array, steps: jax.Array
 
 def make_sampler(process, apply_fn: ApplyFn, *, batch: int, length: int,
                  noise_removal: str | None = None, cache: bool = True,
-                 float64: bool | None = None, mesh: Mesh | None = None
+                 float64: bool | None = None, mesh: Mesh | None = None, **options
                  ) -> Callable[[Any, jax.Array, int], SampleResult]:
   """Compiles a sampler once for every step count.
 
   Args:
-    process: MDLMProcess or DUOProcess.
+    process: MDLMProcess, DUOProcess or LLaDAProcess.
     apply_fn: (params, x int32[B, L], sigma float32[B]) -> logits float[B, L, V]; params
       are a traced argument, so new weights do not recompile.
     batch, length, noise_removal, cache, float64, mesh: see :func:`sampling_loop`.
       With a mesh, ``batch`` must divide over its batch shards; tokens come back
       batch-sharded.
+    **options: LLaDA only: generate.py's ``block_length`` (default: length),
+      ``temperature`` (default :data:`LLADA_UNCONDITIONAL_TEMPERATURE`), ``cfg_scale``,
+      ``remasking`` (see :func:`llada_sampling.make_generate`); unconditional (empty
+      prompt, gen_length = length).
 
   Returns:
     ``sampler(params, key, steps: int) -> SampleResult``.
   """
+  if isinstance(process, LLaDAProcess):
+    return _llada_sampler(process, apply_fn, batch=batch, length=length,
+                          noise_removal=noise_removal, cache=cache, float64=float64,
+                          mesh=mesh, **options)
+  if options:
+    raise ValueError(f"sampler option(s) {sorted(options)} apply only to "
+                     f"diffusion.process='llada', not {getattr(process, 'name', process)!r}")
   noise_removal, float64 = _check_options(process, noise_removal, float64)
   if batch < 1 or length < 1:
     raise ValueError(f"batch and length must be >= 1, got batch={batch}, length={length}")
@@ -316,13 +341,39 @@ def make_sampler(process, apply_fn: ApplyFn, *, batch: int, length: int,
 
 def sample(process, logits_fn: LogitsFn, key: jax.Array, *, batch: int, length: int,
            steps: int, noise_removal: str | None = None, cache: bool = True,
-           float64: bool | None = None, mesh: Mesh | None = None) -> SampleResult:
+           float64: bool | None = None, mesh: Mesh | None = None, **options) -> SampleResult:
   """One-off sampling with a closed-over denoiser ``logits_fn(x, sigma)``.
 
   Compiles on every call; for repeated sampling use :func:`make_sampler`, which takes the
-  parameters as an argument.
+  parameters as an argument. ``options``: LLaDA's, as in :func:`make_sampler`.
   """
   sampler = make_sampler(process, lambda _, x, sigma: logits_fn(x, sigma), batch=batch,
                          length=length, noise_removal=noise_removal, cache=cache,
-                         float64=float64, mesh=mesh)
+                         float64=float64, mesh=mesh, **options)
   return sampler(None, key, steps)
+
+
+def _llada_sampler(process: LLaDAProcess, apply_fn: ApplyFn, *, batch: int, length: int,
+                   noise_removal: str | None, cache: bool, float64: bool | None,
+                   mesh: Mesh | None, **options) -> Callable[[Any, jax.Array, int], SampleResult]:
+  """The unconditional LLaDA sampler behind :func:`make_sampler` (generate.py, empty prompt)."""
+  if noise_removal not in (None,) + NOISE_REMOVAL["llada"]:
+    raise ValueError(f"noise_removal={noise_removal!r} is not one of {NOISE_REMOVAL['llada']} "
+                     f"for llada")
+  if not cache:
+    raise ValueError("cache=False only applies to MDLM; LLaDA's sampler has no cache")
+  if batch < 1 or length < 1:
+    raise ValueError(f"batch and length must be >= 1, got batch={batch}, length={length}")
+  options = dict({"temperature": LLADA_UNCONDITIONAL_TEMPERATURE}, **options)
+  float64 = DEFAULT_FLOAT64["llada"] if float64 is None else bool(float64)
+  generate = llada_sampling.make_generate(process, apply_fn, batch=batch, prompt_length=0,
+                                          gen_length=length, float64=float64, mesh=mesh,
+                                          **options)
+  empty = jnp.zeros((batch, 0), jnp.int32)
+
+  def sampler(params, key: jax.Array, steps: int) -> SampleResult:
+    res = generate(params, empty, key, steps)
+    return SampleResult(tokens=res.tokens, nfe_model=res.nfe_model, steps=steps,
+                        final_forward=False, forward_rows=res.forward_rows)
+
+  return sampler

@@ -1,0 +1,368 @@
+"""LLaDA's sampler (``generate.py`` ``generate``): semi-autoregressive low-confidence remasking.
+
+The state is the prompt (int[B, P], possibly empty: unconditional generation) followed by
+G = gen_length masks. The G positions are split into G / block_length blocks decoded left
+to right, and the steps evenly over the blocks (S_b = steps / num_blocks). At the first
+step of a block, n_b = the number of masks in that block is split evenly over its S_b
+steps (``get_num_transfer_tokens``: n_b // S_b each, one more for the first n_b % S_b
+steps). Every step:
+
+  1. logits = f(x); with classifier-free guidance (cfg_scale > 0) also the un-prompted
+     logits u = f(x with every prompt position masked) and logits = u + (cfg + 1)(f(x) − u);
+  2. x0 = argmax of the logits at temperature 0, else of the Gumbel-perturbed logits
+     exp(logits) / (−log r)^τ, r ~ U[0, 1) in float64 (``add_gumbel_noise``), computed here
+     as its logarithm logits − τ log(−log r): the same argmax, without the overflow of
+     exp(logits) for logits > 709;
+  3. confidence = softmax(logits)[x0] ('low_confidence', the un-perturbed logits over all V
+     ids, mask included) or U[0, 1) ('random'); −∞ after the end of the current block and
+     at every position that is not a mask;
+  4. the k = (step's share of n_b) most confident positions of each row get x0.
+
+Positions are never remasked once committed; the argmax runs over every id including the
+mask, as in generate.py (no training target is ever the mask, so a trained LLaDA gives it
+little mass; a committed mask id simply stays masked and stays eligible in later steps,
+before the current block too, as there).
+The prompt is never changed (unless it contains mask ids, which generate.py treats as
+positions to fill).
+
+Randomness: ``k_gumbel, k_remask = jax.random.split(key)``; step i = 0..steps−1 (counted
+over all blocks) draws :func:`step_uniforms` ``(k_gumbel, i, [B, P + G, V], float64)`` for the
+Gumbel noise (only when temperature > 0) and ``(k_remask, i, [B, P + G], float32)`` for the
+'random' confidences (only then), float32 like ``torch.rand``.
+
+NFE: one backbone call per step, so nfe_model = steps exactly. With CFG each call runs the
+backbone on 2B rows (the prompted and un-prompted copy of every row, interleaved so that a
+row's two copies stay on its device under batch sharding); ``forward_rows`` reports the
+rows per call.
+
+Ties: torch.topk's order among equal confidences is unspecified; here the lower position
+wins (a stable sort). Not built: generate.py's padded prompts (``attention_mask``: the
+backbone contract has no padding mask) and its ``logits_eos_inf`` /
+``confidence_eos_eot_inf`` options (they hard-code LLaDA's EOS/EoT ids).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from tokendrift_jax import sharding
+from tokendrift_jax.diffusion.llada import LLaDAProcess
+
+REMASKING = ("low_confidence", "random")
+
+LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
+ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+
+@flax.struct.dataclass
+class GenerateResult:
+  """Output of the LLaDA sampler.
+
+  Attributes:
+    tokens: int32[B, P + G], the prompt followed by the generated tokens.
+    nfe_model: int32 scalar, backbone calls actually made (= steps).
+    steps: sampling steps (the paper's NFE), over all blocks.
+    forward_rows: rows the backbone sees per call: B, or 2B with classifier-free guidance.
+    prompt_length: P.
+  """
+
+  tokens: jax.Array
+  nfe_model: jax.Array
+  steps: int = flax.struct.field(pytree_node=False)
+  forward_rows: int = flax.struct.field(pytree_node=False)
+  prompt_length: int = flax.struct.field(pytree_node=False)
+
+  @property
+  def nfe(self) -> int:
+    return self.steps
+
+  @property
+  def generated(self) -> jax.Array:
+    """int32[B, G], the tokens after the prompt."""
+    return self.tokens[:, self.prompt_length:]
+
+
+# --- pieces ---------------------------------------------------------------------------
+
+
+def step_uniforms(key: jax.Array, step: jax.Array | int, shape: tuple[int, ...], dtype
+                  ) -> jax.Array:
+  """The uniforms of sampler step ``step``: U[0, 1) of ``shape`` from fold_in(key, step)."""
+  return jax.random.uniform(jax.random.fold_in(key, step), shape, dtype=dtype)
+
+
+def transfer_count(mask_count: jax.Array, steps_per_block: jax.Array | int,
+                   step_in_block: jax.Array | int) -> jax.Array:
+  """Tokens to commit at step j of a block (``get_num_transfer_tokens``), int32[B].
+
+  n // S, plus one for the first n % S steps, so that the S steps commit n in all.
+
+  Args:
+    mask_count: int[B], masks in the block at its first step (n).
+    steps_per_block: S >= 1.
+    step_in_block: j in [0, S).
+  """
+  mask_count = jnp.asarray(mask_count, jnp.int32)
+  s = jnp.asarray(steps_per_block, jnp.int32)
+  extra = jnp.asarray(step_in_block, jnp.int32) < mask_count % s
+  return (mask_count // s + extra.astype(jnp.int32)).astype(jnp.int32)
+
+
+def gumbel_perturb(logits: jax.Array, u: jax.Array, temperature: float) -> jax.Array:
+  """log of generate.py's ``add_gumbel_noise``: logits − τ log(−log u), in u's dtype.
+
+  argmax of it is argmax of exp(logits) / (−log u)^τ, a draw from softmax(logits / τ)
+  (Gumbel-max). temperature 0 returns the logits unchanged (greedy).
+
+  Args:
+    logits: float[..., V].
+    u: float[..., V] uniforms in [0, 1) (float64 as generate.py).
+    temperature: τ >= 0 (a Python float).
+  """
+  if temperature == 0:
+    return logits
+  chex.assert_equal_shape([logits, u])
+  return logits.astype(u.dtype) - temperature * jnp.log(-jnp.log(u))
+
+
+def guided_logits(cond: jax.Array, uncond: jax.Array, cfg_scale: float) -> jax.Array:
+  """Classifier-free guidance of generate.py: uncond + (cfg + 1)(cond − uncond)."""
+  return uncond + (cfg_scale + 1) * (cond - uncond)
+
+
+def select_top(confidence: jax.Array, k: jax.Array) -> jax.Array:
+  """bool[B, T]: the k_b most confident positions of each row (torch.topk per row).
+
+  Args:
+    confidence: float[B, T] (−∞ where not eligible).
+    k: int[B], 0 <= k_b <= T.
+  """
+  chex.assert_rank(confidence, 2)
+  chex.assert_shape(k, confidence.shape[:1])
+  # Rank of every position by descending confidence; ties: the lower position first.
+  order = jnp.argsort(-confidence, axis=-1, stable=True)
+  rank = jnp.argsort(order, axis=-1, stable=True)
+  return rank < k[:, None]
+
+
+def confidence(logits: jax.Array, x0: jax.Array, remasking: str,
+               u: jax.Array | None = None) -> jax.Array:
+  """x0's confidence, float32[B, T]: softmax(logits)[x0] ('low_confidence'), or ``u``
+  ('random', float[B, T] uniforms)."""
+  if remasking == "low_confidence":
+    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(p, x0[..., None], axis=-1)[..., 0]
+  if remasking == "random":
+    chex.assert_shape(u, x0.shape)
+    return u.astype(jnp.float32)
+  raise ValueError(f"remasking={remasking!r} is not one of {REMASKING}")
+
+
+# --- loop -----------------------------------------------------------------------------
+
+
+def check_options(*, gen_length: int, block_length: int, temperature: float,
+                  cfg_scale: float, remasking: str) -> None:
+  """One-line errors for the static options (generate.py's asserts and arguments)."""
+  if isinstance(gen_length, bool) or not isinstance(gen_length, int) or gen_length < 1:
+    raise ValueError(f"gen_length must be a positive int, got {gen_length!r}")
+  if (isinstance(block_length, bool) or not isinstance(block_length, int)
+      or not 1 <= block_length <= gen_length or gen_length % block_length):
+    raise ValueError(f"block_length={block_length!r} must divide gen_length={gen_length}")
+  if not temperature >= 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+  if not cfg_scale >= 0:
+    raise ValueError(f"cfg_scale must be >= 0 (0 = no guidance), got {cfg_scale!r}")
+  if remasking not in REMASKING:
+    raise ValueError(f"remasking={remasking!r} is not one of {REMASKING}")
+
+
+def check_steps(steps: int, gen_length: int, block_length: int) -> None:
+  """generate.py's ``assert steps % num_blocks == 0``, as a one-line error."""
+  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps must be a positive int, got {steps!r}")
+  num_blocks = gen_length // block_length
+  if steps % num_blocks:
+    raise ValueError(f"steps={steps} must be a multiple of the number of blocks "
+                     f"{num_blocks} (gen_length {gen_length} / block_length {block_length})")
+
+
+def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps: jax.Array,
+                  *, mask_id: int, gen_length: int, block_length: int,
+                  temperature: float = 0.0, cfg_scale: float = 0.0,
+                  remasking: str = "low_confidence", float64: bool = True,
+                  mesh: Mesh | None = None) -> tuple[jax.Array, jax.Array]:
+  """Traceable generate.py: (tokens int32[B, P + G], nfe_model int32 scalar).
+
+  Call it inside jit (``steps`` may be traced; a multiple of the number of blocks, which
+  :func:`check_steps` checks on the host). A float64 loop (temperature > 0 and
+  ``float64``) must be traced under ``jax.enable_x64(True)``.
+
+  Args:
+    logits_fn: denoiser (x int32[R, T], sigma float32[R]) -> logits float[R, T, V]; σ is
+      zeros (LLaDA has no time input); R = B, or 2B with guidance.
+    prompt: int[B, P] (P may be 0).
+    key: PRNG key (see the module doc for its use).
+    steps: int scalar, total steps over all blocks.
+    mask_id, gen_length, block_length, temperature, cfg_scale, remasking: as generate.py.
+    float64: draw and apply the Gumbel noise in float64 (generate.py); False: float32.
+    mesh: if given, the batch axis of every [B, ...] array is sharded over it.
+  """
+  check_options(gen_length=gen_length, block_length=block_length, temperature=temperature,
+                cfg_scale=cfg_scale, remasking=remasking)
+  chex.assert_rank(prompt, 2)
+  noisy = temperature > 0
+  noise_dtype = jnp.float64 if float64 else jnp.float32
+  if noisy and float64 and not jax.config.jax_enable_x64:
+    raise RuntimeError("a float64 LLaDA sampler must be traced under jax.enable_x64(True); "
+                       "use make_generate / generate, which do that")
+
+  def constrain(a):
+    if mesh is None:
+      return a
+    return jax.lax.with_sharding_constraint(a, sharding.batch_sharding(mesh, a.ndim))
+
+  batch, p_len = prompt.shape
+  total = p_len + gen_length
+  steps = jnp.asarray(steps, jnp.int32)
+  per_block = steps // (gen_length // block_length)
+  pos = jnp.arange(total, dtype=jnp.int32)
+  k_gumbel, k_remask = jax.random.split(key)
+
+  x = jnp.concatenate([prompt.astype(jnp.int32),
+                       jnp.full((batch, gen_length), mask_id, jnp.int32)], axis=1)
+  x = constrain(x)
+  prompt_index = x != mask_id   # generate.py's prompt_index: fixed at the start
+
+  def forward(x):
+    if cfg_scale == 0:
+      return logits_fn(x, jnp.zeros((batch,), jnp.float32))
+    un_x = jnp.where(prompt_index, mask_id, x)
+    # Row 2b is row b, row 2b + 1 its un-prompted copy (see the module doc).
+    both = constrain(jnp.stack([x, un_x], axis=1).reshape(2 * batch, total))
+    out = logits_fn(both, jnp.zeros((2 * batch,), jnp.float32))
+    out = out.reshape(batch, 2, total, out.shape[-1])
+    return guided_logits(out[:, 0], out[:, 1], cfg_scale)
+
+  def body(i, carry):
+    x, block_count, nfe = carry
+    block, j = i // per_block, i % per_block
+    start = p_len + block * block_length
+    in_block = jnp.logical_and(pos >= start, pos < start + block_length)
+    mask_index = x == mask_id
+    count_now = jnp.sum(jnp.logical_and(mask_index, in_block), axis=1, dtype=jnp.int32)
+    block_count = jnp.where(j == 0, count_now, block_count)
+
+    logits = constrain(forward(x))
+    nfe = nfe + 1
+    if noisy:
+      u = constrain(step_uniforms(k_gumbel, i, logits.shape, noise_dtype))
+      x0 = jnp.argmax(gumbel_perturb(logits, u, temperature), axis=-1).astype(jnp.int32)
+    else:
+      x0 = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    u_remask = None
+    if remasking == "random":
+      u_remask = constrain(step_uniforms(k_remask, i, (batch, total), jnp.float32))
+    conf = confidence(logits, x0, remasking, u_remask)
+    # generate.py blanks only the positions after the block; those before it are prompt
+    # or committed, hence unmasked (−∞ below) unless a mask id was committed there.
+    conf = jnp.where(pos >= start + block_length, -jnp.inf, conf)
+    conf = jnp.where(mask_index, conf, -jnp.inf)
+    x0 = jnp.where(mask_index, x0, x)
+    take = select_top(conf, transfer_count(block_count, per_block, j))
+    return constrain(jnp.where(take, x0, x)), block_count, nfe
+
+  carry = (x, jnp.zeros((batch,), jnp.int32), jnp.asarray(0, jnp.int32))
+  x, _, nfe = jax.lax.fori_loop(0, steps, body, carry)
+  chex.assert_shape(x, (batch, total))
+  chex.assert_type([x, nfe], jnp.int32)
+  return x, nfe
+
+
+# --- public entry points --------------------------------------------------------------
+
+
+def make_generate(process: LLaDAProcess, apply_fn: ApplyFn, *, batch: int,
+                  prompt_length: int, gen_length: int, block_length: int | None = None,
+                  temperature: float = 0.0, cfg_scale: float = 0.0,
+                  remasking: str = "low_confidence", float64: bool = True,
+                  mesh: Mesh | None = None
+                  ) -> Callable[[Any, jax.Array, jax.Array, int], GenerateResult]:
+  """Compiles generate.py once for every step count (prompt-conditioned entry point).
+
+  Defaults are generate.py's, except block_length: None = gen_length (a single block;
+  generate.py's default 128 equals its default gen_length).
+
+  Args:
+    process: the LLaDAProcess (its mask id).
+    apply_fn: (params, x int32[R, T], sigma float32[R]) -> logits float[R, T, V].
+    batch: B; prompt_length: P (0 for unconditional generation); gen_length: G.
+    block_length, temperature, cfg_scale, remasking, float64, mesh: see
+      :func:`generate_loop`. With a mesh, ``batch`` must divide over its batch shards.
+
+  Returns:
+    ``generate(params, prompt int[B, P], key, steps: int) -> GenerateResult``.
+  """
+  if not isinstance(process, LLaDAProcess):
+    raise TypeError(f"process must be an LLaDAProcess, got {type(process).__name__}")
+  block_length = gen_length if block_length is None else block_length
+  check_options(gen_length=gen_length, block_length=block_length, temperature=temperature,
+                cfg_scale=cfg_scale, remasking=remasking)
+  if batch < 1 or prompt_length < 0:
+    raise ValueError(f"batch must be >= 1 and prompt_length >= 0, got batch={batch}, "
+                     f"prompt_length={prompt_length}")
+  if mesh is not None:
+    sharding.check_batch_divisible(batch, mesh, "sampling batch")
+    out_shardings = (sharding.batch_sharding(mesh, 2), sharding.replicated(mesh))
+  else:
+    out_shardings = None
+  float64 = bool(float64)
+  options = dict(mask_id=process.mask_id, gen_length=gen_length, block_length=block_length,
+                 temperature=float(temperature), cfg_scale=float(cfg_scale),
+                 remasking=remasking, float64=float64, mesh=mesh)
+
+  def run(params, prompt, key, steps):
+    return generate_loop(lambda x, sigma: apply_fn(params, x, sigma), prompt, key, steps,
+                         **options)
+
+  jitted = jax.jit(run, out_shardings=out_shardings)
+  rows = 2 * batch if cfg_scale > 0 else batch
+
+  def generate(params, prompt: jax.Array, key: jax.Array, steps: int) -> GenerateResult:
+    if (prompt.ndim != 2 or not jnp.issubdtype(prompt.dtype, jnp.integer)
+        or prompt.shape != (batch, prompt_length)):
+      raise ValueError(f"prompt must be int [B, P] = [{batch}, {prompt_length}], got "
+                       f"{prompt.dtype}{list(prompt.shape)}")
+    check_steps(steps, gen_length, block_length)
+    with jax.enable_x64(float64):
+      tokens, nfe = jitted(params, jnp.asarray(prompt, jnp.int32), key,
+                           jnp.asarray(steps, jnp.int32))
+    return GenerateResult(tokens=tokens, nfe_model=nfe, steps=steps, forward_rows=rows,
+                          prompt_length=prompt_length)
+
+  return generate
+
+
+def generate(process: LLaDAProcess, logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array,
+             *, steps: int, gen_length: int, block_length: int | None = None,
+             temperature: float = 0.0, cfg_scale: float = 0.0,
+             remasking: str = "low_confidence", float64: bool = True,
+             mesh: Mesh | None = None) -> GenerateResult:
+  """One-off generate.py with a closed-over denoiser ``logits_fn(x, sigma)``.
+
+  Compiles on every call; for repeated use :func:`make_generate`.
+  """
+  prompt = jnp.asarray(prompt)
+  if prompt.ndim != 2:
+    raise ValueError(f"prompt must be int [B, P], got shape {list(prompt.shape)}")
+  gen = make_generate(process, lambda _, x, sigma: logits_fn(x, sigma), batch=prompt.shape[0],
+                      prompt_length=prompt.shape[1], gen_length=gen_length,
+                      block_length=block_length, temperature=temperature,
+                      cfg_scale=cfg_scale, remasking=remasking, float64=float64, mesh=mesh)
+  return gen(None, prompt, key, steps)
