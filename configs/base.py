@@ -50,6 +50,16 @@ def get_config() -> ml_collections.ConfigDict:
       objective="fixed_point", alpha=1.0, mirror_eta=1.0, temperatures=(0.02, 0.05, 0.2),
       attraction=1.0, repulsion=1.0, eps=1e-8, normalization="joint", distance="squared",
       lift="soft", encoder_sigma=0.0, queue_size=1024, base_loss_weight=0.0))
+  # Positions averaged into the features h and u: "all" (the paper) or "completion" (only
+  # the non-prompt positions; needs a prompt, see c.prompt).
+  c.drift.pool = "all"
+
+  # Prompt-conditioned refinement (a never-corrupted prompt; needs a process whose corrupt
+  # takes keep=, i.e. "llada"). mode: "none" (unconditional, the paper); "prefix" (the
+  # first `length` tokens of every training row); "data" (per-row prompt lengths from
+  # <train_tokens stem>.prompt_lengths.npy next to data.train_tokens, data.kind="tokens":
+  # SFT pairs). Continuation then trains LLaDA's SFT loss.
+  c.prompt = ml_collections.ConfigDict(dict(mode="none", length=0))
 
   c.optim = optim.default_config()
   c.optim.lr = 3e-5

@@ -497,6 +497,25 @@ def tiny_run_config():
 
 
 @pytest.fixture(scope="session")
+def tiny_llada_config():
+  """Factory: ``tiny_llada_config(**over) -> LLaDAConfig`` (vocab 256 with the mask 250,
+  width 64, 2 blocks, GQA 4 -> 2 heads, length 16, no dropout); clean ids are below 250."""
+  from tests.helpers import tiny_run  # pylint: disable=import-outside-toplevel
+  return tiny_run.tiny_llada_config
+
+
+@pytest.fixture(scope="session")
+def tiny_llada_run_config():
+  """Factory: ``tiny_llada_run_config(tmp, objective="drift", *, steps=1, mesh_shape=(-1, 1),
+  num_devices=0, param_sharding="replicated", global_batch=16, micro_batch=8, queue_size=24,
+  prompt_mode="none", prompt_length=0, pool="all", seed=0)``: configs/llada_drift.py with
+  the tiny LLaDA, its random backbone (RMSNorm weights perturbed too) and token data with
+  companion prompt lengths written under ``tmp`` (once)."""
+  from tests.helpers import tiny_run  # pylint: disable=import-outside-toplevel
+  return tiny_run.tiny_llada_run_config
+
+
+@pytest.fixture(scope="session")
 def with_periodic_eval():
   """Factory: ``with_periodic_eval(config, every, nfe=(2,), num_samples=8, batch=4)`` turns
   on validation NLL and the sampling hook (judged by the tiny synthetic language)."""

@@ -110,3 +110,87 @@ def with_periodic_eval(c, every: int, nfe=(2,), num_samples: int = 8, batch: int
   se.judge_kind = "synthetic"
   se.synthetic.update(TINY_LANG)
   return c
+
+
+# ---------------------------------------------------------------------- tiny LLaDA runs
+# A tiny LLaDA (models/llada.py) under LLaDA's process. Sizes are pairwise distinct and the
+# embedding and output layer (256 x 64 = 2^14 elements) reach sharding's FSDP threshold,
+# so (4, 2) + fsdp really splits parameters. The mask id is inside the vocabulary but not
+# its last id, as the 8B's (126336 of 126464); clean data is drawn below it.
+
+TINY_LLADA = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                  mlp_hidden_size=96, length=16, rope_theta=500000.0, rms_norm_eps=1e-5,
+                  mask_token_id=250, weight_tying=False, rope_full_precision=True,
+                  dropout=0.0, embedding_dropout=0.0)
+TINY_LLADA_TEXT_VOCAB = 250  # clean ids are drawn from [0, mask id)
+
+
+def tiny_llada_config(**over):
+  from tokendrift_jax.models.llada import LLaDAConfig  # pylint: disable=import-outside-toplevel
+  return LLaDAConfig(**dict(TINY_LLADA, **over))
+
+
+def make_llada_backbone(path: str, seed: int = 0, **over) -> str:
+  """A tiny LLaDA backbone with every leaf perturbed (its RMSNorm weights start at one)."""
+  cfg = tiny_llada_config(**over)
+  checkpoints.save_backbone(path, cfg, random_params(cfg, seed), meta={"process": "llada"})
+  return path
+
+
+def make_prompt_lengths(tokens_path: str, length: int, seed: int) -> str:
+  """The companion ``<stem>.prompt_lengths.npy`` of ``tokens_path``: int32 [N] prompt
+  lengths in [1, length - 1] (every row has a prompt and a completion)."""
+  from tokendrift_jax.data import tokens  # pylint: disable=import-outside-toplevel
+  n = np.load(tokens_path, mmap_mode="r").shape[0]
+  rng = np.random.default_rng(seed)
+  path = tokens.prompt_lengths_path(tokens_path)
+  np.save(path, rng.integers(1, length, size=n).astype(np.int32))
+  return path
+
+
+def tiny_llada_run_config(tmp: str, objective: str = "drift", *, steps: int = 1,
+                          mesh_shape=(-1, 1), num_devices: int = 0,
+                          param_sharding: str = "replicated", global_batch: int = 16,
+                          micro_batch: int = 8, queue_size: int = 24, prompt_mode: str = "none",
+                          prompt_length: int = 0, pool: str = "all", seed: int = 0):
+  """A complete tiny LLaDA run config (configs/llada_drift.py with the tiny architecture),
+  its backbone and token data (with prompt lengths) written under ``tmp`` (once)."""
+  from configs import llada_drift  # pylint: disable=import-outside-toplevel
+  os.makedirs(tmp, exist_ok=True)
+  init = os.path.join(tmp, "llada_init")
+  if not os.path.isdir(init):
+    make_llada_backbone(init, seed=7)
+  train_npy = os.path.join(tmp, "llada_train.npy")
+  valid_npy = os.path.join(tmp, "llada_valid.npy")
+  if not os.path.exists(train_npy):
+    make_tokens(train_npy, 96, TINY_LLADA["length"], TINY_LLADA_TEXT_VOCAB, seed=1)
+    make_tokens(valid_npy, 32, TINY_LLADA["length"], TINY_LLADA_TEXT_VOCAB, seed=2)
+    make_prompt_lengths(train_npy, TINY_LLADA["length"], seed=3)
+    make_prompt_lengths(valid_npy, TINY_LLADA["length"], seed=4)
+  c = llada_drift.get_config()
+  c.seed = seed
+  c.objective = objective
+  c.init_checkpoint = init
+  c.model.update(TINY_LLADA)
+  c.model.dtype = "float32"
+  c.model.remat = False
+  c.data.kind = "tokens"
+  c.data.train_tokens = train_npy
+  c.data.valid_tokens = valid_npy
+  c.batch.global_batch = global_batch
+  c.batch.micro_batch = micro_batch
+  c.batch.eval_global_batch = 8
+  c.mesh.shape = tuple(mesh_shape)
+  c.mesh.num_devices = num_devices
+  c.mesh.param_sharding = param_sharding
+  c.prompt.mode = prompt_mode
+  c.prompt.length = prompt_length
+  c.drift.pool = pool
+  c.drift.queue_size = queue_size
+  c.optim.lr = 1e-3   # large enough that parameters visibly move in one step
+  c.train.steps = steps
+  c.train.log_every = 1
+  c.train.checkpoint_every = 1000
+  c.train.eval_every = 0
+  c.train.progress = False
+  return c

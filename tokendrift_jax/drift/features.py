@@ -11,6 +11,12 @@ The encoder is any callable ``encoder_hidden(embeds [B, L, d], sigma [B]) -> lis
 frozen copy of the initial checkpoint whose parameters are closed-over constants, so it gets
 no gradient and no optimizer state).
 
+Pooled positions (``POOLS``, ``DriftConfig.pool``): "all" (the paper: every position) or
+"completion" (prompt-conditioned refinement: only the non-prompt positions, the same ones
+for h and u), given as a bool [B, L] ``positions`` mask:
+
+  mean_t∈S_i H_t = Σ_{t∈S_i} H_t / |S_i|,   S_i = {t : positions[i, t]}, |S_i| ≥ 1.
+
 Encoder σ: ``DEFAULT_ENCODER_SIGMA = 0.0``. MDLM is not time-conditioned (σ is ignored).
 DUO is; σ = −log α_t = 0 means "t = 0, clean input", which is what both the model-completed
 sequence and x0 stand for. It is a config field (``DriftConfig.encoder_sigma``).
@@ -25,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 DEFAULT_ENCODER_SIGMA = 0.0
+POOLS = ("all", "completion")
 
 EncoderHidden = Callable[[jax.Array, jax.Array], Sequence[jax.Array]]
 
@@ -35,8 +42,23 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(sq, jnp.asarray(eps * eps, x.dtype)))
 
 
-def pool_features(hidden_states: Sequence[jax.Array]) -> jax.Array:
-  """[B, 2d] float (≥ float32) unit vectors from per-block hidden states (last two used)."""
+def _position_mean(h: jax.Array, positions: jax.Array | None, dtype) -> jax.Array:
+  """[B, L, d] -> [B, d]: the mean over all positions, or over ``positions`` (bool [B, L])."""
+  if positions is None:
+    return jnp.mean(h, axis=1, dtype=dtype)
+  total = jnp.sum(jnp.where(positions[..., None], h, jnp.zeros((), h.dtype)), axis=1,
+                  dtype=dtype)
+  return total / jnp.sum(positions, axis=1, keepdims=True, dtype=dtype)
+
+
+def pool_features(hidden_states: Sequence[jax.Array],
+                  positions: jax.Array | None = None) -> jax.Array:
+  """[B, 2d] float (≥ float32) unit vectors from per-block hidden states (last two used).
+
+  ``positions``: optional bool [B, L], the positions averaged (default all); each row
+  needs at least one (an empty row would divide by zero: the callers' prompts leave at
+  least one completion position).
+  """
   if len(hidden_states) < 2:
     raise ValueError(f"pool_features needs the outputs of at least 2 blocks, got "
                      f"{len(hidden_states)}")
@@ -44,33 +66,39 @@ def pool_features(hidden_states: Sequence[jax.Array]) -> jax.Array:
   if pen.ndim != 3 or pen.shape != last.shape:
     raise ValueError(f"the last two hidden states must both be [B, L, d], got {pen.shape} "
                      f"and {last.shape}")
+  if positions is not None and (positions.shape != pen.shape[:2]
+                                or positions.dtype != jnp.bool_):
+    raise ValueError(f"positions must be bool [B, L] = {pen.shape[:2]}, got "
+                     f"{positions.dtype} {positions.shape}")
   dtype = jnp.promote_types(last.dtype, jnp.float32)
   # Accumulate the position means in float32 without materialising float32 copies of H.
-  pooled = jnp.concatenate(
-      [jnp.mean(pen, axis=1, dtype=dtype), jnp.mean(last, axis=1, dtype=dtype)], axis=-1)
+  pooled = jnp.concatenate([_position_mean(pen, positions, dtype),
+                            _position_mean(last, positions, dtype)], axis=-1)
   chex.assert_rank(pooled, 2)  # [B, 2d]
   return l2_normalize(pooled)
 
 
-def encoder_features(encoder_hidden: EncoderHidden, embeds: jax.Array,
-                     sigma: jax.Array) -> jax.Array:
-  """h = pool(encoder(embeds, sigma)): [B, L, d] embeddings, [B] sigma -> [B, 2d]."""
+def encoder_features(encoder_hidden: EncoderHidden, embeds: jax.Array, sigma: jax.Array,
+                     positions: jax.Array | None = None) -> jax.Array:
+  """h = pool(encoder(embeds, sigma)): [B, L, d] embeddings, [B] sigma -> [B, 2d]
+  (``positions``: the pooled positions, see :func:`pool_features`)."""
   if embeds.ndim != 3:
     raise ValueError(f"embeds must be [B, L, d], got shape {embeds.shape}")
   if sigma.shape != embeds.shape[:1]:
     raise ValueError(f"sigma must be [B] = {embeds.shape[:1]}, got {sigma.shape}")
-  return pool_features(encoder_hidden(embeds, sigma))
+  return pool_features(encoder_hidden(embeds, sigma), positions)
 
 
 def clean_features(encoder_hidden: EncoderHidden, embedding: jax.Array, input_ids: jax.Array,
-                   sigma: jax.Array) -> jax.Array:
-  """u = pool(encoder(E[x0], sigma)), stop-gradient: int [B, L] ids -> [B, 2d]."""
+                   sigma: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+  """u = pool(encoder(E[x0], sigma)), stop-gradient: int [B, L] ids -> [B, 2d]
+  (``positions``: the pooled positions, see :func:`pool_features`)."""
   chex.assert_rank(embedding, 2)
   chex.assert_rank(input_ids, 2)
   chex.assert_type(input_ids, int)
   table = jax.lax.stop_gradient(embedding)
   embeds = jnp.take(table, input_ids, axis=0)
-  return jax.lax.stop_gradient(encoder_features(encoder_hidden, embeds, sigma))
+  return jax.lax.stop_gradient(encoder_features(encoder_hidden, embeds, sigma, positions))
 
 
 def encoder_sigma(batch: int, value: float = DEFAULT_ENCODER_SIGMA,

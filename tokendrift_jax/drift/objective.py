@@ -44,7 +44,7 @@ from tokendrift_jax import sharding
 from tokendrift_jax.drift import field
 from tokendrift_jax.drift import lift as lift_lib
 from tokendrift_jax.drift import queue as queue_lib
-from tokendrift_jax.drift.features import DEFAULT_ENCODER_SIGMA
+from tokendrift_jax.drift.features import DEFAULT_ENCODER_SIGMA, POOLS
 
 OBJECTIVES = ("fixed_point", "mirror_kl", "mirror_mse")
 DEFAULT_MIRROR_ETA = 1.0
@@ -69,6 +69,9 @@ class DriftConfig:
     queue_size: Q of both queues (App. F: 1024; Table 5: 4 / 64 / 1024).
     base_loss_weight: weight of the backbone's diffusion loss added to the drift loss
       (0 = drift only, the default; Table 4's "w/" rows use 1).
+    pool: positions averaged into h and u: "all" (the paper) or "completion" (the
+      non-prompt positions of prompt-conditioned refinement); used by the caller's
+      feature map (``drift.features.pool_features(positions=...)``).
   """
   objective: str = "fixed_point"
   alpha: float = 1.0
@@ -83,6 +86,7 @@ class DriftConfig:
   encoder_sigma: float = DEFAULT_ENCODER_SIGMA
   queue_size: int = 1024
   base_loss_weight: float = 0.0
+  pool: str = "all"
 
   def __post_init__(self):
     object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
@@ -92,6 +96,7 @@ class DriftConfig:
          f"one of {field.NORMALIZATIONS}"),
         ("distance", self.distance in field.DISTANCES, f"one of {field.DISTANCES}"),
         ("lift", self.lift in lift_lib.LIFT_MODES, f"one of {lift_lib.LIFT_MODES}"),
+        ("pool", self.pool in POOLS, f"one of {POOLS}"),
         ("temperatures", bool(self.temperatures) and all(t > 0 for t in self.temperatures),
          "a non-empty tuple of positive numbers"),
         ("alpha", self.alpha > 0, "> 0"),

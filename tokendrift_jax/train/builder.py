@@ -20,6 +20,7 @@ from tokendrift_jax.diffusion import process_from_config
 from tokendrift_jax.drift import objective as obj_lib
 from tokendrift_jax.train import losses
 from tokendrift_jax.train import optim
+from tokendrift_jax.train import prompt as prompt_lib
 from tokendrift_jax.train import step as step_lib
 
 OBJECTIVES = ("drift", "continuation")
@@ -155,7 +156,8 @@ class StepParts:
                           tree, shardings)
     abs_params = models.abstract_params(self.model_cfg)
     abs_state = jax.eval_shape(self.init_state, abs_params)
-    batch = jax.ShapeDtypeStruct((int(self.config.batch.global_batch), self.model_cfg.length),
+    width = self.model_cfg.length + self.ctx.prompt.extra_columns  # + per-row prompt lengths
+    batch = jax.ShapeDtypeStruct((int(self.config.batch.global_batch), width),
                                  jnp.int32, sharding=self.batch_sharding)
     encoder = (None if self.drift is None
                else with_sharding(abs_params, self.encoder_shardings))
@@ -177,6 +179,10 @@ def build_step(config: ml_collections.ConfigDict, model_cfg=None) -> StepParts:
   check_ema_config(config)
   dcfg = drift_config(config) if config.objective == "drift" else None
   process = process_for(config, model_cfg)
+  try:
+    prompt = prompt_lib.from_config(config, model_cfg.length, process)
+  except ValueError as e:
+    raise TrainError(str(e)) from e
   gdef = model_graphdef(config, model_cfg)
   total = int(config.train.steps)
   optimizer = optim.make_optimizer(config.optim, total)
@@ -195,7 +201,7 @@ def build_step(config: ml_collections.ConfigDict, model_cfg=None) -> StepParts:
     enc_shardings = sharding.param_sharding(abstract, mesh, config.mesh.param_sharding)
   ctx = losses.StepContext(graphdef=gdef, process=process, drift=dcfg, mesh=mesh,
                            dropout=float(model_cfg.dropout) > 0,
-                           compute_dtype=jnp.dtype(config.model.dtype))
+                           compute_dtype=jnp.dtype(config.model.dtype), prompt=prompt)
   scfg = step_lib.StepConfig(micro_batch=int(config.batch.micro_batch),
                              ema_decay=float(config.ema.decay) if config.ema.enabled else None,
                              lr_schedule=optim.learning_rate_schedule(config.optim, total),

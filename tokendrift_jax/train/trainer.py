@@ -75,9 +75,11 @@ class Interrupted(KeyboardInterrupt):
 
 def _offline_hint(path: str, family: models.Family, process: str) -> str:
   hub = family.hub_names.get(process, path)
+  # The converter's default family is the DiT's; others name theirs.
+  flag = "" if family.name == "dit" else f" --family {family.name}"
   return (f"this machine has no model hub: download {hub} elsewhere (e.g. `huggingface-cli "
-          f"download {hub} --local-dir SRC`), convert it with `python -m convert SRC DST`, and "
-          f"pass --config.init_checkpoint=DST")
+          f"download {hub} --local-dir SRC`), convert it with `python -m convert SRC DST{flag}`, "
+          f"and pass --config.init_checkpoint=DST")
 
 
 def resolve_init_checkpoint(config: ml_collections.ConfigDict) -> tuple[Any, str | None]:
@@ -142,7 +144,8 @@ def make_data(config, seq_len: int, process):
   from tokendrift_jax.data import tokens
   try:
     return tokens.make_datasets(config.data, global_batch=g, eval_global_batch=e,
-                                seq_len=seq_len, seed=int(config.seed), process=process)
+                                seq_len=seq_len, seed=int(config.seed), process=process,
+                                prompt_lengths=config.get("prompt", {}).get("mode") == "data")
   except ValueError as err:
     raise TrainError(str(err)) from err
 
