@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tokendrift_jax import models
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import make_process
+from tokendrift_jax.drift import features as feat_lib
 from tokendrift_jax.drift import objective as obj_lib
 from tokendrift_jax.drift import queue as queue_lib
 from tokendrift_jax.train import losses
+from tokendrift_jax.train import prompt as prompt_lib
 
 
 def _setup(arch, tiny_model_config, random_params):
@@ -23,14 +26,18 @@ def _setup(arch, tiny_model_config, random_params):
   process = make_process(arch, cfg.vocab_size)
   text_vocab = cfg.vocab_size - 1 if arch == "mdlm" else cfg.vocab_size
   x0 = np.random.default_rng(5).integers(0, text_vocab, size=(8, cfg.length)).astype(np.int32)
-  rng = np.random.default_rng(6)
-  # Partly filled queues (10 of 16 slots) with unit-norm features.
+  return cfg, params, encoder, process, x0, _partial_queues(2 * cfg.hidden_size)
+
+
+def _partial_queues(dim, seed=6):
+  """Partly filled queues (10 of 16 slots) with unit-norm features."""
+  rng = np.random.default_rng(seed)
   queues = {}
   for name in ("real", "gen"):
-    q = queue_lib.init_queue(16, 2 * cfg.hidden_size)
-    feats = rng.standard_normal((10, 2 * cfg.hidden_size)).astype(np.float32)
+    q = queue_lib.init_queue(16, dim)
+    feats = rng.standard_normal((10, dim)).astype(np.float32)
     queues[name] = queue_lib.push(q, feats / np.linalg.norm(feats, axis=1, keepdims=True))
-  return cfg, params, encoder, process, x0, queues
+  return queues
 
 
 def _run(arch, mesh, setup):
@@ -67,3 +74,135 @@ def test_sharded_microstep_equals_single_device(arch, tiny_model_config, random_
   keys = ("v_norm", "scale", "pos_weight_frac")
   chex.assert_trees_all_close({k: m8[k] for k in keys}, {k: m1[k] for k in keys},
                               rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------ prompt-conditioned (LLaDA)
+# A tiny LLaDA under LLaDA's process, one device, dropout off. Rows carry per-row prompt
+# lengths (the "data" layout, [b, L + 1]) of 0 to L - 1 tokens.
+
+PROMPT_LENGTHS = np.array([0, 3, 7, 15, 1, 9, 5, 12], np.int32)  # 15 = L - 1
+
+
+def _llada_setup(tiny_llada_config, random_params, pool="all", base_loss_weight=1.0):
+  from tests.helpers.tiny_run import TINY_LLADA_TEXT_VOCAB  # pylint: disable=import-outside-toplevel
+  cfg = tiny_llada_config()
+  process = make_process("llada", cfg.vocab_size, mask_id=cfg.mask_id)
+  ctx = losses.StepContext(
+      graphdef=models.graphdef(cfg, scan_layers=True), process=process,
+      drift=obj_lib.DriftConfig(queue_size=16, pool=pool, base_loss_weight=base_loss_weight),
+      mesh=None, dropout=False, prompt=prompt_lib.PromptSpec("data"))
+  x0 = np.random.default_rng(8).integers(0, TINY_LLADA_TEXT_VOCAB, (8, cfg.length)).astype(
+      np.int32)
+  batch = np.concatenate([x0, PROMPT_LENGTHS[:, None]], axis=1)
+  keep = np.arange(cfg.length)[None, :] < PROMPT_LENGTHS[:, None]
+  params, encoder = random_params(cfg, seed=3), random_params(cfg, seed=4)
+  return ctx, params, encoder, _partial_queues(cfg.feature_dim), x0, batch, keep
+
+
+def _llada_draw(ctx, encoder, batch, key):
+  """The micro-step's own draw (its key use: k_t, k_x, k_drop = split(key, 3))."""
+  x0, keep = prompt_lib.split_prompt(ctx.prompt, jnp.asarray(batch))
+  k_t, k_x, _ = jax.random.split(key, 3)
+  draw = losses.drift_draw(ctx, x0, keep, k_t, k_x)
+  enc = losses.frozen_encoder(ctx, encoder, x0.shape[0])
+  return draw, enc
+
+
+def _np_pool(hidden, positions):
+  """float64 normalize([mean_{t∈S} H^(L-1)_t, mean_{t∈S} H^(L)_t]) for bool [b, L] S."""
+  w = np.asarray(positions, np.float64)[..., None]
+  pooled = np.concatenate([(np.asarray(x, np.float64) * w).sum(1) / w.sum(1)
+                           for x in hidden[-2:]], -1)
+  return pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
+
+
+def test_prompt_is_never_corrupted_lifted_or_differentiated(tiny_llada_config, random_params):
+  """Per-row prompts, "completion" pooling, base loss on: the prompt keeps x0, enters the
+  encoder as E[x0] exactly and gets exactly zero gradient; u and h pool the completion
+  only (float64 NumPy pooling of the same encoder output)."""
+  ctx, params, encoder, queues, x0, batch, keep = _llada_setup(
+      tiny_llada_config, random_params, pool="completion")
+  key = jax.random.PRNGKey(21)
+
+  @jax.jit
+  def pieces(params, encoder, queues, batch):
+    draw, enc = _llada_draw(ctx, encoder, batch, key)
+    u = losses.clean_features(enc, draw)
+    logits = losses.generator(ctx, params, None)(draw.xt, draw.sigma)
+    # ℓ = log_probs(logits) and its vjp: the chain rule through the parameterisation
+    # gives ∂L/∂logits from ∂L/∂ℓ without a second backward pass through the encoder.
+    log_probs, lp_vjp = jax.vjp(lambda lg: ctx.process.log_probs(lg, draw.xt), logits)
+    lift = losses.lift_embeddings(ctx, enc, draw, log_probs)
+    loss_of_lp = lambda lp: losses.drift_loss_from_log_probs(ctx, enc, draw, u, queues, lp)[0]
+    g_lp = jax.grad(loss_of_lp)(log_probs)
+    # The encoder's output (fixed) on the clean rows and on the lifted rows, and h.
+    hidden = [enc.hidden(e, enc.sigma) for e in (jnp.take(enc.table, draw.x0, 0), lift)]
+    h = feat_lib.encoder_features(enc.hidden, lift, enc.sigma, draw.pooled)
+    return draw, enc.table, lift, lp_vjp(g_lp)[0], g_lp, u, h, hidden
+
+  draw, table, lift, g_logits, g_lp, u, h, hidden = jax.device_get(
+      pieces(params, encoder, queues, batch))
+  chex.assert_trees_all_equal(draw.keep, keep)
+  # Never corrupted: the prompt of xt is x0; the completion is (partly) masked.
+  chex.assert_trees_all_equal(draw.xt[keep], x0[keep])
+  assert np.all(draw.xt[draw.predicted] == ctx.process.mask_id)
+  assert not np.any(draw.predicted & keep)
+  assert draw.predicted.sum() >= 10  # a lower bound: the test sees lifted positions
+  # No lift: the encoder's input at prompt positions is the exact row E[x0].
+  chex.assert_trees_all_equal(lift[keep], table[x0[keep]])
+  # No gradient at prompt positions, through the drift and the base loss (weight 1):
+  # exactly zero w.r.t. the generator's logits and w.r.t. the lift's input ℓ.
+  chex.assert_trees_all_equal(g_logits[keep], np.zeros_like(g_logits[keep]))
+  chex.assert_trees_all_equal(g_lp[keep], np.zeros_like(g_lp[keep]))
+  # A lower bound: the predicted completion positions do get gradient.
+  assert np.all(np.abs(g_logits[draw.predicted]).sum(-1) > 0)
+  # "completion" pools the non-prompt positions of both u (clean) and h (lifted).
+  chex.assert_trees_all_equal(draw.pooled, ~keep)
+  for got, hid in ((u, hidden[0]), (h, hidden[1])):
+    # float32 sums of ≤ 16 hidden states of size O(1)-O(10), then a normalisation.
+    chex.assert_trees_all_close(got, _np_pool(hid, ~keep), rtol=0, atol=2e-6)
+  # Row 0 has no prompt; every other row's feature moves when its prompt is left out.
+  every = _np_pool(hidden[0], np.ones_like(keep))
+  chex.assert_trees_all_close(u[0], every[0], rtol=0, atol=2e-6)
+  assert np.min(np.max(np.abs(u[1:] - every[1:]), axis=-1)) > 1e-4  # a lower bound
+
+
+def test_pool_all_averages_every_position(tiny_llada_config, random_params):
+  """DriftConfig.pool="all" (the paper's default) pools every position, prompt included."""
+  ctx, _, encoder, _, _, batch, _ = _llada_setup(tiny_llada_config, random_params, pool="all")
+
+  @jax.jit
+  def pieces(encoder, batch):
+    draw, enc = _llada_draw(ctx, encoder, batch, jax.random.PRNGKey(22))
+    hidden = enc.hidden(jnp.take(enc.table, draw.x0, 0), enc.sigma)
+    return draw.pooled, losses.clean_features(enc, draw), hidden
+
+  pooled, u, hidden = jax.device_get(pieces(encoder, batch))
+  assert pooled is None
+  # float32 sums of 16 hidden states of size O(1)-O(10), then a normalisation.
+  chex.assert_trees_all_close(u, _np_pool(hidden, np.ones((8, 16), bool)), rtol=0, atol=2e-6)
+
+
+def test_prompted_continuation_is_llada_sft_loss(tiny_llada_config, random_params):
+  """continuation_microstep with per-row prompts == LLaDA's SFT loss (GUIDELINES.md),
+  float64 NumPy (tests/references/np_llada.py) on the micro-step's own draws."""
+  from tests.references import np_llada  # pylint: disable=import-outside-toplevel
+  ctx, params, _, _, x0, batch, _ = _llada_setup(tiny_llada_config, random_params)
+  key = jax.random.PRNGKey(23)
+  # Only the loss and metrics leave the jit: XLA drops the unused backward pass.
+  loss, metrics = jax.jit(
+      lambda p, b: losses.continuation_microstep(ctx, p, b, key)[::3])(params, batch)
+  # The documented key use: k_loss, k_drop = split(key); LLaDA's loss: k_t, k_x =
+  # split(k_loss), t ~ U[0, 1) [B] (sampling_eps 0, no strata), masking uniforms [B, L].
+  k_t, k_x = jax.random.split(jax.random.split(key)[0])
+  t = np.asarray(jax.random.uniform(k_t, (8,), jnp.float32))
+  u = np.asarray(jax.random.uniform(k_x, x0.shape, jnp.float32))
+  mask_id = ctx.process.mask_id
+  noisy, p_mask = np_llada.forward_process(x0, t, u, mask_id, prompt_lengths=PROMPT_LENGTHS)
+  forward = jax.jit(lambda p, x: models.merge(ctx.graphdef, p)(x, jnp.zeros((8,))))
+  logits = np.asarray(forward(params, jnp.asarray(noisy, jnp.int32)), np.float64)
+  want = np_llada.sft_loss(logits, x0, noisy, p_mask, PROMPT_LENGTHS, mask_id)
+  # float32 log-softmax over 256 ids and a sum of ~60 terms of size ~10: ≲ 1e-6 relative.
+  chex.assert_trees_all_close(loss, want, rtol=1e-5, atol=0)
+  chex.assert_trees_all_close(metrics["prompt_per_row"], PROMPT_LENGTHS.mean(), rtol=1e-7,
+                              atol=0)

@@ -37,9 +37,12 @@ class PromptSpec:
   Attributes:
     mode: "none", "prefix" or "data" (see the module docstring).
     length: P of mode "prefix"; 0 otherwise.
+    seq_len: the training length L, when known: a micro-batch must then have exactly
+      L + ``extra_columns`` columns (checked at trace time).
   """
   mode: str = "none"
   length: int = 0
+  seq_len: int | None = None
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -66,6 +69,11 @@ def split_prompt(spec: PromptSpec, batch: jax.Array) -> tuple[jax.Array, jax.Arr
   ``batch``: int32 [b, L + spec.extra_columns]. keep[i, t] = t < P_i.
   """
   chex.assert_rank(batch, 2)
+  if spec.seq_len is not None and batch.shape[1] != spec.seq_len + spec.extra_columns:
+    layout = (f"{spec.seq_len} tokens + 1 prompt-length column" if spec.extra_columns
+              else f"{spec.seq_len} tokens")
+    raise ValueError(f"micro-batch {tuple(batch.shape)} must have {layout} per row "
+                     f"(prompt mode {spec.mode!r})")
   if not spec.active:
     return batch, None
   if spec.mode == "prefix":
@@ -116,4 +124,4 @@ def from_config(config: Any, length: int, process) -> PromptSpec:
   if config.get("objective") == "drift" and pool == "completion" and mode == "none":
     raise ValueError("config.drift.pool='completion' pools the non-prompt positions: it "
                      "needs a prompt (config.prompt.mode 'prefix' or 'data')")
-  return PromptSpec(mode=mode, length=plen)
+  return PromptSpec(mode=mode, length=plen, seq_len=int(length))

@@ -1,0 +1,158 @@
+"""TokenDrift and continuation on a tiny LLaDA through the real step and the trainer.
+
+* A prompt-conditioned TokenDrift run (per-row prompts, completion pooling: every piece
+  of the unconditional step and the prompt's) through ``trainer.train`` on one device:
+  finite losses, the prompt metrics, checkpoints and a resume; its first step equals one
+  step through ``builder.build_step`` on (4, 2) + FSDP (loss, parameters, queues).
+* ``--runslow``: one step of each objective, unconditional and prompted, on 1 device ==
+  on (8, 1) and (4, 2) + FSDP.
+
+The SFT loss of the prompted continuation micro-step and the prompt's masks, lift and
+gradients are checked in tests/train/test_losses.py.
+
+The init checkpoint is a random tiny LLaDA with every leaf perturbed (its RMSNorm weights
+start at one), written by ``checkpoints.save_backbone`` (tests/helpers/tiny_run.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tokendrift_jax import checkpoints
+from tokendrift_jax import sharding
+from tokendrift_jax.train import builder
+from tokendrift_jax.train import checkpointing
+from tokendrift_jax.train import metrics_writer
+from tokendrift_jax.train import trainer
+
+MESHES = {"one": ((1, 1), 1, "replicated"), "dp8": ((8, 1), 8, "replicated"),
+          "fsdp": ((4, 2), 8, "fsdp")}
+
+
+def _first_batch(config, parts) -> np.ndarray:
+  """The run's first global batch from its own data pipeline (with the prompt column)."""
+  train_iter, _ = trainer.make_data(config, parts.model_cfg.length, parts.process)
+  return np.asarray(next(train_iter), np.int32)
+
+
+def _one_step(config):
+  """(loss, params, queues) after one step of ``config``'s jitted step from its init."""
+  parts = builder.build_step(config)
+  params = checkpoints.load_backbone_params(config.init_checkpoint)[1]
+  state = sharding.to_global(parts.init_state(params), parts.state_shardings)
+  encoder = (None if parts.drift is None
+             else sharding.to_global(params, parts.encoder_shardings))
+  batch = jax.make_array_from_process_local_data(parts.batch_sharding,
+                                                 _first_batch(config, parts))
+  state, metrics = parts.step_fn(state, batch, encoder)
+  assert bool(metrics["finite"])
+  return jax.device_get((metrics["loss"], state.params, state.queues)), params, state
+
+
+def _config(tiny_dir, tiny_llada_run_config, objective, mesh="one", prompt=False, **over):
+  shape, n, rule = MESHES[mesh]
+  extra = dict(prompt_mode="data", pool="completion" if objective == "drift" else "all")
+  cfg = tiny_llada_run_config(tiny_dir, objective, mesh_shape=shape, num_devices=n,
+                              param_sharding=rule, **(extra if prompt else {}), **over)
+  # Adam's first update is lr·g/(|g| + ε): with ε = 1e-8 a gradient entry of size ~ε
+  # turns the ~1e-8 rounding of the reduction order into an update change of up to lr
+  # (seen: 1e-4 on 1 of 6144 entries), a conditioning of the problem, not a sharding
+  # error. With ε = 1e-4 an update moves by at most lr/ε = 10x the gradient's change.
+  cfg.optim.eps = 1e-4
+  return cfg
+
+
+def _check_meshes(objective, prompt, names, tiny_dir, tiny_llada_run_config, max_abs_diff):
+  runs = {}
+  for name in ("one",) + tuple(names):
+    cfg = _config(tiny_dir, tiny_llada_run_config, objective, name, prompt)
+    t = time.time()
+    runs[name], init, _ = _one_step(cfg)
+    print(f"{objective} prompt={prompt} {name}: {time.time() - t:.1f}s")
+  loss1, params1, queues1 = runs["one"]
+  assert np.isfinite(loss1) and loss1 > 0
+  assert max_abs_diff(params1, init) > 1e-4, "parameters must move for the test to mean much"
+  if objective == "drift":
+    assert int(queues1["gen"].count) == 16  # two micro-steps of 8 pushed
+  else:
+    assert queues1 is None
+  for name in names:
+    loss, params, queues = runs[name]
+    # float32 reductions split over 8 devices (and FSDP's sharded matmuls) reorder the
+    # additions; 1e-5 is the issue's bound (observed ≤ 8e-7 for params and queues).
+    # Keyed by the mesh, so that a failure names it.
+    chex.assert_trees_all_close({name: loss}, {name: loss1}, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close({name: params}, {name: params1}, rtol=0, atol=1e-5)
+    chex.assert_trees_all_close({name: queues}, {name: queues1}, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective,prompt,names", [
+    ("drift", False, ("dp8", "fsdp")), ("continuation", False, ("dp8", "fsdp")),
+    ("drift", True, ("dp8",)), ("continuation", True, ("dp8", "fsdp"))])
+def test_llada_one_device_equals_eight_devices(objective, prompt, names, tiny_dir,
+                                               tiny_llada_run_config, max_abs_diff):
+  """One step: 1 device == (8, 1) data parallel and (4, 2) + FSDP."""
+  _check_meshes(objective, prompt, names, tiny_dir, tiny_llada_run_config, max_abs_diff)
+
+
+def _restored(workdir, step, like_state):
+  """(params, queues) of the checkpoint of ``step`` in ``workdir`` (read into the
+  shapes and shardings of ``like_state``)."""
+  ckpt = checkpointing.Checkpointer(workdir)
+  try:
+    state, _, _ = ckpt.restore(step, checkpointing.abstract_like(like_state))
+  finally:
+    ckpt.close()
+  return jax.device_get((state.params, state.queues))
+
+
+def test_prompted_drift_run_resumes_and_equals_fsdp_4x2(tiny_dir, tmp_path,
+                                                        tiny_llada_run_config, read_losses,
+                                                        max_abs_diff):
+  """Prompt-conditioned TokenDrift (per-row prompts, completion pooling) on one device:
+  one step (checkpointed at the end), then a restart that resumes at step 1 and runs
+  steps 2 and 3; step 1 (loss, params, queues) == one step on (4, 2) + FSDP (batch over
+  both mesh axes, parameters split)."""
+  def config(steps, mesh="one"):
+    c = _config(tiny_dir, tiny_llada_run_config, "drift", mesh, prompt=True, steps=steps)
+    c.train.export_backbone = False
+    return c
+
+  workdir = str(tmp_path / "run")
+  t = time.time()
+  first = trainer.train(config(1), workdir)
+  assert first["step"] == 1 and os.path.isdir(os.path.join(workdir, "checkpoints", "1"))
+  second = trainer.train(config(3), workdir)
+  assert second["start_step"] == 1 and second["step"] == 3
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "3"))
+  print(f"trainer 1 + 2 steps: {time.time() - t:.1f}s")
+  losses = read_losses(workdir)
+  assert len(losses) == 3 and all(np.isfinite(losses))
+  rows = [r for r in metrics_writer.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "loss" in r]
+  for r in rows:
+    # Prompts of 1..15 of the 16 tokens: the completion is pooled, a part of it predicted.
+    assert 1 <= r["prompt_per_row"] <= 15
+    chex.assert_trees_all_close(r["pooled_per_row"], 16 - r["prompt_per_row"], rtol=1e-6,
+                                atol=0)
+    assert 0 < r["predicted_per_row"] <= r["pooled_per_row"]
+
+  t = time.time()
+  (loss, params, queues), init, fsdp_state = _one_step(config(1, "fsdp"))
+  print(f"fsdp step: {time.time() - t:.1f}s")
+  params1, queues1 = _restored(workdir, 1, fsdp_state)
+  assert max_abs_diff(params1, init) > 1e-4, "parameters must move for the test to mean much"
+  assert int(queues1["gen"].count) == 16  # two micro-steps of 8 pushed
+  # As in _check_meshes: the issue's 1e-5 (observed ≤ 8e-7). The logged loss went through
+  # JSON (float32 -> float64 repr), exact.
+  chex.assert_trees_all_close(loss, losses[0], rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(params, params1, rtol=0, atol=1e-5)
+  chex.assert_trees_all_close(queues, queues1, rtol=0, atol=1e-5)
