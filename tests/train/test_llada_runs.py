@@ -30,6 +30,7 @@ from tokendrift_jax import sharding
 from tokendrift_jax.train import builder
 from tokendrift_jax.train import checkpointing
 from tokendrift_jax.train import metrics_writer
+from tokendrift_jax.train import prompt as prompt_lib
 from tokendrift_jax.train import trainer
 
 MESHES = {"one": ((1, 1), 1, "replicated"), "dp8": ((8, 1), 8, "replicated"),
@@ -156,3 +157,37 @@ def test_prompted_drift_run_resumes_and_equals_fsdp_4x2(tiny_dir, tmp_path,
   chex.assert_trees_all_close(loss, losses[0], rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(params, params1, rtol=0, atol=1e-5)
   chex.assert_trees_all_close(queues, queues1, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llada_drift", "llada_continuation", "llada_drift_prompt",
+                                  "llada_continuation_prompt"])
+def test_shipped_llada_configs_build(name):
+  """The shipped 8B configs: LLaDA-8B-Base's architecture, LLaDA's process settings, the
+  paper's optimizer and batch; build_step's checks accept them (without building the 8B
+  step: its abstract state alone takes seconds) and a missing checkpoint points at the
+  LLaDA converter."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  from tokendrift_jax import models  # pylint: disable=import-outside-toplevel
+  c = importlib.import_module(f"configs.{name}").get_config()
+  eight_b = dict(models.get_family("llada").sizes["8b"], length=1024)
+  assert {k: c.model[k] for k in eight_b} == eight_b
+  assert (c.model.family, c.model.dtype, c.model.remat) == ("llada", "bfloat16", True)
+  assert (c.diffusion.process, c.diffusion.sampling_eps, c.diffusion.antithetic) == (
+      "llada", 0.0, False)
+  assert (c.optim.lr, c.optim.weight_decay, c.batch.global_batch) == (3e-5, 0.0, 512)
+  assert c.objective == ("drift" if "drift" in name else "continuation")
+  assert (c.prompt.mode, c.prompt.length) == (("prefix", 256) if "prompt" in name
+                                              else ("none", 0))
+  model_cfg = builder.model_config(c)
+  assert model_cfg == models.get_family("llada").config_cls(**eight_b)
+  builder.check_batch_config(c, builder.make_mesh(c), 1)
+  process = builder.process_for(c, model_cfg)
+  assert (process.name, process.mask_id, process.sampling_eps) == ("llada", 126336, 0.0)
+  if c.objective == "drift":
+    assert builder.drift_config(c).pool == "all"
+  spec = prompt_lib.from_config(c, model_cfg.length, process)
+  assert spec.active == ("prompt" in name)
+  with pytest.raises(trainer.TrainError,
+                     match=r"download GSAI-ML/LLaDA-8B-Base elsewhere .* `python -m convert "
+                           r"SRC DST --family llada`"):
+    trainer.resolve_init_checkpoint(c)
