@@ -165,7 +165,7 @@ def test_bfloat16_first_moment_matches_numpy_adamw():
     # b2^t (6e-8) is 3e-5 of 1 - b2^2 = 0.002, 1.5e-5 after the square root; the other
     # ~6 roundings add <= 4e-7; the atol covers cancellation between the Adam and
     # weight-decay terms. An update formed from the rounded moment would be off by up to
-    # 2^-9 = 2e-3 relative from step 2 on, optax's bfloat16 b1 by ~1.6e-3.
+    # 2^-9 = 2e-3 relative from step 2 on, optax's bfloat16 b1 by ~1.5e-3.
     chex.assert_trees_all_close(upd, want, rtol=2e-5, atol=LR * 1e-6)
     chex.assert_trees_all_close(state[1][0].nu, v, rtol=1e-6, atol=0)
     for name in m:
@@ -258,5 +258,5 @@ def test_bfloat16_first_moment_trajectory(tiny_model_config, random_params):
   assert dp["bfloat16"][0] == 0.0 and runs["bfloat16"][0][1] == l32[1]
   assert dp["bfloat16"][-1] > 0   # a lower bound: the option changes something
   # Unbiased rounding (<= 2^-9 per step) stays closer to float32 than optax's moment,
-  # which loses 1.6% of its average to b1's rounding: an inequality, not a tolerance.
+  # which loses 1.5% of its average to b1's rounding: an inequality, not a tolerance.
   assert dp["bfloat16"][-1] < dp["optax mu_dtype"][-1]

@@ -216,6 +216,23 @@ def test_resume_is_bitwise_identical(tiny_dir, tmp_path, tiny_run_config, read_l
   assert int(a.queues["gen"].count) == 24  # 6 steps x 2 micro-steps x 8 > 24: wrapped
 
 
+def test_resume_refuses_another_first_moment_dtype(tiny_dir, tmp_path, tiny_run_config):
+  """The Adam moment's storage dtype is part of the state: a resume with the other
+  optim.mu_dtype is refused before anything is written; a checkpoint written before the
+  field existed counts as float32. (steps=0 saves the initial state without compiling a
+  step.)"""
+  wd = str(tmp_path / "wd")
+  legacy = tiny_run_config(tiny_dir, objective="continuation", steps=0)
+  del legacy.optim["mu_dtype"]
+  trainer.train(legacy, wd)
+  c = tiny_run_config(tiny_dir, objective="continuation", steps=0)
+  c.optim.mu_dtype = "bfloat16"
+  with pytest.raises(trainer.TrainError,
+                     match="optim.mu_dtype 'float32' vs config 'bfloat16'") as e:
+    trainer.train(c, wd)
+  assert "\n" not in str(e.value)
+
+
 # ------------------------------------------------------------------ the full 170M config
 
 

@@ -97,7 +97,7 @@ def stored_first_moment(tx: optax.GradientTransformation, dtype) -> optax.Gradie
 
   Not optax's own ``mu_dtype``: its moment update multiplies the stored bfloat16 moment
   by the weakly typed b1 in bfloat16, i.e. by bfloat16(0.9) = 0.8984375, so the moment
-  decays faster than its bias correction assumes and settles ~1.6% below the gradient
+  decays faster than its bias correction assumes and settles ~1.5% below the gradient
   average (tests/train/test_step.py measures it). Here the stored moment is read back as
   float32 (exact), ``tx`` runs in float32 and only the new moment is rounded.
   """
