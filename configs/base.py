@@ -63,6 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.optim = optim.default_config()
   c.optim.lr = 3e-5
+  # Adam's first moment in float32 (default) or bfloat16 (half its memory; see
+  # train/optim.py and docs/SHARDING.md). A resume keeps the checkpoint's choice.
+  c.optim.mu_dtype = "float32"
 
   # EMA as the backbone repositories train it (decay 0.9999, models/ema.py). warmup: the
   # repositories' min(decay, (1 + n) / (10 + n)) with n counted from this run's first step;
@@ -77,8 +80,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch = ml_collections.ConfigDict(dict(global_batch=512, micro_batch=8,
                                            eval_global_batch=64))
 
-  # (data, fsdp) mesh; -1 = all remaining devices. param_sharding: replicated | fsdp.
-  # num_devices > 0 uses only the first N devices (single-process experiments only).
+  # (data, fsdp) or (data, fsdp, tensor) mesh (two entries: tensor = 1); -1 = all remaining
+  # devices. Batches are split over data x fsdp; tensor splits the weights of each layer.
+  # param_sharding: replicated | fsdp (the largest divisible axis over fsdp) | rules (the
+  # family's logical axes: heads, mlp, vocab over tensor, embed over fsdp; docs/SHARDING.md;
+  # needed for tensor > 1). num_devices > 0 uses only the first N devices (single-process
+  # experiments only).
   c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), param_sharding="replicated",
                                           num_devices=0))
 

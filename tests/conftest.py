@@ -63,6 +63,7 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import pytest  # noqa: E402
+import shutil  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -168,7 +169,8 @@ GPT2_CONTEXT = 32  # n_positions of the shared tiny judge (tiny_gpt2_judge)
 
 def _build_tiny_gpt2(path, vocab_size: int = GPT2_VOCAB, n_positions: int = 32,
                      n_layer: int = 2, n_embd: int = 32, n_head: int = 4, seed: int = 0,
-                     init_std: float = 0.2, safe_serialization: bool = True):
+                     init_std: float = 0.2, safe_serialization: bool = True,
+                     tokenizer_dir: str | None = None):
   """Writes a tiny random ``GPT2LMHeadModel`` plus tokenizer to an HF directory.
 
   Args:
@@ -180,6 +182,8 @@ def _build_tiny_gpt2(path, vocab_size: int = GPT2_VOCAB, n_positions: int = 32,
     init_std: std of the random weights. Larger than GPT-2's 0.02 so the judge's
       predictions are far from uniform and the NLLs differ from token to token.
     safe_serialization: write model.safetensors (True) or pytorch_model.bin.
+    tokenizer_dir: copy this tokenizer (e.g. the vendored GPT-2 BPE, vocab_size 50257)
+      instead of training the tiny one.
 
   Returns:
     (model, tokenizer): the PyTorch model (eval mode, float32) and tokenizer.
@@ -188,7 +192,12 @@ def _build_tiny_gpt2(path, vocab_size: int = GPT2_VOCAB, n_positions: int = 32,
   import transformers  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
-  _build_tiny_tokenizer(path, vocab_size=vocab_size)
+  if tokenizer_dir is None:
+    _build_tiny_tokenizer(path, vocab_size=vocab_size)
+  else:
+    for f in os.listdir(tokenizer_dir):
+      if f.endswith((".json", ".txt")):
+        shutil.copyfile(os.path.join(tokenizer_dir, f), path / f)
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
   assert len(tokenizer) == vocab_size and tokenizer.eos_token_id == vocab_size - 1
   config = transformers.GPT2Config(
@@ -225,6 +234,42 @@ def tiny_gpt2_judge(tmp_path_factory):
   convert_gpt2(root / "pt", root / "flax", verify=False)
   return types.SimpleNamespace(pt=root / "pt", flax=root / "flax", vocab=GPT2_VOCAB,
                                eos=ENDOFTEXT, context=GPT2_CONTEXT)
+
+
+# ---------------------------------------------------------------------- the real GPT-2 BPE
+# The GPT-2 tokenizer vendored in tests/assets/gpt2 (README there: source, license), real
+# English documents, and a tiny random GPT-2 judge that uses that tokenizer.
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+GPT2_BPE_VOCAB = 50257
+BPE_JUDGE_CONTEXT = 256
+
+
+@pytest.fixture(scope="session")
+def gpt2_bpe():
+  """Directory of the real GPT-2 tokenizer (50257 ids, EOS 50256)."""
+  return os.path.join(ASSETS, "gpt2")
+
+
+@pytest.fixture(scope="session")
+def english_docs():
+  """Twelve short English documents (tests/assets/english.jsonl), one with a literal
+  "[PAD]"; a fresh list per use."""
+  import json  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(ASSETS, "english.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line)["text"] for line in f]
+
+
+@pytest.fixture(scope="session")
+def bpe_gpt2_judge(tmp_path_factory, gpt2_bpe):
+  """A tiny random GPT-2 (1 layer, width 16, context 256) with the real GPT-2 tokenizer,
+  as a PyTorch HF directory (``.pt``) and converted to Flax (``.flax``)."""
+  from convert.gpt2 import convert_gpt2  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("bpe_judge")
+  _build_tiny_gpt2(root / "pt", vocab_size=GPT2_BPE_VOCAB, n_positions=BPE_JUDGE_CONTEXT,
+                   n_layer=1, n_embd=16, n_head=2, seed=3, tokenizer_dir=gpt2_bpe)
+  convert_gpt2(root / "pt", root / "flax", verify=False)
+  return types.SimpleNamespace(pt=root / "pt", flax=root / "flax", context=BPE_JUDGE_CONTEXT)
 
 
 # ---------------------------------------------------------------------- PyTorch DIT checkpoints

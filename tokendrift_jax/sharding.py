@@ -1,11 +1,19 @@
 """Device mesh and sharding rules: the one place where placement is decided.
 
-The mesh has two named axes, ``data`` and ``fsdp`` (MaxText's names):
+The mesh has three named axes, ``data``, ``fsdp`` and ``tensor`` (MaxText's names):
 
-* a batch is split over *both* axes (every device sees different sequences; with
-  ``fsdp = 1`` this is plain data parallelism);
-* parameters and optimizer state are either replicated, or their largest axis that
-  divides evenly is split over ``fsdp`` (ZeRO-3 style), see :func:`param_sharding`.
+* a batch is split over ``data`` and ``fsdp`` (every device of a (data, fsdp) group sees
+  different sequences; with ``fsdp = 1`` this is plain data parallelism); the ``tensor``
+  axis sees the same rows, it splits the weights (and so the work) of each layer;
+* parameters, optimizer moments and EMA are placed by one of three modes
+  (:data:`PARAM_SHARDING_MODES`, ``config.mesh.param_sharding``): ``"replicated"``;
+  ``"fsdp"``, the size heuristic of :func:`param_sharding` (the largest evenly divisible
+  axis over ``fsdp``, ZeRO-3 style); ``"rules"``, the family's logical axes through the
+  table :data:`LOGICAL_AXIS_RULES` (MaxText style: a parameter names what each of its dims
+  is, the table says which mesh axis splits that kind of dim), see :func:`rules_sharding`.
+
+A two-entry mesh shape (data, fsdp) is the three-axis mesh with ``tensor = 1``: every
+config written before the tensor axis builds the same placement.
 
 Everything that places arrays (train step, samplers, evaluators) asks this module.
 """
@@ -13,7 +21,7 @@ Everything that places arrays (train step, samplers, evaluators) asks this modul
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -21,24 +29,54 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA = "data"
 FSDP = "fsdp"
-MESH_AXES = (DATA, FSDP)
+TENSOR = "tensor"
+MESH_AXES = (DATA, FSDP, TENSOR)
 BATCH_AXES = (DATA, FSDP)
+PARAM_SHARDING_MODES = ("replicated", "fsdp", "rules")
+
+# The vocabulary of logical dim names a family's ``logical_axes`` may use (None = a dim
+# that no rule splits, e.g. a 1-D scale or the conditioning width).
+LOGICAL_NAMES = ("vocab", "embed", "heads", "kv_heads", "mlp", "layers")
+
+# Logical name -> the mesh axis that splits such a dim (None: kept whole). Megatron-style
+# tensor parallelism: the dims that index heads, MLP hidden units and vocabulary entries
+# are split over ``tensor``, so each tensor shard computes its heads / hidden units /
+# logits from the whole residual stream; the model width ``embed`` is split over ``fsdp``
+# (ZeRO-3: gathered before use, gradients reduce-scattered). ``layers`` (a stacked layer
+# axis) stays whole: there is no pipeline axis.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
+    ("vocab", TENSOR),
+    ("heads", TENSOR),
+    ("kv_heads", TENSOR),
+    ("mlp", TENSOR),
+    ("embed", FSDP),
+    ("layers", None),
+)
+
+LogicalAxesFn = Callable[[tuple[str, ...], tuple[int, ...]], tuple[str | None, ...]]
 
 
 def make_mesh(shape: Sequence[int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
-  """Builds a (data, fsdp) mesh.
+  """Builds a (data, fsdp, tensor) mesh.
 
   Args:
-    shape: (data, fsdp) sizes; ``None`` or (-1, 1) puts every device on ``data``. One
-      entry may be -1 and is inferred.
+    shape: (data, fsdp) or (data, fsdp, tensor) sizes; two entries mean ``tensor = 1``.
+      ``None`` or (-1, 1) puts every device on ``data``. One entry may be -1 and is
+      inferred.
     devices: devices to use (default: all global devices, so the same call works on one
-      process or many).
+      process or many). They fill the mesh in order, ``tensor`` varying fastest, so a
+      tensor group is made of neighbouring devices (one host, one NVLink domain).
   """
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   shape = [-1, 1] if shape is None else list(shape)
-  if len(shape) != 2:
-    raise ValueError(f"mesh shape must be (data, fsdp), got {tuple(shape)}")
+  if len(shape) not in (2, 3):
+    raise ValueError(f"mesh shape must be (data, fsdp) or (data, fsdp, tensor), "
+                     f"got {tuple(shape)}")
+  if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or (s < 1 and s != -1)
+         for s in shape):
+    raise ValueError(f"mesh shape {tuple(shape)} must hold positive ints or one -1")
+  shape = [int(s) for s in shape] + [1] * (3 - len(shape))
   if shape.count(-1) > 1:
     raise ValueError(f"mesh shape {tuple(shape)} has more than one -1")
   if -1 in shape:
@@ -69,11 +107,13 @@ def mesh_from_config(mesh_cfg: Any) -> Mesh:
 
 
 def num_batch_shards(mesh: Mesh) -> int:
-  return mesh.shape[DATA] * mesh.shape[FSDP]
+  """How many different row blocks a batch is split into (data x fsdp; not tensor)."""
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-  """Leading (batch) axis split over every device; other axes whole."""
+  """Leading (batch) axis split over (data, fsdp); other axes whole; the same rows on
+  every device of a tensor group."""
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
@@ -89,6 +129,9 @@ def check_batch_divisible(batch: int, mesh: Mesh, what: str = "batch") -> None:
         f"{dict(mesh.shape)}; pick a multiple of {n}")
 
 
+# ----------------------------------------------------------------------------- "fsdp" mode
+
+
 def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
   if fsdp == 1 or math.prod(shape) < min_size:
     return P()
@@ -102,15 +145,160 @@ def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
   return P()
 
 
-def param_sharding(tree: Any, mesh: Mesh, mode: str = "replicated", min_size: int = 2 ** 14) -> Any:
-  """Sharding for every array leaf of ``tree`` (params, optimizer state, EMA).
+# ----------------------------------------------------------------------------- "rules" mode
+
+
+def path_names(key_path: Sequence[Any]) -> tuple[str, ...]:
+  """A jax key path (dict keys, sequence indices, attributes) as a tuple of strings."""
+  out = []
+  for k in key_path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(k, attr):
+        out.append(str(getattr(k, attr)))
+        break
+    else:
+      out.append(str(k))
+  return tuple(out)
+
+
+def _rules_dict(rules) -> dict[str, str | None]:
+  table = dict(rules)
+  for name, axis in table.items():
+    if axis is not None and axis not in MESH_AXES:
+      raise ValueError(f"logical-axis rule {name!r} -> {axis!r}: not a mesh axis {MESH_AXES}")
+  return table
+
+
+def _checked_names(names, path: tuple[str, ...], shape: tuple[int, ...],
+                   table: dict[str, str | None]) -> tuple[str | None, ...]:
+  where = "/".join(path)
+  if not isinstance(names, tuple) or len(names) != len(shape):
+    raise ValueError(f"logical_axes of {where!r} with shape {shape} must be a tuple of "
+                     f"{len(shape)} names, got {names!r}")
+  for name in names:
+    if name is not None and name not in table:
+      raise ValueError(f"logical_axes of {where!r} names {name!r}, which no rule maps "
+                       f"(known: {sorted(table)})")
+  return names
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules=LOGICAL_AXIS_RULES) -> P:
+  """The PartitionSpec of an array of ``shape`` whose dims are called ``names``.
+
+  Dim i is split over the mesh axis ``rules[names[i]]`` when that axis divides it and no
+  earlier dim of the same array took the axis; otherwise the dim stays whole (a mesh axis
+  appears at most once in a spec, and an uneven split is never made). :func:`unsplit_dims`
+  lists the dims a rule maps but that stay whole.
+  """
+  table = _rules_dict(rules)
+  names = _checked_names(tuple(names), ("<array>",), tuple(shape), table)
+  used: set[str] = set()
+  spec = []
+  for name, size in zip(names, shape):
+    axis = None if name is None else table[name]
+    if axis is None or axis in used or size % mesh.shape[axis]:
+      spec.append(None)
+    else:
+      spec.append(axis)
+      used.add(axis)
+  return P(*spec)
+
+
+def _leaf_names(logical_axes: LogicalAxesFn, path, leaf, table):
+  shape = tuple(getattr(leaf, "shape", ()))
+  names = tuple(logical_axes(path, shape))
+  return _checked_names(names, path, shape, table), shape
+
+
+def rules_sharding(tree: Any, mesh: Mesh, logical_axes: LogicalAxesFn,
+                   rules=LOGICAL_AXIS_RULES) -> Any:
+  """NamedSharding of every array leaf of a parameter ``tree`` by logical-axis rules.
 
   Args:
-    mode: ``"replicated"`` or ``"fsdp"`` (split the largest evenly divisible axis over
-      the ``fsdp`` mesh axis; arrays under ``min_size`` elements stay replicated).
+    tree: the pure parameter dict (arrays or ShapeDtypeStructs).
+    logical_axes: ``(path, shape) -> names``, one name of :data:`LOGICAL_NAMES` (or None)
+      per dim; ``path`` is the leaf's key path as strings, e.g.
+      ``("blocks", "0", "attn_qkv", "kernel")`` (a family's ``Family.logical_axes``).
+    rules: (logical name, mesh axis or None) pairs, :data:`LOGICAL_AXIS_RULES` by default.
+
+  A dim whose rule names a mesh axis that does not divide it, or that an earlier dim of
+  the same leaf already uses, stays whole (see :func:`logical_to_spec`); ValueError naming
+  the leaf for a wrong number of names or an unknown name.
   """
-  if mode not in ("replicated", "fsdp"):
-    raise ValueError(f"param sharding mode must be 'replicated' or 'fsdp', got {mode!r}")
+  table = _rules_dict(rules)
+
+  def one(key_path, leaf):
+    path = path_names(key_path)
+    names, shape = _leaf_names(logical_axes, path, leaf, table)
+    return NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def unsplit_dims(tree: Any, mesh: Mesh, logical_axes: LogicalAxesFn,
+                 rules=LOGICAL_AXIS_RULES) -> list[str]:
+  """One line per dim that a rule maps to a mesh axis of size > 1 but that stays whole
+  (the axis does not divide it, or the leaf already uses the axis), e.g.
+  ``"output_layer/linear/kernel dim 1 (vocab -> tensor): 33 % 4 != 0"``."""
+  table = _rules_dict(rules)
+  lines = []
+  for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    path = path_names(key_path)
+    names, shape = _leaf_names(logical_axes, path, leaf, table)
+    spec = tuple(logical_to_spec(names, shape, mesh, rules))
+    spec = spec + (None,) * (len(shape) - len(spec))
+    for i, (name, size) in enumerate(zip(names, shape)):
+      axis = None if name is None else table[name]
+      if axis is None or mesh.shape[axis] == 1 or spec[i] == axis:
+        continue
+      why = (f"{size} % {mesh.shape[axis]} != 0" if size % mesh.shape[axis]
+             else f"{axis} already splits another dim")
+      lines.append(f"{'/'.join(path)} dim {i} ({name} -> {axis}): {why}")
+  return lines
+
+
+def like_params(tree: Any, params: Any, param_shardings: Any, mesh: Mesh) -> Any:
+  """Shardings of a tree that holds copies of the parameter tree (an optax state).
+
+  Every subtree of ``tree`` with the structure and shapes of ``params`` (Adam's ``mu`` and
+  ``nu``, in any dtype) gets ``param_shardings``; every other leaf (step counts) is
+  replicated.
+  """
+  structure = jax.tree.structure(params)
+  shapes = [tuple(getattr(x, "shape", ())) for x in jax.tree.leaves(params)]
+
+  def is_param_copy(x):
+    if x is None or jax.tree.structure(x) != structure:
+      return False
+    return [tuple(getattr(y, "shape", ())) for y in jax.tree.leaves(x)] == shapes
+
+  rep = replicated(mesh)
+  return jax.tree.map(lambda x: param_shardings if is_param_copy(x) else rep, tree,
+                      is_leaf=is_param_copy)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def param_sharding(tree: Any, mesh: Mesh, mode: str = "replicated", min_size: int = 2 ** 14,
+                   *, logical_axes: LogicalAxesFn | None = None) -> Any:
+  """Sharding for every array leaf of a parameter-shaped ``tree`` (params, EMA, encoder).
+
+  Args:
+    mode: ``"replicated"``; ``"fsdp"`` (split the largest evenly divisible axis over the
+      ``fsdp`` mesh axis; arrays under ``min_size`` elements stay replicated; the leaf's
+      shape alone decides, so an optax state tree can be passed whole); ``"rules"`` (the
+      logical-axis rules, :func:`rules_sharding`; ``tree`` must be the parameter dict
+      that ``logical_axes`` describes).
+    logical_axes: the family's ``(path, shape) -> names``, required by ``"rules"``.
+  """
+  if mode not in PARAM_SHARDING_MODES:
+    raise ValueError(f"param sharding mode must be one of {PARAM_SHARDING_MODES}, got {mode!r}")
+  if mode == "rules":
+    if logical_axes is None:
+      raise ValueError("param sharding mode 'rules' needs a logical_axes function")
+    return rules_sharding(tree, mesh, logical_axes)
   fsdp = mesh.shape[FSDP]
 
   def one(x):

@@ -180,8 +180,8 @@ def load_cached(directory: str) -> CachedBlocks:
 
 def build_split(source: sources_lib.DocumentSource, name: str, *,
                 tokenizer, tokenizer_name: str, cache_dir: str, length: int,
-                valid_docs: int, group_docs: int | None, progress: bool = True
-                ) -> CachedBlocks:
+                valid_docs: int, group_docs: int | None, progress: bool = True,
+                pad_token: str = "") -> CachedBlocks:
   """Returns the cached blocks of one split, building them on first use.
 
   Args:
@@ -194,6 +194,9 @@ def build_split(source: sources_lib.DocumentSource, name: str, *,
     valid_docs: held-out document count; part of the key because it moves the split.
     group_docs: see :func:`tokendrift_jax.data.wrap.iter_wrapped_blocks`.
     progress: show a tqdm bar while tokenizing.
+    pad_token: the pad token ``tokenizer`` was given by :func:`tokenizer.add_pad_token`
+      ("" = none); recorded in the key and manifest (the tokenizer fingerprint, which
+      covers added tokens, changes with it too).
   """
   if name not in (TRAIN, VALIDATION):
     raise ValueError(f"split must be {TRAIN!r} or {VALIDATION!r}, got {name!r}")
@@ -203,6 +206,9 @@ def build_split(source: sources_lib.DocumentSource, name: str, *,
       "valid_docs": valid_docs, "tokenizer": tokenizer_lib.tokenizer_fingerprint(tokenizer),
       "length": length, "wrap": True, "group_docs": group_docs,
   }
+  if pad_token:
+    # Only when set, so that caches built before the field existed keep their keys.
+    material["pad_token"] = pad_token
   key = cache_key(material)
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
   final = os.path.join(cache_dir, f"{name}-L{length}-{key}")
@@ -225,6 +231,8 @@ def build_split(source: sources_lib.DocumentSource, name: str, *,
         "key": key, "key_material": material, "split": name,
         "doc_range": [spec.start, spec.stop], "source": source.description,
         "tokenizer_name": tokenizer_name, "bos": ids.bos, "eos": ids.eos,
+        "pad_token": pad_token,
+        "pad_id": tokenizer.pad_token_id if pad_token else None,
         "length": length, "dtype": "int32", "counts": counts,
         "created_unix": time.time(),
     }
@@ -250,10 +258,13 @@ def prepare_splits(*, source: str, tokenizer: str, cache_dir: str, length: int,
                    text_field: str = "text", hub_split: str = "train",
                    valid_docs: int = 100_000, wrap: bool = True,
                    group_docs: int | None = wrap_lib.MDLM_GROUP_DOCS,
-                   progress: bool = True) -> dict[str, CachedBlocks]:
+                   progress: bool = True, pad_token: str = "[PAD]"
+                   ) -> dict[str, CachedBlocks]:
   """Opens the source and tokenizer and returns ``{"train": ..., "validation": ...}``.
 
-  ``"validation"`` is absent when ``valid_docs == 0``. See :func:`build_split`.
+  ``"validation"`` is absent when ``valid_docs == 0``. ``pad_token``: added as a special
+  token to a tokenizer without one before tokenizing, as MDLM and DUO did ("[PAD]"; ""
+  = the tokenizer as it is; :func:`tokenizer.add_pad_token`). See :func:`build_split`.
   """
   if not wrap:
     raise ValueError(
@@ -264,10 +275,12 @@ def prepare_splits(*, source: str, tokenizer: str, cache_dir: str, length: int,
     raise ValueError(f"sequence length must be >= 3 for BOS ... EOS blocks, got {length}")
   src = sources_lib.open_source(source, text_field=text_field, hub_split=hub_split)
   tok = tokenizer_lib.load_tokenizer(tokenizer)
+  added = pad_token if pad_token and tok.pad_token is None else ""
+  tokenizer_lib.add_pad_token(tok, pad_token)
   names = [TRAIN] + ([VALIDATION] if valid_docs else [])
   return {name: build_split(src, name, tokenizer=tok, tokenizer_name=tokenizer,
                             cache_dir=cache_dir, length=length, valid_docs=valid_docs,
-                            group_docs=group_docs, progress=progress)
+                            group_docs=group_docs, progress=progress, pad_token=added)
           for name in names}
 
 
@@ -285,6 +298,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--valid_docs", type=int, default=100_000)
   p.add_argument("--group_docs", type=int, default=wrap_lib.MDLM_GROUP_DOCS,
                  help="documents per concatenation group (MDLM: 1000); 0 = whole stream")
+  p.add_argument("--pad_token", default="[PAD]",
+                 help="special pad token added to a tokenizer without one, as MDLM/DUO did "
+                      "(default [PAD]); '' = tokenize with the tokenizer as it is")
   return p.parse_args(argv)
 
 
@@ -294,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     splits = prepare_splits(source=args.source, tokenizer=args.tokenizer,
                             cache_dir=args.cache_dir, length=args.length,
                             text_field=args.text_field, hub_split=args.hub_split,
-                            valid_docs=args.valid_docs, group_docs=args.group_docs or None)
+                            valid_docs=args.valid_docs, group_docs=args.group_docs or None,
+                            pad_token=args.pad_token)
   except (OSError, ValueError, KeyError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -37,8 +37,9 @@ from tokendrift_jax.data import cache as cache_lib
 from tokendrift_jax.data import wrap as wrap_lib
 
 # Fields of the ``data`` config section (see default_config for their meaning).
-FIELDS = ("source", "text_field", "hub_split", "valid_docs", "tokenizer", "cache_dir", "wrap",
-          "wrap_group_docs", "read_threads", "prefetch_batches", "progress")
+FIELDS = ("source", "text_field", "hub_split", "valid_docs", "tokenizer", "pad_token",
+          "cache_dir", "wrap", "wrap_group_docs", "read_threads", "prefetch_batches",
+          "progress")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -52,6 +53,10 @@ def default_config() -> ml_collections.ConfigDict:
     valid_docs: the last ``valid_docs`` documents (counted before wrapping) form
       the validation split; 0 = no validation split.
     tokenizer: HF tokenizer hub id (from the local HF cache only) or directory.
+    pad_token: added as a special token to a tokenizer that has no pad token, before
+      tokenizing, as MDLM's and DUO's ``get_tokenizer`` do ("[PAD]": the released
+      checkpoints were trained on data tokenized so; a literal "[PAD]" in a document is
+      then one id, 50257 for GPT-2, which is MDLM's mask id); "" = the tokenizer as is.
     cache_dir: where tokenized, wrapped blocks are cached (one directory per split).
     wrap: MDLM's wrap (must be True; see cache.prepare_splits).
     wrap_group_docs: documents per concatenation group; MDLM's 1000 (datasets.map
@@ -66,6 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
   cfg.hub_split = "train"
   cfg.valid_docs = 100_000
   cfg.tokenizer = "gpt2"
+  cfg.pad_token = "[PAD]"
   cfg.cache_dir = "~/.cache/tokendrift_jax/data"
   cfg.wrap = True
   cfg.wrap_group_docs = wrap_lib.MDLM_GROUP_DOCS
@@ -203,7 +209,8 @@ def make_datasets(data_cfg: Any, *, global_batch: int, seq_len: int, seed: int,
       source=cfg["source"], tokenizer=cfg["tokenizer"], cache_dir=cfg["cache_dir"],
       length=seq_len, text_field=cfg["text_field"], hub_split=cfg["hub_split"],
       valid_docs=cfg["valid_docs"], wrap=cfg["wrap"],
-      group_docs=cfg["wrap_group_docs"] or None, progress=cfg["progress"])
+      group_docs=cfg["wrap_group_docs"] or None, progress=cfg["progress"],
+      pad_token=str(cfg["pad_token"]))
   read = grain.ReadOptions(num_threads=cfg["read_threads"],
                            prefetch_buffer_size=cfg["prefetch_batches"])
   for name, split in splits.items():
@@ -211,6 +218,14 @@ def make_datasets(data_cfg: Any, *, global_batch: int, seq_len: int, seed: int,
                  split.manifest["doc_range"])
     if max_token_id is not None:
       lo, hi = split.id_range()
+      pad_id = split.manifest.get("pad_id")
+      if lo >= 0 and pad_id is not None and hi == pad_id > max_token_id:
+        raise ValueError(
+            f"data split {name!r} ({split.directory}) holds the id {pad_id} of "
+            f"data.pad_token={cfg['pad_token']!r} (a literal {cfg['pad_token']!r} in the "
+            f"text, tokenized as MDLM/DUO did), but the model's clean ids end at "
+            f"{max_token_id} (for MDLM that id is the mask); set data.pad_token='' to "
+            f"tokenize it as text, or clean the corpus")
       if lo < 0 or hi > max_token_id:
         raise ValueError(
             f"data split {name!r} ({split.directory}) holds token ids in [{lo}, {hi}] but the "

@@ -77,6 +77,20 @@ def load_tokenizer(name_or_path: str, *, field: str = TOKENIZER_FIELD
     ) from e
 
 
+def add_pad_token(tokenizer: transformers.PreTrainedTokenizerBase, pad_token: str
+                  ) -> transformers.PreTrainedTokenizerBase:
+  """MDLM's and DUO's ``get_tokenizer``: a tokenizer without a pad token (GPT-2) gets
+  ``pad_token`` as an added *special* token, in place; "" leaves it unchanged.
+
+  Both released backbones tokenized OpenWebText after this, so a literal "[PAD]" in a
+  document is one id (50257 for GPT-2) rather than its text pieces ([58, 47, 2885, 60]).
+  A tokenizer that has a pad token is left as it is, as they do.
+  """
+  if pad_token and tokenizer.pad_token is None:
+    tokenizer.add_special_tokens({"pad_token": pad_token})
+  return tokenizer
+
+
 def special_ids(tokenizer: transformers.PreTrainedTokenizerBase) -> SpecialIds:
   """BOS and EOS ids with MDLM's fallbacks (cls for bos, sep for eos).
 

@@ -43,6 +43,13 @@ def judge_config() -> ml_collections.ConfigDict:
     judge_batch: chunks per jitted judge call (a multiple of the device count).
     judge_group_size: texts per retokenization call (the references retokenize one
       sampling batch per call: DUO's OWT Gen-PPL scripts use 8 per GPU).
+    judge_buckets: chunk widths the judge may run at below its context (a chunk takes
+      the smallest that holds it); () = always the full context. Scores are the same
+      either way; short samples cost less (docs/EVALUATION.md).
+    clean_up_tokenization_spaces: how sampled ids are decoded to the texts the judge
+      scores. True = as the released evaluations decoded (MDLM and DUO pin transformers
+      4.38, whose ``batch_decode`` cleans " ." , " 's", " n't" ... by default); False =
+      transformers >= 4.45's default, the raw byte-level text.
     noise_removal: "" = the backbone's default (MDLM "greedy", DUO "ancestral").
     sampler_precision: "" = the backbone's default (MDLM float32, DUO float64), or
       "float32" / "float64".
@@ -59,6 +66,8 @@ def judge_config() -> ml_collections.ConfigDict:
   c.judge_dtype = "float32"
   c.judge_batch = 8
   c.judge_group_size = 8
+  c.judge_buckets = (128, 256, 512)
+  c.clean_up_tokenization_spaces = True
   c.noise_removal = ""
   c.sampler_precision = ""
   c.model_dtype = "float32"

@@ -18,9 +18,13 @@ and DUO ``Metrics.record_generative_perplexity`` / ``_eval_retokenize``:
    EOS counts, later EOS / padding do not).
 4. Gen-PPL = exp(sum(nll * w) / sum(w)) over all chunks of all samples.
 
-Scoring runs jitted over fixed-shape batches of chunks ``int32[batch_size,
-context]`` (the last batch is padded with weight-0 rows, so it compiles once),
-with the batch split over the mesh by :mod:`tokendrift_jax.sharding`.
+Scoring runs jitted over fixed-shape batches of chunks ``int32[batch_size, W]``, with the
+batch split over the mesh by :mod:`tokendrift_jax.sharding`. W is the smallest of a few
+*bucket* widths (and the context) that holds the chunk's true length, so a 128-token sample
+is judged as 128 positions, not padded to the 1024 of GPT-2's context; the scores are those
+of the full-width chunk, since causal attention keeps the dropped filler positions (weight
+0, after every scored one) from changing the logits of the kept ones. One shape is compiled
+per width in use (the last batch of a width is padded with weight-0 rows).
 """
 
 from __future__ import annotations
@@ -271,19 +275,23 @@ class GenPPLResult:
     weight_sum: sum of w (number of scored tokens).
     sample_nll_sum: float64[N] per-sample part of ``nll_sum``.
     sample_weight_sum: float64[N] per-sample part of ``weight_sum``.
+    judged_positions: token positions run through the judge (rows x width of every
+      jitted batch, filler rows included): the judge's cost.
   """
   gen_ppl: float
   nll_sum: float
   weight_sum: float
   sample_nll_sum: np.ndarray
   sample_weight_sum: np.ndarray
+  judged_positions: int = 0
 
   @property
   def num_samples(self) -> int:
     return int(self.sample_nll_sum.shape[0])
 
   @classmethod
-  def from_sample_sums(cls, sample_nll_sum: np.ndarray, sample_weight_sum: np.ndarray) -> GenPPLResult:
+  def from_sample_sums(cls, sample_nll_sum: np.ndarray, sample_weight_sum: np.ndarray,
+                       judged_positions: int = 0) -> GenPPLResult:
     nll_sum = float(np.sum(sample_nll_sum, dtype=np.float64))
     weight_sum = float(np.sum(sample_weight_sum, dtype=np.float64))
     if weight_sum <= 0:
@@ -292,7 +300,8 @@ class GenPPLResult:
           f"{weight_sum}); Gen-PPL is undefined")
     return cls(gen_ppl=math.exp(nll_sum / weight_sum), nll_sum=nll_sum, weight_sum=weight_sum,
                sample_nll_sum=np.asarray(sample_nll_sum, np.float64),
-               sample_weight_sum=np.asarray(sample_weight_sum, np.float64))
+               sample_weight_sum=np.asarray(sample_weight_sum, np.float64),
+               judged_positions=int(judged_positions))
 
   @classmethod
   def merge(cls, results: Sequence[GenPPLResult]) -> GenPPLResult:
@@ -301,7 +310,8 @@ class GenPPLResult:
       raise ValueError("GenPPLResult.merge needs at least one result")
     return cls.from_sample_sums(
         np.concatenate([r.sample_nll_sum for r in results]),
-        np.concatenate([r.sample_weight_sum for r in results]))
+        np.concatenate([r.sample_weight_sum for r in results]),
+        sum(r.judged_positions for r in results))
 
 
 class GenPPLEvaluator:
@@ -315,6 +325,9 @@ class GenPPLEvaluator:
       The last batch is filled with weight-0 rows, so one shape is compiled.
     mesh: device mesh (default: every device on ``data``).
     context_size: chunk length (default and maximum: the judge's ``n_positions``).
+    buckets: widths a chunk may be judged at besides ``context_size`` (each chunk takes
+      the smallest that holds its true length; widths >= the context are ignored). Empty:
+      every chunk at the full context, as the references do. Scores do not depend on it.
     matmul_precision: for the judge's matmuls; ``"highest"`` (default) keeps
       float32 matmuls float32 on GPUs that would use TF32, as PyTorch does by
       default, so a float32 judge means float32.
@@ -323,7 +336,8 @@ class GenPPLEvaluator:
 
   def __init__(self, model: GPT2Model, *, max_length: int, batch_size: int = 8,
                mesh: Mesh | None = None, context_size: int | None = None,
-               matmul_precision: str | None = "highest", progress: bool = True):
+               buckets: Sequence[int] = (), matmul_precision: str | None = "highest",
+               progress: bool = True):
     if max_length < 1:
       raise ValueError(f"max_length must be >= 1, got {max_length}")
     context = model.context_size if context_size is None else int(context_size)
@@ -333,6 +347,11 @@ class GenPPLEvaluator:
     self.model = model
     self.max_length = int(max_length)
     self.context_size = context
+    bad = [w for w in buckets if isinstance(w, bool) or not isinstance(w, (int, np.integer))
+           or w < 2]
+    if bad:
+      raise ValueError(f"judge chunk buckets must be integers >= 2, got {tuple(buckets)}")
+    self.widths = tuple(sorted({int(w) for w in buckets if w < context} | {context}))
     self.batch_size = int(batch_size)
     self.mesh = sharding.make_mesh() if mesh is None else mesh
     sharding.check_batch_divisible(self.batch_size, self.mesh, "Gen-PPL batch_size")
@@ -380,27 +399,45 @@ class GenPPLEvaluator:
     if bad:
       raise ValueError(f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, not a str")
     tokens, mask, lengths, sample = self._chunks(texts, group_size)
-    rows, b = tokens.shape[0], self.batch_size
-    num_batches = math.ceil(rows / b)
-    fill = num_batches * b - rows
-    if fill:
-      tokens = np.concatenate([tokens, np.full((fill, self.context_size), self.model.eos_id, np.int32)])
-      mask = np.concatenate([mask, np.ones((fill, self.context_size), np.int32)])
-      lengths = np.concatenate([lengths, np.zeros((fill,), np.int32)])
+    batches = self._batches(tokens, mask, lengths)
     outputs = []
     with jax.default_matmul_precision(self.matmul_precision):
-      for i in tqdm.trange(num_batches, desc="Gen-PPL", disable=not self.progress):
-        sl = slice(i * b, (i + 1) * b)
-        outputs.append(self._score(
-            self._params,
-            *sharding.to_global((tokens[sl], mask[sl], lengths[sl]),
-                                (self._rows, self._rows, self._vec))))
-    # Every process holds all texts, so every process gathers every batch's sums.
-    nll_w = np.concatenate([sharding.to_host(o[0]).astype(np.float64) for o in outputs])[:rows]
-    w = np.concatenate([sharding.to_host(o[1]).astype(np.float64) for o in outputs])[:rows]
+      for rows, arrays in tqdm.tqdm(batches, desc="Gen-PPL", disable=not self.progress):
+        outputs.append((rows, self._score(
+            self._params, *sharding.to_global(arrays, (self._rows, self._rows, self._vec)))))
+    nll_w = np.zeros(tokens.shape[0], np.float64)
+    w = np.zeros(tokens.shape[0], np.float64)
+    for rows, (o_nll, o_w) in outputs:
+      # Every process holds all texts, so every process gathers every batch's sums.
+      nll_w[rows] = sharding.to_host(o_nll).astype(np.float64)[:len(rows)]
+      w[rows] = sharding.to_host(o_w).astype(np.float64)[:len(rows)]
     sample_nll = np.zeros(len(texts), np.float64)
     sample_w = np.zeros(len(texts), np.float64)
     np.add.at(sample_nll, sample, nll_w)
     np.add.at(sample_w, sample, w)
-    return GenPPLResult.from_sample_sums(sample_nll, sample_w)
+    positions = sum(a[0].size for _, a in batches)
+    return GenPPLResult.from_sample_sums(sample_nll, sample_w, positions)
+
+  def chunk_widths(self, lengths: np.ndarray) -> np.ndarray:
+    """The width each chunk is judged at: the smallest bucket >= its true length."""
+    widths = np.asarray(self.widths)
+    return widths[np.searchsorted(widths, np.maximum(lengths, 1))]
+
+  def _batches(self, tokens, mask, lengths):
+    """[(chunk rows, (tokens, mask, lengths) of one jitted call)], width by width; each
+    width's last batch is filled with weight-0 rows (true length 0)."""
+    b = self.batch_size
+    widths = self.chunk_widths(lengths)
+    out = []
+    for width in self.widths:
+      idx = np.flatnonzero(widths == width)
+      for start in range(0, len(idx), b):
+        rows = idx[start:start + b]
+        fill = b - len(rows)
+        out.append((rows, (
+            np.concatenate([tokens[rows, :width],
+                            np.full((fill, width), self.model.eos_id, np.int32)]),
+            np.concatenate([mask[rows, :width], np.ones((fill, width), np.int32)]),
+            np.concatenate([lengths[rows], np.zeros((fill,), np.int32)]))))
+    return out
 

@@ -141,6 +141,23 @@ def _check_text_ids(tokens: np.ndarray, process) -> None:
         f"{process.text_vocab_size}, outside the judge's text vocabulary{hint}")
 
 
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode_texts(tokenizer, tokens: np.ndarray, *, clean_up_tokenization_spaces: bool
+                 ) -> list[str]:
+  """The texts of sampled ids int[N, L], as the MDLM/DUO evaluations decode them.
+
+  Both call plain ``tokenizer.batch_decode(samples)``: special tokens stay in the text (an
+  <|endoftext|> is retokenized to EOS and weighted by the protocol), and under their pinned
+  transformers 4.38 the default ``clean_up_tokenization_spaces=True`` then removes the space
+  before . , ? ! and the contractions 's 'm 've 're n't. transformers >= 4.45 defaults to
+  False, so the choice is passed explicitly here (``clean_up_tokenization_spaces``).
+  """
+  return tokenizer.batch_decode(np.asarray(tokens).tolist(),
+                                clean_up_tokenization_spaces=bool(clean_up_tokenization_spaces))
+
+
 # ----------------------------------------------------------------------------- judges
 
 
@@ -156,6 +173,9 @@ class GPT2Judge:
     mesh: mesh of the judge's jitted batches.
     batch_size: chunks per jitted call.
     group_size: texts per retokenization call.
+    buckets: chunk widths below the judge's context (:class:`genppl.GenPPLEvaluator`).
+    clean_up_tokenization_spaces: decode as transformers 4.38 did by default (True, the
+      released evaluations) or raw (False); see :func:`decode_texts`.
     progress: tqdm bar over judge batches.
     settings: recorded in results.json beside kind and name.
   """
@@ -163,8 +183,9 @@ class GPT2Judge:
   kind = "gpt2"
 
   def __init__(self, model: genppl.GPT2Model, tokenizer, *, process, max_length: int,
-               mesh: Mesh, batch_size: int = 8, group_size: int = 8, progress: bool = True,
-               settings: dict | None = None):
+               mesh: Mesh, batch_size: int = 8, group_size: int = 8,
+               buckets: tuple[int, ...] = (), clean_up_tokenization_spaces: bool = True,
+               progress: bool = True, settings: dict | None = None):
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     from tokendrift_jax.eval import genppl  # pylint: disable=import-outside-toplevel
     tokenizer = process.prepare_tokenizer(tokenizer)
@@ -176,6 +197,7 @@ class GPT2Judge:
     self.process = process
     self.tokenizer = tokenizer
     self.group_size = int(group_size)
+    self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
     self.settings = dict(settings or {})
     try:
       # float32 judges run float32 matmuls ("highest": no TF32 on GPUs, as PyTorch's
@@ -183,6 +205,7 @@ class GPT2Judge:
       bf16 = jnp.dtype(getattr(model.module, "dtype", jnp.float32)) == jnp.bfloat16
       self.scorer = genppl.GenPPLEvaluator(model, max_length=int(max_length),
                                            batch_size=int(batch_size), mesh=mesh,
+                                           buckets=tuple(buckets),
                                            matmul_precision=None if bf16 else "highest",
                                            progress=progress)
     except ValueError as e:
@@ -190,9 +213,8 @@ class GPT2Judge:
 
   def decode(self, tokens: np.ndarray) -> list[str]:
     _check_text_ids(tokens, self.process)
-    # Special tokens stay in the text (MDLM/DUO batch_decode): an <|endoftext|> in a
-    # sample is retokenized to EOS and weighted by the protocol.
-    return self.tokenizer.batch_decode(np.asarray(tokens).tolist())
+    return decode_texts(self.tokenizer, tokens,
+                        clean_up_tokenization_spaces=self.clean_up_tokenization_spaces)
 
   def score(self, tokens: np.ndarray, texts: list[str] | None) -> JudgeScore:
     del tokens
@@ -286,6 +308,11 @@ def build_judge(cfg: ml_collections.ConfigDict, *, process, max_length: int, mes
   if not str(cfg.judge):
     raise EvalError(f"{prefix}.judge is empty; give a converted GPT-2 directory or a hub "
                     f"name (default {genppl.DEFAULT_JUDGE!r})")
+  cleanup = cfg.clean_up_tokenization_spaces
+  if not isinstance(cleanup, bool):
+    raise EvalError(f"{prefix}.clean_up_tokenization_spaces must be True or False, got "
+                    f"{cleanup!r}")
+  buckets = check_buckets(cfg.judge_buckets, f"{prefix}.judge_buckets")
   # Cheap checks first: the diffusion tokenizer and the vocabulary before the judge weights.
   diffusion_tok = process.prepare_tokenizer(
       tok_lib.load_tokenizer(str(cfg.tokenizer), field=f"{prefix}.tokenizer"))
@@ -298,7 +325,28 @@ def build_judge(cfg: ml_collections.ConfigDict, *, process, max_length: int, mes
                            dtype=str(cfg.judge_dtype), config_field=f"{prefix}.judge")
   settings = dict(dtype=str(cfg.judge_dtype), group_size=int(cfg.judge_group_size),
                   tokenizer=str(cfg.tokenizer),
-                  judge_tokenizer=str(cfg.judge_tokenizer) or model.name)
+                  judge_tokenizer=str(cfg.judge_tokenizer) or model.name,
+                  clean_up_tokenization_spaces=cleanup, buckets=list(buckets),
+                  # MDLM's compute_generative_perplexity and DUO's
+                  # record_generative_perplexity score N // b full batches of b texts per
+                  # call (b = 8 / eval_ppl_batch_size) and drop a partial last batch; here
+                  # every text is scored (docs/EVALUATION.md).
+                  partial_batches="scored")
   return GPT2Judge(model, diffusion_tok, process=process, max_length=max_length, mesh=mesh,
                    batch_size=int(cfg.judge_batch), group_size=int(cfg.judge_group_size),
+                   buckets=buckets, clean_up_tokenization_spaces=cleanup,
                    progress=progress, settings=settings)
+
+
+def check_buckets(values: Any, field: str) -> tuple[int, ...]:
+  """``judge_buckets`` as a tuple of ints >= 2 (empty allowed: full context only)."""
+  if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+    values = (values,)
+  try:
+    out = tuple(values)
+  except TypeError:
+    raise EvalError(f"{field} must be a list of integers, got {values!r}") from None
+  for v in out:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
+      raise EvalError(f"{field} must hold integers >= 2, got {v!r} in {out}")
+  return tuple(int(v) for v in out)

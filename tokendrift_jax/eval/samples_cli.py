@@ -56,8 +56,10 @@ def default_batch(num_samples: int, shards: int, max_batch: int = DEFAULT_MAX_BA
 
 
 def draw(model_cfg, params, process, tokenizer, *, nfe: int, seeds, num_samples: int,
-         batch: int, mesh, length: int | None = None, bar=None) -> list[dict]:
-  """Samples and decodes; one row per sample (seed-major, then index).
+         batch: int, mesh, length: int | None = None, bar=None,
+         clean_up_tokenization_spaces: bool = True) -> list[dict]:
+  """Samples and decodes (as the judge does, :func:`judges.decode_texts`); one row per
+  sample (seed-major, then index).
 
   Returns:
     dicts with seed, index, nfe, nfe_model (backbone forwards of the sample's batch),
@@ -65,6 +67,7 @@ def draw(model_cfg, params, process, tokenizer, *, nfe: int, seeds, num_samples:
   """
   # pylint: disable=import-outside-toplevel
   from tokendrift_jax import sharding
+  from tokendrift_jax.eval import judges
   from tokendrift_jax.eval import sampling_eval
   # No judge: only SampleEvaluator's sampler (and its key scheme) is used.
   evaluator = sampling_eval.SampleEvaluator(model_cfg, process, None, mesh=mesh, batch=batch,
@@ -74,7 +77,8 @@ def draw(model_cfg, params, process, tokenizer, *, nfe: int, seeds, num_samples:
   rows = []
   for seed in seeds:
     tokens, nfe_model = evaluator.sample(params, nfe, seed, num_samples, bar)
-    texts = tokenizer.batch_decode(tokens.tolist())
+    texts = judges.decode_texts(tokenizer, tokens,
+                                clean_up_tokenization_spaces=clean_up_tokenization_spaces)
     for i in range(tokens.shape[0]):
       rows.append(dict(seed=int(seed), index=i, nfe=int(nfe), nfe_model=nfe_model[i // batch],
                        text=texts[i], token_ids=tokens[i].tolist()))
@@ -164,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="sample on the first N local devices (default 0: all)")
   p.add_argument("--width", type=int, default=0, help="print width (default: the terminal's)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--raw-decode", action="store_true",
+                 help="decode without the space cleanup of transformers 4.38's default "
+                      "(which the released evaluations and the judge use)")
   return p
 
 
@@ -277,7 +284,7 @@ def _run(args, reader, loader, stdout) -> int:
       _, params, _ = loader(path, args.weights)
       rows = draw(cfg, params, process, tokenizer, nfe=args.nfe, seeds=args.seeds,
                   num_samples=args.num_samples, batch=batch, mesh=mesh, length=length,
-                  bar=bar)
+                  bar=bar, clean_up_tokenization_spaces=not args.raw_decode)
       for r in rows:
         r.update(checkpoint=os.path.abspath(path), label=label, process=name, batch=batch,
                  length=length)

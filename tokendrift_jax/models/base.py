@@ -96,6 +96,12 @@ class Family:
       be equal.
     hub_names: released checkpoints by diffusion process, for the offline hint.
     sizes: named architectures (config fields) that the benchmark's ``--size`` selects.
+    logical_axes: ``logical_axes(path, shape) -> names`` for ``config.mesh.param_sharding
+      = "rules"`` (:mod:`tokendrift_jax.sharding`): for a parameter's path in the pure
+      param dict (keys as strings, e.g. ``("blocks", "0", "attn_qkv", "kernel")``) and its
+      shape, one logical name per dim from {"vocab", "embed", "heads", "kv_heads", "mlp",
+      "layers", None}; ValueError naming the path for a parameter it does not know. None:
+      the family offers only the "replicated" and "fsdp" placements.
   """
   name: str
   config_cls: type
@@ -104,3 +110,4 @@ class Family:
   compatible_fields: tuple[str, ...] = ()
   hub_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
   sizes: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  logical_axes: Callable[[tuple[str, ...], tuple[int, ...]], tuple[str | None, ...]] | None = None

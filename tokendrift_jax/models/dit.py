@@ -427,6 +427,64 @@ def _remat_block(gdef, policy: str):
                         policy=remat_policy_fn(policy))
 
 
+# ----------------------------------------------------------------------------- sharding
+# Logical names of every parameter dim (models.base.Family.logical_axes), by the path's
+# last two or three entries. Megatron-style tensor parallelism: the dims that index heads
+# (qkv's output, attn_out's input), MLP hidden units and vocabulary entries are "heads",
+# "mlp", "vocab" (split over ``tensor``), so the matmul into such a dim needs no
+# communication and the one out of it ends in a single all-reduce. The model width
+# d is "embed" (split over ``fsdp``: ZeRO-3 memory, gathered before use). The adaLN
+# modulations' 6d (2d) outputs are chunks of d added to the residual stream, which every
+# tensor shard holds whole: "embed", not "heads". The timestep MLP (256·c + c² weights),
+# the conditioning width c, biases of d and LayerNorm scales are small and stay whole.
+# The fused qkv's output dim is [3, H, Dh] flattened (the PyTorch layout the checkpoints
+# keep): an even split of it gives a shard q of some heads and k, v of others, so XLA
+# regroups the qkv activations by head (a collective) before attention. The values are
+# the same; separate q, k, v projections would make the head split communication-free.
+_BLOCK = ("blocks", "*")  # any block index
+_LOGICAL = {
+    ("vocab_embed", "embedding"): ("vocab", "embed"),
+    ("sigma_map", "mlp", "0", "kernel"): (None, None),
+    ("sigma_map", "mlp", "0", "bias"): (None,),
+    ("sigma_map", "mlp", "1", "kernel"): (None, None),
+    ("sigma_map", "mlp", "1", "bias"): (None,),
+    _BLOCK + ("norm1", "weight"): (None,),
+    _BLOCK + ("attn_qkv", "kernel"): ("embed", "heads"),
+    _BLOCK + ("attn_out", "kernel"): ("heads", "embed"),
+    _BLOCK + ("norm2", "weight"): (None,),
+    _BLOCK + ("mlp", "0", "kernel"): ("embed", "mlp"),
+    _BLOCK + ("mlp", "0", "bias"): ("mlp",),
+    _BLOCK + ("mlp", "1", "kernel"): ("mlp", "embed"),
+    _BLOCK + ("mlp", "1", "bias"): (None,),
+    _BLOCK + ("adaLN_modulation", "kernel"): (None, "embed"),
+    _BLOCK + ("adaLN_modulation", "bias"): (None,),
+    ("output_layer", "norm_final", "weight"): (None,),
+    ("output_layer", "linear", "kernel"): ("embed", "vocab"),
+    ("output_layer", "linear", "bias"): ("vocab",),
+    ("output_layer", "adaLN_modulation", "kernel"): (None, "embed"),
+    ("output_layer", "adaLN_modulation", "bias"): (None,),
+}
+
+
+def logical_axes(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[str | None, ...]:
+  """One logical name per dim of the DiT parameter at ``path`` (pure-dict keys as strings).
+
+  E.g. ``("blocks", "3", "attn_qkv", "kernel")``, shape [d, 3d] -> ("embed", "heads").
+  ValueError naming the path for a parameter the DiT does not have or a wrong rank.
+  """
+  path = tuple(str(p) for p in path)
+  key = path
+  if len(path) > 1 and path[0] == "blocks" and path[1].isdigit():
+    key = _BLOCK + path[2:]
+  names = _LOGICAL.get(key)
+  if names is None:
+    raise ValueError(f"DiT has no parameter {'/'.join(path)} (shape {tuple(shape)})")
+  if len(names) != len(shape):
+    raise ValueError(f"DiT parameter {'/'.join(path)} has shape {tuple(shape)}, expected "
+                     f"rank {len(names)}")
+  return names
+
+
 # ----------------------------------------------------------------------------- FLOPs
 
 
@@ -521,7 +579,7 @@ class DiTFlops:
 
 FAMILY = base.Family(
     name="dit", config_cls=DiTConfig, module_cls=DiT, flops=DiTFlops,
-    compatible_fields=("dropout",),
+    compatible_fields=("dropout",), logical_axes=logical_axes,
     hub_names={"mdlm": "kuleshov-group/mdlm-owt", "duo": "s-sahoo/duo"},
     # tiny: head dim 64 (cuDNN flash attention needs a multiple of 8, at most 128). 170m:
     # the releases; its 50258 ids are GPT-2 + mask for MDLM, GPT-2 + [PAD] for DUO.

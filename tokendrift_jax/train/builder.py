@@ -58,8 +58,8 @@ def check_batch_config(config, mesh, process_count: int) -> None:
                      f"config.batch.micro_batch={b}")
   if b % shards:
     raise TrainError(f"config.batch.micro_batch={b} is not divisible by the {shards} devices "
-                     f"of the mesh {dict(mesh.shape)}; every micro-batch is spread over all "
-                     f"devices")
+                     f"of the mesh's batch axes data x fsdp {dict(mesh.shape)}; every "
+                     f"micro-batch is spread over them")
   if g % process_count:
     raise TrainError(f"config.batch.global_batch={g} is not divisible by the "
                      f"{process_count} processes")
@@ -74,6 +74,30 @@ def check_ema_config(config) -> None:
     raise TrainError(f"config.ema.evaluate must be 'raw' or 'ema', got {config.ema.evaluate!r}")
   if config.ema.evaluate == "ema" and not config.ema.enabled:
     raise TrainError("config.ema.evaluate='ema' but config.ema.enabled is False")
+
+
+def param_placement(config, model_cfg, mesh) -> tuple[str, Any]:
+  """``config.mesh.param_sharding`` and the family's ``logical_axes`` ("rules" only).
+
+  TrainError for an unknown mode, for "rules" with a family that defines no logical axes,
+  and for a tensor axis > 1 with a mode that splits nothing over it (every tensor shard
+  would repeat the same work).
+  """
+  mode = str(config.mesh.param_sharding)
+  if mode not in sharding.PARAM_SHARDING_MODES:
+    raise TrainError(f"config.mesh.param_sharding must be one of "
+                     f"{sharding.PARAM_SHARDING_MODES}, got {mode!r}")
+  family = models.family_of(model_cfg)
+  if mode != "rules":
+    if mesh.shape[sharding.TENSOR] > 1:
+      raise TrainError(f"config.mesh.shape {tuple(config.mesh.shape)} has tensor="
+                       f"{mesh.shape[sharding.TENSOR]} but param_sharding={mode!r} splits "
+                       f"nothing over it; use param_sharding='rules'")
+    return mode, None
+  if family.logical_axes is None:
+    raise TrainError(f"config.mesh.param_sharding='rules' but model family {family.name!r} "
+                     f"defines no logical_axes")
+  return mode, family.logical_axes
 
 
 def drift_config(config) -> obj_lib.DriftConfig:
@@ -185,7 +209,10 @@ def build_step(config: ml_collections.ConfigDict, model_cfg=None) -> StepParts:
     raise TrainError(str(e)) from e
   gdef = model_graphdef(config, model_cfg)
   total = int(config.train.steps)
-  optimizer = optim.make_optimizer(config.optim, total)
+  try:
+    optimizer = optim.make_optimizer(config.optim, total)
+  except ValueError as e:
+    raise TrainError(f"config.{e}") from e
 
   def init_state(params):
     return step_lib.init_state(
@@ -194,11 +221,17 @@ def build_step(config: ml_collections.ConfigDict, model_cfg=None) -> StepParts:
         feature_dim=model_cfg.feature_dim)
 
   abstract = models.abstract_params(model_cfg)
-  shardings = step_lib.state_sharding(jax.eval_shape(init_state, abstract), mesh,
-                                      config.mesh.param_sharding)
+  mode, logical_axes = param_placement(config, model_cfg, mesh)
+  try:
+    shardings = step_lib.state_sharding(jax.eval_shape(init_state, abstract), mesh, mode,
+                                        logical_axes=logical_axes)
+  except ValueError as e:
+    raise TrainError(f"config.mesh.param_sharding={mode!r}: {e}") from e
   enc_shardings = None
   if dcfg is not None:
-    enc_shardings = sharding.param_sharding(abstract, mesh, config.mesh.param_sharding)
+    # The frozen encoder is the generator's network: the same placement, and no optimizer
+    # state.
+    enc_shardings = sharding.param_sharding(abstract, mesh, mode, logical_axes=logical_axes)
   ctx = losses.StepContext(graphdef=gdef, process=process, drift=dcfg, mesh=mesh,
                            dropout=float(model_cfg.dropout) > 0,
                            compute_dtype=jnp.dtype(config.model.dtype), prompt=prompt)

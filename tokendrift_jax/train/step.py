@@ -59,12 +59,26 @@ def init_state(params, optimizer: optax.GradientTransformation, *, seed: int, em
                     queues=queues, rng=jax.random.PRNGKey(seed))
 
 
-def state_sharding(state: TrainState, mesh: Mesh, mode: str) -> TrainState:
-  """Params, EMA and optimizer moments by the param rule; queues, step, RNG replicated."""
-  rule = lambda tree: sharding.param_sharding(tree, mesh, mode)
+def state_sharding(state: TrainState, mesh: Mesh, mode: str, *,
+                   logical_axes: sharding.LogicalAxesFn | None = None) -> TrainState:
+  """Params, EMA and optimizer moments placed like the params; queues, step, RNG replicated.
+
+  ``mode`` is ``config.mesh.param_sharding``. "replicated" and "fsdp" decide by each leaf's
+  shape, so the optax state is passed whole (its moments get their parameter's placement,
+  its counts are replicated). "rules" needs the family's ``logical_axes``: the parameter
+  shardings come from the rules and every parameter-shaped subtree of the optax state
+  (Adam's mu and nu, whatever their dtype) takes them (:func:`sharding.like_params`).
+  """
   rep = sharding.replicated(mesh)
-  return TrainState(step=rep, params=rule(state.params), opt_state=rule(state.opt_state),
-                    ema_params=None if state.ema_params is None else rule(state.ema_params),
+  if mode == "rules":
+    params = sharding.param_sharding(state.params, mesh, mode, logical_axes=logical_axes)
+    opt = sharding.like_params(state.opt_state, state.params, params, mesh)
+    ema = params
+  else:
+    rule = lambda tree: sharding.param_sharding(tree, mesh, mode)
+    params, opt, ema = rule(state.params), rule(state.opt_state), rule(state.ema_params)
+  return TrainState(step=rep, params=params, opt_state=opt,
+                    ema_params=None if state.ema_params is None else ema,
                     queues=None if state.queues is None else jax.tree.map(lambda _: rep,
                                                                           state.queues),
                     rng=rep)

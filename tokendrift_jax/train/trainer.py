@@ -48,6 +48,7 @@ from tokendrift_jax.diffusion import metrics as diff_metrics
 from tokendrift_jax.train import builder
 from tokendrift_jax.train import checkpointing
 from tokendrift_jax.train import metrics_writer
+from tokendrift_jax.train import optim
 from tokendrift_jax.train import step as step_lib
 from tokendrift_jax.train.builder import OBJECTIVES, TrainError
 from tokendrift_jax.train.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preemption
@@ -220,6 +221,11 @@ def _check_resume_meta(meta: dict, config, model_cfg, where: str) -> None:
     saved = saved_cfg.get(key, meta.get(key))
     if saved != config[key]:
       problems.append(f"{key} {saved!r} vs config {config[key]!r}")
+  # The Adam moment's storage dtype is part of the state: a checkpoint restored onto the
+  # other dtype would be cast silently.
+  saved_mu = saved_cfg.get("optim", {}).get("mu_dtype", "float32")
+  if saved_mu != optim.mu_dtype(config.optim):
+    problems.append(f"optim.mu_dtype {saved_mu!r} vs config {optim.mu_dtype(config.optim)!r}")
   if config.objective == "drift":
     q = saved_cfg.get("drift", {}).get("queue_size")
     if q != config.drift.queue_size:
