@@ -18,8 +18,10 @@ it knows. Override with ``--config.model.length=4096`` if the budget allows.
 
 Memory: 8B float32 parameters, AdamW moments, EMA and the frozen encoder copy are
 ~160 GB, so parameters are FSDP-sharded over every device (mesh (1, -1)); bf16 compute and
-rematerialised blocks bound the activations. Every micro-batch is spread over all devices:
-on more than 8 devices raise ``batch.micro_batch`` to a multiple of the device count.
+rematerialised blocks bound the activations. A micro-batch is split over data x fsdp, so
+the paper's 8 rows fill at most 8 such devices: beyond that add a tensor axis, e.g.
+``--config.mesh.shape=(1,8,8) --config.mesh.param_sharding=rules`` on 64 devices
+(docs/SHARDING.md), or raise ``batch.micro_batch``.
 
 Data: the base config's OpenWebText, tokenized with LLaDA's tokenizer.
 """
