@@ -139,6 +139,9 @@ jax.tree_util.register_dataclass(
 def drift_draw(ctx: StepContext, x0, keep, k_t, k_x) -> DriftDraw:
   """t ~ sample_t(k_t), xt ~ corrupt(k_x, x0, t[, keep]) and the masks the step uses."""
   process, b = ctx.process, x0.shape[0]
+  if keep is None and ctx.drift.pool == "completion":
+    raise ValueError("DriftConfig.pool='completion' pools the non-prompt positions: it "
+                     "needs a prompt (StepContext.prompt)")
   t = process.sample_t(k_t, b)
   if keep is None:
     xt = ctx.constrain_batch(process.corrupt(k_x, x0, t))
@@ -165,6 +168,7 @@ class FrozenEncoder:
 
 
 def frozen_encoder(ctx: StepContext, encoder_params, batch: int) -> FrozenEncoder:
+  """ϕ = the generator's network with ``encoder_params`` (stop-gradient), its E and [b] σ."""
   encoder = models.merge(ctx.graphdef, jax.lax.stop_gradient(encoder_params))
 
   def encoder_hidden(embeds, s):
