@@ -5,8 +5,9 @@ ShapeDtypeStructs (with shardings) of its arguments (``StepParts.abstract_args``
 compiled for N simulated devices; XLA's ``memory_analysis`` of the compiled step gives the
 bytes every device holds (arguments: parameters, Adam moments, EMA, queues, the batch and
 the frozen encoder; outputs, aliased with the donated state; temporaries: activations,
-gradients, collectives' buffers). ``cost_analysis`` gives XLA's own FLOP count next to the
-model's analytic count (:func:`perf.flops.step_flops`).
+gradients, collectives' buffers). The step's FLOPs are the model's analytic count
+(:func:`perf.flops.step_flops`); XLA's ``cost_analysis`` is kept in the row (``xla_flops``)
+but counts a loop body (the micro-step scan, the layer scan) once, so it is not the step's.
 
 The device count must be fixed before JAX starts, so one row = one process:
 ``launch/plan_memory.py`` sets ``--xla_force_host_platform_device_count`` and calls
@@ -123,5 +124,5 @@ def format_row(row: MemoryRow) -> str:
           f"remat={row.remat}: per device {row.peak_bytes / GIB:.1f} GiB "
           f"(arguments {row.argument_bytes / GIB:.1f}, temporaries {row.temp_bytes / GIB:.1f}, "
           f"outputs {row.output_bytes / GIB:.1f}, aliased {row.alias_bytes / GIB:.1f}); "
-          f"fits: {fits}; step {row.analytic_flops:.3e} FLOPs analytic, "
-          f"{row.xla_flops:.3e} XLA per device; compiled in {row.compile_s:.0f} s")
+          f"fits: {fits}; step {row.analytic_flops:.3e} FLOPs (analytic, all devices); "
+          f"compiled in {row.compile_s:.0f} s")
