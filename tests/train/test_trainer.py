@@ -252,9 +252,11 @@ def _shipped_170m_config():
   return c
 
 
+@pytest.mark.slow
 def test_full_170m_drift_config_compiles():
-  """The short version of the check below: the shipped config's step builds, shards and
-  compiles (abstract arguments, nothing allocated)."""
+  """The shipped 170M config's step builds, shards and compiles (abstract arguments, nothing
+  allocated). Slow (~20 s): the suite compiles the shipped LLaDA-8B step the same way
+  (tests/perf/test_memory_plan.py), the DiT's pieces are compiled by the tiny tests."""
   from tokendrift_jax.train import builder  # pylint: disable=import-outside-toplevel
   parts = builder.build_step(_shipped_170m_config())
   assert parts.model_cfg.num_params() == 169_627_218

@@ -31,7 +31,13 @@ DEVICE_GB = {"H100 (80 GB)": 80, "H200 (141 GB)": 141, "TPU v5p (95 GB)": 95}
 
 @dataclasses.dataclass(frozen=True)
 class MemoryRow:
-  """One compiled step: settings, per-device bytes, FLOPs and compile time."""
+  """One compiled step: settings, per-device bytes, FLOPs and compile time.
+
+  ``held_bytes``: what one device holds of the step's arguments (state, batch, frozen
+  encoder), from their shardings. ``argument_bytes``: what the compiled program takes, which
+  is less when jit prunes an unused argument (the frozen encoder's final norm and output
+  layer: its features are the last blocks' outputs), though the caller still holds them.
+  """
   config: str
   objective: str
   devices: int
@@ -42,6 +48,7 @@ class MemoryRow:
   remat_policy: str
   global_batch: int
   micro_steps: int
+  held_bytes: int
   argument_bytes: int
   output_bytes: int
   alias_bytes: int
@@ -52,8 +59,8 @@ class MemoryRow:
 
   @property
   def peak_bytes(self) -> int:
-    """Arguments + temporaries + outputs not aliased to (donated) arguments."""
-    return self.argument_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
+    """Held arguments + temporaries + outputs not aliased to (donated) arguments."""
+    return self.held_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
 
   def fits(self) -> dict[str, bool]:
     return {k: self.peak_bytes <= gb * 1e9 for k, gb in DEVICE_GB.items()}
@@ -82,6 +89,16 @@ def configure(config: ml_collections.ConfigDict, *, mesh: tuple[int, ...],
   return c
 
 
+def held_bytes(tree) -> int:
+  """Bytes one device holds of ShapeDtypeStructs with shardings (the largest shard, so an
+  uneven split is not under-counted)."""
+  import math  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
+
+
 def plan(config: ml_collections.ConfigDict, *, name: str, mesh: tuple[int, ...],
          micro_batch_per_shard: int, length: int, remat: bool, objective: str,
          global_batch: int) -> MemoryRow:
@@ -94,7 +111,8 @@ def plan(config: ml_collections.ConfigDict, *, name: str, mesh: tuple[int, ...],
                 length=length, remat=remat, objective=objective, global_batch=global_batch)
   parts = builder.build_step(c)
   t0 = time.perf_counter()
-  compiled = parts.step_fn.lower(*parts.abstract_args()).compile()
+  args = parts.abstract_args()
+  compiled = parts.step_fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
@@ -111,7 +129,8 @@ def plan(config: ml_collections.ConfigDict, *, name: str, mesh: tuple[int, ...],
       config=name, objective=objective, devices=jax.device_count(), mesh=tuple(mesh),
       micro_batch_per_shard=micro_batch_per_shard, length=length, remat=bool(remat),
       remat_policy=str(c.model.remat_policy), global_batch=int(c.batch.global_batch),
-      micro_steps=n_micro, argument_bytes=int(mem.argument_size_in_bytes),
+      micro_steps=n_micro, held_bytes=held_bytes(args),
+      argument_bytes=int(mem.argument_size_in_bytes),
       output_bytes=int(mem.output_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
       temp_bytes=int(mem.temp_size_in_bytes), xla_flops=float(cost.get("flops", 0.0)),
       analytic_flops=float(analytic.hardware), compile_s=compile_s)
@@ -122,7 +141,7 @@ def format_row(row: MemoryRow) -> str:
   return (f"{row.config} {row.objective} devices={row.devices} mesh={row.mesh} "
           f"micro_batch/shard={row.micro_batch_per_shard} L={row.length} "
           f"remat={row.remat}: per device {row.peak_bytes / GIB:.1f} GiB "
-          f"(arguments {row.argument_bytes / GIB:.1f}, temporaries {row.temp_bytes / GIB:.1f}, "
+          f"(arguments {row.held_bytes / GIB:.1f}, temporaries {row.temp_bytes / GIB:.1f}, "
           f"outputs {row.output_bytes / GIB:.1f}, aliased {row.alias_bytes / GIB:.1f}); "
           f"fits: {fits}; step {row.analytic_flops:.3e} FLOPs (analytic, all devices); "
           f"compiled in {row.compile_s:.0f} s")
