@@ -19,3 +19,6 @@ row --config=configs/llada_drift.py --devices=8 --mesh=1,2,4 --micro-batch=1 --l
 row --config=configs/llada_continuation.py --devices=8 --mesh=1,2,4 --micro-batch=1 --length=1024
 row --config=configs/llada_continuation.py --devices=8 --mesh=1,2,4 --micro-batch=2 --length=1024
 row --config=configs/llada_continuation.py --devices=64 --mesh=1,8,8 --micro-batch=4 --length=1024
+# The smallest meshes (8 sequences per micro-step, as the paper's 4 GPUs x 2).
+row --config=configs/llada_drift.py --devices=4 --mesh=1,2,2 --micro-batch=4 --length=1024
+row --config=configs/llada_drift.py --devices=2 --mesh=1,2,1 --micro-batch=4 --length=1024

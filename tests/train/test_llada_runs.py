@@ -35,7 +35,10 @@ from tokendrift_jax.train import prompt as prompt_lib
 from tokendrift_jax.train import trainer
 
 MESHES = {"one": ((1, 1), 1, "replicated"), "dp8": ((8, 1), 8, "replicated"),
-          "fsdp": ((4, 2), 8, "fsdp")}
+          "fsdp": ((4, 2), 8, "fsdp"),
+          # (data, fsdp, tensor) with the family's logical-axis rules (docs/SHARDING.md).
+          "rules811": ((8, 1, 1), 8, "rules"), "rules222": ((2, 2, 2), 8, "rules"),
+          "rules124": ((1, 2, 4), 8, "rules")}
 
 
 def _first_batch(config, parts) -> np.ndarray:
@@ -99,10 +102,13 @@ def _check_meshes(objective, prompt, names, tiny_dir, tiny_llada_run_config, max
 @pytest.mark.slow
 @pytest.mark.parametrize("objective,prompt,names", [
     ("drift", False, ("dp8", "fsdp")), ("continuation", False, ("dp8", "fsdp")),
-    ("drift", True, ("dp8",)), ("continuation", True, ("dp8", "fsdp"))])
+    ("drift", True, ("dp8",)), ("continuation", True, ("dp8", "fsdp")),
+    ("drift", False, ("rules811", "rules222", "rules124")),
+    ("continuation", False, ("rules811", "rules222", "rules124"))])
 def test_llada_one_device_equals_eight_devices(objective, prompt, names, tiny_dir,
                                                tiny_llada_run_config, max_abs_diff):
-  """One step: 1 device == (8, 1) data parallel and (4, 2) + FSDP."""
+  """One step: 1 device == (8, 1) data parallel, (4, 2) + FSDP, and the tensor meshes
+  (8, 1, 1), (2, 2, 2), (1, 2, 4) with rule-based parameter sharding."""
   _check_meshes(objective, prompt, names, tiny_dir, tiny_llada_run_config, max_abs_diff)
 
 

@@ -127,6 +127,13 @@ def check_int_list(values: Any, field: str, *, minimum: int) -> tuple[int, ...]:
   return tuple(int(v) for v in out)
 
 
+def check_buckets(values: Any, field: str) -> tuple[int, ...]:
+  """``judge_buckets``: () (full context only), or distinct ints >= 2."""
+  if isinstance(values, (tuple, list)) and not values:
+    return ()
+  return check_int_list(values, field, minimum=2)
+
+
 def check_num_samples(num_samples: Any, field: str) -> int:
   """``num_samples`` as an int >= 1 (Gen-PPL and entropy of an empty set are undefined)."""
   if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):

@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from tokendrift_jax.eval import eval_config
 from tokendrift_jax.eval.eval_config import EvalError
 
 if TYPE_CHECKING:
@@ -312,7 +313,7 @@ def build_judge(cfg: ml_collections.ConfigDict, *, process, max_length: int, mes
   if not isinstance(cleanup, bool):
     raise EvalError(f"{prefix}.clean_up_tokenization_spaces must be True or False, got "
                     f"{cleanup!r}")
-  buckets = check_buckets(cfg.judge_buckets, f"{prefix}.judge_buckets")
+  buckets = eval_config.check_buckets(cfg.judge_buckets, f"{prefix}.judge_buckets")
   # Cheap checks first: the diffusion tokenizer and the vocabulary before the judge weights.
   diffusion_tok = process.prepare_tokenizer(
       tok_lib.load_tokenizer(str(cfg.tokenizer), field=f"{prefix}.tokenizer"))
@@ -337,16 +338,3 @@ def build_judge(cfg: ml_collections.ConfigDict, *, process, max_length: int, mes
                    buckets=buckets, clean_up_tokenization_spaces=cleanup,
                    progress=progress, settings=settings)
 
-
-def check_buckets(values: Any, field: str) -> tuple[int, ...]:
-  """``judge_buckets`` as a tuple of ints >= 2 (empty allowed: full context only)."""
-  if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
-    values = (values,)
-  try:
-    out = tuple(values)
-  except TypeError:
-    raise EvalError(f"{field} must be a list of integers, got {values!r}") from None
-  for v in out:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
-      raise EvalError(f"{field} must hold integers >= 2, got {v!r} in {out}")
-  return tuple(int(v) for v in out)

@@ -1,4 +1,5 @@
-"""Building blocks shared by backbone families: remat policies and attention kernels."""
+"""Building blocks shared by backbone families: remat policies, attention kernels, rotary
+embeddings on halves, explicit dropout."""
 
 from __future__ import annotations
 
@@ -42,3 +43,25 @@ def resolve_attention_impl(impl, dtype, head_dim: int):
         and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
         and head_dim % 8 == 0 and head_dim <= 128)
   return "cudnn" if ok else "xla"
+
+
+def apply_rotary(x, cos, sin):
+  """Non-interleaved rotary (halves) on x [B, L, H, Dh]; cos/sin [L, Dh/2].
+
+  out = [x1 cos - x2 sin, x2 cos + x1 sin] with x1, x2 the two halves (flash-attn's
+  ``apply_rotary_emb(interleaved=False)``, the DiT's; ``apply_rotary_pos_emb`` with
+  ``rotate_half``, LLaDA's). Computed in x's dtype: both originals cast cos/sin to it.
+  """
+  cos = cos.astype(x.dtype)[None, :, None, :]
+  sin = sin.astype(x.dtype)[None, :, None, :]
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def dropout(x, rate: float, rng):
+  """Inverted dropout with an explicit key (None or rate 0: the identity), so that a
+  training step stays a pure function of its keys."""
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))

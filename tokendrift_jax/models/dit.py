@@ -32,8 +32,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tokendrift_jax.models import base
-from tokendrift_jax.models.common import (check_attention_impl, remat_policy_fn,
+from tokendrift_jax.models.common import (apply_rotary, check_attention_impl, remat_policy_fn,
                                           resolve_attention_impl)
+from tokendrift_jax.models.common import dropout as _dropout
 
 FREQ_EMBED_DIM = 256     # TimestepEmbedder.frequency_embedding_size
 ROPE_BASE = 10_000.0
@@ -187,24 +188,6 @@ def rotary_cos_sin(length: int, head_dim: int):
   return jnp.cos(freqs), jnp.sin(freqs)
 
 
-def apply_rotary(x, cos, sin):
-  """Non-interleaved rotary (halves) on x [B, L, H, Dh]; cos/sin [L, Dh/2].
-
-  out = [x1 cos - x2 sin, x2 cos + x1 sin] with x1, x2 the two halves: flash-attn's
-  ``apply_rotary_emb(interleaved=False)`` over the full head dim. Computed in x's dtype,
-  as the original casts cos/sin to the qkv dtype.
-  """
-  cos = cos.astype(x.dtype)[None, :, None, :]
-  sin = sin.astype(x.dtype)[None, :, None, :]
-  x1, x2 = jnp.split(x, 2, axis=-1)
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def _dropout(x, rate: float, rng):
-  if rng is None or rate == 0.0:
-    return x
-  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 class TimestepEmbedder(nnx.Module):

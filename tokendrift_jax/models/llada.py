@@ -39,8 +39,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tokendrift_jax.models import base
-from tokendrift_jax.models.common import (check_attention_impl, remat_policy_fn,
+from tokendrift_jax.models.common import (apply_rotary, check_attention_impl, remat_policy_fn,
                                           resolve_attention_impl)
+from tokendrift_jax.models.common import dropout as _dropout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,20 +201,6 @@ def rotary_cos_sin(length: int, head_dim: int, theta: float):
   return jnp.cos(angles), jnp.sin(angles)
 
 
-def apply_rotary(x, cos, sin):
-  """Rotary on the halves of x [B, L, H, Dh] (``apply_rotary_pos_emb`` with ``rotate_half``):
-  [x1 cos − x2 sin, x2 cos + x1 sin], computed in x's dtype; cos/sin [L, Dh/2]."""
-  cos = cos.astype(x.dtype)[None, :, None, :]
-  sin = sin.astype(x.dtype)[None, :, None, :]
-  x1, x2 = jnp.split(x, 2, axis=-1)
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def _dropout(x, rate: float, rng):
-  if rng is None or rate == 0.0:
-    return x
-  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 # ----------------------------------------------------------------------------- layers

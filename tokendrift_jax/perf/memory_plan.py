@@ -145,3 +145,29 @@ def format_row(row: MemoryRow) -> str:
           f"outputs {row.output_bytes / GIB:.1f}, aliased {row.alias_bytes / GIB:.1f}); "
           f"fits: {fits}; step {row.analytic_flops:.3e} FLOPs (analytic, all devices); "
           f"compiled in {row.compile_s:.0f} s")
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+  """docs/SCALING.md's table from the JSON rows that ``launch/plan_memory.py --out`` wrote."""
+  head = ("| config | devices | mesh (d, f, t) | micro-batch / shard | sequences / micro-step "
+          "| L | remat | "
+          "arguments GiB | temporaries GiB | peak GiB | H100 80 | H200 141 | v5p 95 | "
+          "compile s |")
+  lines = [head, "|" + "---|" * 14]
+  for r in rows:
+    fits = [("yes" if r["fits"][k] else "no") for k in DEVICE_GB]
+    lines.append(
+        f"| {r['config'].removesuffix('.py')} | {r['devices']} | {tuple(r['mesh'])} | "
+        f"{r['micro_batch_per_shard']} | "
+        f"{r['micro_batch_per_shard'] * r['mesh'][0] * r['mesh'][1]} | {r['length']} | "
+        f"{'yes' if r['remat'] else 'no'} | "
+        f"{r['held_bytes'] / GIB:.1f} | {r['temp_bytes'] / GIB:.1f} | "
+        f"{r['peak_bytes'] / GIB:.1f} | " + " | ".join(fits) + f" | {r['compile_s']:.0f} |")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  import json
+  import sys
+  with open(sys.argv[1], encoding="utf-8") as f:
+    print(markdown([json.loads(line) for line in f if line.strip()]))
