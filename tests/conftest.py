@@ -246,9 +246,18 @@ BPE_JUDGE_CONTEXT = 256
 
 
 @pytest.fixture(scope="session")
-def gpt2_bpe():
-  """Directory of the real GPT-2 tokenizer (50257 ids, EOS 50256)."""
-  return os.path.join(ASSETS, "gpt2")
+def gpt2_bpe(tmp_path_factory):
+  """Directory of the real GPT-2 tokenizer (50257 ids, EOS 50256): the vendored files plus
+  the ``tokenizer.json`` transformers builds from them, written once per session (loading
+  the vendored vocab.json/merges.txt converts them, ~1 s per load; the same tokenizer)."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  out = tmp_path_factory.mktemp("gpt2_bpe")
+  vendored = os.path.join(ASSETS, "gpt2")
+  for f in os.listdir(vendored):
+    if f.endswith((".json", ".txt")):
+      shutil.copyfile(os.path.join(vendored, f), out / f)
+  transformers.AutoTokenizer.from_pretrained(vendored).save_pretrained(str(out))
+  return str(out)
 
 
 @pytest.fixture(scope="session")

@@ -83,14 +83,15 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval,
-                                         read_losses, exported_params):
+def _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, read_losses,
+                     exported_params, launches):
   """jax.distributed on 127.0.0.1, 2 processes x 2 CPU devices == 1 process x 4 devices.
 
-  The multi-process run stops after 2 steps and a second launch resumes it to 3 (orbax
-  restore of the sharded state and of the data iterator on every process). The Fig. 2
-  sampling hook runs too (initial checkpoint and last step), so sampling under training is
-  checked across processes as well.
+  The multi-process run is one launch per entry of ``launches`` (the step it stops at);
+  with (2, 3) a second launch resumes it to 3 (orbax restore of the sharded state and of
+  the data iterator on every process). The Fig. 2 sampling hook runs too (initial
+  checkpoint and every launch's last step), so sampling under training is checked across
+  processes as well.
   """
   single = str(tmp_path / "single")
   cfg = with_periodic_eval(tiny_run_config(tiny_dir, mesh_shape=(4, 1), num_devices=4), every=3)
@@ -102,7 +103,7 @@ def test_two_processes_equal_one_process(tiny_dir, tmp_path, tiny_run_config, wi
             tiny_run.tiny_config({tiny_dir!r}, mesh_shape=(4, 1)), every=3)
       """)
   multi = str(tmp_path / "multi")
-  for steps in (2, 3):
+  for steps in launches:
     port = _free_port()
     procs = []
     for pid in range(2):
@@ -122,20 +123,37 @@ def test_two_processes_equal_one_process(tiny_dir, tmp_path, tiny_run_config, wi
   chex.assert_trees_all_close(read_losses(multi), read_losses(single), rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(exported_params(multi), exported_params(single), rtol=0, atol=1e-5)
   rows = {w: files.read_jsonl(os.path.join(w, hook_lib.EVAL_FILE)) for w in (single, multi)}
-  # Validation NLL over the process-sliced validation batches, at the last step.
+  # Validation NLL over the process-sliced validation batches, at every launch's last step.
   val = {w: [r for r in metrics_writer.read_jsonl(os.path.join(w, "metrics.jsonl"))
              if "val/nll" in r] for w in (single, multi)}
-  assert [r["step"] for r in val[multi]] == [2, 3] and [r["step"] for r in val[single]] == [3]
+  assert [r["step"] for r in val[multi]] == list(launches)
+  assert [r["step"] for r in val[single]] == [3]
   chex.assert_trees_all_close(val[multi][-1]["val/nll"], val[single][-1]["val/nll"], rtol=1e-5,
                               atol=0)
-  # The first launch evaluated at its last step (2) as well.
-  assert [(r["step"], r["nfe"]) for r in rows[multi]] == [(0, 2), (2, 2), (3, 2)]
+  assert [(r["step"], r["nfe"]) for r in rows[multi]] == [(0, 2)] + [(s, 2) for s in launches]
   assert [(r["step"], r["nfe"]) for r in rows[single]] == [(0, 2), (3, 2)]
   # Step 0 samples the same initial weights with the same keys: equal. Step 3 samples
   # weights that agree to 1e-5, so its judge value may differ slightly.
   assert rows[multi][0] == rows[single][0]
-  chex.assert_trees_all_close(rows[multi][2]["gen_ppl"], rows[single][1]["gen_ppl"], rtol=0.05,
-                              atol=0)
+  chex.assert_trees_all_close(rows[multi][-1]["gen_ppl"], rows[single][1]["gen_ppl"],
+                              rtol=0.05, atol=0)
+
+
+def test_two_processes_equal_one_process(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval,
+                                         read_losses, exported_params):
+  """One two-process launch of 3 steps == the one-process run (the resume across
+  processes is the slow variant below, and the SIGTERM test's second launch)."""
+  _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, read_losses,
+                   exported_params, launches=(3,))
+
+
+@pytest.mark.slow
+def test_two_processes_resume_equal_one_process(tiny_dir, tmp_path, tiny_run_config,
+                                                with_periodic_eval, read_losses,
+                                                exported_params):
+  """The same run stopped at step 2 and resumed to 3 by a second two-process launch."""
+  _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, read_losses,
+                   exported_params, launches=(2, 3))
 
 
 @pytest.mark.slow
