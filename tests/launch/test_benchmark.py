@@ -8,11 +8,16 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.slow
 def test_benchmark_cli_tiny_output_is_well_formed(tmp_path):
-  """launch/benchmark.py on the tiny model: JSON + markdown, XLA agreement (no timings)."""
+  """launch/benchmark.py on the tiny model: JSON + markdown, XLA agreement (no timings).
+  Slow (a subprocess, ~15 s); the suite keeps the in-process benchmark of the training
+  step (tests/perf/test_benchmark.py)."""
   out = tmp_path / "bench"
   cmd = [sys.executable, os.path.join(ROOT, "launch", "benchmark.py"),
          "--config=configs/mdlm_drift.py", "--size=tiny", "--length=64", "--batch=4",

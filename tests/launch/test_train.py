@@ -84,7 +84,7 @@ def _free_port():
 
 
 def _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, read_losses,
-                     exported_params, launches):
+                     exported_params, launches, periodic_eval=True):
   """jax.distributed on 127.0.0.1, 2 processes x 2 CPU devices == 1 process x 4 devices.
 
   The multi-process run is one launch per entry of ``launches`` (the step it stops at);
@@ -94,13 +94,17 @@ def _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, re
   processes as well.
   """
   single = str(tmp_path / "single")
-  cfg = with_periodic_eval(tiny_run_config(tiny_dir, mesh_shape=(4, 1), num_devices=4), every=3)
-  trainer.train(cfg, single, hooks=[hook_lib.make_sample_eval_hook(cfg, single)])
+  cfg = tiny_run_config(tiny_dir, mesh_shape=(4, 1), num_devices=4)
+  if periodic_eval:
+    cfg = with_periodic_eval(cfg, every=3)
+  trainer.train(cfg, single,
+                hooks=[hook_lib.make_sample_eval_hook(cfg, single)] if periodic_eval else [])
+  wrap = "tiny_run.with_periodic_eval" if periodic_eval else ""
   cfg_file = _write_cfg_file(str(tmp_path), f"""
       from tests.helpers import tiny_run
       def get_config():
-        return tiny_run.with_periodic_eval(
-            tiny_run.tiny_config({tiny_dir!r}, mesh_shape=(4, 1)), every=3)
+        c = tiny_run.tiny_config({tiny_dir!r}, mesh_shape=(4, 1))
+        return {wrap + "(c, every=3)" if periodic_eval else "c"}
       """)
   multi = str(tmp_path / "multi")
   for steps in launches:
@@ -122,6 +126,8 @@ def _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, re
   assert steps_logged == [1, 2, 3], "the second launch must resume at step 3"
   chex.assert_trees_all_close(read_losses(multi), read_losses(single), rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(exported_params(multi), exported_params(single), rtol=0, atol=1e-5)
+  if not periodic_eval:
+    return
   rows = {w: files.read_jsonl(os.path.join(w, hook_lib.EVAL_FILE)) for w in (single, multi)}
   # Validation NLL over the process-sliced validation batches, at every launch's last step.
   val = {w: [r for r in metrics_writer.read_jsonl(os.path.join(w, "metrics.jsonl"))
@@ -141,17 +147,20 @@ def _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, re
 
 def test_two_processes_equal_one_process(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval,
                                          read_losses, exported_params):
-  """One two-process launch of 3 steps == the one-process run (the resume across
-  processes is the slow variant below, and the SIGTERM test's second launch)."""
+  """One two-process launch of 3 steps == the one-process run: losses and exported
+  weights. The slow variant below adds the resume across processes and the sampling hook
+  and validation under training (multi-host sampling itself is in the suite through
+  tests/launch/test_eval.py's two-process evaluation)."""
   _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, read_losses,
-                   exported_params, launches=(3,))
+                   exported_params, launches=(3,), periodic_eval=False)
 
 
 @pytest.mark.slow
 def test_two_processes_resume_equal_one_process(tiny_dir, tmp_path, tiny_run_config,
                                                 with_periodic_eval, read_losses,
                                                 exported_params):
-  """The same run stopped at step 2 and resumed to 3 by a second two-process launch."""
+  """The same run with the Fig. 2 sampling hook and validation, stopped at step 2 and
+  resumed to 3 by a second two-process launch."""
   _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, read_losses,
                    exported_params, launches=(2, 3))
 

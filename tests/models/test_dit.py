@@ -75,8 +75,10 @@ def test_hidden_states_match_blocks(torch_dits, tmp_path, save_hf_dir, convert_d
   chex.assert_trees_all_equal(dit(None, jnp.asarray(sigma, jnp.float32), embeds=emb), logits)
 
 
+@pytest.mark.slow
 def test_full_170m_config_converts_and_runs(tmp_path, save_bare, convert_dit, dit_inputs, rel_err):
-  """The released 170M shape: parameter count, conversion round trip, one short forward."""
+  """The released 170M shape: parameter count, conversion round trip, one short forward.
+  Slow (~15 s); the suite's conversion parity runs on the tiny DiTs (tests/convert)."""
   cfg = mdlm_small()
   tcfg = dict(cfg.to_dict())
   model = randomize_(DIT(tcfg), seed=0, scale=0.05).eval()
