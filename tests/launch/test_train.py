@@ -42,7 +42,11 @@ def _env(extra_devices=8):
   return env
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_resumes(tiny_dir, tmp_path):
+  """launch/train.py in a subprocess: SIGTERM checkpoints and exits 143, the same command
+  resumes at the next step. Slow (~25 s); the suite keeps the in-process SIGTERM save and
+  the Ctrl-C checkpoint at the step boundary (tests/train/test_faults.py)."""
   cfg_file = _write_cfg_file(str(tmp_path), f"""
       from tests.helpers import tiny_run
       def get_config():
