@@ -27,6 +27,8 @@ from tokendrift_jax.models.dit import ROPE_BASE, DiTConfig
 
 
 from convert import ConversionError
+from convert.common import (cast, config_float, config_int, params_to_state,
+                            save_safetensors, set_path, show, write_hf_dir)
 
 # Shown by `python -m convert --help` for --family dit.
 SOURCES = """\
@@ -112,12 +114,6 @@ def _flax_path(name: str) -> tuple[tuple[Any, ...], bool]:
   return tuple(path) + (leaf,), False
 
 
-def _set(tree: dict, path: tuple, value) -> None:
-  for k in path[:-1]:
-    tree = tree.setdefault(k, {})
-  tree[path[-1]] = value
-
-
 def to_flax_params(state: dict[str, np.ndarray], config: DiTConfig, where: str) -> dict:
   """Converts a backbone state dict (names without ``backbone.``) to a pure param dict.
 
@@ -144,7 +140,7 @@ def to_flax_params(state: dict[str, np.ndarray], config: DiTConfig, where: str) 
                             f"{tuple(arr.shape)} vs expected {want} for {config}")
     path, transpose = _flax_path(name)
     arr = arr.astype(np.float32)
-    _set(params, path, np.ascontiguousarray(arr.T) if transpose else arr)
+    set_path(params, path, np.ascontiguousarray(arr.T) if transpose else arr)
   if ROTARY_BUFFER in state:
     inv = np.asarray(state[ROTARY_BUFFER], np.float64)
     hd = config.head_dim
@@ -272,35 +268,6 @@ def hf_config_to_dit(cfg: dict, where: str) -> tuple[DiTConfig, str | None]:
   return dit, (arch if arch in ("mdlm", "duo") else None)
 
 
-def config_int(value, field: str, where: str) -> int:
-  """``value`` of config field ``field`` (in the file ``where``) as a positive int.
-
-  Only JSON integers are accepted: null, booleans, strings and every float (also an
-  integral 32.0, which the public PyTorch code would not accept as a layer size) are
-  refused, naming the field and the file.
-  """
-  if isinstance(value, bool) or not isinstance(value, int):
-    raise ConversionError(f"{where}: field '{field}' must be a positive integer, got "
-                          f"{_show(value)}")
-  if value <= 0:
-    raise ConversionError(f"{where}: field '{field}' must be a positive integer, got {value}")
-  return value
-
-
-def config_float(value, field: str, where: str) -> float:
-  """``value`` of config field ``field`` as a float (a JSON number; not null/bool/string)."""
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ConversionError(f"{where}: field '{field}' must be a number, got {_show(value)}")
-  return float(value)
-
-
-def _show(value) -> str:
-  try:
-    return f"{json.dumps(value)} ({'null' if value is None else type(value).__name__})"
-  except (TypeError, ValueError):
-    return f"{value!r} ({type(value).__name__})"
-
-
 def _dit_config(where: str, **fields) -> DiTConfig:
   """DiTConfig(**fields); its ValueError (divisibility, ranges) prefixed with ``where``."""
   try:
@@ -386,7 +353,7 @@ def lightning_config_to_dit(hcfg, vocab_size: int, where: str) -> tuple[DiTConfi
     tc = arch == "duo"
   if not isinstance(tc, bool):
     raise ConversionError(f"{where} hyper_parameters: 'time_conditioning' must be true or "
-                          f"false, got {_show(tc)}")
+                          f"false, got {show(tc)}")
   config = _dit_config(where, vocab_size=int(vocab_size),
                        dropout=config_float(0.1 if dropout is None else dropout,
                                             "config.model.dropout", f"{where} hyper_parameters"),
@@ -566,12 +533,6 @@ def check_exportable(config: DiTConfig, meta: dict, fmt: str) -> None:
                           "always time-conditioned and cannot represent this backbone")
 
 
-def _get(tree: dict, path: tuple):
-  for k in path:
-    tree = tree[k]
-  return tree
-
-
 def to_torch_state(params: dict, config: DiTConfig) -> dict[str, np.ndarray]:
   """The inverse of :func:`to_flax_params`: pure param dict -> DIT state dict.
 
@@ -579,18 +540,8 @@ def to_torch_state(params: dict, config: DiTConfig) -> dict[str, np.ndarray]:
   ``backbone.parameters()`` order, weights [out, in], then the rotary buffer
   ``rotary_emb.inv_freq`` float32[head_dim / 2] that the released state dicts carry.
   """
-  state: dict[str, np.ndarray] = {}
-  for name in torch_parameter_names(config):
-    path, transpose = _flax_path(name)
-    try:
-      arr = np.asarray(_get(params, path), np.float32)
-    except (KeyError, TypeError) as e:
-      raise ConversionError(f"the parameters have no {path} for '{name}'") from e
-    arr = np.ascontiguousarray(arr.T) if transpose else arr
-    if tuple(arr.shape) != _torch_shape(name, config):
-      raise ConversionError(f"parameter {path} gives '{name}' the shape {tuple(arr.shape)}, "
-                            f"expected {_torch_shape(name, config)} for {config}")
-    state[name] = arr
+  state = params_to_state(params, torch_parameter_names(config), _flax_path,
+                          lambda name: _torch_shape(name, config), config)
   hd = config.head_dim
   # As the DIT's Rotary computes it (float32 base ** (arange / dim)), correctly rounded.
   state[ROTARY_BUFFER] = (1.0 / (ROPE_BASE ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
@@ -633,50 +584,6 @@ def lightning_hparams(config: DiTConfig, process: str) -> dict:
           "model": model, "training": {"ema": 0.9999}}
 
 
-def parse_size(text: str) -> int:
-  """'5GB', '200MB', '20KB' or a byte count -> bytes (powers of 1000, as HF's)."""
-  s = str(text).strip().upper()
-  for unit, mult in (("GB", 10 ** 9), ("MB", 10 ** 6), ("KB", 10 ** 3), ("B", 1)):
-    if s.endswith(unit):
-      s, scale = s[:-len(unit)], mult
-      break
-  else:
-    scale = 1
-  try:
-    value = int(float(s) * scale)
-  except ValueError:
-    value = 0
-  if value <= 0:
-    raise ConversionError(f"--max-shard-size {text!r}: expected a positive size like 5GB, "
-                          f"200MB or 20KB")
-  return value
-
-
-def _cast(state: dict[str, np.ndarray], dtype: str):
-  """{name: float32 array} -> tensors to save: numpy for float32/float16; torch for bfloat16
-  (numpy has none). The rotary buffer stays float32 (rounded, it would no longer match the
-  base the importers check)."""
-  if dtype == "bfloat16":
-    torch = _torch()
-    return {k: torch.from_numpy(v) if k == ROTARY_BUFFER else
-            torch.from_numpy(v).to(torch.bfloat16) for k, v in state.items()}, "torch"
-  np_dtype = {"float32": np.float32, "float16": np.float16}[dtype]
-  return {k: v if k == ROTARY_BUFFER else v.astype(np_dtype) for k, v in state.items()}, "np"
-
-
-def _save_safetensors(tensors: dict, kind: str, path: str) -> None:
-  metadata = {"format": "pt"}   # what transformers' loader expects of a PyTorch file
-  if kind == "torch":
-    from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
-  else:
-    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  save_file(tensors, path, metadata=metadata)
-
-
-def _nbytes(t) -> int:
-  return int(t.nbytes) if hasattr(t, "nbytes") else int(t.numel() * t.element_size())
-
-
 def export(params: dict, config: DiTConfig, meta: dict, dst: str, *, fmt: str,
            dtype: str = "float32", max_shard_size: str = "5GB") -> list[str]:
   """Writes ``params`` (the project's pure dict) at ``dst`` in format ``fmt``.
@@ -689,41 +596,17 @@ def export(params: dict, config: DiTConfig, meta: dict, dst: str, *, fmt: str,
   if dtype not in EXPORT_DTYPES:
     raise ConversionError(f"--dtype {dtype!r}: expected one of {list(EXPORT_DTYPES)}")
   state = to_torch_state(params, config)
-  tensors, kind = _cast(state, dtype)
+  # The rotary buffer stays float32 (rounded, it would no longer match the base the
+  # importers check).
+  tensors, kind = cast(state, dtype, keep_float32=(ROTARY_BUFFER,))
   if fmt == "safetensors":
-    _save_safetensors(tensors, kind, dst)
+    save_safetensors(tensors, kind, dst)
     return [os.path.basename(dst)]
   process = meta["process"]
   if fmt == "hf":
-    limit = parse_size(max_shard_size)
-    named = {"backbone." + k: v for k, v in tensors.items()}
-    shards: list[dict] = [{}]
-    size = 0
-    for name, t in named.items():   # in backbone.parameters() order, as save_pretrained
-      if shards[-1] and size + _nbytes(t) > limit:
-        shards.append({})
-        size = 0
-      shards[-1][name] = t
-      size += _nbytes(t)
-    os.makedirs(dst)
-    with open(os.path.join(dst, "config.json"), "w") as f:
-      json.dump(hf_config(config, process, dtype), f, indent=2, sort_keys=True)
-      f.write("\n")
-    if len(shards) == 1:
-      _save_safetensors(shards[0], kind, os.path.join(dst, "model.safetensors"))
-      return ["config.json", "model.safetensors"]
-    files, weight_map = [], {}
-    for i, shard in enumerate(shards):
-      fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-      _save_safetensors(shard, kind, os.path.join(dst, fname))
-      files.append(fname)
-      weight_map.update({k: fname for k in shard})
-    index = {"metadata": {"total_size": sum(_nbytes(t) for t in named.values())},
-             "weight_map": weight_map}
-    with open(os.path.join(dst, "model.safetensors.index.json"), "w") as f:
-      json.dump(index, f, indent=2, sort_keys=True)
-      f.write("\n")
-    return ["config.json", "model.safetensors.index.json"] + files
+    # Weights under backbone., in backbone.parameters() order, as save_pretrained.
+    return write_hf_dir(dst, {"backbone." + k: v for k, v in tensors.items()}, kind,
+                        hf_config(config, process, dtype), max_shard_size=max_shard_size)
   # lightning
   torch = _torch()
   try:

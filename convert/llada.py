@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from convert import ConversionError
-from convert.dit import config_float, config_int
+from convert.common import (cast, config_float, config_int, params_to_state, set_path,
+                            write_hf_dir)
 from tokendrift_jax.models.llada import LLaDAConfig
 
 # Shown by `python -m convert --help` for --family llada.
@@ -139,12 +140,6 @@ def flax_path(name: str) -> tuple[tuple[Any, ...], bool]:
   if leaf.endswith("_norm"):
     return ("blocks", int(parts[1]), leaf, "weight"), False
   return ("blocks", int(parts[1]), leaf, "kernel"), True
-
-
-def _set(tree: dict, path: tuple, value) -> None:
-  for k in path[:-1]:
-    tree = tree.setdefault(k, {})
-  tree[path[-1]] = value
 
 
 # ------------------------------------------------------------------- config
@@ -375,7 +370,7 @@ def read_weights(shards: dict[str, dict], config: LLaDAConfig) -> tuple[dict, li
           tied_copy = (fname, arr)
           continue
         path, transpose = flax_path(name)
-        _set(params, path, np.ascontiguousarray(arr.T) if transpose else np.array(arr))
+        set_path(params, path, np.ascontiguousarray(arr.T) if transpose else np.array(arr))
   if tied_copy is not None and not np.array_equal(tied_copy[1], params["wte"]["embedding"]):
     raise ConversionError(f"{tied_copy[0]}: weight_tying is true but '{PREFIX}ff_out.weight' "
                           f"differs from '{PREFIX}wte.weight'")
@@ -447,28 +442,11 @@ def check_exportable(config: LLaDAConfig, meta: dict, fmt: str) -> None:
     raise ConversionError(f"--format {fmt!r}: the llada family exports {list(EXPORT_FORMATS)}")
 
 
-def _get(tree: dict, path: tuple):
-  for k in path:
-    tree = tree[k]
-  return tree
-
-
 def to_torch_state(params: dict, config: LLaDAConfig) -> dict[str, np.ndarray]:
   """The inverse of the import: pure param dict -> the release's state dict (float32
   [out, in] weights, in the release's order)."""
-  state: dict[str, np.ndarray] = {}
-  for name in hf_names(config):
-    path, transpose = flax_path(name)
-    try:
-      arr = np.asarray(_get(params, path), np.float32)
-    except (KeyError, TypeError) as e:
-      raise ConversionError(f"the parameters have no {path} for '{name}'") from e
-    arr = np.ascontiguousarray(arr.T) if transpose else arr
-    if tuple(arr.shape) != hf_shape(name, config):
-      raise ConversionError(f"parameter {path} gives '{name}' the shape {tuple(arr.shape)}, "
-                            f"expected {hf_shape(name, config)} for {config}")
-    state[name] = arr
-  return state
+  return params_to_state(params, hf_names(config), flax_path,
+                         lambda name: hf_shape(name, config), config)
 
 
 def hf_config(config: LLaDAConfig, meta: dict, dtype: str = "float32") -> dict:
@@ -499,67 +477,15 @@ def hf_config(config: LLaDAConfig, meta: dict, dtype: str = "float32") -> dict:
   return dict(sorted(out.items()))
 
 
-def _cast(state: dict[str, np.ndarray], dtype: str):
-  """{name: float32 array} -> (tensors to save, "np" | "torch"): torch for bfloat16 (numpy
-  has none), numpy otherwise."""
-  if dtype == "bfloat16":
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise ConversionError("--dtype bfloat16 needs PyTorch: pip install -r "
-                            "requirements-convert.txt") from e
-    return {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in state.items()}, "torch"
-  np_dtype = {"float32": np.float32, "float16": np.float16}[dtype]
-  return {k: v.astype(np_dtype) for k, v in state.items()}, "np"
-
-
-def _nbytes(t) -> int:
-  return int(t.nbytes) if hasattr(t, "nbytes") else int(t.numel() * t.element_size())
-
-
-def _save_safetensors(tensors: dict, kind: str, path: str) -> None:
-  # pylint: disable=import-outside-toplevel
-  if kind == "torch":
-    from safetensors.torch import save_file
-  else:
-    from safetensors.numpy import save_file
-  save_file(tensors, path, metadata={"format": "pt"})   # what transformers' loader expects
-
-
 def export(params: dict, config: LLaDAConfig, meta: dict, dst: str, *, fmt: str,
            dtype: str = "float32", max_shard_size: str = "5GB") -> list[str]:
   """Writes ``params`` at ``dst`` (a new directory) as an HF LLaDA release; returns the
   files written (relative to ``dst``). The caller (``python -m convert.export``) writes
   to a temporary sibling and swaps it in."""
-  from convert.dit import parse_size  # pylint: disable=import-outside-toplevel
   check_exportable(config, meta, fmt)
   if dtype not in EXPORT_DTYPES:
     raise ConversionError(f"--dtype {dtype!r}: expected one of {list(EXPORT_DTYPES)}")
-  limit = parse_size(max_shard_size)
-  tensors, kind = _cast(to_torch_state(params, config), dtype)
-  shards: list[dict] = [{}]
-  size = 0
-  for name, t in tensors.items():   # in the release's order, as save_pretrained
-    if shards[-1] and size + _nbytes(t) > limit:
-      shards.append({})
-      size = 0
-    shards[-1][name] = t
-    size += _nbytes(t)
-  os.makedirs(dst)
-  with open(os.path.join(dst, "config.json"), "w") as f:
-    json.dump(hf_config(config, meta, dtype), f, indent=2)
-    f.write("\n")
-  if len(shards) == 1:
-    _save_safetensors(shards[0], kind, os.path.join(dst, SINGLE))
-    return ["config.json", SINGLE]
-  files, wmap = [], {}
-  for i, shard in enumerate(shards):
-    fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-    _save_safetensors(shard, kind, os.path.join(dst, fname))
-    files.append(fname)
-    wmap.update({k: fname for k in shard})
-  with open(os.path.join(dst, INDEX), "w") as f:
-    json.dump({"metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())},
-               "weight_map": wmap}, f, indent=2, sort_keys=True)
-    f.write("\n")
-  return ["config.json", INDEX] + files
+  tensors, kind = cast(to_torch_state(params, config), dtype)
+  # In the release's order, as save_pretrained wrote it.
+  return write_hf_dir(dst, tensors, kind, hf_config(config, meta, dtype),
+                      max_shard_size=max_shard_size, sort_config_keys=False)
