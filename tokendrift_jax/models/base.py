@@ -33,6 +33,7 @@ Parameters are a pure dict of float32 arrays (``nnx.to_pure_dict``), in every fa
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable, Mapping, Protocol
 
 
@@ -53,6 +54,26 @@ class BackboneConfig(Protocol):
   def to_dict(self) -> dict[str, Any]: ...
 
   def num_params(self) -> int: ...
+
+
+class ConfigFields:
+  """``to_dict`` / ``to_json`` / ``from_dict`` for a family's frozen config dataclass (the
+  contract's serialisation): ``class MyConfig(ConfigFields)`` under ``@dataclass``."""
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]):
+    """The config of the fields in ``d``; an unknown field is a ValueError naming it."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
+    return cls(**d)
 
 
 class FlopModel(Protocol):

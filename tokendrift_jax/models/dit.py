@@ -23,9 +23,7 @@ Dropout is explicit (``dropout_rng``) so the training step stays a pure function
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +40,7 @@ LN_EPS = 1e-5            # torch.nn.functional.layer_norm default
 
 
 @dataclasses.dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(base.ConfigFields):
   """Architecture of a DiT backbone (what a checkpoint must agree with).
 
   Field names follow the MDLM/DUO hydra configs (``model.hidden_size`` etc.); the
@@ -90,20 +88,6 @@ class DiTConfig:
   @property
   def time_conditioned(self) -> bool:
     return bool(self.time_conditioning)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "DiTConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"unknown DiTConfig field(s) {unknown}; known: {sorted(known)}")
-    return cls(**d)
 
   def num_params(self) -> int:
     """Parameter count of the PyTorch ``DIT`` (the rotary buffer is not a parameter)."""

@@ -30,9 +30,7 @@ Dropout (``dropout`` = the release's ``residual_dropout`` on both residual branc
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +43,7 @@ from tokendrift_jax.models.common import dropout as _dropout
 
 
 @dataclasses.dataclass(frozen=True)
-class LLaDAConfig:
+class LLaDAConfig(base.ConfigFields):
   """Architecture of a LLaDA backbone (what a checkpoint must agree with).
 
   Defaults are LLaDA-8B-Base's ``config.json``. Field names follow that file, except
@@ -135,20 +133,6 @@ class LLaDAConfig:
   @property
   def time_conditioned(self) -> bool:
     return False
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "LLaDAConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"unknown LLaDAConfig field(s) {unknown}; known: {sorted(known)}")
-    return cls(**d)
 
   def num_params(self) -> int:
     """Parameter count of the PyTorch ``LLaDAModel`` (no biases; rotary has no parameter)."""
