@@ -117,6 +117,14 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def constrain_batch(x: jax.Array, mesh: Mesh | None) -> jax.Array:
+  """Inside jit: ``x`` [B, ...] constrained to :func:`batch_sharding` (identity without a
+  mesh), so every sampler and step places its per-row arrays by the same rule."""
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

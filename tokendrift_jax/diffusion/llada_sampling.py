@@ -224,9 +224,7 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
                        "use make_generate / generate, which do that")
 
   def constrain(a):
-    if mesh is None:
-      return a
-    return jax.lax.with_sharding_constraint(a, sharding.batch_sharding(mesh, a.ndim))
+    return sharding.constrain_batch(a, mesh)
 
   batch, p_len = prompt.shape
   total = p_len + gen_length

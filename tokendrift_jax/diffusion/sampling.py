@@ -225,9 +225,7 @@ def sampling_loop(process, logits_fn: LogitsFn, key: jax.Array, steps: jax.Array
                        "use make_sampler/sample, which do that")
 
   def constrain(a):
-    if mesh is None:
-      return a
-    return jax.lax.with_sharding_constraint(a, sharding.batch_sharding(mesh, a.ndim))
+    return sharding.constrain_batch(a, mesh)
 
   if not isinstance(process, MDLMProcess) and not cache:
     raise ValueError("cache=False only applies to MDLM; DUO's ancestral sampler has no cache")

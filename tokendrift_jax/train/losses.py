@@ -58,9 +58,7 @@ class StepContext:
   prompt: prompt_lib.PromptSpec = prompt_lib.PromptSpec()
 
   def constrain_batch(self, x):
-    if self.mesh is None:
-      return x
-    return jax.lax.with_sharding_constraint(x, sharding.batch_sharding(self.mesh, x.ndim))
+    return sharding.constrain_batch(x, self.mesh)
 
 
 def generator(ctx: StepContext, params, dropout_key):
