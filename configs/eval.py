@@ -4,7 +4,9 @@
 
 Draws ``num_samples`` unconditional samples for every NFE in ``nfe`` and every seed in
 ``seeds``, and reports Gen-PPL (GPT-2 Large, MDLM/DUO protocol) and entropy as mean ± SD
-over seeds. See docs/EVALUATION.md.
+over seeds. LLaDA checkpoints are evaluated the same way (decoded with the LLaDA tokenizer,
+retokenized for the judge), unconditionally or completing given prompts (``prompt``). See
+docs/EVALUATION.md.
 
 Sample count: the paper does not state it. The backbones' own OpenWebText Gen-PPL scripts
 (DUO repository, scripts/gen_ppl_owt_duo.sh, also _sedd.sh and _ar.sh) draw
@@ -42,6 +44,18 @@ def get_config() -> ml_collections.ConfigDict:
   # host; each process samples and scores its share of every batch, process 0 writes.
   c.distributed = ml_collections.ConfigDict(dict(
       initialize="auto", coordinator_address="", num_processes=0, process_id=-1))
+  # Prompt-conditioned evaluation (LLaDA backbones): sample i of every (NFE, seed)
+  # completes the first `length` tokens of row i of `tokens`, an int .npy [N, >= length]
+  # in the diffusion tokenizer's ids (e.g. held-out rows written like data.train_tokens);
+  # N >= num_samples. The judge scores each completion given its prompt; config.length is
+  # then the completion's length (0 = the checkpoint's length minus the prompt's).
+  c.prompt = ml_collections.ConfigDict(dict(tokens="", length=0))
+  # LLaDA's sampler (generate.py): block_length 0 = one block of the whole sample;
+  # temperature 1 draws from the model as the MDLM/DUO evaluations do (generate.py's own
+  # default is 0, greedy); cfg_scale > 0 runs classifier-free guidance (prompted samples
+  # only), which doubles the rows of every backbone call. Only read for LLaDA checkpoints.
+  c.llada = ml_collections.ConfigDict(dict(
+      block_length=0, temperature=1.0, remasking="low_confidence", cfg_scale=0.0))
   c.write_samples = True
   c.progress = True
   return c

@@ -79,11 +79,11 @@ def test_interrupted_evaluation_resumes(eval_assets, eval_cli_run, tmp_path, mon
   real_sample = sampling_eval.SampleEvaluator.sample
   calls = []
 
-  def sample(self, params, nfe, seed, num_samples, bar=None):
+  def sample(self, params, nfe, seed, num_samples, bar=None, prompts=None):
     calls.append((nfe, seed))
     if len(calls) == 3 and interrupt:
       raise KeyboardInterrupt
-    return real_sample(self, params, nfe, seed, num_samples, bar)
+    return real_sample(self, params, nfe, seed, num_samples, bar, prompts)
 
   monkeypatch.setattr(sampling_eval.SampleEvaluator, "sample", sample)
   interrupt = True

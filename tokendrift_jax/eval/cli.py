@@ -38,6 +38,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from tokendrift_jax import checkpoints
+from tokendrift_jax import models
 from tokendrift_jax import runtime
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import make_process_for_model
@@ -88,10 +89,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   except checkpoints.CheckpointError as e:
     raise err(f"config.checkpoint: {e}") from e
   family = meta.get("family")
-  length = int(config.length) or model_cfg.length
-  if not 1 <= length <= model_cfg.length:
-    raise err(f"config.length={config.length} must be in [1, {model_cfg.length}] (the "
-              f"checkpoint's length)")
   try:
     mesh = sharding.mesh_from_config(config.mesh)
   except ValueError as e:
@@ -100,17 +97,28 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     process = make_process_for_model(process_name, model_cfg)
   except ValueError as e:
     raise err(f"config.checkpoint={ckpt!r}: {e}") from e
+  prompt_length, prompt_file = _prompt_settings(config, process)
+  length = int(config.length) or model_cfg.length - prompt_length
+  if not 1 <= length <= model_cfg.length - prompt_length:
+    raise err(f"config.length={config.length} must be in [1, "
+              f"{model_cfg.length - prompt_length}] (the checkpoint's length "
+              f"{model_cfg.length}" + (f" minus config.prompt.length={prompt_length})"
+                                       if prompt_length else ")"))
+  options = _llada_options(config, process, prompted=bool(prompt_length))
   progress = bool(config.progress) and jax.process_index() == 0
   # The judge before the weights: a missing judge or a tokenizer that does not fit the
   # checkpoint is reported before anything heavy is loaded or sampled.
   judge = judges.build_judge(config, process=process, max_length=length, mesh=mesh,
-                             progress=progress)
+                             family=models.family_of(model_cfg), progress=progress)
   evaluator = sampling_eval.SampleEvaluator(
       model_cfg, process, judge, mesh=mesh, batch=int(config.batch), length=length,
       noise_removal=str(config.noise_removal) or None,
       sampler_precision=str(config.sampler_precision) or None,
       model_dtype=str(config.model_dtype), attention_impl=str(config.attention_impl) or None,
-      progress=progress)
+      progress=progress, sampler_options=options, prompt_length=prompt_length)
+  nfes = evaluator.check_nfes(nfes)
+  prompts = (_load_prompts(prompt_file, prompt_length, num_samples, judge)
+             if prompt_length else None)
 
   _, params, _ = checkpoints.load_backbone_params(ckpt)
   weights_hash = _weights_hash(params)
@@ -123,6 +131,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
               "sampler_precision": "float64" if evaluator.float64 else "float32",
               "model_dtype": str(config.model_dtype),
               "key": "fold_in(fold_in(PRNGKey(seed), nfe), batch_index)"}
+  if options is not None:
+    sampling["llada"] = dict(evaluator.sampler_options, block_length=evaluator.block_length)
+    # NFE counts backbone calls; classifier-free guidance runs each on 2 x batch rows.
+    sampling["rows_per_forward"] = (2 if options["cfg_scale"] > 0 else 1) * evaluator.batch
+  if prompt_length:
+    sampling["prompt"] = {"tokens": prompt_file, "length": prompt_length,
+                          "sha256": hashlib.sha256(prompts.tobytes()).hexdigest(),
+                          "judged": "completion given the prompt"}
   keep = bool(config.write_samples)
   # What a finished (NFE, seed) depends on, besides its own NFE and seed.
   fingerprint = {"weights": weights_hash, "checkpoint": ckpt, "judge": judge_info,
@@ -144,7 +160,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
 
   t0 = time.time()
   result = evaluator.evaluate(params, nfes, seeds, num_samples, keep_samples=keep, skip=skip,
-                              on_row=save_progress)
+                              on_row=save_progress, prompts=prompts)
   if not is_main:
     return {}
   rows, samples = _merge(result, done, nfes, seeds)
@@ -161,6 +177,79 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   files.write_text(os.path.join(workdir, RESULTS_MD), report.results_markdown(payload))
   shutil.rmtree(progress_dir, ignore_errors=True)
   return payload
+
+
+def _prompt_settings(config, process) -> tuple[int, str]:
+  """(P, the prompt file) of ``config.prompt``; (0, "") for unconditional evaluation."""
+  section = config.get("prompt") or ml_collections.ConfigDict(dict(tokens="", length=0))
+  length, path = section.get("length", 0), str(section.get("tokens", "") or "")
+  if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+    raise EvalError(f"config.prompt.length must be an integer >= 0, got {length!r}")
+  if bool(length) != bool(path):
+    raise EvalError("config.prompt.tokens and config.prompt.length go together: give both "
+                    "(a prompt-conditioned evaluation) or neither (unconditional); got "
+                    f"tokens={path!r}, length={length}")
+  if length and process.name != "llada":
+    raise EvalError(f"config.prompt: prompt-conditioned sampling is built for LLaDA "
+                    f"checkpoints only; this checkpoint's process is {process.name!r}")
+  return int(length), os.path.abspath(os.path.expanduser(path)) if path else ""
+
+
+def _llada_options(config, process, *, prompted: bool) -> dict | None:
+  """generate.py's options from ``config.llada`` for a LLaDA checkpoint, else None (and an
+  error when a non-default value would be ignored)."""
+  section = config.get("llada")
+  if section is None:
+    return None
+  defaults = {"block_length": 0, "temperature": 1.0, "remasking": "low_confidence",
+              "cfg_scale": 0.0}
+  values = {k: section.get(k, v) for k, v in defaults.items()}
+  if process.name != "llada":
+    changed = sorted(k for k, v in values.items() if v != defaults[k])
+    if changed:
+      raise EvalError(f"config.llada.{changed[0]} only applies to LLaDA checkpoints; this "
+                      f"one's process is {process.name!r}")
+    return None
+  block = values["block_length"]
+  if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 0:
+    raise EvalError(f"config.llada.block_length must be an integer >= 0 (0 = the whole "
+                    f"sample), got {block!r}")
+  for k in ("temperature", "cfg_scale"):
+    if isinstance(values[k], bool) or not isinstance(values[k], (int, float)):
+      raise EvalError(f"config.llada.{k} must be a number, got {values[k]!r}")
+  if values["cfg_scale"] > 0 and not prompted:
+    raise EvalError(f"config.llada.cfg_scale={values['cfg_scale']} guides by the prompt; "
+                    f"unconditional samples have none (set config.prompt, or cfg_scale=0)")
+  return {"block_length": int(block), "temperature": float(values["temperature"]),
+          "remasking": str(values["remasking"]), "cfg_scale": float(values["cfg_scale"])}
+
+
+def _load_prompts(path: str, length: int, num_samples: int, judge) -> np.ndarray:
+  """int32[num_samples, length]: the first ``length`` ids of the first ``num_samples`` rows
+  of the .npy at ``path``; one-line errors naming config.prompt.tokens."""
+  field = "config.prompt.tokens"
+  if not os.path.isfile(path):
+    raise EvalError(f"{field}={path!r}: no such file (an int .npy [N, >= {length}] of "
+                    f"prompt token ids)")
+  try:
+    rows = np.load(path, mmap_mode="r", allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise EvalError(f"{field}={path!r} is not a readable .npy array ({e})") from e
+  if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.integer):
+    raise EvalError(f"{field}={path!r} must be an int array [N, >= {length}], got "
+                    f"{rows.dtype}{list(rows.shape)}")
+  if rows.shape[0] < num_samples or rows.shape[1] < length:
+    raise EvalError(f"{field}={path!r} has shape {list(rows.shape)}; config.num_samples="
+                    f"{num_samples} samples with config.prompt.length={length} need at least "
+                    f"[{num_samples}, {length}]")
+  prompts = np.asarray(rows[:num_samples, :length]).astype(np.int32)
+  if prompts.min() < 0:
+    raise EvalError(f"{field}={path!r} holds negative ids")
+  try:
+    judge.decode(prompts)  # ids the tokenizer does not have are refused here, before sampling
+  except EvalError as e:
+    raise EvalError(f"{field}={path!r}: {e}") from e
+  return prompts
 
 
 def is_training_workdir(path: str) -> bool:

@@ -23,8 +23,6 @@ class EvalError(ValueError):
 
 # The paper's judge (Sec. 4.1); genppl.DEFAULT_JUDGE, repeated here to keep this light.
 DEFAULT_JUDGE = "gpt2-large"
-# The diffusion tokenizer of both released backbones.
-DEFAULT_TOKENIZER = "gpt2"
 
 
 def judge_config() -> ml_collections.ConfigDict:
@@ -38,7 +36,9 @@ def judge_config() -> ml_collections.ConfigDict:
       own (like MDLM/DUO; ``python -m convert.gpt2`` copies it beside the weights, and
       every GPT-2 size shares GPT-2's tokenizer).
     tokenizer: the diffusion model's tokenizer, decodes sampled ids to text (hub name
-      from the local cache, or directory).
+      from the local cache, or directory); "" = the backbone family's release tokenizer
+      (``models.base.Family.tokenizer``: "gpt2" for MDLM/DUO, "GSAI-ML/LLaDA-8B-Base" for
+      LLaDA).
     judge_dtype: "float32" (the protocol) or "bfloat16" (see docs/EVALUATION.md).
     judge_batch: chunks per jitted judge call (a multiple of the device count).
     judge_group_size: texts per retokenization call (the references retokenize one
@@ -50,6 +50,9 @@ def judge_config() -> ml_collections.ConfigDict:
       scores. True = as the released evaluations decoded (MDLM and DUO pin transformers
       4.38, whose ``batch_decode`` cleans " ." , " 's", " n't" ... by default); False =
       transformers >= 4.45's default, the raw byte-level text.
+    special_tokens: "keep" (MDLM/DUO: special tokens stay in the decoded text), "skip"
+      (LLaDA's generate.py, ``skip_special_tokens=True``), or "" = the family's choice
+      (``models.base.Family.skip_special_tokens``).
     noise_removal: "" = the backbone's default (MDLM "greedy", DUO "ancestral").
     sampler_precision: "" = the backbone's default (MDLM float32, DUO float64), or
       "float32" / "float64".
@@ -62,12 +65,13 @@ def judge_config() -> ml_collections.ConfigDict:
   c.judge_kind = "gpt2"
   c.judge = DEFAULT_JUDGE
   c.judge_tokenizer = ""
-  c.tokenizer = DEFAULT_TOKENIZER
+  c.tokenizer = ""
   c.judge_dtype = "float32"
   c.judge_batch = 8
   c.judge_group_size = 8
   c.judge_buckets = (128, 256, 512)
   c.clean_up_tokenization_spaces = True
+  c.special_tokens = ""
   c.noise_removal = ""
   c.sampler_precision = ""
   c.model_dtype = "float32"

@@ -183,6 +183,44 @@ def retokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.nda
   return np.asarray(enc["input_ids"]), np.asarray(enc["attention_mask"])
 
 
+def retokenize_pairs(tokenizer, prompts: Sequence[str], completions: Sequence[str],
+                     max_length: int, context: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One tokenizer call of conditional judging: each row is prompt + completion.
+
+  The completion is retokenized as :func:`retokenize` does (``truncation=True,
+  max_length``); the prompt is tokenized on its own (so the split between the two is
+  exact) and only its last ``context − len(completion)`` tokens are kept when the row would
+  not fit the judge's window. Rows are right-padded with the pad token (= EOS, attention 0)
+  to the longest row of the call, as the protocol's ``padding=True``.
+
+  Returns:
+    (input_ids int64[N, T], attention_mask int64[N, T], starts int32[N]): T ≤ ``context``,
+    ``starts`` the position of each row's first completion token.
+  """
+  if len(prompts) != len(completions):
+    raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+  if max_length >= context:
+    raise ValueError(f"conditional judging scores each completion in one window of the "
+                     f"judge's context {context}, with its prompt; the completions' "
+                     f"max_length {max_length} leaves no room for a prompt")
+  kwargs = dict(return_token_type_ids=False, return_attention_mask=False)
+  comp = tokenizer(list(completions), truncation=True, max_length=max_length, **kwargs)
+  prom = tokenizer(list(prompts), **kwargs)
+  rows, starts = [], []
+  for p, c in zip(prom["input_ids"], comp["input_ids"]):
+    p = list(p)[max(0, len(p) - (context - len(c))):]
+    rows.append(p + list(c))
+    starts.append(len(p))
+  t = max(1, max(len(r) for r in rows))
+  ids = np.full((len(rows), t), tokenizer.pad_token_id, np.int64)
+  mask = np.zeros((len(rows), t), np.int64)
+  for i, r in enumerate(rows):
+    ids[i, :len(r)] = r
+    mask[i, :len(r)] = 1
+  return ids, mask, np.asarray(starts, np.int32)
+
+
 def split_chunks(input_ids: np.ndarray, attention_mask: np.ndarray, context: int,
                  pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Splits [N, T] rows into fixed-size chunks, like ``torch.split(x, context, -1)``.
@@ -208,29 +246,42 @@ def split_chunks(input_ids: np.ndarray, attention_mask: np.ndarray, context: int
           np.tile(lengths, n), np.repeat(np.arange(n), k))
 
 
-def protocol_weights(tokens: jax.Array, lengths: jax.Array, eos_id: int) -> jax.Array:
+def protocol_weights(tokens: jax.Array, lengths: jax.Array, eos_id: int,
+                     starts: jax.Array | None = None) -> jax.Array:
   """Weights of the targets ``tokens[:, 1:]`` (MDLM/DUO ``first_eos`` + ``token_mask``).
 
   Args:
     tokens: int[B, C] chunk tokens.
     lengths: int[B] true chunk lengths; positions at or beyond them weigh 0.
     eos_id: EOS id.
+    starts: int[B] first scored position of each chunk (conditional judging: the
+      completion's first token; the prompt before it is context only), or None = 0. The
+      EOS rule counts EOS from there on.
 
   Returns:
-    float32[B, C - 1]: 1 where the target is not EOS or is the chunk's first EOS.
+    float32[B, C - 1]: 1 where the target is at or after ``starts`` and is not EOS or is
+    the first EOS from ``starts`` on.
   """
   chex.assert_rank([tokens, lengths], [2, 1])
   chex.assert_type([tokens, lengths], int)
   chex.assert_equal_shape_prefix([tokens, lengths], 1)
-  is_eos = tokens == eos_id
+  pos = jnp.arange(tokens.shape[-1], dtype=jnp.int32)[None, :]
+  if starts is None:
+    scored = jnp.ones(tokens.shape, bool)
+  else:
+    chex.assert_shape(starts, lengths.shape)
+    chex.assert_type(starts, int)
+    scored = pos >= starts[:, None]
+  is_eos = jnp.logical_and(tokens == eos_id, scored)
   first_eos = jnp.cumsum(is_eos.astype(jnp.int32), axis=-1) == 1
-  keep = jnp.logical_or(first_eos, jnp.logical_not(is_eos))
-  in_chunk = jnp.arange(tokens.shape[-1], dtype=jnp.int32)[None, :] < lengths[:, None]
+  keep = jnp.logical_and(jnp.logical_or(first_eos, jnp.logical_not(is_eos)), scored)
+  in_chunk = pos < lengths[:, None]
   return jnp.logical_and(keep, in_chunk)[:, 1:].astype(jnp.float32)
 
 
 def chunk_nll_sums(logits: jax.Array, tokens: jax.Array, lengths: jax.Array,
-                   eos_id: int) -> tuple[jax.Array, jax.Array]:
+                   eos_id: int, starts: jax.Array | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
   """Weighted NLL sums of chunks (float32).
 
   Args:
@@ -238,6 +289,7 @@ def chunk_nll_sums(logits: jax.Array, tokens: jax.Array, lengths: jax.Array,
     tokens: int[B, C].
     lengths: int[B] true chunk lengths.
     eos_id: EOS id.
+    starts: int[B] first scored positions (:func:`protocol_weights`), or None = 0.
 
   Returns:
     (sum_t nll_t * w_t, sum_t w_t), each float32[B], with nll_t the cross entropy of
@@ -249,20 +301,20 @@ def chunk_nll_sums(logits: jax.Array, tokens: jax.Array, lengths: jax.Array,
   chex.assert_equal_shape_prefix([tokens, lengths], 1)
   nll = optax.softmax_cross_entropy_with_integer_labels(
       logits[:, :-1].astype(jnp.float32), tokens[:, 1:])
-  w = protocol_weights(tokens, lengths, eos_id)
+  w = protocol_weights(tokens, lengths, eos_id, starts)
   # where(), not nll * w: a weight-0 filler position must not leak a NaN/inf.
   nll_w = jnp.where(w > 0, nll * w, jnp.zeros_like(nll))
   return jnp.sum(nll_w, axis=-1), jnp.sum(w, axis=-1)
 
 
-def _score_batch(params, tokens, mask, lengths, *, module, eos_id):
+def _score_batch(params, tokens, mask, lengths, starts, *, module, eos_id):
   """Judge forward + weighted NLL sums for int32[B, C] chunks -> 2 x float32[B]."""
-  chex.assert_rank([tokens, mask, lengths], [2, 2, 1])
+  chex.assert_rank([tokens, mask, lengths, starts], [2, 2, 1, 1])
   chex.assert_equal_shape([tokens, mask])
   positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1], dtype=jnp.int32)[None, :], tokens.shape)
   logits = module.apply({"params": params}, tokens, mask, positions,
                         deterministic=True, return_dict=False)[0]
-  return chunk_nll_sums(logits, tokens, lengths, eos_id)
+  return chunk_nll_sums(logits, tokens, lengths, eos_id, starts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,48 +415,61 @@ class GenPPLEvaluator:
     self._vec = sharding.batch_sharding(self.mesh, ndim=1)
     self._score = jax.jit(functools.partial(_score_batch, module=model.module, eos_id=model.eos_id))
 
-  def _chunks(self, texts: Sequence[str], group_size: int | None):
+  def _chunks(self, texts: Sequence[str], group_size: int | None,
+              prompts: Sequence[str] | None = None):
+    """(tokens, mask, lengths, starts, sample) of every chunk, one tokenizer call per group."""
     group = len(texts) if group_size is None else int(group_size)
     if group < 1:
       raise ValueError(f"group_size must be >= 1, got {group_size}")
     parts = []
     for start in range(0, len(texts), group):
-      ids, mask = retokenize(self.model.tokenizer, texts[start:start + group], self.max_length)
+      part = slice(start, start + group)
+      if prompts is None:
+        ids, mask = retokenize(self.model.tokenizer, texts[part], self.max_length)
+        first = None
+      else:
+        ids, mask, first = retokenize_pairs(self.model.tokenizer, prompts[part], texts[part],
+                                            self.max_length, self.context_size)
       tok, msk, lengths, sample = split_chunks(ids, mask, self.context_size, self.model.eos_id)
-      parts.append((tok, msk, lengths, sample + start))
+      # A conditional row is one chunk (retokenize_pairs fits it into the context).
+      starts = np.zeros_like(lengths) if first is None else first[sample]
+      parts.append((tok, msk, lengths, starts, sample + start))
     return [np.concatenate(p) for p in zip(*parts)]
 
-  def score(self, texts: Sequence[str], *, group_size: int | None = None) -> GenPPLResult:
+  def score(self, texts: Sequence[str], *, group_size: int | None = None,
+            prompts: Sequence[str] | None = None) -> GenPPLResult:
     """Gen-PPL of ``texts`` (decoded diffusion samples).
 
     Args:
-      texts: the samples as strings.
+      texts: the samples as strings (with ``prompts``: the completions).
       group_size: texts per retokenization call. MDLM/DUO call the tokenizer once
         per sampling batch, which sets how far each batch is padded and hence
         whether a text's first padding EOS is scored; pass the sampling batch size
         to reproduce that, or None to retokenize ``texts`` in one call.
+      prompts: for conditional judging, the prompt text of each sample: the judge reads
+        prompt + completion (:func:`retokenize_pairs`) and scores only the completion's
+        tokens, each given the prompt and the completion before it.
 
     Returns:
       A :class:`GenPPLResult` over all texts.
 
     Raises:
-      ValueError: empty ``texts``, a non-string entry, or no scored token.
+      ValueError: empty ``texts``, a non-string entry, prompts not one per text, or no
+        scored token.
     """
-    if isinstance(texts, str):
-      raise ValueError("texts must be a sequence of strings, got a single string")
-    texts = list(texts)
-    if not texts:
-      raise ValueError("Gen-PPL needs at least one sample; got an empty list of texts")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-      raise ValueError(f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, not a str")
-    tokens, mask, lengths, sample = self._chunks(texts, group_size)
-    batches = self._batches(tokens, mask, lengths)
+    texts = _check_texts(texts, "texts")
+    if prompts is not None:
+      prompts = _check_texts(prompts, "prompts")
+      if len(prompts) != len(texts):
+        raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts; give one per text")
+    tokens, mask, lengths, starts, sample = self._chunks(texts, group_size, prompts)
+    batches = self._batches(tokens, mask, lengths, starts)
     outputs = []
     with jax.default_matmul_precision(self.matmul_precision):
       for rows, arrays in tqdm.tqdm(batches, desc="Gen-PPL", disable=not self.progress):
         outputs.append((rows, self._score(
-            self._params, *sharding.to_global(arrays, (self._rows, self._rows, self._vec)))))
+            self._params,
+            *sharding.to_global(arrays, (self._rows, self._rows, self._vec, self._vec)))))
     nll_w = np.zeros(tokens.shape[0], np.float64)
     w = np.zeros(tokens.shape[0], np.float64)
     for rows, (o_nll, o_w) in outputs:
@@ -423,9 +488,9 @@ class GenPPLEvaluator:
     widths = np.asarray(self.widths)
     return widths[np.searchsorted(widths, np.maximum(lengths, 1))]
 
-  def _batches(self, tokens, mask, lengths):
-    """[(chunk rows, (tokens, mask, lengths) of one jitted call)], width by width; each
-    width's last batch is filled with weight-0 rows (true length 0)."""
+  def _batches(self, tokens, mask, lengths, starts):
+    """[(chunk rows, (tokens, mask, lengths, starts) of one jitted call)], width by width;
+    each width's last batch is filled with weight-0 rows (true length 0)."""
     b = self.batch_size
     widths = self.chunk_widths(lengths)
     out = []
@@ -438,6 +503,19 @@ class GenPPLEvaluator:
             np.concatenate([tokens[rows, :width],
                             np.full((fill, width), self.model.eos_id, np.int32)]),
             np.concatenate([mask[rows, :width], np.ones((fill, width), np.int32)]),
-            np.concatenate([lengths[rows], np.zeros((fill,), np.int32)]))))
+            np.concatenate([lengths[rows], np.zeros((fill,), np.int32)]),
+            np.concatenate([starts[rows], np.zeros((fill,), np.int32)]).astype(np.int32))))
     return out
+
+
+def _check_texts(texts, what: str) -> list[str]:
+  if isinstance(texts, str):
+    raise ValueError(f"{what} must be a sequence of strings, got a single string")
+  texts = list(texts)
+  if not texts:
+    raise ValueError(f"Gen-PPL needs at least one sample; got an empty list of {what}")
+  bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+  if bad:
+    raise ValueError(f"{what}[{bad[0]}] is a {type(texts[bad[0]]).__name__}, not a str")
+  return texts
 

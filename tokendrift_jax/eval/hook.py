@@ -92,7 +92,8 @@ def make_sample_eval_hook(config: ml_collections.ConfigDict, workdir: str) -> Ho
     raise EvalError(str(e)) from e
   process = diffusion.process_from_config(config, model_cfg)
   judge = judges.build_judge(se, process=process, max_length=length, mesh=mesh,
-                             prefix=PREFIX, progress=bool(se.progress))
+                             family=models.family_of(model_cfg), prefix=PREFIX,
+                             progress=bool(se.progress))
   evaluator = sampling_eval.SampleEvaluator(
       model_cfg, process, judge, mesh=mesh, batch=int(se.batch), length=length,
       noise_removal=str(se.noise_removal) or None,

@@ -15,8 +15,15 @@ training config's ``sample_eval``); :func:`label` is its short name on plot axes
 
 Vocabulary: which ids of the backbone are text is the diffusion process's rule
 (``process.text_vocab_size``: MDLM ``len(tokenizer) + 1`` ids with the mask last, DUO
-``len(tokenizer)`` ids counting the [PAD] its ``process.prepare_tokenizer`` adds). A
-tokenizer or synthetic language of another size is an :class:`EvalError` naming both sizes.
+``len(tokenizer)`` ids counting the [PAD] its ``process.prepare_tokenizer`` adds). When the
+mask is one of the tokenizer's own ids (LLaDA: ``<|mdm_mask|>`` = 126336), the embedding
+may be padded beyond the tokenizer (LLaDA-8B: 126464 rows for a smaller tokenizer), so
+there the tokenizer may be smaller than the backbone but must hold the mask id; a sampled
+id the tokenizer does not have is refused when decoding. A tokenizer or synthetic language
+that does not fit is an :class:`EvalError` naming both sizes.
+
+Conditional judging (prompted LLaDA samples): ``score(tokens, texts, prompts)`` with the
+prompts' texts scores each completion given its prompt (:meth:`genppl.GenPPLEvaluator.score`).
 """
 
 from __future__ import annotations
@@ -74,8 +81,10 @@ class Judge(Protocol):
   def decode(self, tokens: np.ndarray) -> list[str] | None:
     """Texts of int32[N, L] token ids, or None when the judge has no text form."""
 
-  def score(self, tokens: np.ndarray, texts: list[str] | None) -> JudgeScore:
-    """Gen-PPL of the samples (``tokens`` int32[N, L] and their ``decode``)."""
+  def score(self, tokens: np.ndarray, texts: list[str] | None,
+            prompts: list[str] | None = None) -> JudgeScore:
+    """Gen-PPL of the samples (``tokens`` int32[N, L] and their ``decode``); with
+    ``prompts`` (the decoded prompt of each sample), of each completion given its prompt."""
 
 
 def label(judge: Judge | Mapping[str, Any]) -> str:
@@ -109,6 +118,12 @@ def _vocab_rule(process) -> str:
   return "len(tokenizer) + 1, the mask id last"
 
 
+def mask_is_a_token(process) -> bool:
+  """Whether the mask is one of the tokenizer's own ids (LLaDA), not an id appended after
+  them (MDLM) nor absent (DUO): then the embedding may be padded past the tokenizer."""
+  return process.mask_id is not None and process.text_vocab_size == process.vocab_size
+
+
 def check_vocab(process, tokenizer_size: int, what: str) -> None:
   """Refuses a tokenizer / language whose ids are not the process's text ids.
 
@@ -121,6 +136,15 @@ def check_vocab(process, tokenizer_size: int, what: str) -> None:
   """
   if tokenizer_size == process.text_vocab_size:
     return
+  if mask_is_a_token(process):
+    if process.mask_id < tokenizer_size <= process.vocab_size:
+      return  # a padded embedding (LLaDA-8B: 126464 rows)
+    raise EvalError(
+        f"vocabulary mismatch: the {process.name} backbone has vocab_size "
+        f"{process.vocab_size} with the mask id {process.mask_id} among the tokenizer's ids, "
+        f"but {what} has {tokenizer_size} tokens; it needs more than {process.mask_id} "
+        f"(the mask must be one of them) and at most {process.vocab_size}. The checkpoint "
+        f"and the tokenizer do not belong together")
   # The backbone size that this tokenizer would need under the process's rule.
   want = tokenizer_size + (process.vocab_size - process.text_vocab_size)
   raise EvalError(
@@ -130,32 +154,52 @@ def check_vocab(process, tokenizer_size: int, what: str) -> None:
       f"together")
 
 
-def _check_text_ids(tokens: np.ndarray, process) -> None:
-  """Refuses ids the judge cannot read (a mask left in an MDLM sample)."""
-  bad = tokens >= process.text_vocab_size
+def check_text_ids(tokens: np.ndarray, process, num_ids: int | None = None) -> None:
+  """Refuses ids the judge cannot read: a mask left in an MDLM sample (LLaDA's mask is a
+  token of its tokenizer and decodes), or an id past the tokenizer in a padded embedding.
+
+  Args:
+    tokens: int[N, L] sampled ids.
+    process: the backbone's diffusion process.
+    num_ids: ids the diffusion tokenizer has (default ``process.text_vocab_size``).
+  """
+  limit = process.text_vocab_size if num_ids is None else min(num_ids, process.text_vocab_size)
+  bad = tokens >= limit
   if bad.any():
     rows = int(bad.any(axis=1).sum())
-    hint = (" (masks left by noise_removal='none'; use 'greedy')"
-            if process.mask_id is not None else "")
+    if limit < process.text_vocab_size:
+      hint = (f" (ids of the padded embedding rows {limit}..{process.vocab_size - 1} that "
+              f"the tokenizer does not have; no training target is ever one, so a trained "
+              f"backbone gives them no mass)")
+    elif process.mask_id is not None:
+      hint = " (masks left by noise_removal='none'; use 'greedy')"
+    else:
+      hint = ""
     raise EvalError(
         f"{int(bad.sum())} sampled ids in {rows} of {tokens.shape[0]} samples are >= "
-        f"{process.text_vocab_size}, outside the judge's text vocabulary{hint}")
+        f"{limit}, outside the judge's text vocabulary{hint}")
 
 
 # ----------------------------------------------------------------------------- decoding
 
 
-def decode_texts(tokenizer, tokens: np.ndarray, *, clean_up_tokenization_spaces: bool
-                 ) -> list[str]:
-  """The texts of sampled ids int[N, L], as the MDLM/DUO evaluations decode them.
+SPECIAL_TOKENS = ("keep", "skip")
 
-  Both call plain ``tokenizer.batch_decode(samples)``: special tokens stay in the text (an
-  <|endoftext|> is retokenized to EOS and weighted by the protocol), and under their pinned
-  transformers 4.38 the default ``clean_up_tokenization_spaces=True`` then removes the space
-  before . , ? ! and the contractions 's 'm 've 're n't. transformers >= 4.45 defaults to
-  False, so the choice is passed explicitly here (``clean_up_tokenization_spaces``).
+
+def decode_texts(tokenizer, tokens: np.ndarray, *, clean_up_tokenization_spaces: bool,
+                 skip_special_tokens: bool = False) -> list[str]:
+  """The texts of sampled ids int[N, L], as the released evaluations decode them.
+
+  MDLM and DUO call plain ``tokenizer.batch_decode(samples)``: special tokens stay in the
+  text (an <|endoftext|> is retokenized to EOS and weighted by the protocol), and under
+  their pinned transformers 4.38 the default ``clean_up_tokenization_spaces=True`` then
+  removes the space before . , ? ! and the contractions 's 'm 've 're n't. transformers
+  >= 4.45 defaults to False, so the choice is passed explicitly here. LLaDA's
+  ``generate.py`` decodes with ``skip_special_tokens=True`` (its EOS / EoT padding and any
+  committed mask drop out of the text).
   """
   return tokenizer.batch_decode(np.asarray(tokens).tolist(),
+                                skip_special_tokens=bool(skip_special_tokens),
                                 clean_up_tokenization_spaces=bool(clean_up_tokenization_spaces))
 
 
@@ -170,13 +214,16 @@ class GPT2Judge:
     tokenizer: the diffusion model's tokenizer (decodes ids to text); prepared here with
       ``process.prepare_tokenizer`` and checked against the backbone's vocabulary.
     process: the diffusion process of the backbone whose samples are judged.
-    max_length: retokenization length; the protocol uses the sample length.
+    max_length: retokenization length; the protocol uses the sample length (for
+      conditional judging: the completion's length).
     mesh: mesh of the judge's jitted batches.
     batch_size: chunks per jitted call.
     group_size: texts per retokenization call.
     buckets: chunk widths below the judge's context (:class:`genppl.GenPPLEvaluator`).
     clean_up_tokenization_spaces: decode as transformers 4.38 did by default (True, the
       released evaluations) or raw (False); see :func:`decode_texts`.
+    skip_special_tokens: drop special tokens when decoding (LLaDA's generate.py) or keep
+      them (MDLM/DUO).
     progress: tqdm bar over judge batches.
     settings: recorded in results.json beside kind and name.
   """
@@ -186,7 +233,8 @@ class GPT2Judge:
   def __init__(self, model: genppl.GPT2Model, tokenizer, *, process, max_length: int,
                mesh: Mesh, batch_size: int = 8, group_size: int = 8,
                buckets: tuple[int, ...] = (), clean_up_tokenization_spaces: bool = True,
-               progress: bool = True, settings: dict | None = None):
+               skip_special_tokens: bool = False, progress: bool = True,
+               settings: dict | None = None):
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     from tokendrift_jax.eval import genppl  # pylint: disable=import-outside-toplevel
     tokenizer = process.prepare_tokenizer(tokenizer)
@@ -197,8 +245,10 @@ class GPT2Judge:
     self.name = model.name
     self.process = process
     self.tokenizer = tokenizer
+    self.num_ids = len(tokenizer)
     self.group_size = int(group_size)
     self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+    self.skip_special_tokens = bool(skip_special_tokens)
     self.settings = dict(settings or {})
     try:
       # float32 judges run float32 matmuls ("highest": no TF32 on GPUs, as PyTorch's
@@ -213,15 +263,20 @@ class GPT2Judge:
       raise EvalError(f"judge_batch: {e}") from e
 
   def decode(self, tokens: np.ndarray) -> list[str]:
-    _check_text_ids(tokens, self.process)
+    check_text_ids(tokens, self.process, self.num_ids)
     return decode_texts(self.tokenizer, tokens,
-                        clean_up_tokenization_spaces=self.clean_up_tokenization_spaces)
+                        clean_up_tokenization_spaces=self.clean_up_tokenization_spaces,
+                        skip_special_tokens=self.skip_special_tokens)
 
-  def score(self, tokens: np.ndarray, texts: list[str] | None) -> JudgeScore:
+  def score(self, tokens: np.ndarray, texts: list[str] | None,
+            prompts: list[str] | None = None) -> JudgeScore:
     del tokens
     if not texts:
       raise EvalError("the sample set is empty; Gen-PPL needs at least one sample")
-    r = self.scorer.score(texts, group_size=self.group_size)
+    try:
+      r = self.scorer.score(texts, group_size=self.group_size, prompts=prompts)
+    except ValueError as e:
+      raise EvalError(f"Gen-PPL: {e}") from e
     return JudgeScore(gen_ppl=r.gen_ppl, nll_sum=r.nll_sum, num_tokens=r.weight_sum)
 
 
@@ -255,14 +310,18 @@ class SyntheticJudge:
     del tokens
     return None
 
-  def score(self, tokens: np.ndarray, texts: list[str] | None) -> JudgeScore:
+  def score(self, tokens: np.ndarray, texts: list[str] | None,
+            prompts: list[str] | None = None) -> JudgeScore:
     from tokendrift_jax.data import synthetic  # pylint: disable=import-outside-toplevel
     del texts
+    if prompts is not None:
+      raise EvalError("the synthetic judge scores whole sequences; conditional judging "
+                      "(config.prompt) needs the GPT-2 judge (judge_kind='gpt2')")
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or tokens.shape[0] == 0:
       raise EvalError(f"the sample set is empty (tokens of shape {tokens.shape}); Gen-PPL "
                       f"needs at least one sample")
-    _check_text_ids(tokens, self.process)
+    check_text_ids(tokens, self.process)
     nll = []
     for start in tqdm.trange(0, tokens.shape[0], self._CHUNK, desc="synthetic judge",
                              disable=not self.progress, leave=False):
@@ -278,7 +337,7 @@ class SyntheticJudge:
 
 
 def build_judge(cfg: ml_collections.ConfigDict, *, process, max_length: int, mesh: Mesh,
-                prefix: str = "config", progress: bool = True) -> Judge:
+                family=None, prefix: str = "config", progress: bool = True) -> Judge:
   """Loads the judge that ``cfg`` (fields of :func:`eval_config.judge_config`) describes.
 
   Checks, before anything heavy is computed: the judge kind, that the judge weights and
@@ -288,8 +347,12 @@ def build_judge(cfg: ml_collections.ConfigDict, *, process, max_length: int, mes
   Args:
     cfg: config section with the judge fields.
     process: the diffusion process of the backbone to judge (its vocabulary rule).
-    max_length: sample length (the GPT-2 retokenization length).
+    max_length: sample length (the GPT-2 retokenization length; of prompted samples, the
+      completion's length).
     mesh: mesh of the judge computation.
+    family: the backbone's ``models.base.Family``; its ``tokenizer`` and
+      ``skip_special_tokens`` are the defaults of ``cfg.tokenizer = ""`` and
+      ``cfg.special_tokens = ""``.
     prefix: how the section is named in error messages ("config", "config.sample_eval").
     progress: progress bars while scoring.
   """
@@ -314,20 +377,32 @@ def build_judge(cfg: ml_collections.ConfigDict, *, process, max_length: int, mes
     raise EvalError(f"{prefix}.clean_up_tokenization_spaces must be True or False, got "
                     f"{cleanup!r}")
   buckets = eval_config.check_buckets(cfg.judge_buckets, f"{prefix}.judge_buckets")
+  special = str(cfg.get("special_tokens", ""))
+  if special not in ("",) + SPECIAL_TOKENS:
+    raise EvalError(f"{prefix}.special_tokens must be one of {('',) + SPECIAL_TOKENS} (\"\" = "
+                    f"as the backbone family's released code decodes), got {special!r}")
+  skip_special = (special == "skip" if special else
+                  bool(getattr(family, "skip_special_tokens", False)))
+  tokenizer_name = str(cfg.tokenizer) or str(getattr(family, "tokenizer", ""))
+  if not tokenizer_name:
+    raise EvalError(f"{prefix}.tokenizer is empty and the backbone family "
+                    f"{getattr(family, 'name', None)!r} names no default tokenizer; give the "
+                    f"diffusion tokenizer's directory")
   # Cheap checks first: the diffusion tokenizer and the vocabulary before the judge weights.
   diffusion_tok = process.prepare_tokenizer(
-      tok_lib.load_tokenizer(str(cfg.tokenizer), field=f"{prefix}.tokenizer"))
+      tok_lib.load_tokenizer(tokenizer_name, field=f"{prefix}.tokenizer"))
   check_vocab(process, len(diffusion_tok),
-              f"the diffusion tokenizer {prefix}.tokenizer={str(cfg.tokenizer)!r}")
+              f"the diffusion tokenizer {prefix}.tokenizer={tokenizer_name!r}")
   if str(cfg.judge_dtype) not in genppl.DTYPES:
     raise EvalError(f"{prefix}.judge_dtype must be one of {sorted(genppl.DTYPES)}, got "
                     f"{cfg.judge_dtype!r}")
   model = genppl.load_gpt2(str(cfg.judge), str(cfg.judge_tokenizer) or None,
                            dtype=str(cfg.judge_dtype), config_field=f"{prefix}.judge")
   settings = dict(dtype=str(cfg.judge_dtype), group_size=int(cfg.judge_group_size),
-                  tokenizer=str(cfg.tokenizer),
+                  tokenizer=tokenizer_name,
                   judge_tokenizer=str(cfg.judge_tokenizer) or model.name,
-                  clean_up_tokenization_spaces=cleanup, buckets=list(buckets),
+                  clean_up_tokenization_spaces=cleanup,
+                  special_tokens="skip" if skip_special else "keep", buckets=list(buckets),
                   # MDLM's compute_generative_perplexity and DUO's
                   # record_generative_perplexity score N // b full batches of b texts per
                   # call (b = 8 / eval_ppl_batch_size) and drop a partial last batch; here
@@ -336,5 +411,5 @@ def build_judge(cfg: ml_collections.ConfigDict, *, process, max_length: int, mes
   return GPT2Judge(model, diffusion_tok, process=process, max_length=max_length, mesh=mesh,
                    batch_size=int(cfg.judge_batch), group_size=int(cfg.judge_group_size),
                    buckets=buckets, clean_up_tokenization_spaces=cleanup,
-                   progress=progress, settings=settings)
+                   skip_special_tokens=skip_special, progress=progress, settings=settings)
 

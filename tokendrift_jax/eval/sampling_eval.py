@@ -38,7 +38,9 @@ from jax.sharding import Mesh
 
 from tokendrift_jax import models
 from tokendrift_jax import sharding
+from tokendrift_jax.diffusion import llada_sampling
 from tokendrift_jax.diffusion import sampling as sampling_lib
+from tokendrift_jax.diffusion.llada import LLaDAProcess
 from tokendrift_jax.eval import entropy as entropy_lib
 from tokendrift_jax.eval import judges
 from tokendrift_jax.eval.eval_config import EvalError, check_int_list, check_num_samples
@@ -83,17 +85,29 @@ class SampleEvaluator:
     attention_impl: passed to the backbone ("" / None = XLA's choice).
     progress: tqdm bar over sampling batches.
     prefix: config prefix named in error messages.
+    sampler_options: LLaDA only: generate.py's ``block_length`` (0 / None = length),
+      ``temperature``, ``remasking``, ``cfg_scale`` (:func:`llada_sampling.make_generate`).
+    prompt_length: P > 0 draws prompt-conditioned samples (LLaDA only): every sample
+      completes a given prompt of P tokens with ``length`` tokens (P + length at most the
+      backbone's length); :meth:`evaluate` then takes the prompts.
   """
 
   def __init__(self, model_cfg, process, judge: judges.Judge, *, mesh: Mesh, batch: int,
                length: int | None = None, noise_removal: str | None = None,
                sampler_precision: str | None = None, model_dtype: str = "float32",
                attention_impl: str | None = None, progress: bool = True,
-               prefix: str = "config"):
-    length = model_cfg.length if not length else int(length)
-    if not 1 <= length <= model_cfg.length:
-      raise EvalError(f"{prefix}.length={length} must be in [1, {model_cfg.length}] (the "
-                      f"backbone's length)")
+               prefix: str = "config", sampler_options: dict | None = None,
+               prompt_length: int = 0):
+    prompt_length = int(prompt_length)
+    room = model_cfg.length - prompt_length
+    length = room if not length else int(length)
+    if prompt_length and not 1 <= prompt_length < model_cfg.length:
+      raise EvalError(f"{prefix}.prompt.length={prompt_length} must be in [1, "
+                      f"{model_cfg.length - 1}] (the backbone's length is {model_cfg.length})")
+    if not 1 <= length <= room:
+      raise EvalError(f"{prefix}.length={length} must be in [1, {room}] (the backbone's "
+                      f"length {model_cfg.length}"
+                      + (f" minus the prompt's {prompt_length})" if prompt_length else ")"))
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
       raise EvalError(f"{prefix}.batch must be a positive integer, got {batch!r}")
     try:
@@ -111,10 +125,23 @@ class SampleEvaluator:
     if process.vocab_size != model_cfg.vocab_size:
       raise EvalError(f"the process has vocab_size {process.vocab_size} but the backbone "
                       f"{model_cfg.vocab_size}")
+    llada = isinstance(process, LLaDAProcess)
+    options = {k: v for k, v in dict(sampler_options or {}).items() if v is not None}
+    if (options or prompt_length) and not llada:
+      what = "prompt-conditioned sampling" if prompt_length else f"sampler options {options}"
+      raise EvalError(f"{prefix}: {what} is built for LLaDA backbones only (this one is "
+                      f"sampled by the {process.name} sampler)")
+    if options.get("block_length") in (0,):
+      options.pop("block_length")
     self.model_cfg, self.process, self.judge, self.mesh = model_cfg, process, judge, mesh
     self.batch, self.length, self.progress = int(batch), length, progress
+    self.prompt_length, self.prefix = prompt_length, prefix
     self.noise_removal = noise_removal or sampling_lib.DEFAULT_NOISE_REMOVAL[process.name]
     self.float64 = (sampling_lib.DEFAULT_FLOAT64[process.name] if float64 is None else float64)
+    if llada:
+      options = dict({"temperature": sampling_lib.LLADA_UNCONDITIONAL_TEMPERATURE}, **options)
+      self.block_length = int(options.get("block_length", length))
+    self.sampler_options = options
     gdef = models.graphdef(model_cfg, dtype=MODEL_DTYPES[model_dtype],
                            attention_impl=attention_impl or None)
 
@@ -123,29 +150,76 @@ class SampleEvaluator:
 
     try:
       # One jitted sampler for every NFE: the step count is a traced argument.
-      self._sampler = sampling_lib.make_sampler(
-          process, apply_fn, batch=self.batch, length=length, noise_removal=self.noise_removal,
-          cache=True, float64=self.float64, mesh=mesh)
-    except ValueError as e:
+      if prompt_length:
+        self._generate = llada_sampling.make_generate(
+            process, apply_fn, batch=self.batch, prompt_length=prompt_length,
+            gen_length=length, float64=self.float64, mesh=mesh, **options)
+        self._sampler = None
+      else:
+        self._sampler = sampling_lib.make_sampler(
+            process, apply_fn, batch=self.batch, length=length,
+            noise_removal=self.noise_removal, cache=True, float64=self.float64, mesh=mesh,
+            **options)
+    except (TypeError, ValueError) as e:
       raise EvalError(f"{prefix}: {e}") from e
 
-  def sample(self, params, nfe: int, seed: int, num_samples: int, bar=None
-             ) -> tuple[np.ndarray, list[int]]:
-    """int32[num_samples, length] samples and the backbone forwards (nfe_model) of each
-    sampling batch."""
+  def check_nfes(self, nfes: Sequence[int]) -> tuple[int, ...]:
+    """The NFEs as ints, each one the sampler can run (LLaDA: a multiple of the number of
+    blocks, generate.py's assert); EvalError naming the field otherwise."""
+    nfes = check_int_list(nfes, f"{self.prefix}.nfe", minimum=1)
+    if isinstance(self.process, LLaDAProcess):
+      for n in nfes:
+        try:
+          llada_sampling.check_steps(n, self.length, self.block_length)
+        except ValueError as e:
+          raise EvalError(f"{self.prefix}.nfe: {e}") from e
+    return nfes
+
+  def sample(self, params, nfe: int, seed: int, num_samples: int, bar=None,
+             prompts: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+    """int32[num_samples, length] samples (of prompted sampling: the completions) and the
+    backbone forwards (nfe_model) of each sampling batch.
+
+    ``prompts``: int[num_samples, P] when the evaluator was built with ``prompt_length``
+    P: sample i completes prompts[i] (the last batch's missing rows repeat its first).
+    """
     num_batches = math.ceil(num_samples / self.batch)
+    if self.prompt_length:
+      prompts = self._check_prompts(prompts, num_samples)
     tokens, nfe_model = [], []
     for b in range(num_batches):
-      res = self._sampler(params, sample_key(seed, nfe, b), int(nfe))
-      tokens.append(sharding.to_host(res.tokens))
+      key = sample_key(seed, nfe, b)
+      if self.prompt_length:
+        rows = np.arange(b * self.batch, (b + 1) * self.batch)
+        rows = np.where(rows < num_samples, rows, b * self.batch)
+        prompt = sharding.to_global(prompts[rows], sharding.replicated(self.mesh))
+        res = self._generate(params, prompt, key, int(nfe))
+        out = sharding.to_host(res.tokens)[:, self.prompt_length:]
+      else:
+        res = self._sampler(params, key, int(nfe))
+        out = sharding.to_host(res.tokens)
+      tokens.append(out)
       nfe_model.append(int(jax.device_get(res.nfe_model)))
       if bar is not None:
         bar.update(1)
     return np.concatenate(tokens)[:num_samples].astype(np.int32), nfe_model
 
+  def _check_prompts(self, prompts, num_samples: int) -> np.ndarray:
+    if prompts is None:
+      raise EvalError(f"{self.prefix}: the evaluator samples prompt-conditioned "
+                      f"(prompt length {self.prompt_length}) but no prompts were given")
+    prompts = np.asarray(prompts)
+    want = (num_samples, self.prompt_length)
+    if (prompts.ndim != 2 or prompts.shape != want
+        or not np.issubdtype(prompts.dtype, np.integer)):
+      raise EvalError(f"{self.prefix}: prompts must be int {list(want)} (one of "
+                      f"{self.prompt_length} tokens per sample), got "
+                      f"{prompts.dtype}{list(prompts.shape)}")
+    return prompts.astype(np.int32)
+
   def evaluate(self, params, nfes: Sequence[int], seeds: Sequence[int], num_samples: int,
                *, keep_samples: bool = True, skip: Sequence[tuple[int, int]] = (),
-               on_row=None) -> Evaluation:
+               on_row=None, prompts: np.ndarray | None = None) -> Evaluation:
     """Samples and scores every (NFE, seed); NFE-major order.
 
     Args:
@@ -158,11 +232,21 @@ class SampleEvaluator:
         process must pass the same pairs.
       on_row: called as ``on_row(row, samples)`` after each (NFE, seed), with that pair's
         samples (None unless ``keep_samples``), so a caller can save progress.
+      prompts: int[num_samples, P] of a prompt-conditioned evaluator: sample i of every
+        (NFE, seed) completes prompts[i]; the judge scores each completion given its
+        decoded prompt, entropy is that of the completions.
     """
     skip = {(int(n), int(s)) for n, s in skip}
-    nfes = check_int_list(nfes, "nfe", minimum=1)
+    nfes = self.check_nfes(nfes)
     seeds = check_int_list(seeds, "seeds", minimum=0)
     num_samples = check_num_samples(num_samples, "num_samples")
+    prompt_texts = None
+    if self.prompt_length:
+      prompts = self._check_prompts(prompts, num_samples)
+      prompt_texts = self.judge.decode(prompts)
+      if prompt_texts is None:
+        raise EvalError(f"{self.prefix}: the {self.judge.kind} judge has no text form; "
+                        f"conditional judging needs the GPT-2 judge")
     num_batches = math.ceil(num_samples / self.batch)
     rows, samples = [], ([] if keep_samples else None)
     bar = tqdm.tqdm(total=len(nfes) * len(seeds) * num_batches, desc="sampling",
@@ -175,21 +259,32 @@ class SampleEvaluator:
             continue
           bar.set_description(f"sampling NFE={nfe} seed={seed}")
           t0 = time.time()
-          tokens, nfe_model = self.sample(params, nfe, seed, num_samples, bar)
+          tokens, nfe_model = (self.sample(params, nfe, seed, num_samples, bar)
+                               if prompts is None else
+                               self.sample(params, nfe, seed, num_samples, bar, prompts))
           t1 = time.time()
           texts = self.judge.decode(tokens)
-          score = self.judge.score(tokens, texts)
+          score = (self.judge.score(tokens, texts) if prompt_texts is None
+                   else self.judge.score(tokens, texts, prompt_texts))
           ent = entropy_lib.mean_entropy(tokens)
           t2 = time.time()
-          rows.append(dict(nfe=nfe, seed=seed, gen_ppl=score.gen_ppl, entropy=ent,
-                           num_samples=int(tokens.shape[0]),
-                           nfe_model=float(np.mean(nfe_model)), nll_sum=score.nll_sum,
-                           num_tokens=score.num_tokens, sample_time_s=t1 - t0,
-                           score_time_s=t2 - t1))
+          row = dict(nfe=nfe, seed=seed, gen_ppl=score.gen_ppl, entropy=ent,
+                     num_samples=int(tokens.shape[0]),
+                     nfe_model=float(np.mean(nfe_model)), nll_sum=score.nll_sum,
+                     num_tokens=score.num_tokens, sample_time_s=t1 - t0,
+                     score_time_s=t2 - t1)
+          if isinstance(self.process, LLaDAProcess):
+            # generate.py may commit the mask id itself (its argmax runs over every id);
+            # decoding drops it with the special tokens, so the count is reported here.
+            row["masks_left"] = int(np.sum(tokens == self.process.mask_id))
+          rows.append(row)
           mine = None
           if keep_samples:
             mine = [dict(nfe=nfe, seed=seed, index=i, text=None if texts is None else texts[i],
                          token_ids=tokens[i].tolist()) for i in range(tokens.shape[0])]
+            if prompt_texts is not None:
+              for i, m in enumerate(mine):
+                m.update(prompt=prompt_texts[i], prompt_ids=prompts[i].tolist())
             samples.extend(mine)
           if on_row is not None:
             on_row(rows[-1], mine)

@@ -123,6 +123,11 @@ class Family:
       shape, one logical name per dim from {"vocab", "embed", "heads", "kv_heads", "mlp",
       "layers", None}; ValueError naming the path for a parameter it does not know. None:
       the family offers only the "replicated" and "fsdp" placements.
+    tokenizer: hub name of the released checkpoints' tokenizer, what an evaluation decodes
+      samples with when its config names none ("" = none: the config must name one).
+    skip_special_tokens: how the family's released code decodes samples to text: MDLM and
+      DUO keep special tokens (plain ``batch_decode``), LLaDA's ``generate.py`` drops them
+      (``skip_special_tokens=True``). An evaluation's default.
   """
   name: str
   config_cls: type
@@ -132,3 +137,5 @@ class Family:
   hub_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
   sizes: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   logical_axes: Callable[[tuple[str, ...], tuple[int, ...]], tuple[str | None, ...]] | None = None
+  tokenizer: str = ""
+  skip_special_tokens: bool = False

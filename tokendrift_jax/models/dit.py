@@ -548,6 +548,8 @@ FAMILY = base.Family(
     name="dit", config_cls=DiTConfig, module_cls=DiT, flops=DiTFlops,
     compatible_fields=("dropout",), logical_axes=logical_axes,
     hub_names={"mdlm": "kuleshov-group/mdlm-owt", "duo": "s-sahoo/duo"},
+    # Both releases use GPT-2's tokenizer (DUO's get_tokenizer adds [PAD] to it).
+    tokenizer="gpt2", skip_special_tokens=False,
     # tiny: head dim 64 (cuDNN flash attention needs a multiple of 8, at most 128). 170m:
     # the releases; its 50258 ids are GPT-2 + mask for MDLM, GPT-2 + [PAD] for DUO.
     sizes={"tiny": dict(vocab_size=1024, hidden_size=256, cond_dim=64, n_blocks=2, n_heads=4),

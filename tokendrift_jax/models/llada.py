@@ -516,6 +516,7 @@ FAMILY = base.Family(
     compatible_fields=("dropout", "embedding_dropout"),
     hub_names={"llada": "GSAI-ML/LLaDA-8B-Base"},
     logical_axes=logical_axes,
+    tokenizer="GSAI-ML/LLaDA-8B-Base", skip_special_tokens=True,
     # tiny: head dim 64 (cuDNN flash attention needs a multiple of 8, at most 128), GQA
     # 4 -> 2, the mask id inside the vocabulary but not its last id (as the 8B's). 8b:
     # LLaDA-8B-Base's config.json.
