@@ -2,8 +2,9 @@
 --config.checkpoint=DIR --workdir=OUT``.
 
 For every NFE in ``config.nfe`` and seed in ``config.seeds``: ``config.num_samples``
-unconditional samples with the backbone's sampler, decoded and scored (Gen-PPL by the judge,
-entropy of the token ids). Writes ``OUT/results.json``, ``OUT/results.md`` (a Tables 1-2
+unconditional samples with the backbone's sampler (MDLM, DUO or LLaDA), decoded and scored
+(Gen-PPL by the judge, entropy of the token ids); for LLaDA also completions of given
+prompts (``config.prompt``), judged given their prompts. Writes ``OUT/results.json``, ``OUT/results.md`` (a Tables 1-2
 shaped table, mean ± SD over seeds) and ``OUT/samples.jsonl``. Any config field can be
 overridden, e.g. ``--config.nfe=(4,8) --config.judge=/data/gpt2-large-flax``;
 ``--config=configs/eval.py --help`` lists the fields with their defaults. A row is labelled

@@ -58,17 +58,20 @@ def default_batch(num_samples: int, shards: int, max_batch: int = DEFAULT_MAX_BA
 def draw(model_cfg, params, process, tokenizer, *, nfe: int, seeds, num_samples: int,
          batch: int, mesh, length: int | None = None, bar=None,
          clean_up_tokenization_spaces: bool = True) -> list[dict]:
-  """Samples and decodes (as the judge does, :func:`judges.decode_texts`); one row per
-  sample (seed-major, then index).
+  """Samples and decodes (as the judge does, :func:`judges.decode_texts`, special tokens
+  kept or skipped as the backbone family's released code does); one row per sample
+  (seed-major, then index).
 
   Returns:
     dicts with seed, index, nfe, nfe_model (backbone forwards of the sample's batch),
     text and token_ids (int list of ``length``).
   """
   # pylint: disable=import-outside-toplevel
+  from tokendrift_jax import models
   from tokendrift_jax import sharding
   from tokendrift_jax.eval import judges
   from tokendrift_jax.eval import sampling_eval
+  skip_special = models.family_of(model_cfg).skip_special_tokens
   # No judge: only SampleEvaluator's sampler (and its key scheme) is used.
   evaluator = sampling_eval.SampleEvaluator(model_cfg, process, None, mesh=mesh, batch=batch,
                                             length=length, progress=False,
@@ -78,7 +81,8 @@ def draw(model_cfg, params, process, tokenizer, *, nfe: int, seeds, num_samples:
   for seed in seeds:
     tokens, nfe_model = evaluator.sample(params, nfe, seed, num_samples, bar)
     texts = judges.decode_texts(tokenizer, tokens,
-                                clean_up_tokenization_spaces=clean_up_tokenization_spaces)
+                                clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+                                skip_special_tokens=skip_special)
     for i in range(tokens.shape[0]):
       rows.append(dict(seed=int(seed), index=i, nfe=int(nfe), nfe_model=nfe_model[i // batch],
                        text=texts[i], token_ids=tokens[i].tolist()))

@@ -1,4 +1,7 @@
-"""Sample-based evaluation: draw unconditional samples at fixed NFEs and judge them.
+"""Sample-based evaluation: draw samples at fixed NFEs and judge them.
+
+Samples are unconditional, or (LLaDA backbones) completions of given prompts, judged as
+completions given their prompts (docs/EVALUATION.md, "Conditional judging").
 
 The reusable core of ``launch/eval.py`` (:mod:`.cli`) and of the in-training hook
 (:mod:`.hook`): :class:`SampleEvaluator` draws ``num_samples`` samples of a backbone for
