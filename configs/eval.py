@@ -37,8 +37,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch = 16
   # Sample length; 0 = the checkpoint's length.
   c.length = 0
-  # (data, fsdp) mesh, -1 = all devices. The backbone is replicated.
-  c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
+  # (data, fsdp) or (data, fsdp, tensor) mesh, -1 = all devices; samples are split over
+  # data x fsdp. param_sharding: "replicated" (every device holds the backbone), "fsdp"
+  # (split over the fsdp axis) or "rules" (the family's logical-axis rules over fsdp and
+  # tensor, docs/SHARDING.md), for backbones that do not fit one device (LLaDA-8B in
+  # float32 is 32 GB).
+  c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), param_sharding="replicated"))
   c.attention_impl = ""
   # Multi-host (jax.distributed), as in configs/base.py: run the same command on every
   # host; each process samples and scores its share of every batch, process 0 writes.

@@ -56,8 +56,12 @@ def _samples(out):
 
 def test_unconditional_llada_checkpoint_is_decoded_retokenized_and_judged(
     llada_eval_assets, bpe_gpt2_judge, tmp_path, capsys):
+  """On a (2, 2, 2) mesh with the backbone split by LLaDA's logical-axis rules over fsdp
+  and tensor (how an 8B is evaluated), the samples over data x fsdp."""
   out = str(tmp_path / "out")
-  assert cli.run(_config(llada_eval_assets, bpe_gpt2_judge, label="LLaDA"), out) == 0
+  config = _config(llada_eval_assets, bpe_gpt2_judge, label="LLaDA")
+  config.mesh.shape, config.mesh.param_sharding = (2, 2, 2), "rules"
+  assert cli.run(config, out) == 0
   assert "| LLaDA |" in capsys.readouterr().out
   with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
     payload = json.load(f)
@@ -138,6 +142,7 @@ def _one_error_line(err):
      "config.nfe: steps=2 must be a multiple of the number of blocks 4"),
     (dict(llada__block_length=5), "block_length=5 must divide gen_length=16"),
     (dict(tokenizer=""), "GSAI-ML/LLaDA-8B-Base"),
+    (dict(mesh__param_sharding="tensor"), "config.mesh.param_sharding must be one of"),
 ])
 def test_bad_llada_evaluation_settings_are_one_line_errors(
     over, message, llada_eval_assets, bpe_gpt2_judge, tmp_path, capsys):

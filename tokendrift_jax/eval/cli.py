@@ -93,6 +93,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     mesh = sharding.mesh_from_config(config.mesh)
   except ValueError as e:
     raise err(str(e)) from e
+  placement = str(config.mesh.get("param_sharding", "replicated"))
+  logical_axes = models.family_of(model_cfg).logical_axes
+  if placement not in sharding.PARAM_SHARDING_MODES or (placement == "rules"
+                                                         and logical_axes is None):
+    raise err(f"config.mesh.param_sharding must be one of {sharding.PARAM_SHARDING_MODES} "
+              f"('rules' for families with logical axes), got {placement!r}")
   try:
     process = make_process_for_model(process_name, model_cfg)
   except ValueError as e:
@@ -122,7 +128,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
 
   _, params, _ = checkpoints.load_backbone_params(ckpt)
   weights_hash = _weights_hash(params)
-  params = sharding.to_global(params, sharding.param_sharding(params, mesh, "replicated"))
+  params = sharding.to_global(params, sharding.param_sharding(
+      params, mesh, placement, logical_axes=logical_axes))
   label = run_label(str(config.label), ckpt)
   judge_info = judges.info(judge)
   sampling = {"nfe": list(nfes), "seeds": list(seeds), "num_samples": num_samples,
