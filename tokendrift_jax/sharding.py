@@ -289,6 +289,29 @@ def like_params(tree: Any, params: Any, param_shardings: Any, mesh: Mesh) -> Any
 # ----------------------------------------------------------------------------- entry point
 
 
+def check_placement(mode: str, mesh: Mesh, logical_axes: LogicalAxesFn | None,
+                    family: str) -> LogicalAxesFn | None:
+  """The ``logical_axes`` that parameter placement ``mode`` uses (None unless "rules").
+
+  ValueError (naming ``config.mesh.param_sharding``) for an unknown mode, for "rules" with a
+  family that defines no logical axes, and for a tensor axis > 1 with a mode that splits
+  nothing over it (every tensor shard would repeat the same work).
+  """
+  if mode not in PARAM_SHARDING_MODES:
+    raise ValueError(f"config.mesh.param_sharding must be one of {PARAM_SHARDING_MODES}, "
+                     f"got {mode!r}")
+  if mode != "rules":
+    if mesh.shape[TENSOR] > 1:
+      raise ValueError(f"config.mesh.shape {tuple(mesh.devices.shape)} has tensor="
+                       f"{mesh.shape[TENSOR]} but param_sharding={mode!r} splits nothing "
+                       f"over it; use param_sharding='rules'")
+    return None
+  if logical_axes is None:
+    raise ValueError(f"config.mesh.param_sharding='rules' but model family {family!r} "
+                     f"defines no logical_axes")
+  return logical_axes
+
+
 def param_sharding(tree: Any, mesh: Mesh, mode: str = "replicated", min_size: int = 2 ** 14,
                    *, logical_axes: LogicalAxesFn | None = None) -> Any:
   """Sharding for every array leaf of a parameter-shaped ``tree`` (params, EMA, encoder).

@@ -94,11 +94,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   except ValueError as e:
     raise err(str(e)) from e
   placement = str(config.mesh.get("param_sharding", "replicated"))
-  logical_axes = models.family_of(model_cfg).logical_axes
-  if placement not in sharding.PARAM_SHARDING_MODES or (placement == "rules"
-                                                         and logical_axes is None):
-    raise err(f"config.mesh.param_sharding must be one of {sharding.PARAM_SHARDING_MODES} "
-              f"('rules' for families with logical axes), got {placement!r}")
+  family_spec = models.family_of(model_cfg)
+  try:
+    logical_axes = sharding.check_placement(placement, mesh, family_spec.logical_axes,
+                                            family_spec.name)
+  except ValueError as e:
+    raise err(str(e)) from e
   try:
     process = make_process_for_model(process_name, model_cfg)
   except ValueError as e:
@@ -115,7 +116,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   # The judge before the weights: a missing judge or a tokenizer that does not fit the
   # checkpoint is reported before anything heavy is loaded or sampled.
   judge = judges.build_judge(config, process=process, max_length=length, mesh=mesh,
-                             family=models.family_of(model_cfg), progress=progress)
+                             family=family_spec, progress=progress)
   evaluator = sampling_eval.SampleEvaluator(
       model_cfg, process, judge, mesh=mesh, batch=int(config.batch), length=length,
       noise_removal=str(config.noise_removal) or None,

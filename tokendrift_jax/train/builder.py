@@ -77,27 +77,14 @@ def check_ema_config(config) -> None:
 
 
 def param_placement(config, model_cfg, mesh) -> tuple[str, Any]:
-  """``config.mesh.param_sharding`` and the family's ``logical_axes`` ("rules" only).
-
-  TrainError for an unknown mode, for "rules" with a family that defines no logical axes,
-  and for a tensor axis > 1 with a mode that splits nothing over it (every tensor shard
-  would repeat the same work).
-  """
+  """``config.mesh.param_sharding`` and the family's ``logical_axes`` ("rules" only);
+  TrainError for a placement :func:`sharding.check_placement` refuses."""
   mode = str(config.mesh.param_sharding)
-  if mode not in sharding.PARAM_SHARDING_MODES:
-    raise TrainError(f"config.mesh.param_sharding must be one of "
-                     f"{sharding.PARAM_SHARDING_MODES}, got {mode!r}")
   family = models.family_of(model_cfg)
-  if mode != "rules":
-    if mesh.shape[sharding.TENSOR] > 1:
-      raise TrainError(f"config.mesh.shape {tuple(config.mesh.shape)} has tensor="
-                       f"{mesh.shape[sharding.TENSOR]} but param_sharding={mode!r} splits "
-                       f"nothing over it; use param_sharding='rules'")
-    return mode, None
-  if family.logical_axes is None:
-    raise TrainError(f"config.mesh.param_sharding='rules' but model family {family.name!r} "
-                     f"defines no logical_axes")
-  return mode, family.logical_axes
+  try:
+    return mode, sharding.check_placement(mode, mesh, family.logical_axes, family.name)
+  except ValueError as e:
+    raise TrainError(str(e)) from e
 
 
 def drift_config(config) -> obj_lib.DriftConfig:
