@@ -3,11 +3,14 @@ checkpoints.
 
 Every run is a tiny continuation run (1 device, 3 steps, a checkpoint every step). The
 uninterrupted reference run is made once per module; the damage tests edit copies of its
-checkpoints.
+checkpoints. Runs whose configs differ only in what the step does not read share one built
+step (``shared_steps``), so the suite pays two step traces and compiles (lr 1e-3 and the
+NaN runs' 1e6, a compile-time constant of the optax schedule), not one per run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
@@ -17,6 +20,7 @@ import threading
 import time
 
 import chex
+import jax
 import numpy as np
 import pytest
 
@@ -44,6 +48,36 @@ def fault_config(tiny_dir, tiny_run_config):
   return make
 
 
+# The fields of config.train that build_step does not read: runs that differ only in them
+# share one step.
+_NOT_IN_THE_STEP = ("checkpoint_every", "log_every")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_steps():
+  """builder.build_step memoized by config for this module's runs.
+
+  The loop is under test, not the step: a run whose config (less the fields of
+  _NOT_IN_THE_STEP) was built before gets the same jitted step, so it is neither traced
+  nor lowered again (~2.4 s a run; the persistent compilation cache only saves the
+  compile). The StepParts carry the caller's config.
+  """
+  real, cache = builder.build_step, {}
+
+  def build_step(config, model_cfg=None):
+    key_cfg = config.copy_and_resolve_references()
+    for field in _NOT_IN_THE_STEP:
+      key_cfg.train[field] = None
+    key = (key_cfg.to_json_best_effort(sort_keys=True), repr(model_cfg))
+    if key not in cache:
+      cache[key] = real(config, model_cfg)
+    return dataclasses.replace(cache[key], config=config)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(builder, "build_step", build_step)
+    yield
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, fault_config, read_losses):
   """The uninterrupted run: (workdir, losses, abstract state); checkpoints 1, 2, 3."""
@@ -57,13 +91,23 @@ def reference(tmp_path_factory, fault_config, read_losses):
 
 @pytest.fixture(scope="module")
 def restore(reference):
-  """``restore(workdir, step)``: the TrainState checkpointed at ``step``."""
-  def fn(wd, step):
+  """``restore(workdir, step)``: the TrainState checkpointed at ``step``. The reference's
+  checkpoints are read once each (no test writes to them; several compare against them)."""
+  of_reference = {}
+
+  def read(wd, step):
     ckpt = checkpointing.Checkpointer(wd)
     try:
       return ckpt.restore(step, reference[2])[0]
     finally:
       ckpt.close()
+
+  def fn(wd, step):
+    if wd != reference[0]:
+      return read(wd, step)
+    if step not in of_reference:
+      of_reference[step] = read(wd, step)
+    return of_reference[step]
   return fn
 
 
@@ -107,7 +151,8 @@ def _nan_run(tmp_path, fault_config, capsys, restore):
   assert [r["step"] for r in rows] == [2] and rows[0]["loss"] == "nan"
   good = _files(os.path.join(wd, "checkpoints", "1"))
   state1 = restore(wd, 1)
-  assert bool(step_lib.all_finite(state1))
+  # Jitted: eagerly, each leaf's isfinite and all would be compiled on its own (~1.5 s).
+  assert bool(jax.jit(step_lib.all_finite)(state1))
   return wd, good, state1
 
 
