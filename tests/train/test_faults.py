@@ -1,8 +1,9 @@
 """Fault tolerance of the training loop (issue 15): non-finite states, Ctrl-C, damaged
 checkpoints.
 
-Every run is a tiny continuation run (1 device, 3 steps, a checkpoint every step). The
-uninterrupted reference run is made once per module; the damage tests edit copies of its
+Every run is a tiny run (1 device, 3 steps, a checkpoint every step; TokenDrift, the NaN
+runs continuation, see ``fault_config``). The uninterrupted reference run is made once per
+module; the damage tests edit copies of its
 checkpoints. Runs whose configs differ only in what the step does not read share one built
 step (``shared_steps``), so the suite pays two step traces and compiles (lr 1e-3 and the
 NaN runs' 1e6, a compile-time constant of the optax schedule), not one per run.
@@ -36,9 +37,15 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def fault_config(tiny_dir, tiny_run_config):
-  def make(**over):
-    # Continuation: the loop is under test, not the objective, and its step compiles fastest.
-    c = tiny_run_config(tiny_dir, objective="continuation", steps=STEPS, mesh_shape=(1, 1),
+  """``fault_config(objective="drift", group__field=value, ...)``: the tiny run, 1 device,
+  3 steps, a checkpoint every step.
+
+  TokenDrift by default: its one-device step is the program tests/train/test_trainer.py
+  compiles too, so the session compiles it once. The NaN runs are continuation runs: their
+  lr=1e6 makes a program of their own, and continuation's compiles fastest.
+  """
+  def make(objective="drift", **over):
+    c = tiny_run_config(tiny_dir, objective=objective, steps=STEPS, mesh_shape=(1, 1),
                         num_devices=1)
     c.train.checkpoint_every, c.train.export_backbone = 1, False
     for key, value in over.items():
@@ -46,6 +53,10 @@ def fault_config(tiny_dir, tiny_run_config):
       c[group][field] = value
     return c
   return make
+
+
+# The NaN runs of issue 15.1: lr=1e6 makes step 2 non-finite.
+NAN = dict(objective="continuation", optim__lr=1e6)
 
 
 # The fields of config.train that build_step does not read: runs that differ only in them
@@ -91,22 +102,25 @@ def reference(tmp_path_factory, fault_config, read_losses):
 
 @pytest.fixture(scope="module")
 def restore(reference):
-  """``restore(workdir, step)``: the TrainState checkpointed at ``step``. The reference's
-  checkpoints are read once each (no test writes to them; several compare against them)."""
+  """``restore(workdir, step, config=None)``: the TrainState checkpointed at ``step`` by a
+  run of ``config`` (default: the reference's). The reference's checkpoints are read once
+  each (no test writes to them; several compare against them)."""
   of_reference = {}
 
-  def read(wd, step):
+  def read(wd, step, abstract):
     ckpt = checkpointing.Checkpointer(wd)
     try:
-      return ckpt.restore(step, reference[2])[0]
+      return ckpt.restore(step, abstract)[0]
     finally:
       ckpt.close()
 
-  def fn(wd, step):
+  def fn(wd, step, config=None):
+    if config is not None:
+      return read(wd, step, builder.build_step(config).abstract_args()[0])
     if wd != reference[0]:
-      return read(wd, step)
+      return read(wd, step, reference[2])
     if step not in of_reference:
-      of_reference[step] = read(wd, step)
+      of_reference[step] = read(wd, step, reference[2])
     return of_reference[step]
   return fn
 
@@ -141,7 +155,8 @@ def _nan_run(tmp_path, fault_config, capsys, restore):
   finite checkpoint of step 1 is on disk. Returns (workdir, checkpoint 1's files, state 1).
   """
   wd = str(tmp_path / "nan")
-  rc = entrypoints.train_main(fault_config(optim__lr=1e6, train__log_every=5), wd)
+  config = fault_config(**NAN, train__log_every=5)
+  rc = entrypoints.train_main(config, wd)
   err = _one_error_line(capsys.readouterr().err)
   assert rc == 2, err
   assert "non-finite training state at step 2" in err and "loss=nan" in err, err
@@ -150,7 +165,7 @@ def _nan_run(tmp_path, fault_config, capsys, restore):
   rows = metrics_writer.read_jsonl(os.path.join(wd, "metrics.jsonl"))
   assert [r["step"] for r in rows] == [2] and rows[0]["loss"] == "nan"
   good = _files(os.path.join(wd, "checkpoints", "1"))
-  state1 = restore(wd, 1)
+  state1 = restore(wd, 1, config)
   # Jitted: eagerly, each leaf's isfinite and all would be compiled on its own (~1.5 s).
   assert bool(jax.jit(step_lib.all_finite)(state1))
   return wd, good, state1
@@ -170,11 +185,12 @@ def test_nonfinite_state_is_never_saved_and_the_rerun_resumes_finite(
   wd, good, state1 = _nan_run(tmp_path, fault_config, capsys, restore)
 
   # The rerun resumes from the finite step 1; "skip" keeps the state of step 1.
-  out = trainer.train(fault_config(optim__lr=1e6, train__nonfinite="skip"), wd)
+  config = fault_config(**NAN, train__nonfinite="skip")
+  out = trainer.train(config, wd)
   assert out["start_step"] == 1 and out["step"] == STEPS and out["skipped_steps"] == 2
   assert _steps_on_disk(wd) == [1, 2, 3]
   assert _files(os.path.join(wd, "checkpoints", "1")) == good
-  state3 = restore(wd, 3)
+  state3 = restore(wd, 3, config)
   chex.assert_trees_all_equal(state3.params, state1.params)
   chex.assert_trees_all_equal(state3.opt_state, state1.opt_state)
   rows = metrics_writer.read_jsonl(os.path.join(wd, "metrics.jsonl"))
@@ -191,7 +207,7 @@ def test_sigterm_save_is_checked_too(tmp_path, fault_config):
     return {}
 
   wd = str(tmp_path / "nan_sigterm")
-  cfg = fault_config(optim__lr=1e6, train__log_every=5, train__checkpoint_every=1000)
+  cfg = fault_config(**NAN, train__log_every=5, train__checkpoint_every=1000)
   with pytest.raises(trainer.NonFiniteError, match="non-finite training state at step 2") as e:
     trainer.train(cfg, wd, hooks=[sigterm_at_2])
   assert e.value.step == 2 and e.value.last_checkpoint is None
@@ -336,7 +352,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_intact_one(
     step, got, data_state, meta = ckpt.restore_newest_intact(reference[2])
   finally:
     ckpt.close()
-  assert step == 2 and meta["objective"] == "continuation" and data_state
+  assert step == 2 and meta["objective"] == "drift" and data_state
   warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
   assert len(warnings) == 1, warnings
   assert len(warnings[0].splitlines()) == 1 and len(warnings[0]) < 400, warnings[0]
