@@ -366,7 +366,10 @@ def test_damaged_latest_checkpoint_falls_back_to_the_intact_one(
 def test_resume_past_a_damaged_checkpoint_reproduces_the_uninterrupted_run(
     tmp_path, fault_config, reference, restore, capsys, caplog, read_losses):
   """launch/train.py on a run whose checkpoint 3 is truncated: exit 0, the losses of the
-  uninterrupted run, and step 3 rewritten intact."""
+  uninterrupted run, and step 3 rewritten intact. Resumed from step 2, the TokenDrift state
+  of step 3 (parameters, moments, EMA, keys, the queues that wrapped by then) is bitwise the
+  uninterrupted run's: the suite's check that resuming is exact (the longer 6 = 3 + 3
+  version is tests/train/test_trainer.py's slow test_resume_is_bitwise_identical)."""
   wd = _copy_damaged(reference, str(tmp_path / "wd"), {3: "truncated array file"})
   caplog.set_level(logging.WARNING)
   assert entrypoints.train_main(fault_config(), wd) == 0
@@ -376,7 +379,9 @@ def test_resume_past_a_damaged_checkpoint_reproduces_the_uninterrupted_run(
   assert "Event loop is closed" not in err and "Traceback" not in err, err
   assert read_losses(wd) == reference[1]
   assert _steps_on_disk(wd) == [1, 2, 3]
-  chex.assert_trees_all_equal(restore(wd, 3), restore(reference[0], 3))
+  resumed = restore(wd, 3)
+  chex.assert_trees_all_equal(resumed, restore(reference[0], 3))
+  assert int(resumed.queues["gen"].count) == 24  # 3 steps x 2 micro-steps x 8 > 24: wrapped
 
 
 @NO_NOISE

@@ -21,28 +21,46 @@ from tokendrift_jax.train import trainer
 # ------------------------------------------------------------------ device invariance
 
 
-def test_one_device_equals_eight_devices_dp_and_fsdp(tiny_dir, tmp_path, tiny_run_config,
-                                                     read_losses, exported_params, max_abs_diff):
-  # max_abs_diff is kept for the lower bound below; closeness goes through chex.
-  """3 TokenDrift steps on 1 device == on 8 devices as (8,1) and (4,2)+FSDP, within 1e-5."""
+def _one_vs_eight(names, tiny_dir, tmp_path, tiny_run_config, read_losses, exported_params,
+                  max_abs_diff):
+  """3 TokenDrift steps on 1 device == on the 8-device meshes ``names``, within 1e-5."""
+  meshes = {"one": ((1, 1), 1, "replicated"), "dp8": ((8, 1), 8, "replicated"),
+            "fsdp": ((4, 2), 8, "fsdp")}
   runs = {}
-  for name, shape, n, rule in [("one", (1, 1), 1, "replicated"),
-                               ("dp8", (8, 1), 8, "replicated"),
-                               ("fsdp", (4, 2), 8, "fsdp")]:
+  for name in ("one",) + tuple(names):
+    shape, n, rule = meshes[name]
     cfg = tiny_run_config(tiny_dir, mesh_shape=shape, num_devices=n, param_sharding=rule)
     trainer.train(cfg, str(tmp_path / name))
     runs[name] = (read_losses(str(tmp_path / name)), exported_params(str(tmp_path / name)))
   ref_losses, ref_params = runs["one"]
   assert len(ref_losses) == 3
   init = checkpoints.load_backbone_params(os.path.join(tiny_dir, "init"))[1]
+  # max_abs_diff is kept for the lower bound; closeness goes through chex.
   assert max_abs_diff(ref_params, init) > 1e-4, "parameters must move for the test to mean much"
-  for name in ("dp8", "fsdp"):
+  for name in names:
     losses, params = runs[name]
     # float32 reductions are split differently over devices; 1e-5 is the issue's bound and
     # ~100x the observed differences.
     # Keyed by the run's name, so that a failure names the run and the leaf.
     chex.assert_trees_all_close({name: losses}, {name: ref_losses}, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close({name: params}, {name: ref_params}, rtol=0, atol=1e-5)
+
+
+def test_one_device_equals_eight_devices_fsdp(tiny_dir, tmp_path, tiny_run_config,
+                                              read_losses, exported_params, max_abs_diff):
+  """3 TokenDrift steps on 1 device == on (4, 2) + FSDP (the batch over data x fsdp, the
+  parameters split over fsdp), within 1e-5."""
+  _one_vs_eight(("fsdp",), tiny_dir, tmp_path, tiny_run_config, read_losses, exported_params,
+                max_abs_diff)
+
+
+@pytest.mark.slow
+def test_one_device_equals_eight_devices_dp_and_fsdp(tiny_dir, tmp_path, tiny_run_config,
+                                                     read_losses, exported_params, max_abs_diff):
+  """The same on (8, 1) data parallel as well. Slow: data parallelism is in the suite
+  through (4, 2) above and the two-process (4, 1) launch of tests/launch/test_train.py."""
+  _one_vs_eight(("dp8", "fsdp"), tiny_dir, tmp_path, tiny_run_config, read_losses,
+                exported_params, max_abs_diff)
 
 
 # ------------------------------------------------------------------ tensor meshes
@@ -203,8 +221,11 @@ def _state_at(workdir, step, like_cfg):
   return state
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_identical(tiny_dir, tmp_path, tiny_run_config, read_losses):
-  """6 steps == 3 steps, restart, 3 more: losses, params and queues bitwise equal."""
+  """6 steps == 3 steps, restart, 3 more: losses, params and queues bitwise equal. Slow:
+  the suite's exact-resume check is tests/train/test_faults.py's resume past a damaged
+  checkpoint (3 steps == resumed from step 2, the whole TokenDrift state bitwise)."""
   full, split = str(tmp_path / "full"), str(tmp_path / "split")
   trainer.train(tiny_run_config(tiny_dir, steps=6), full)
   first = trainer.train(tiny_run_config(tiny_dir, steps=3), split)
