@@ -20,7 +20,10 @@ def _tiny_experiment(workdir):
   c.model.update(dict(vocab_size=21, hidden_size=32, cond_dim=16, n_blocks=2, n_heads=4,
                       length=8))
   c.corpus.update(dict(train_sequences=256, valid_sequences=16))
-  c.pretrain.update(dict(steps=6, global_batch=16, micro_batch=16, warmup_steps=0))
+  # Pretraining runs the continuation stage's program (objective, lr, batch split), so the
+  # session compiles it once.
+  c.pretrain.update(dict(steps=6, global_batch=16, micro_batch=8, warmup_steps=0,
+                         lr=c.refine.lr))
   c.refine.update(dict(steps=2, global_batch=16, micro_batch=8, seeds=(0,)))
   c.drift.queue_size = 32
   c.batch.eval_global_batch = 16
