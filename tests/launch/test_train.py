@@ -88,8 +88,10 @@ def _free_port():
 
 
 def _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, read_losses,
-                     exported_params, launches, periodic_eval=True):
-  """jax.distributed on 127.0.0.1, 2 processes x 2 CPU devices == 1 process x 4 devices.
+                     exported_params, launches, periodic_eval=True, single_devices=4):
+  """jax.distributed on 127.0.0.1, 2 processes x 2 CPU devices == 1 process x 4 devices
+  (or x 1 device: ``single_devices=1``, the one-device program that
+  tests/train/test_trainer.py and tests/train/test_faults.py compile too).
 
   The multi-process run is one launch per entry of ``launches`` (the step it stops at);
   with (2, 3) a second launch resumes it to 3 (orbax restore of the sharded state and of
@@ -98,7 +100,7 @@ def _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, re
   processes as well.
   """
   single = str(tmp_path / "single")
-  cfg = tiny_run_config(tiny_dir, mesh_shape=(4, 1), num_devices=4)
+  cfg = tiny_run_config(tiny_dir, mesh_shape=(single_devices, 1), num_devices=single_devices)
   if periodic_eval:
     cfg = with_periodic_eval(cfg, every=3)
   trainer.train(cfg, single,
@@ -151,12 +153,13 @@ def _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, re
 
 def test_two_processes_equal_one_process(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval,
                                          read_losses, exported_params):
-  """One two-process launch of 3 steps == the one-process run: losses and exported
-  weights. The slow variant below adds the resume across processes and the sampling hook
-  and validation under training (multi-host sampling itself is in the suite through
-  tests/launch/test_eval.py's two-process evaluation)."""
+  """One two-process launch of 3 steps on (4, 1) == the run on one device: losses and
+  exported weights within 1e-5 (as every mesh against one device). The slow variant below
+  compares with one process of 4 devices and adds the resume across processes and the
+  sampling hook and validation under training (multi-host sampling itself is in the suite
+  through tests/launch/test_eval.py's two-process evaluation)."""
   _two_process_run(tiny_dir, tmp_path, tiny_run_config, with_periodic_eval, read_losses,
-                   exported_params, launches=(3,), periodic_eval=False)
+                   exported_params, launches=(3,), periodic_eval=False, single_devices=1)
 
 
 @pytest.mark.slow
