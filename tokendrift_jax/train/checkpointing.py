@@ -21,6 +21,7 @@ import gc
 import logging
 import os
 import sys
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -97,8 +98,12 @@ def quiet_orbax():
   except BaseException:
     # Only a failed read orphans orbax coroutines; a read that succeeded leaves nothing to
     # collect, and a collection of a large heap costs a few tenths of a second (each
-    # resume reads twice: peek_latest_meta, then the restore).
-    gc.collect()
+    # resume reads twice: peek_latest_meta, then the restore). Their coroutines die here
+    # unawaited; Python's RuntimeWarning about each would reach the user's terminal.
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                              category=RuntimeWarning)
+      gc.collect()
     raise
   finally:
     for lg, level in zip(loggers, levels):
