@@ -140,14 +140,19 @@ def _one_error_line(err):
     (dict(llada__cfg_scale=1.0), "config.llada.cfg_scale=1.0 guides by the prompt"),
     (dict(llada__block_length=4, nfe=(2, 4)),
      "config.nfe: steps=2 must be a multiple of the number of blocks 4"),
-    (dict(llada__block_length=5), "block_length=5 must divide gen_length=16"),
+    (dict(llada__block_length=5), "config.llada.block_length=5 must divide the sample "
+                                  "length 16"),
     (dict(tokenizer=""), "GSAI-ML/LLaDA-8B-Base"),
     (dict(mesh__param_sharding="tensor"), "config.mesh.param_sharding must be one of"),
 ])
 def test_bad_llada_evaluation_settings_are_one_line_errors(
     over, message, llada_eval_assets, bpe_gpt2_judge, tmp_path, capsys):
+  """Each is reported before the judge is loaded (GPT-2 Large is 3 GB): the judge here is a
+  directory that does not exist, whose error would come first otherwise."""
   out = tmp_path / "out"
-  assert cli.run(_config(llada_eval_assets, bpe_gpt2_judge, **over), str(out)) == 2
+  config = _config(llada_eval_assets, bpe_gpt2_judge, **over)
+  config.judge = str(tmp_path / "no_judge_here")
+  assert cli.run(config, str(out)) == 2
   assert message in _one_error_line(capsys.readouterr().err)
   assert not out.exists()
 

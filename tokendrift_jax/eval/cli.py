@@ -112,6 +112,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
               f"{model_cfg.length}" + (f" minus config.prompt.length={prompt_length})"
                                        if prompt_length else ")"))
   options = _llada_options(config, process, prompted=bool(prompt_length))
+  if options is not None:
+    nfes = sampling_eval.check_llada_nfes(nfes, length, options["block_length"] or length)
+  # Prompts before the judge (GPT-2 Large is 3 GB): a missing or short file fails at once.
+  prompts = _read_prompts(prompt_file, prompt_length, num_samples) if prompt_length else None
   progress = bool(config.progress) and jax.process_index() == 0
   # The judge before the weights: a missing judge or a tokenizer that does not fit the
   # checkpoint is reported before anything heavy is loaded or sampled.
@@ -124,8 +128,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
       model_dtype=str(config.model_dtype), attention_impl=str(config.attention_impl) or None,
       progress=progress, sampler_options=options, prompt_length=prompt_length)
   nfes = evaluator.check_nfes(nfes)
-  prompts = (_load_prompts(prompt_file, prompt_length, num_samples, judge)
-             if prompt_length else None)
+  if prompts is not None:
+    try:
+      judge.decode(prompts)  # ids the tokenizer does not have are refused before sampling
+    except EvalError as e:
+      raise EvalError(f"config.prompt.tokens={prompt_file!r}: {e}") from e
 
   _, params, _ = checkpoints.load_backbone_params(ckpt)
   weights_hash = _weights_hash(params)
@@ -232,7 +239,7 @@ def _llada_options(config, process, *, prompted: bool) -> dict | None:
           "remasking": str(values["remasking"]), "cfg_scale": float(values["cfg_scale"])}
 
 
-def _load_prompts(path: str, length: int, num_samples: int, judge) -> np.ndarray:
+def _read_prompts(path: str, length: int, num_samples: int) -> np.ndarray:
   """int32[num_samples, length]: the first ``length`` ids of the first ``num_samples`` rows
   of the .npy at ``path``; one-line errors naming config.prompt.tokens."""
   field = "config.prompt.tokens"
@@ -253,10 +260,6 @@ def _load_prompts(path: str, length: int, num_samples: int, judge) -> np.ndarray
   prompts = np.asarray(rows[:num_samples, :length]).astype(np.int32)
   if prompts.min() < 0:
     raise EvalError(f"{field}={path!r} holds negative ids")
-  try:
-    judge.decode(prompts)  # ids the tokenizer does not have are refused here, before sampling
-  except EvalError as e:
-    raise EvalError(f"{field}={path!r}: {e}") from e
   return prompts
 
 

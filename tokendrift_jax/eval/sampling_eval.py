@@ -72,6 +72,24 @@ class Evaluation:
   samples: list[dict] | None
 
 
+def check_llada_nfes(nfes: Sequence[int], gen_length: int, block_length: int,
+                     prefix: str = "config") -> tuple[int, ...]:
+  """The NFEs of a LLaDA evaluation, after generate.py's checks: ``block_length`` divides
+  ``gen_length`` and every NFE is a multiple of the number of blocks (EvalError naming the
+  field otherwise). Cheap: callers run it before loading anything."""
+  nfes = check_int_list(nfes, f"{prefix}.nfe", minimum=1)
+  if (isinstance(block_length, bool) or not isinstance(block_length, int)
+      or not 1 <= block_length <= gen_length or gen_length % block_length):
+    raise EvalError(f"{prefix}.llada.block_length={block_length!r} must divide the sample "
+                    f"length {gen_length}")
+  for n in nfes:
+    try:
+      llada_sampling.check_steps(n, gen_length, block_length)
+    except ValueError as e:
+      raise EvalError(f"{prefix}.nfe: {e}") from e
+  return nfes
+
+
 class SampleEvaluator:
   """Samples a backbone at several NFEs and seeds and judges the samples.
 
@@ -169,14 +187,9 @@ class SampleEvaluator:
   def check_nfes(self, nfes: Sequence[int]) -> tuple[int, ...]:
     """The NFEs as ints, each one the sampler can run (LLaDA: a multiple of the number of
     blocks, generate.py's assert); EvalError naming the field otherwise."""
-    nfes = check_int_list(nfes, f"{self.prefix}.nfe", minimum=1)
     if isinstance(self.process, LLaDAProcess):
-      for n in nfes:
-        try:
-          llada_sampling.check_steps(n, self.length, self.block_length)
-        except ValueError as e:
-          raise EvalError(f"{self.prefix}.nfe: {e}") from e
-    return nfes
+      return check_llada_nfes(nfes, self.length, self.block_length, self.prefix)
+    return check_int_list(nfes, f"{self.prefix}.nfe", minimum=1)
 
   def sample(self, params, nfe: int, seed: int, num_samples: int, bar=None,
              prompts: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
