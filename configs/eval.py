@@ -54,12 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   # N >= num_samples. The judge scores each completion given its prompt; config.length is
   # then the completion's length (0 = the checkpoint's length minus the prompt's).
   c.prompt = ml_collections.ConfigDict(dict(tokens="", length=0))
-  # LLaDA's sampler (generate.py): block_length 0 = one block of the whole sample;
-  # temperature 1 draws from the model as the MDLM/DUO evaluations do (generate.py's own
-  # default is 0, greedy); cfg_scale > 0 runs classifier-free guidance (prompted samples
-  # only), which doubles the rows of every backbone call. Only read for LLaDA checkpoints.
-  c.llada = ml_collections.ConfigDict(dict(
-      block_length=0, temperature=1.0, remasking="low_confidence", cfg_scale=0.0))
+  # LLaDA's sampler (generate.py; eval_config.llada_sampler_config documents the fields).
+  # Only read for LLaDA checkpoints.
+  c.llada = eval_config.llada_sampler_config()
   c.write_samples = True
   c.progress = True
   return c

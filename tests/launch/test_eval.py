@@ -94,10 +94,10 @@ def test_cli_two_processes_equal_one_process(eval_assets, eval_cli_run, tmp_path
   out = tmp_path / "two"
   real_sample = sampling_eval.SampleEvaluator.sample
 
-  def sample(self, params, nfe, seed, num_samples, bar=None):
+  def sample(self, params, nfe, seed, num_samples, bar=None, prompts=None):
     if seed == 1:
       raise KeyboardInterrupt
-    return real_sample(self, params, nfe, seed, num_samples, bar)
+    return real_sample(self, params, nfe, seed, num_samples, bar, prompts)
 
   monkeypatch.setattr(sampling_eval.SampleEvaluator, "sample", sample)
   with pytest.raises(KeyboardInterrupt):

@@ -113,7 +113,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
                                        if prompt_length else ")"))
   options = _llada_options(config, process, prompted=bool(prompt_length))
   if options is not None:
-    nfes = sampling_eval.check_llada_nfes(nfes, length, options["block_length"] or length)
+    options["block_length"] = options["block_length"] or length  # 0: one block
+    nfes = sampling_eval.check_llada_nfes(nfes, length, options["block_length"])
   # Prompts before the judge (GPT-2 Large is 3 GB): a missing or short file fails at once.
   prompts = _read_prompts(prompt_file, prompt_length, num_samples) if prompt_length else None
   progress = bool(config.progress) and jax.process_index() == 0
@@ -147,7 +148,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
               "model_dtype": str(config.model_dtype),
               "key": "fold_in(fold_in(PRNGKey(seed), nfe), batch_index)"}
   if options is not None:
-    sampling["llada"] = dict(evaluator.sampler_options, block_length=evaluator.block_length)
+    sampling["llada"] = dict(evaluator.sampler_options)
     # NFE counts backbone calls; classifier-free guidance runs each on 2 x batch rows.
     sampling["rows_per_forward"] = (2 if options["cfg_scale"] > 0 else 1) * evaluator.batch
   if prompt_length:
@@ -216,8 +217,7 @@ def _llada_options(config, process, *, prompted: bool) -> dict | None:
   section = config.get("llada")
   if section is None:
     return None
-  defaults = {"block_length": 0, "temperature": 1.0, "remasking": "low_confidence",
-              "cfg_scale": 0.0}
+  defaults = eval_config.llada_sampler_config().to_dict()
   values = {k: section.get(k, v) for k, v in defaults.items()}
   if process.name != "llada":
     changed = sorted(k for k, v in values.items() if v != defaults[k])

@@ -81,6 +81,18 @@ def judge_config() -> ml_collections.ConfigDict:
   return c
 
 
+def llada_sampler_config() -> ml_collections.ConfigDict:
+  """LLaDA's sampler (generate.py) options of configs/eval.py's ``llada`` section.
+
+  Fields: block_length (0 = one block of the whole sample), temperature (1 draws from the
+  model, as the MDLM/DUO evaluations sample; generate.py's own default 0 is greedy),
+  remasking ("low_confidence" | "random"), cfg_scale (classifier-free guidance, prompted
+  samples only; it doubles the rows of every backbone call).
+  """
+  return ml_collections.ConfigDict(dict(
+      block_length=0, temperature=1.0, remasking="low_confidence", cfg_scale=0.0))
+
+
 def sample_eval_config() -> ml_collections.ConfigDict:
   """The ``sample_eval`` section of the training config.
 

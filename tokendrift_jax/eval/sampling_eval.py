@@ -107,7 +107,8 @@ class SampleEvaluator:
     progress: tqdm bar over sampling batches.
     prefix: config prefix named in error messages.
     sampler_options: LLaDA only: generate.py's ``block_length`` (0 / None = length),
-      ``temperature``, ``remasking``, ``cfg_scale`` (:func:`llada_sampling.make_generate`).
+      ``temperature`` (default :data:`sampling.LLADA_UNCONDITIONAL_TEMPERATURE`),
+      ``remasking``, ``cfg_scale`` (:func:`llada_sampling.make_generate`).
     prompt_length: P > 0 draws prompt-conditioned samples (LLaDA only): every sample
       completes a given prompt of P tokens with ``length`` tokens (P + length at most the
       backbone's length); :meth:`evaluate` then takes the prompts.
@@ -152,16 +153,16 @@ class SampleEvaluator:
       what = "prompt-conditioned sampling" if prompt_length else f"sampler options {options}"
       raise EvalError(f"{prefix}: {what} is built for LLaDA backbones only (this one is "
                       f"sampled by the {process.name} sampler)")
-    if options.get("block_length") in (0,):
-      options.pop("block_length")
     self.model_cfg, self.process, self.judge, self.mesh = model_cfg, process, judge, mesh
     self.batch, self.length, self.progress = int(batch), length, progress
     self.prompt_length, self.prefix = prompt_length, prefix
     self.noise_removal = noise_removal or sampling_lib.DEFAULT_NOISE_REMOVAL[process.name]
     self.float64 = (sampling_lib.DEFAULT_FLOAT64[process.name] if float64 is None else float64)
     if llada:
-      options = dict({"temperature": sampling_lib.LLADA_UNCONDITIONAL_TEMPERATURE}, **options)
-      self.block_length = int(options.get("block_length", length))
+      # 0 / absent = one block of the whole sample (make_generate's None).
+      self.block_length = int(options.get("block_length") or length)
+      options = {"temperature": sampling_lib.LLADA_UNCONDITIONAL_TEMPERATURE, **options,
+                 "block_length": self.block_length}
     self.sampler_options = options
     gdef = models.graphdef(model_cfg, dtype=MODEL_DTYPES[model_dtype],
                            attention_impl=attention_impl or None)
@@ -275,13 +276,10 @@ class SampleEvaluator:
             continue
           bar.set_description(f"sampling NFE={nfe} seed={seed}")
           t0 = time.time()
-          tokens, nfe_model = (self.sample(params, nfe, seed, num_samples, bar)
-                               if prompts is None else
-                               self.sample(params, nfe, seed, num_samples, bar, prompts))
+          tokens, nfe_model = self.sample(params, nfe, seed, num_samples, bar, prompts)
           t1 = time.time()
           texts = self.judge.decode(tokens)
-          score = (self.judge.score(tokens, texts) if prompt_texts is None
-                   else self.judge.score(tokens, texts, prompt_texts))
+          score = self.judge.score(tokens, texts, prompt_texts)
           ent = entropy_lib.mean_entropy(tokens)
           t2 = time.time()
           row = dict(nfe=nfe, seed=seed, gen_ppl=score.gen_ppl, entropy=ent,
