@@ -130,8 +130,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
       progress=progress, sampler_options=options, prompt_length=prompt_length)
   nfes = evaluator.check_nfes(nfes)
   if prompts is not None:
-    try:
-      judge.decode(prompts)  # ids the tokenizer does not have are refused before sampling
+    if judge.kind != "gpt2":
+      raise EvalError(f"config.prompt: conditional judging needs the GPT-2 judge "
+                      f"(config.judge_kind='gpt2'), not {judge.kind!r}")
+    try:  # ids the tokenizer does not have are refused before the weights are loaded
+      judges.check_text_ids(prompts, process, judge.num_ids)
     except EvalError as e:
       raise EvalError(f"config.prompt.tokens={prompt_file!r}: {e}") from e
 
