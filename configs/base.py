@@ -8,13 +8,17 @@ import ml_collections
 
 from tokendrift_jax.data import input_pipeline
 from tokendrift_jax.eval import eval_config
+from tokendrift_jax.objectives import dcd
+from tokendrift_jax.objectives import sdtt
 from tokendrift_jax.train import optim
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # "drift" (TokenDrift) or "continuation" (the backbone's own loss, same budget).
+  # The training objective (tokendrift_jax/objectives/): "drift" (TokenDrift),
+  # "continuation" (the backbone's own loss, same budget), or the few-step distillation
+  # baselines "sdtt" (MDLM; section c.sdtt) and "dcd" (DUO; section c.dcd).
   c.objective = "drift"
   # A converted backbone (python -m convert SRC DST). The default names the released hub
   # model; this machine has no hub access, so point it at a local conversion.
@@ -53,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Positions averaged into the features h and u: "all" (the paper) or "completion" (only
   # the non-prompt positions; needs a prompt, see c.prompt).
   c.drift.pool = "all"
+  # The distillation baselines' sections (fields documented in their objective files).
+  c.sdtt = sdtt.default_config()
+  c.dcd = dcd.default_config()
 
   # Prompt-conditioned refinement (a never-corrupted prompt; needs a process whose corrupt
   # takes keep=, i.e. "llada"). mode: "none" (unconditional, the paper); "prefix" (the

@@ -18,7 +18,9 @@ from jax.sharding import PartitionSpec as P
 
 from tokendrift_jax import models
 from tokendrift_jax import sharding
+from tokendrift_jax.drift.objective import DriftConfig
 from tokendrift_jax.models import dit
+from tokendrift_jax.objectives.tokendrift import TokenDrift
 from tokendrift_jax.train import builder
 from tokendrift_jax.train import step as step_lib
 
@@ -196,11 +198,13 @@ def test_optimizer_state_and_ema_follow_the_params(tiny_model_config):
   """mu and nu (float32 or bfloat16) get their parameter's sharding; counts replicated."""
   abstract = models.abstract_params(_tiny_dit(tiny_model_config))
   mesh = _mesh((2, 2, 2))
+  drift_objective = TokenDrift(config=DriftConfig(queue_size=4), feature_dim=64)
   for mu_dtype in (None, jnp.bfloat16):
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3, mu_dtype=mu_dtype))
     state = jax.eval_shape(lambda p: step_lib.init_state(  # pylint: disable=cell-var-from-loop
-        p, opt, seed=0, ema=True, queue_size=4, feature_dim=64), abstract)
-    shardings = step_lib.state_sharding(state, mesh, "rules", logical_axes=dit.logical_axes)
+        p, opt, seed=0, ema=True, objective=drift_objective), abstract)
+    shardings = step_lib.state_sharding(state, mesh, "rules", logical_axes=dit.logical_axes,
+                                        objective=drift_objective)
     params = sharding.rules_sharding(abstract, mesh, dit.logical_axes)
     assert shardings.params == params and shardings.ema_params == params
     adam = shardings.opt_state[1][0]
@@ -208,7 +212,7 @@ def test_optimizer_state_and_ema_follow_the_params(tiny_model_config):
     assert adam.count == sharding.replicated(mesh)
     assert shardings.opt_state[0] == optax.EmptyState()
     assert all(s == sharding.replicated(mesh)
-               for s in jax.tree.leaves((shardings.queues, shardings.step, shardings.rng)))
+               for s in jax.tree.leaves((shardings.aux, shardings.step, shardings.rng)))
   assert params["blocks"][0]["attn_qkv"]["kernel"].spec == P("fsdp", "tensor")
 
 
@@ -251,6 +255,6 @@ def test_rules_shardings_of_a_built_step(tiny_model_config):
   state's moments and EMA like the params (no compile: shardings only)."""
   parts = builder.build_step(_step_config(tiny_model_config, (1, 2, 4), "rules"))
   params = parts.state_shardings.params
-  chex.assert_trees_all_equal_structs(parts.encoder_shardings, params)
-  assert parts.encoder_shardings == params and parts.state_shardings.ema_params == params
+  chex.assert_trees_all_equal_structs(parts.frozen_shardings, params)
+  assert parts.frozen_shardings == params and parts.state_shardings.ema_params == params
   assert params["blocks"][0]["mlp"][0]["kernel"].spec == P("fsdp", "tensor")

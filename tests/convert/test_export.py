@@ -185,8 +185,7 @@ def test_export_loads_in_the_public_code_and_imports_back_exactly(
 def _train_state_checkpoint(workdir, cfg, params, ema_params, step, process="mdlm"):
   import optax  # pylint: disable=import-outside-toplevel
   from tokendrift_jax.train import checkpointing, step as step_lib  # pylint: disable=C0415
-  state = step_lib.init_state(params, optax.adamw(1e-3), seed=0, ema=ema_params is not None,
-                              queue_size=None, feature_dim=None)
+  state = step_lib.init_state(params, optax.adamw(1e-3), seed=0, ema=ema_params is not None)
   if ema_params is not None:
     state = state.replace(ema_params=jax.tree.map(jnp.asarray, ema_params))
   ckpt = checkpointing.Checkpointer(str(workdir))

@@ -101,14 +101,15 @@ def _uniforms(key, i, dtype):
 
 
 def np_mdlm_trajectory(params, key, steps, *, cache, noise_removal="greedy",
-                       noise_dtype=jnp.float32):
-  """MDLM ddpm_cache in float64 NumPy; returns (tokens, forwards incl. noise removal)."""
+                       noise_dtype=jnp.float32, temperature=1.0):
+  """MDLM ddpm_cache in float64 NumPy; returns (tokens, forwards incl. noise removal).
+  ``temperature`` τ: the masked positions' p_x0 is softmax(z / τ) over the non-mask ids."""
   x = np.full((B, L), MASK)
   dt = (1 - T_MIN) / steps
   forwards, p = 0, None
 
-  def p_x0(x):
-    z = np_logits(params, x, np.zeros(B))
+  def p_x0(x, tau=temperature):
+    z = np_logits(params, x, np.zeros(B)) / tau
     z[..., MASK] = -np.inf
     return np.where((x == MASK)[..., None], np.exp(np_log_softmax(z)), np.eye(V)[x])
 
@@ -125,7 +126,7 @@ def np_mdlm_trajectory(params, key, steps, *, cache, noise_removal="greedy",
     x = x_new
   if noise_removal == "none":
     return x, forwards
-  return np.argmax(p_x0(x), -1), forwards + 1
+  return np.argmax(p_x0(x, 1.0), -1), forwards + 1
 
 
 def np_duo_posterior(x, xt, a_s, a_t):
@@ -135,13 +136,15 @@ def np_duo_posterior(x, xt, a_s, a_t):
   return joint / joint.sum(-1, keepdims=True)
 
 
-def np_duo_trajectory(params, key, steps, noise_removal, noise_dtype=jnp.float64):
+def np_duo_trajectory(params, key, steps, noise_removal, noise_dtype=jnp.float64,
+                      temperature=1.0):
   x = _duo_prior(key, noise_dtype)
   dt = (1 - T_MIN) / steps
   alpha = lambda t: 1 - (1 - 1e-3) * t
 
   def probs(x, t):
-    return np.exp(np_log_softmax(np_logits(params, x, np.full(B, -np.log(alpha(t))))))
+    z = np_logits(params, x, np.full(B, -np.log(alpha(t)))) / temperature
+    return np.exp(np_log_softmax(z))
 
   for i in range(steps):
     t = 1 - i * dt
@@ -160,17 +163,19 @@ def np_duo_trajectory(params, key, steps, noise_removal, noise_dtype=jnp.float64
 _SAMPLERS = {}
 
 
-def _sampler(kind, *, noise_removal=None, cache=True, mesh_devices=None, float64=None):
+def _sampler(kind, *, noise_removal=None, cache=True, mesh_devices=None, float64=None,
+             temperature=1.0):
   noise_removal = noise_removal or smp.DEFAULT_NOISE_REMOVAL[kind]
   float64 = smp.DEFAULT_FLOAT64[kind] if float64 is None else float64
-  k = (kind, noise_removal, cache, mesh_devices, float64)
+  k = (kind, noise_removal, cache, mesh_devices, float64, temperature)
   if k not in _SAMPLERS:
     process = MDLMProcess(V) if kind == "mdlm" else DUOProcess(V)
     mesh = None if mesh_devices is None else sharding.make_mesh(
         devices=jax.devices()[:mesh_devices])
     fn = _counting_logits if mesh is None else _logits
     _SAMPLERS[k] = make_sampler(process, fn, batch=B, length=L, noise_removal=noise_removal,
-                                cache=cache, float64=float64, mesh=mesh)
+                                cache=cache, float64=float64, mesh=mesh,
+                                **({} if temperature == 1.0 else {"temperature": temperature}))
   return _SAMPLERS[k]
 
 
@@ -300,6 +305,33 @@ def test_duo_trajectory_matches_numpy(noise_removal, float64):
     chex.assert_trees_all_equal(out.tokens, ref_x)
     assert int(out.nfe_model) == calls == ref_fwd == steps + 1
     assert out.nfe == steps and out.final_forward
+
+
+@pytest.mark.parametrize("kind,tau", [("mdlm", 0.7), ("duo", 1.6)])
+def test_tempered_trajectory_matches_numpy(kind, tau):
+  """Temperature τ: every step draws from p_x0^(1/τ) renormalised (the NumPy references
+  divide the denoiser's logits by τ before their softmax), the same uniforms; τ = 1 is the
+  untempered sampler's program exactly."""
+  params = _params(31, sig=0.0 if kind == "mdlm" else 0.3)
+  key = jax.random.key(32)
+  steps = 4
+  if kind == "mdlm":
+    ref_x, ref_fwd = np_mdlm_trajectory(params, key, steps, cache=True, temperature=tau)
+    untempered, _ = np_mdlm_trajectory(params, key, steps, cache=True)
+  else:
+    ref_x, ref_fwd = np_duo_trajectory(params, key, steps, "ancestral", temperature=tau)
+    untempered, _ = np_duo_trajectory(params, key, steps, "ancestral")
+  out, calls = _run(_sampler(kind, temperature=tau), params, key, steps)
+  chex.assert_trees_all_equal(out.tokens, ref_x)
+  assert int(out.nfe_model) == calls == ref_fwd
+  assert np.any(ref_x != untempered)  # the temperature changed the samples (not vacuous)
+  one = make_sampler(MDLMProcess(V) if kind == "mdlm" else DUOProcess(V), _logits, batch=B,
+                     length=L, temperature=1.0)
+  plain = make_sampler(MDLMProcess(V) if kind == "mdlm" else DUOProcess(V), _logits, batch=B,
+                       length=L)
+  chex.assert_trees_all_equal(one(params, key, steps).tokens, plain(params, key, steps).tokens)
+  with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+    make_sampler(MDLMProcess(V), _logits, batch=B, length=L, temperature=0.0)
 
 
 @pytest.mark.parametrize("kind,noise_removal,float64", [

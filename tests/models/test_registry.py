@@ -19,6 +19,7 @@ from flax import nnx
 
 from tokendrift_jax import checkpoints
 from tokendrift_jax import models
+from tokendrift_jax.objectives import tokendrift
 from tokendrift_jax.perf import flops as flops_lib
 from tokendrift_jax.train import builder
 from tokendrift_jax.train import trainer
@@ -156,10 +157,11 @@ def test_toy_family_trains_with_both_objectives(toy_family, tmp_path):
     assert max(moved) > 0
   # FLOP accounting asks the family.
   parts = builder.build_step(_config(tmp_path, process, "drift", init))
-  count = flops_lib.step_flops(parts.model_cfg, objective="drift", length=cfg.length,
-                               micro_batch=8, queue_size=16, n_temperatures=3)
+  count = flops_lib.step_flops(parts.model_cfg, objective=parts.objective, length=cfg.length,
+                               micro_batch=8)
   assert count.terms["generator_fwd"] == 8 * MixerFlops(cfg).forward(16, output_layer=True)
-  assert count.terms["drift"] == flops_lib.drift_per_microstep(8, cfg.feature_dim, 16, 3)
+  assert count.terms["drift"] == tokendrift.drift_per_microstep(
+      8, cfg.feature_dim, parts.objective.queue_size, 3)
 
 
 def test_unknown_family_is_named(tmp_path):

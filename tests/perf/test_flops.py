@@ -18,7 +18,11 @@ from flax import nnx
 from tokendrift_jax.drift import objective as obj
 from tokendrift_jax.drift import queue as qlib
 from tokendrift_jax.models import dit as dit_lib
+from tokendrift_jax.drift.objective import DriftConfig
 from tokendrift_jax.models.dit import DiT, DiTConfig
+from tokendrift_jax.objectives import tokendrift
+from tokendrift_jax.objectives.continuation import Continuation
+from tokendrift_jax.objectives.tokendrift import TokenDrift
 from tokendrift_jax.perf import benchmark as bench
 from tokendrift_jax.perf import flops
 from tokendrift_jax.perf import hlo
@@ -100,25 +104,23 @@ def test_drift_term_matches_hlo(compiled_text):
     return obj.drift_from_features(h, u, full(buf_r), full(buf_g), config)[0]
 
   text = compiled_text(drift, unit((n, m)), unit((n, m)), unit((q, m)), unit((q, m)))
-  assert hlo.dot_flops(text) == flops.drift_per_microstep(n, m, q, len(config.temperatures))
+  assert hlo.dot_flops(text) == tokendrift.drift_per_microstep(n, m, q, len(config.temperatures))
 
 
 def test_step_flops_bookkeeping():
   cfg = DiTConfig(vocab_size=100, hidden_size=32, cond_dim=8, n_blocks=3, n_heads=4,
                   length=16)
-  one = flops.step_flops(cfg, objective="drift", length=16, micro_batch=2, n_micro=1,
-                         queue_size=8, n_temperatures=3)
-  three = flops.step_flops(cfg, objective="drift", length=16, micro_batch=2, n_micro=3,
-                           queue_size=8, n_temperatures=3)
+  drift = TokenDrift(config=DriftConfig(queue_size=8), feature_dim=cfg.feature_dim)
+  one = flops.step_flops(cfg, objective=drift, length=16, micro_batch=2, n_micro=1)
+  three = flops.step_flops(cfg, objective=drift, length=16, micro_batch=2, n_micro=3)
   assert three.model == 3 * one.model and three.tokens == 3 * 2 * 16
-  cont = flops.step_flops(cfg, objective="continuation", length=16, micro_batch=2)
+  assert one.terms["drift"] == tokendrift.drift_per_microstep(2, cfg.feature_dim, 8, 3)
+  cont = flops.step_flops(cfg, objective=Continuation(), length=16, micro_batch=2)
   assert set(cont.terms) == {"generator_fwd", "generator_bwd"}
   assert cont.recompute == 0 and cont.hardware == cont.model
   # 2 · (parameters in matmuls) per token + attention: the usual transformer estimate.
   d, r = cfg.hidden_size, cfg.mlp_ratio
   assert dit_lib.DiTFlops(cfg).block_linear_per_token() == 2 * (4 + 2 * r) * d * d
   with pytest.raises(ValueError, match="remat policy"):
-    flops.step_flops(cfg, objective="continuation", length=16, micro_batch=2,
+    flops.step_flops(cfg, objective=Continuation(), length=16, micro_batch=2,
                      remat_policy="bogus")
-  with pytest.raises(ValueError, match="queue_size"):
-    flops.step_flops(cfg, objective="drift", length=16, micro_batch=2)

@@ -381,7 +381,7 @@ def test_resume_past_a_damaged_checkpoint_reproduces_the_uninterrupted_run(
   assert _steps_on_disk(wd) == [1, 2, 3]
   resumed = restore(wd, 3)
   chex.assert_trees_all_equal(resumed, restore(reference[0], 3))
-  assert int(resumed.queues["gen"].count) == 24  # 3 steps x 2 micro-steps x 8 > 24: wrapped
+  assert int(resumed.aux["gen"].count) == 24  # 3 steps x 2 micro-steps x 8 > 24: wrapped
 
 
 @NO_NOISE

@@ -52,13 +52,14 @@ def _one_step(config):
   parts = builder.build_step(config)
   params = checkpoints.load_backbone_params(config.init_checkpoint)[1]
   state = sharding.to_global(parts.init_state(params), parts.state_shardings)
-  encoder = (None if parts.drift is None
-             else sharding.to_global(params, parts.encoder_shardings))
+  encoder = parts.objective.frozen(params)
+  if encoder is not None:
+    encoder = sharding.to_global(encoder, parts.frozen_shardings)
   batch = jax.make_array_from_process_local_data(parts.batch_sharding,
                                                  _first_batch(config, parts))
   state, metrics = parts.step_fn(state, batch, encoder)
   assert bool(metrics["finite"])
-  return jax.device_get((metrics["loss"], state.params, state.queues)), params, state
+  return jax.device_get((metrics["loss"], state.params, state.aux)), params, state
 
 
 def _config(tiny_dir, tiny_llada_run_config, objective, mesh="one", prompt=False, **over):
@@ -136,7 +137,7 @@ def _restored(workdir, step, config):
     state, _, _ = ckpt.restore(step, abstract_state)
   finally:
     ckpt.close()
-  return jax.device_get((state.params, state.queues))
+  return jax.device_get((state.params, state.aux))
 
 
 def test_prompted_drift_run_resumes_on_fsdp_4x2_as_on_one_device(
@@ -212,7 +213,7 @@ def test_shipped_llada_configs_build(name):
   process = builder.process_for(c, model_cfg)
   assert (process.name, process.mask_id, process.sampling_eps) == ("llada", 126336, 0.0)
   if c.objective == "drift":
-    assert builder.drift_config(c).pool == "all"
+    assert builder.objective_for(c, model_cfg, process).config.pool == "all"
   spec = prompt_lib.from_config(c, model_cfg.length, process)
   assert spec.active == ("prompt" in name)
   with pytest.raises(trainer.TrainError,

@@ -19,6 +19,7 @@ import pytest
 
 from tokendrift_jax import models
 from tokendrift_jax.diffusion import make_process
+from tokendrift_jax.objectives.continuation import Continuation
 from tokendrift_jax.train import losses
 from tokendrift_jax.train import optim
 from tokendrift_jax.train import step as step_lib
@@ -58,13 +59,12 @@ def test_two_steps_match_numpy_adamw_clip_and_ema(tiny_model_config, random_para
   ocfg = ml_collections.ConfigDict(dict(lr=LR, b1=B1, b2=B2, eps=EPS, weight_decay=WD,
                                         warmup_steps=0, grad_clip=CLIP, schedule="constant"))
   optimizer = optim.make_optimizer(ocfg, total_steps=10)
-  ctx = losses.StepContext(graphdef=models.graphdef(cfg), process=process, drift=None,
-                           mesh=None, dropout=False)
+  ctx = losses.StepContext(graphdef=models.graphdef(cfg), process=process, mesh=None,
+                           dropout=False)
   scfg = step_lib.StepConfig(micro_batch=4, ema_decay=DECAY,
                              lr_schedule=optim.learning_rate_schedule(ocfg, 10))
-  step_fn = jax.jit(step_lib.make_train_step(ctx, optimizer, scfg))
-  state = step_lib.init_state(params0, optimizer, seed=5, ema=True, queue_size=None,
-                              feature_dim=None)
+  step_fn = jax.jit(step_lib.make_train_step(ctx, Continuation(), optimizer, scfg))
+  state = step_lib.init_state(params0, optimizer, seed=5, ema=True)
   rng = state.rng
   grad_fn = _micro_grad(ctx)
 

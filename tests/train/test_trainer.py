@@ -102,8 +102,9 @@ def _one_step(config):
   parts = builder.build_step(config)
   _, params, _ = checkpoints.load_backbone_params(config.init_checkpoint)
   state = sharding.to_global(parts.init_state(params), parts.state_shardings)
-  encoder = (None if parts.drift is None
-             else sharding.to_global(params, parts.encoder_shardings))
+  encoder = parts.objective.frozen(params)
+  if encoder is not None:
+    encoder = sharding.to_global(encoder, parts.frozen_shardings)
   rows = np.load(config.data.train_tokens)[:int(config.batch.global_batch)]
   state, metrics = parts.step_fn(state, sharding.to_global(rows, parts.batch_sharding),
                                  encoder)
@@ -178,7 +179,7 @@ def test_one_device_equals_tensor_meshes(objective, shape, remat_policy, tiny_di
   adam = state.opt_state[1][0]
   assert jax.tree.map(lambda a: a.sharding, (adam.mu, adam.nu)) == (param_shardings,) * 2
   if encoder is not None:
-    assert parts.encoder_shardings == param_shardings
+    assert parts.frozen_shardings == param_shardings
     assert jax.tree.map(lambda a: a.sharding, encoder) == param_shardings
     chex.assert_trees_all_equal_structs(encoder, state.params)
   block = state.params["blocks"][0]
@@ -207,8 +208,8 @@ def test_one_device_equals_tensor_meshes(objective, shape, remat_policy, tiny_di
     _assert_first_adam_step_close(got, ref, got_adam.mu, ref_adam.mu, c.lr, c.b1, c.eps)
   if objective == "drift":
     # Unit-norm features (test_losses' bound); pointer and count exactly.
-    chex.assert_trees_all_close(got_state.queues, ref_state.queues, rtol=0, atol=1e-6)
-    assert int(got_state.queues["gen"].count) == 16   # 2 micro-steps of 8
+    chex.assert_trees_all_close(got_state.aux, ref_state.aux, rtol=0, atol=1e-6)
+    assert int(got_state.aux["gen"].count) == 16   # 2 micro-steps of 8
 
 
 # ------------------------------------------------------------------ resume
@@ -237,7 +238,7 @@ def test_resume_is_bitwise_identical(tiny_dir, tmp_path, tiny_run_config, read_l
   a = _state_at(full, 6, tiny_run_config(tiny_dir, steps=6))
   b = _state_at(split, 6, tiny_run_config(tiny_dir, steps=6))
   chex.assert_trees_all_equal(a, b)
-  assert int(a.queues["gen"].count) == 24  # 6 steps x 2 micro-steps x 8 > 24: wrapped
+  assert int(a.aux["gen"].count) == 24  # 6 steps x 2 micro-steps x 8 > 24: wrapped
 
 
 def test_resume_refuses_another_first_moment_dtype(tiny_dir, tmp_path, tiny_run_config):

@@ -31,6 +31,7 @@ scoped ``jax.enable_x64(True)``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import chex
@@ -182,6 +183,23 @@ def duo_ancestral_step(p_x0: jax.Array, x: jax.Array, alpha_s: jax.Array, alpha_
 # --- loops ----------------------------------------------------------------------------
 
 
+def check_temperature(temperature) -> float:
+  """A sampling temperature: a finite Python number > 0 (ValueError otherwise)."""
+  if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+      or not math.isfinite(temperature) or temperature <= 0):
+    raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+  return float(temperature)
+
+
+def tempered_log_probs(log_probs: jax.Array, temperature: float) -> jax.Array:
+  """log softmax(ℓ / τ) over the last axis: the log-probabilities of p^(1/τ) / Σ p^(1/τ)
+  for ℓ = log p [..., V]; ℓ itself (no operation) at τ = 1. Positions whose p is one-hot
+  (MDLM's carried-over tokens, whose other entries are −1e6) stay one-hot."""
+  if temperature == 1.0:
+    return log_probs
+  return jax.nn.log_softmax(log_probs / jnp.asarray(temperature, log_probs.dtype), axis=-1)
+
+
 def _check_options(process, noise_removal: str | None, float64: bool | None):
   if not isinstance(process, (MDLMProcess, DUOProcess)):
     raise TypeError(f"process must be an MDLMProcess or DUOProcess, got {type(process).__name__}")
@@ -198,7 +216,8 @@ def _check_options(process, noise_removal: str | None, float64: bool | None):
 def sampling_loop(process, logits_fn: LogitsFn, key: jax.Array, steps: jax.Array, *,
                   batch: int, length: int, noise_removal: str | None = None,
                   cache: bool = True, float64: bool | None = None,
-                  mesh: Mesh | None = None) -> tuple[jax.Array, jax.Array]:
+                  mesh: Mesh | None = None, temperature: float = 1.0
+                  ) -> tuple[jax.Array, jax.Array]:
   """Traceable sampler body: (tokens int32[B, L], nfe_model int32 scalar).
 
   Call it inside jit (``steps`` may be traced); :func:`make_sampler` does that for you.
@@ -217,8 +236,12 @@ def sampling_loop(process, logits_fn: LogitsFn, key: jax.Array, steps: jax.Array
       time-conditioned MDLM, as in the reference. Must stay True for DUO (unused).
     float64: sampling precision; default False for MDLM, True for DUO.
     mesh: if given, the batch axis of every [B, ...] array is sharded over it.
+    temperature: τ > 0 (a Python float): every step draws from p_x0^(1/τ), renormalised
+      (``tempered_log_probs``); 1 = the model's own p_x0 (the program is then exactly the
+      untempered one). The greedy noise-removal argmax does not depend on τ.
   """
   noise_removal, float64 = _check_options(process, noise_removal, float64)
+  check_temperature(temperature)
   dtype = jnp.float64 if float64 else jnp.float32
   if float64 and not jax.config.jax_enable_x64:
     raise RuntimeError("a float64 sampling loop must be traced under jax.enable_x64(True); "
@@ -252,7 +275,7 @@ def sampling_loop(process, logits_fn: LogitsFn, key: jax.Array, steps: jax.Array
 
     lp = jax.lax.cond(use_cache, lambda: lp_cache, forward)
     nfe = nfe + jnp.logical_not(use_cache).astype(jnp.int32)
-    p_x0 = jnp.exp(lp.astype(dtype))
+    p_x0 = jnp.exp(tempered_log_probs(lp.astype(dtype), temperature))
     u = constrain(step_uniforms(k_steps, i, (batch, length, vocab), dtype))
     if is_mdlm:
       x_next = mdlm_ddpm_step(p_x0, x, t, t - dt, u, process.mask_id)
@@ -292,8 +315,9 @@ def make_sampler(process, apply_fn: ApplyFn, *, batch: int, length: int,
     batch, length, noise_removal, cache, float64, mesh: see :func:`sampling_loop`.
       With a mesh, ``batch`` must divide over its batch shards; tokens come back
       batch-sharded.
-    **options: LLaDA only: generate.py's ``block_length`` (default: length),
-      ``temperature`` (default :data:`LLADA_UNCONDITIONAL_TEMPERATURE`), ``cfg_scale``,
+    **options: ``temperature`` (every process; MDLM/DUO: see :func:`sampling_loop`,
+      default 1; LLaDA: generate.py's, default :data:`LLADA_UNCONDITIONAL_TEMPERATURE`);
+      LLaDA only: generate.py's ``block_length`` (default: length), ``cfg_scale``,
       ``remasking`` (see :func:`llada_sampling.make_generate`); unconditional (empty
       prompt, gen_length = length).
 
@@ -304,6 +328,8 @@ def make_sampler(process, apply_fn: ApplyFn, *, batch: int, length: int,
     return _llada_sampler(process, apply_fn, batch=batch, length=length,
                           noise_removal=noise_removal, cache=cache, float64=float64,
                           mesh=mesh, **options)
+  options = dict(options)
+  temperature = check_temperature(options.pop("temperature", 1.0))
   if options:
     raise ValueError(f"sampler option(s) {sorted(options)} apply only to "
                      f"diffusion.process='llada', not {getattr(process, 'name', process)!r}")
@@ -321,7 +347,7 @@ def make_sampler(process, apply_fn: ApplyFn, *, batch: int, length: int,
   def run(params, key, steps):
     return sampling_loop(process, lambda x, sigma: apply_fn(params, x, sigma), key, steps,
                          batch=batch, length=length, noise_removal=noise_removal,
-                         cache=cache, float64=float64, mesh=mesh)
+                         cache=cache, float64=float64, mesh=mesh, temperature=temperature)
 
   jitted = jax.jit(run, out_shardings=out_shardings)
   final_forward = noise_removal != "none"

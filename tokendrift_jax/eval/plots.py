@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
 from matplotlib import ticker  # noqa: E402  pylint: disable=wrong-import-position
 
+from tokendrift_jax.eval import frontier  # noqa: E402  pylint: disable=wrong-import-position
+
 
 def _save(fig, path: str) -> str:
   directory = os.path.dirname(os.path.abspath(path)) or "."
@@ -120,6 +122,34 @@ def plot_comparison(runs: Sequence[tuple[str, Sequence[dict]]], path: str, *,
   ax_ent.set_ylabel("entropy (nats) ↑")
   ax_ent.set_title("Entropy")
   ax_ppl.legend()
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+def plot_frontier(methods: Sequence[tuple[str, Sequence[dict]]], reference: dict[int, float],
+                  path: str, *, title: str | None = None) -> str:
+  """The Gen-PPL–entropy frontier, one panel per NFE: each method's temperature sweep (mean
+  over seeds, :func:`eval.frontier.curves`) as a line in (entropy, Gen-PPL on a log axis),
+  its τ = 1 point starred, the reference entropy as a dashed vertical line."""
+  nfes = sorted(reference)
+  fig, axes = plt.subplots(1, len(nfes), figsize=(4.2 * len(nfes), 3.6), squeeze=False)
+  for ax, nfe in zip(axes[0], nfes):
+    for label, rows in methods:
+      pts = frontier.curves(rows).get(nfe, [])
+      if not pts:
+        continue
+      line, = ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", ms=3,
+                      label=label)
+      ones = [p for p in pts if p[0] == 1.0]
+      if ones:
+        ax.plot([ones[0][1]], [ones[0][2]], marker="*", ms=10, color=line.get_color())
+    ax.axvline(reference[nfe], color="0.5", lw=0.8, ls="--")
+    _log_y(ax)
+    ax.set_xlabel("entropy")
+    ax.set_title(f"NFE = {nfe}")
+  axes[0][0].set_ylabel("Gen-PPL (★: τ = 1)")
+  axes[0][-1].legend(fontsize=7)
   if title:
     fig.suptitle(title)
   return _save(fig, path)

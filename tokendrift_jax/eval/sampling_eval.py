@@ -65,7 +65,7 @@ class Evaluation:
   Attributes:
     rows: one dict per (NFE, seed) with nfe, seed, gen_ppl, entropy, num_samples,
       nfe_model (mean backbone forwards per sampling batch), nll_sum, num_tokens,
-      sample_time_s, score_time_s.
+      temperature, sample_time_s, score_time_s.
     samples: one dict per sample (nfe, seed, index, text, token_ids), or None.
   """
   rows: list[dict]
@@ -106,9 +106,11 @@ class SampleEvaluator:
     attention_impl: passed to the backbone ("" / None = XLA's choice).
     progress: tqdm bar over sampling batches.
     prefix: config prefix named in error messages.
-    sampler_options: LLaDA only: generate.py's ``block_length`` (0 / None = length),
-      ``temperature`` (default :data:`sampling.LLADA_UNCONDITIONAL_TEMPERATURE`),
-      ``remasking``, ``cfg_scale`` (:func:`llada_sampling.make_generate`).
+    sampler_options: ``temperature`` (every process: MDLM/DUO draw each step from
+      p_x0^(1/τ), default 1; LLaDA: generate.py's, default
+      :data:`sampling.LLADA_UNCONDITIONAL_TEMPERATURE`); LLaDA only: generate.py's
+      ``block_length`` (0 / None = length), ``remasking``, ``cfg_scale``
+      (:func:`llada_sampling.make_generate`).
     prompt_length: P > 0 draws prompt-conditioned samples (LLaDA only): every sample
       completes a given prompt of P tokens with ``length`` tokens (P + length at most the
       backbone's length); :meth:`evaluate` then takes the prompts.
@@ -149,8 +151,10 @@ class SampleEvaluator:
                       f"{model_cfg.vocab_size}")
     llada = isinstance(process, LLaDAProcess)
     options = {k: v for k, v in dict(sampler_options or {}).items() if v is not None}
-    if (options or prompt_length) and not llada:
-      what = "prompt-conditioned sampling" if prompt_length else f"sampler options {options}"
+    llada_only = {k: v for k, v in options.items() if k != "temperature"}
+    if (llada_only or prompt_length) and not llada:
+      what = ("prompt-conditioned sampling" if prompt_length
+              else f"sampler options {llada_only}")
       raise EvalError(f"{prefix}: {what} is built for LLaDA backbones only (this one is "
                       f"sampled by the {process.name} sampler)")
     self.model_cfg, self.process, self.judge, self.mesh = model_cfg, process, judge, mesh
@@ -164,6 +168,7 @@ class SampleEvaluator:
       options = {"temperature": sampling_lib.LLADA_UNCONDITIONAL_TEMPERATURE, **options,
                  "block_length": self.block_length}
     self.sampler_options = options
+    self.temperature = float(options.get("temperature", 1.0))
     gdef = models.graphdef(model_cfg, dtype=MODEL_DTYPES[model_dtype],
                            attention_impl=attention_impl or None)
 
@@ -285,8 +290,8 @@ class SampleEvaluator:
           row = dict(nfe=nfe, seed=seed, gen_ppl=score.gen_ppl, entropy=ent,
                      num_samples=int(tokens.shape[0]),
                      nfe_model=float(np.mean(nfe_model)), nll_sum=score.nll_sum,
-                     num_tokens=score.num_tokens, sample_time_s=t1 - t0,
-                     score_time_s=t2 - t1)
+                     num_tokens=score.num_tokens, temperature=self.temperature,
+                     sample_time_s=t1 - t0, score_time_s=t2 - t1)
           if isinstance(self.process, LLaDAProcess):
             # generate.py may commit the mask id itself (its argmax runs over every id);
             # decoding drops it with the special tokens, so the count is reported here.

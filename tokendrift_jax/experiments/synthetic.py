@@ -9,10 +9,16 @@ interrupted training stage resumes from its last checkpoint):
    (MDLM NELBO or DUO ELBO) -- the stand-in for the released checkpoint;
 3. ``continuation`` and ``drift`` for every refinement seed: the same budget from the
    same pretrained weights, with the backbone's loss or with TokenDrift;
+   the distillation ``baselines`` of ``refine.baselines`` (SDTT for MDLM, DCD for DUO:
+   :mod:`tokendrift_jax.objectives`) from the same weights at the TokenDrift stage's model
+   FLOPs (:mod:`tokendrift_jax.perf.budget`), their teacher rounds spread evenly over it;
    further named ``variants`` (ablations) are TokenDrift runs with config overrides;
-4. ``eval``: samples at each NFE judged by the language's exact likelihood
-   (Gen-PPL = exp of the mean per-token NLL) plus entropy; the pretrained model is
-   sampled with the same seeds. Results: ``WORKDIR/results.json``, ``results.md``.
+4. ``eval``: samples at each NFE and each sampling temperature of
+   ``evaluation.temperatures`` judged by the language's exact likelihood (Gen-PPL = exp
+   of the mean per-token NLL) plus entropy; the pretrained model is sampled with the same
+   seeds. The table reads τ = 1; with a sweep, every method is also read at the
+   pretrained model's entropy (:mod:`tokendrift_jax.eval.frontier`) and the frontier is
+   plotted. Results: ``WORKDIR/results.json``, ``results.md``, ``frontier.png``.
 
 Seeds: refinement seed s trains continuation / drift with run seed s and samples them
 with sampling seed s; the pretrained model is sampled with every sampling seed. Mean ± SD
@@ -33,15 +39,20 @@ import ml_collections
 import numpy as np
 
 from tokendrift_jax import checkpoints
+from tokendrift_jax import objectives
 from tokendrift_jax import sharding
 from tokendrift_jax.data import synthetic
 from tokendrift_jax.diffusion import make_process_for_model
 from tokendrift_jax.train import builder
 from tokendrift_jax.eval import entropy
 from tokendrift_jax.eval import files
+from tokendrift_jax.eval import frontier
 from tokendrift_jax.eval import judges
+from tokendrift_jax.eval import plots
 from tokendrift_jax.eval import report
 from tokendrift_jax.eval import sampling_eval
+from tokendrift_jax.perf import budget
+from tokendrift_jax.objectives import sdtt
 from tokendrift_jax.train import trainer
 
 def language(config) -> synthetic.SyntheticLanguage:
@@ -133,8 +144,10 @@ def config_hash(cfg, context: dict) -> str:
   for section, keys in _PRESENTATION.items():
     for k in keys:
       d.get(section, {}).pop(k, None)
-  if d.get("objective") != "drift":
-    d.pop("drift", None)  # unused by continuation training
+  for name in objectives.names():  # the sections of the objectives the stage does not run
+    section = objectives.get(name).section
+    if section and name != d.get("objective"):
+      d.pop(section, None)
   d.get("data", {}).pop("train_tokens", None)
   d.get("data", {}).pop("valid_tokens", None)
   d.pop("init_checkpoint", None)
@@ -145,7 +158,7 @@ def config_hash(cfg, context: dict) -> str:
 @dataclasses.dataclass
 class Stage:
   name: str                      # directory under the workdir
-  method: str                    # "pretrain", "continuation", "drift" or a variant name
+  method: str                    # "pretrain", "continuation", "drift", a baseline or variant
   config: ml_collections.ConfigDict
   digest: str
   seeds: tuple[int, ...]         # sampling seeds of its evaluation
@@ -164,15 +177,54 @@ def plan(config, workdir: str, data: dict) -> list[Stage]:
   init = os.path.join(workdir, "pretrain", "backbone")
   refine_context = dict(context, init=stages[0].digest)
   variants = config.get("variants", ml_collections.ConfigDict()).to_dict()
+  baselines = tuple(str(b) for b in config.refine.get("baselines", ()))
   for seed in seeds:
     todo = [(m, m, None) for m in ("continuation", "drift")]
+    todo += [(b, b, None) for b in baselines]
     todo += [(v, "drift", o) for v, o in variants.items()]
     for method, objective, overrides in todo:
       cfg = _stage_config(config, objective=objective, init=init, seed=seed, data=data,
                           stage=config.refine, overrides=overrides)
+      if method in baselines:
+        drift = _stage_config(config, objective="drift", init=init, seed=seed, data=data,
+                              stage=config.refine)
+        cfg = matched_baseline(cfg, drift, int(config.refine.baseline_rounds[method]))
       stages.append(Stage(f"{method}_seed{seed}", method, cfg,
                           config_hash(cfg, refine_context), (seed,)))
   return stages
+
+
+# The field of each distillation objective that sets its round length (teacher refresh).
+ROUND_FIELDS = {"sdtt": ("sdtt", "round_steps"), "dcd": ("dcd", "update_teacher_every")}
+
+
+def matched_baseline(cfg, drift_cfg, rounds: int):
+  """``cfg`` (a distillation stage) with the most steps whose model FLOPs fit the
+  TokenDrift stage ``drift_cfg``'s, a multiple of ``rounds``, split into ``rounds`` equal
+  teacher rounds (SDTT: at most the rounds its grid allows)."""
+  objective = str(cfg.objective)
+  if objective not in ROUND_FIELDS:
+    raise trainer.TrainError(f"refine.baselines: {objective!r} is not a distillation "
+                             f"objective; expected some of {sorted(ROUND_FIELDS)}")
+  section, field = ROUND_FIELDS[objective]
+  if objective == "sdtt":
+    s = cfg.sdtt
+    allowed = sdtt.rounds_allowed(
+        sampling_eps=float(cfg.diffusion.sampling_eps),
+        initial_sampling_steps=int(s.initial_sampling_steps),
+        num_distill_steps=int(s.num_distill_steps), min_sampling_steps=int(s.min_sampling_steps))
+    if not 1 <= rounds <= allowed:
+      raise trainer.TrainError(f"refine.baseline_rounds['sdtt']={rounds} must be in [1, "
+                               f"{allowed}] (the rounds config.sdtt's grid allows)")
+  c = copy.deepcopy(cfg)
+  # One round while counting: the FLOPs of a step do not depend on the round length.
+  c[section][field] = c.train.steps = 1
+  try:
+    steps = budget.matched_steps(drift_cfg, c, multiple=rounds)
+  except ValueError as e:
+    raise trainer.TrainError(f"refine.baselines ({objective}): {e}") from e
+  c.train.steps, c[section][field] = steps, steps // rounds
+  return c
 
 
 def _train_stage(stage: Stage, workdir: str) -> str:
@@ -205,22 +257,35 @@ def _train_stage(stage: Stage, workdir: str) -> str:
 
 
 _EVALUATORS: dict = {}
+BASELINE_LABELS = {"sdtt": "SDTT", "dcd": "DCD"}
+
+
+def temperatures(config) -> tuple[float, ...]:
+  """The sampling temperatures of ``config.evaluation`` (default: τ = 1 only)."""
+  taus = tuple(float(t) for t in config.evaluation.get("temperatures", (1.0,)))
+  if not taus or any(not t > 0 for t in taus) or len(set(taus)) != len(taus):
+    raise trainer.TrainError(f"config.evaluation.temperatures must be distinct numbers > 0, "
+                             f"got {taus}")
+  return taus
 
 
 def _evaluate(config, backbone: str, lang, seeds, mesh) -> list[dict]:
   cfg, params, meta = checkpoints.load_backbone_params(backbone)
   ev = config.evaluation
   process_name = checkpoints.checkpoint_process(meta, backbone)
-  key = (cfg, process_name, lang.seed, int(ev.batch), id(mesh))
-  if key not in _EVALUATORS:  # one compiled sampler for every backbone of the experiment
-    process = make_process_for_model(process_name, cfg)
-    judge = judges.SyntheticJudge(lang, process=process, progress=False)
-    _EVALUATORS[key] = sampling_eval.SampleEvaluator(cfg, process, judge, mesh=mesh,
-                                                     batch=int(ev.batch), progress=False)
   params = sharding.to_global(params, sharding.replicated(mesh))
-  out = _EVALUATORS[key].evaluate(params, tuple(ev.nfe), tuple(seeds), int(ev.num_samples),
-                                  keep_samples=False)
-  return out.rows
+  rows = []
+  for tau in temperatures(config):
+    key = (cfg, process_name, lang.seed, int(ev.batch), id(mesh), tau)
+    if key not in _EVALUATORS:  # one compiled sampler per temperature for every backbone
+      process = make_process_for_model(process_name, cfg)
+      judge = judges.SyntheticJudge(lang, process=process, progress=False)
+      _EVALUATORS[key] = sampling_eval.SampleEvaluator(
+          cfg, process, judge, mesh=mesh, batch=int(ev.batch), progress=False,
+          sampler_options=None if tau == 1.0 else {"temperature": tau})
+    rows += _EVALUATORS[key].evaluate(params, tuple(ev.nfe), tuple(seeds),
+                                      int(ev.num_samples), keep_samples=False).rows
+  return rows
 
 
 def _eval_stage(name: str, config, backbone: str, lang, seeds, workdir: str, mesh
@@ -303,11 +368,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     results.setdefault(method, []).extend(
         _eval_stage(st.name, config, backbones[st.name], lang, st.seeds, workdir, mesh))
   variants = config.get("variants", ml_collections.ConfigDict()).to_dict()
+  baselines = tuple(str(b) for b in config.refine.get("baselines", ()))
   results["language samples"] = reference_rows(config, lang, seeds)
 
-  summary = {k: report.summarize(v) for k, v in results.items()}
+  # The tables read τ = 1 (the model's own distribution); the sweep feeds the frontier.
+  at_one = {k: [r for r in v if float(r.get("temperature", 1.0)) == 1.0]
+            for k, v in results.items()}
+  summary = {k: report.summarize(v) for k, v in at_one.items()}
   main = [("Pretrained", summary["pretrained"]), ("Cont. learning", summary["continuation"]),
           ("TokenDrift", summary["drift"])]
+  main += [(BASELINE_LABELS.get(b, b), summary[b]) for b in baselines]
   table = report.markdown_table(main)
   floor = {s["nfe"]: s for s in summary["language samples"]}
   any_nfe = next(iter(floor.values()))
@@ -319,11 +389,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         (f"{v}: {_describe(o)}", summary[v]) for v, o in variants.items()]
     table += "\nAblations (TokenDrift, same budget and seeds):\n\n" + report.markdown_table(
         ablation)
+  matched = None
+  if len(temperatures(config)) > 1:
+    reference = frontier.reference_entropy(results["pretrained"])
+    labelled = [(label, results[m]) for label, m in
+                [("Pretrained", "pretrained"), ("Cont. learning", "continuation"),
+                 ("TokenDrift", "drift")] + [(BASELINE_LABELS.get(b, b), b) for b in baselines]]
+    table += (f"\nAt matched entropy (temperatures {list(temperatures(config))}; each seed's "
+              f"sweep read at the pretrained model's τ = 1 entropy, never extrapolated):\n\n"
+              + frontier.markdown(labelled, reference) + "\n")
+    matched = {m: frontier.matched(results[m], reference)
+               for m in ["pretrained", "continuation", "drift", *baselines]}
+    plots.plot_frontier(labelled, reference, os.path.join(workdir, "frontier.png"),
+                        title=f"{str(config.diffusion.process).upper()}: Gen-PPL vs entropy")
   timings = _recorded_seconds(workdir, stages)
   payload = {"process": str(config.diffusion.process), "family": str(config.model.family),
              "language": config.language.to_dict(),
              "seeds": list(seeds), "nfe": list(config.evaluation.nfe),
-             "rows": results, "summary": summary, "seconds": timings}
+             "rows": results, "summary": summary, "matched_entropy": matched,
+             "seconds": timings}
   files.write_json(os.path.join(workdir, "results.json"), payload)
   header = (f"# {str(config.diffusion.process).upper()} on the synthetic language: Gen.-PPL (exact "
             f"likelihood judge) and entropy, mean ± SD over seeds {list(seeds)}\n\n")
@@ -347,8 +431,13 @@ def experiment_config() -> ml_collections.ConfigDict:
   c.pretrain = ml_collections.ConfigDict(dict(steps=600, lr=1e-3, warmup_steps=50,
                                               global_batch=64, micro_batch=64,
                                               weights="raw"))
+  # baselines: distillation objectives run at the TokenDrift stage's model FLOPs, their
+  # teacher rounds (baseline_rounds) spread evenly over it.
   c.refine = ml_collections.ConfigDict(dict(steps=100, lr=1e-4, warmup_steps=0,
-                                            global_batch=64, micro_batch=8, seeds=(0,)))
+                                            global_batch=64, micro_batch=8, seeds=(0,),
+                                            baselines=(), baseline_rounds=dict(sdtt=7, dcd=5)))
   c.variants = ml_collections.ConfigDict()
-  c.evaluation = ml_collections.ConfigDict(dict(nfe=(4, 8, 16), num_samples=256, batch=64))
+  # temperatures: a sweep > 1 value adds the matched-entropy table and frontier.png.
+  c.evaluation = ml_collections.ConfigDict(dict(nfe=(4, 8, 16), num_samples=256, batch=64,
+                                                temperatures=(1.0,)))
   return c

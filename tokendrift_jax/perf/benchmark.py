@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 
 from tokendrift_jax import models
+from tokendrift_jax import objectives
 from tokendrift_jax import sharding
 from tokendrift_jax.perf import flops as flops_lib
 from tokendrift_jax.perf import hlo
@@ -86,8 +87,8 @@ def apply_size(config: ml_collections.ConfigDict, size: str, length: int = 0,
 def case_config(config: ml_collections.ConfigDict, *, objective: str, per_device_batch: int,
                 n_micro: int = 1) -> ml_collections.ConfigDict:
   """``config`` set up for one case: micro_batch = per-device batch × batch shards."""
-  if objective not in builder.OBJECTIVES:
-    raise BenchmarkError(f"objective must be one of {builder.OBJECTIVES}, got {objective!r}")
+  if objective not in objectives.names():
+    raise BenchmarkError(f"objective must be one of {objectives.names()}, got {objective!r}")
   if per_device_batch < 1 or n_micro < 1:
     raise BenchmarkError(f"per-device batch {per_device_batch} and n_micro {n_micro} must "
                          f"be >= 1")
@@ -116,7 +117,7 @@ class StepSetup:
   """A built (not yet compiled) training step and what it is called with."""
   parts: builder.StepParts
   abstract_args: tuple                 # ShapeDtypeStructs carrying the shardings
-  make_args: Callable[[], tuple]       # concrete (state, batch, encoder_params)
+  make_args: Callable[[], tuple]       # concrete (state, batch, frozen)
 
   @property
   def config(self) -> ml_collections.ConfigDict:
@@ -128,7 +129,7 @@ class StepSetup:
 
   @property
   def fn(self) -> Callable:
-    """The jitted step(state, batch, encoder_params) of ``train.builder.build_step``."""
+    """The jitted step(state, batch, frozen) of ``train.builder.build_step``."""
     return self.parts.step_fn
 
   @property
@@ -136,8 +137,8 @@ class StepSetup:
     return self.parts.mesh
 
   @property
-  def drift(self):
-    return self.parts.drift
+  def objective(self):
+    return self.parts.objective
 
 
 _PARAM_CACHE: dict[tuple[Any, int], dict] = {}
@@ -174,8 +175,8 @@ def random_tokens(process, global_batch: int, length: int, seed: int) -> np.ndar
 
 def build_step(config: ml_collections.ConfigDict, *, seed: int = 0) -> StepSetup:
   """The training step of ``config`` (``train.builder.build_step``), without data or ckpt."""
-  if config.objective not in builder.OBJECTIVES:
-    raise BenchmarkError(f"config.objective must be one of {builder.OBJECTIVES}, got "
+  if config.objective not in objectives.names():
+    raise BenchmarkError(f"config.objective must be one of {objectives.names()}, got "
                          f"{config.objective!r}")
   parts = builder.build_step(config)
   g, length = int(config.batch.global_batch), parts.model_cfg.length
@@ -185,8 +186,10 @@ def build_step(config: ml_collections.ConfigDict, *, seed: int = 0) -> StepSetup
     state = sharding.to_global(parts.init_state(params), parts.state_shardings)
     tokens = random_tokens(parts.process, g, length, seed)
     batch = sharding.to_global(tokens, parts.batch_sharding)
-    enc = None if parts.drift is None else sharding.to_global(params, parts.encoder_shardings)
-    return state, batch, enc
+    frozen = parts.objective.frozen(params)
+    if frozen is not None:
+      frozen = sharding.to_global(frozen, parts.frozen_shardings)
+    return state, batch, frozen
 
   return StepSetup(parts=parts, abstract_args=parts.abstract_args(), make_args=make_args)
 
@@ -196,11 +199,9 @@ def analytic_flops(setup: StepSetup, n_micro: int | None = None) -> flops_lib.St
   micro = int(c.batch.micro_batch)
   if n_micro is None:
     n_micro = int(c.batch.global_batch) // micro
-  d = setup.drift
   return flops_lib.step_flops(
-      setup.model_cfg, objective=c.objective, length=setup.model_cfg.length,
-      micro_batch=micro, n_micro=n_micro, queue_size=0 if d is None else d.queue_size,
-      n_temperatures=0 if d is None else len(d.temperatures), remat_policy=remat_policy(c))
+      setup.model_cfg, objective=setup.objective, length=setup.model_cfg.length,
+      micro_batch=micro, n_micro=n_micro, remat_policy=remat_policy(c))
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -351,7 +352,7 @@ def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_ba
       "dtype": str(c.model.dtype), "attention_impl": str(c.model.attention_impl or "default"),
       "remat_policy": remat_policy(c) or "none",
       "scan_layers": bool(c.model.get("scan_layers", False)),
-      "queue_size": None if setup.drift is None else setup.drift.queue_size,
+      "queue_size": getattr(setup.objective, "queue_size", None),  # TokenDrift's Q
       "params": mcfg.num_params(), "feature_dim": mcfg.feature_dim,
       "lower_s": t1 - t0, "compile_s": t2 - t1, "first_step_s": first,
       "step_s": step_s, "step_s_all": times, "step_s_min": min(times),

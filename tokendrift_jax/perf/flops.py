@@ -1,4 +1,4 @@
-"""Analytic FLOP count of the continuation and TokenDrift training steps.
+"""Analytic FLOP count of a training step, whatever its objective.
 
 Counted: matrix products only (2 FLOPs per multiply-add), the convention of model-FLOPs
 utilisation (MFU; Chowdhery et al. 2022, App. B). Elementwise work (norms, softmax,
@@ -7,7 +7,9 @@ counted; it is what XLA's own count has on top (see ``docs/PERFORMANCE.md``).
 
 The backbone's own passes come from its family's :class:`models.base.FlopModel`
 (``family.flops(config)``; the DiT's is ``models.dit.DiTFlops``, which lists its terms);
-this module composes a step from them. Notation: L = sequence length, b = sequences per
+this module composes a step from them: every objective's micro-step runs the generator forward
+and backward once per sequence, and the objective adds its own passes
+(``Objective.extra_flops``: TokenDrift's below, a distillation's teacher forwards). Notation: L = sequence length, b = sequences per
 micro-batch, N = b (the gathered anchors of one micro-step), m = the feature size
 (``config.feature_dim``), Q = queue size, T = number of drift temperatures.
 
@@ -47,14 +49,6 @@ from typing import Any
 
 from tokendrift_jax import models
 
-OBJECTIVES = ("continuation", "drift")
-
-
-def drift_per_microstep(n: int, m: int, queue_size: int, n_temperatures: int) -> int:
-  """4·N·m·(N+Q)·(1+T): distances to and weighted sums over both reference sets."""
-  return 4 * n * m * (n + queue_size) * (1 + n_temperatures)
-
-
 @dataclasses.dataclass(frozen=True)
 class StepFlops:
   """FLOPs of one training step, by pass (each already summed over the step)."""
@@ -76,22 +70,19 @@ class StepFlops:
             "tokens": self.tokens, "model_flops_per_token": self.model / self.tokens}
 
 
-def step_flops(cfg, *, objective: str, length: int, micro_batch: int, n_micro: int = 1,
-               queue_size: int = 0, n_temperatures: int = 0,
+def step_flops(cfg, *, objective, length: int, micro_batch: int, n_micro: int = 1,
                remat_policy: str = "") -> StepFlops:
   """The analytic count of one step (``n_micro`` micro-steps of ``micro_batch`` sequences).
 
   Args:
     cfg: the backbone architecture (any registered family's config).
-    objective: "continuation" or "drift".
+    objective: the run's :class:`tokendrift_jax.objectives.Objective` (its
+      ``extra_flops`` adds its passes to the generator's).
     length: training sequence length L.
     micro_batch: sequences per micro-step (the global micro-batch, all devices).
     n_micro: micro-steps per optimizer step.
-    queue_size, n_temperatures: Q and |T| of the drift (ignored for continuation).
     remat_policy: "" (no remat) or a ``jax.checkpoint_policies`` name.
   """
-  if objective not in OBJECTIVES:
-    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
   if length < 1 or micro_batch < 1 or n_micro < 1:
     raise ValueError(f"length={length}, micro_batch={micro_batch}, n_micro={n_micro} must "
                      f"all be >= 1")
@@ -102,20 +93,8 @@ def step_flops(cfg, *, objective: str, length: int, micro_batch: int, n_micro: i
       "generator_bwd": seqs * fm.backward(length),
   }
   recompute = seqs * fm.recompute(length, remat_policy, weight_grads=True)
-  if objective == "drift":
-    if queue_size < 1 or n_temperatures < 1:
-      raise ValueError(f"drift needs queue_size >= 1 and n_temperatures >= 1, got "
-                       f"{queue_size} and {n_temperatures}")
-    enc_fwd = fm.forward(length, output_layer=False)
-    lift = fm.lift(length)
-    terms.update({
-        "encoder_clean_fwd": seqs * enc_fwd,
-        "encoder_soft_fwd": seqs * (enc_fwd - fm.shared_forward(length)),
-        "encoder_soft_bwd": seqs * fm.input_backward(length),
-        "lift_fwd": seqs * lift,
-        "lift_bwd": seqs * lift,
-        "drift": n_micro * drift_per_microstep(micro_batch, cfg.feature_dim, queue_size,
-                                               n_temperatures),
-    })
-    recompute += seqs * fm.recompute(length, remat_policy, weight_grads=False)
-  return StepFlops(terms=terms, recompute=recompute, tokens=seqs * length)
+  extra, extra_recompute = objective.extra_flops(fm, cfg, length=length,
+                                                 micro_batch=micro_batch, n_micro=n_micro,
+                                                 remat_policy=remat_policy)
+  terms.update(extra)
+  return StepFlops(terms=terms, recompute=recompute + extra_recompute, tokens=seqs * length)

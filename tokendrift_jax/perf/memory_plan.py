@@ -119,12 +119,9 @@ def plan(config: ml_collections.ConfigDict, *, name: str, mesh: tuple[int, ...],
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   micro = int(c.batch.micro_batch)
   n_micro = int(c.batch.global_batch) // micro
-  drift = parts.drift
   analytic = flops_lib.step_flops(
-      parts.model_cfg, objective=objective, length=length, micro_batch=micro,
-      n_micro=n_micro, queue_size=0 if drift is None else drift.queue_size,
-      n_temperatures=0 if drift is None else len(drift.temperatures),
-      remat_policy=(str(c.model.remat_policy) or "nothing_saveable") if remat else "")
+      parts.model_cfg, objective=parts.objective, length=length, micro_batch=micro,
+      n_micro=n_micro, remat_policy=(str(c.model.remat_policy) or "nothing_saveable") if remat else "")
   return MemoryRow(
       config=name, objective=objective, devices=jax.device_count(), mesh=tuple(mesh),
       micro_batch_per_shard=micro_batch_per_shard, length=length, remat=bool(remat),

@@ -1,6 +1,6 @@
 """bf16-vs-fp32 smoke check of the TokenDrift micro-step (the device script's first stage).
 
-One TokenDrift micro-step (``train.losses.drift_microstep`` with the context that
+One TokenDrift micro-step (``objectives.tokendrift.TokenDrift.microstep`` with the context that
 ``train.builder.build_step`` makes for training: corrupt, generator, SUBS, soft
 lift, frozen encoder, drift against the queues, fixed-point gradient) is run with the same
 weights, batch, key and queues under several numerics variants, and each is compared with
@@ -39,7 +39,6 @@ import numpy as np
 from tokendrift_jax.drift import queue as queue_lib
 from tokendrift_jax.perf import benchmark as bench
 from tokendrift_jax.train import builder
-from tokendrift_jax.train import losses
 
 LIMITS = {"feature_rel_err": 5e-2, "grad_cosine": 0.99}
 
@@ -84,19 +83,18 @@ def run(config: ml_collections.ConfigDict, *, batch: int,
 
   def microstep(parts: builder.StepParts):
     ctx = parts.ctx
-    return jax.jit(lambda p, q, x, k: losses.drift_microstep(ctx, p, p, q, x, k))
+    return jax.jit(lambda p, q, x, k: parts.objective.microstep(ctx, p, p, q, x, k))
 
   reference = Variant("fp32/xla", "float32", "xla")
   parts = variant_parts(reference)
-  model_cfg, dcfg, process = parts.model_cfg, parts.drift, parts.process
-  if dcfg is None:
+  model_cfg, process = parts.model_cfg, parts.process
+  if parts.objective.name != "drift":
     raise bench.BenchmarkError("the smoke check runs a TokenDrift micro-step: set "
                                "config.objective='drift'")
   params = jax.tree.map(jnp.asarray, bench.random_params(model_cfg, seed))
   tokens = bench.random_tokens(process, 2 * batch, model_cfg.length, seed)
   x_fill, x0 = jnp.asarray(tokens[:batch]), jnp.asarray(tokens[batch:])
   key = jax.random.key(seed + 3)
-  dim = model_cfg.feature_dim
 
   ref_jit = microstep(parts)
 
@@ -105,8 +103,7 @@ def run(config: ml_collections.ConfigDict, *, batch: int,
     with jax.default_matmul_precision("highest"):
       return ref_jit(*args)
 
-  empty = {"real": queue_lib.init_queue(dcfg.queue_size, dim),
-           "gen": queue_lib.init_queue(dcfg.queue_size, dim)}
+  empty = parts.objective.init_aux(params)
   _, _, queues, _ = ref_fn(params, empty, x_fill, jax.random.fold_in(key, 1))
 
   def one(variant, fn):
@@ -135,7 +132,7 @@ def run(config: ml_collections.ConfigDict, *, batch: int,
                        and row["h_rel_err"] < LIMITS["feature_rel_err"]
                        and cos > LIMITS["grad_cosine"])
     rows.append(row)
-  return {"model": model_cfg.to_dict(), "batch": batch, "queue_size": dcfg.queue_size,
+  return {"model": model_cfg.to_dict(), "batch": batch, "queue_size": parts.objective.queue_size,
           "reference": {"variant": reference.name, "loss": ref["loss"],
                         "grad_norm": float(np.linalg.norm(ref["grads"])),
                         "finite": bool(np.all(np.isfinite(ref["grads"])))},

@@ -15,16 +15,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from tokendrift_jax import models
+from tokendrift_jax import objectives
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import process_from_config
-from tokendrift_jax.drift import objective as obj_lib
 from tokendrift_jax.train import losses
 from tokendrift_jax.train import optim
 from tokendrift_jax.train import prompt as prompt_lib
 from tokendrift_jax.train import step as step_lib
-
-OBJECTIVES = ("drift", "continuation")
-
 
 class TrainError(ValueError):
   """A configuration or input problem, reported as one line before anything is written."""
@@ -87,13 +84,12 @@ def param_placement(config, model_cfg, mesh) -> tuple[str, Any]:
     raise TrainError(str(e)) from e
 
 
-def drift_config(config) -> obj_lib.DriftConfig:
-  d = config.drift.to_dict()
-  d["temperatures"] = tuple(d["temperatures"])
+def objective_for(config, model_cfg, process) -> objectives.Objective:
+  """The objective ``config.objective`` names, built from its config section."""
   try:
-    return obj_lib.DriftConfig(**d)
+    return objectives.from_config(config, model_cfg, process)
   except (TypeError, ValueError) as e:
-    raise TrainError(f"config.drift: {e}") from e
+    raise TrainError(str(e)) from e
 
 
 def process_for(config, model_cfg):
@@ -116,6 +112,13 @@ def model_graphdef(config, model_cfg):
     raise TrainError(f"config.model: {e}") from e
 
 
+def check_objective_name(config) -> None:
+  """TrainError unless ``config.objective`` names a registered objective."""
+  if str(config.objective) not in objectives.names():
+    raise TrainError(f"config.objective must be one of {objectives.names()}, got "
+                     f"{config.objective!r}")
+
+
 NONFINITE_POLICIES = ("stop", "skip")
 
 
@@ -136,26 +139,25 @@ class StepParts:
   """The compiled-to-be pieces of a run, independent of data and checkpoints.
 
   Attributes:
-    model_cfg, mesh, process, drift: what the config resolves to (drift None for
-      continuation).
+    model_cfg, mesh, process, objective: what the config resolves to.
     ctx: the static context of the micro-steps.
     optimizer: the optax transformation.
     init_state: ``params -> TrainState`` (host arrays in, host arrays out).
-    state_shardings: TrainState of shardings; encoder_shardings: the frozen encoder's
-      (None for continuation); batch_sharding: of a global [G, L] batch.
-    step_fn: jitted ``(state, batch, encoder_params) -> (state, metrics)``, state donated.
+    state_shardings: TrainState of shardings; frozen_shardings: the objective's frozen
+      tree's (None when it has none); batch_sharding: of a global [G, L] batch.
+    step_fn: jitted ``(state, batch, frozen) -> (state, metrics)``, state donated.
     eval_fn: jitted ``(params, batch, key) -> {"nll_sum", "num_tokens"}``.
   """
   config: ml_collections.ConfigDict
   model_cfg: Any
   mesh: Any
   process: Any
-  drift: obj_lib.DriftConfig | None
+  objective: objectives.Objective
   ctx: losses.StepContext
   optimizer: Any
   init_state: Callable[[Any], step_lib.TrainState]
   state_shardings: step_lib.TrainState
-  encoder_shardings: Any
+  frozen_shardings: Any
   batch_sharding: Any
   step_fn: Callable
   eval_fn: Callable
@@ -170,26 +172,26 @@ class StepParts:
     width = self.model_cfg.length + self.ctx.prompt.extra_columns  # + per-row prompt lengths
     batch = jax.ShapeDtypeStruct((int(self.config.batch.global_batch), width),
                                  jnp.int32, sharding=self.batch_sharding)
-    encoder = (None if self.drift is None
-               else with_sharding(abs_params, self.encoder_shardings))
-    return with_sharding(abs_state, self.state_shardings), batch, encoder
+    abs_frozen = jax.eval_shape(self.objective.frozen, abs_params)
+    frozen = (None if abs_frozen is None
+              else with_sharding(abs_frozen, self.frozen_shardings))
+    return with_sharding(abs_state, self.state_shardings), batch, frozen
 
 
 def build_step(config: ml_collections.ConfigDict, model_cfg=None) -> StepParts:
   """The sharded, jitted train and eval steps of ``config``.
 
-  Checks the objective, the model, the mesh and batch sizes, EMA, drift and diffusion
-  settings (TrainError naming the field). ``model_cfg`` defaults to ``config.model``'s
+  Checks the objective (its config section), the model, the mesh and batch sizes, EMA and
+  diffusion settings (TrainError naming the field). ``model_cfg`` defaults to ``config.model``'s
   architecture (the trainer passes the one it checked against the init checkpoint).
   """
-  if config.objective not in OBJECTIVES:
-    raise TrainError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
+  check_objective_name(config)
   model_cfg = model_config(config) if model_cfg is None else model_cfg
   mesh = make_mesh(config)
   check_batch_config(config, mesh, jax.process_count())
   check_ema_config(config)
-  dcfg = drift_config(config) if config.objective == "drift" else None
   process = process_for(config, model_cfg)
+  objective = objective_for(config, model_cfg, process)
   try:
     prompt = prompt_lib.from_config(config, model_cfg.length, process)
   except ValueError as e:
@@ -204,22 +206,22 @@ def build_step(config: ml_collections.ConfigDict, model_cfg=None) -> StepParts:
   def init_state(params):
     return step_lib.init_state(
         params, optimizer, seed=int(config.seed), ema=bool(config.ema.enabled),
-        queue_size=None if dcfg is None else dcfg.queue_size,
-        feature_dim=model_cfg.feature_dim)
+        objective=objective)
 
   abstract = models.abstract_params(model_cfg)
   mode, logical_axes = param_placement(config, model_cfg, mesh)
   try:
     shardings = step_lib.state_sharding(jax.eval_shape(init_state, abstract), mesh, mode,
-                                        logical_axes=logical_axes)
+                                        logical_axes=logical_axes, objective=objective)
   except ValueError as e:
     raise TrainError(f"config.mesh.param_sharding={mode!r}: {e}") from e
-  enc_shardings = None
-  if dcfg is not None:
-    # The frozen encoder is the generator's network: the same placement, and no optimizer
-    # state.
-    enc_shardings = sharding.param_sharding(abstract, mesh, mode, logical_axes=logical_axes)
-  ctx = losses.StepContext(graphdef=gdef, process=process, drift=dcfg, mesh=mesh,
+  frozen_shardings = None
+  if objective.frozen_kind is not None:
+    # A frozen tree is a copy of the generator's network: the same placement, and no
+    # optimizer state.
+    frozen_shardings = objective.frozen_shardings(
+        sharding.param_sharding(abstract, mesh, mode, logical_axes=logical_axes))
+  ctx = losses.StepContext(graphdef=gdef, process=process, mesh=mesh,
                            dropout=float(model_cfg.dropout) > 0,
                            compute_dtype=jnp.dtype(config.model.dtype), prompt=prompt)
   scfg = step_lib.StepConfig(micro_batch=int(config.batch.micro_batch),
@@ -227,14 +229,14 @@ def build_step(config: ml_collections.ConfigDict, model_cfg=None) -> StepParts:
                              lr_schedule=optim.learning_rate_schedule(config.optim, total),
                              ema_warmup=bool(config.ema.get("warmup", True)),
                              nonfinite=nonfinite_policy(config))
-  step_fn = step_lib.jit_train_step(step_lib.make_train_step(ctx, optimizer, scfg), shardings,
-                                    mesh, enc_shardings)
+  step_fn = step_lib.jit_train_step(step_lib.make_train_step(ctx, objective, optimizer, scfg),
+                                    shardings, mesh, frozen_shardings)
   eval_fn = jax.jit(step_lib.make_eval_step(ctx),
                     in_shardings=(shardings.params, sharding.batch_sharding(mesh),
                                   sharding.replicated(mesh)),
                     out_shardings=sharding.replicated(mesh))
-  return StepParts(config=config, model_cfg=model_cfg, mesh=mesh, process=process, drift=dcfg,
-                   ctx=ctx, optimizer=optimizer, init_state=init_state,
-                   state_shardings=shardings, encoder_shardings=enc_shardings,
+  return StepParts(config=config, model_cfg=model_cfg, mesh=mesh, process=process,
+                   objective=objective, ctx=ctx, optimizer=optimizer, init_state=init_state,
+                   state_shardings=shardings, frozen_shardings=frozen_shardings,
                    batch_sharding=sharding.batch_sharding(mesh), step_fn=step_fn,
                    eval_fn=eval_fn)

@@ -1,9 +1,10 @@
 """The train state and the jitted, sharded training step with micro-step accumulation.
 
 One step (App. F): the global batch [G, L] is split into G / b micro-batches of b
-sequences; for each (``lax.scan``) the loss is computed with the parameters of the step
-start and the queues as they stand, the queues are pushed, and gradients are summed; the
-optimizer applies the mean gradient once. Micro-batch j holds rows {m·(G/b) + j}: with the
+sequences; for each (``lax.scan``) the objective's micro-step (:mod:`tokendrift_jax.objectives`)
+computes the loss with the parameters of the step start and the auxiliary state as it stands
+(TokenDrift's queues, pushed by each micro-step), and gradients are summed; the optimizer
+applies the mean gradient once, then the objective's ``end_step`` updates its state. Micro-batch j holds rows {m·(G/b) + j}: with the
 batch split contiguously over devices this keeps every micro-batch spread over all devices
 without moving data, and it is defined on the global array, so it does not depend on the
 device count.
@@ -21,7 +22,6 @@ import optax
 from jax.sharding import Mesh
 
 from tokendrift_jax import sharding
-from tokendrift_jax.drift import queue as queue_lib
 from tokendrift_jax.train import losses
 from tokendrift_jax.train import optim
 
@@ -35,33 +35,35 @@ class TrainState:
     params: generator parameters (pure dict, float32).
     opt_state: optax state.
     ema_params: EMA of params (same tree), or None when EMA is off.
-    queues: {"real", "gen"} FeatureQueues for TokenDrift, or None (continuation).
+    aux: the objective's auxiliary state (``Objective.init_aux``: TokenDrift's
+      {"real", "gen"} FeatureQueues, a distillation's teacher and round), or None.
     rng: uint32 [2] base key; step s uses fold_in(rng, s), so resuming is exact.
   """
   step: jax.Array
   params: Any
   opt_state: Any
   ema_params: Any
-  queues: Any
+  aux: Any
   rng: jax.Array
 
 
 def init_state(params, optimizer: optax.GradientTransformation, *, seed: int, ema: bool,
-               queue_size: int | None, feature_dim: int | None) -> TrainState:
-  queues = None
-  if queue_size is not None:
-    queues = {"real": queue_lib.init_queue(queue_size, feature_dim),
-              "gen": queue_lib.init_queue(queue_size, feature_dim)}
+               objective=None) -> TrainState:
+  """The state at step 0; ``objective`` (an ``Objective``, None: no auxiliary state)
+  gives the auxiliary state for ``params``."""
   params = jax.tree.map(jnp.asarray, params)
+  aux = None if objective is None else objective.init_aux(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
                     ema_params=jax.tree.map(jnp.copy, params) if ema else None,
-                    queues=queues, rng=jax.random.PRNGKey(seed))
+                    aux=aux, rng=jax.random.PRNGKey(seed))
 
 
 def state_sharding(state: TrainState, mesh: Mesh, mode: str, *,
-                   logical_axes: sharding.LogicalAxesFn | None = None) -> TrainState:
-  """Params, EMA and optimizer moments placed like the params; queues, step, RNG replicated.
+                   logical_axes: sharding.LogicalAxesFn | None = None,
+                   objective=None) -> TrainState:
+  """Params, EMA and optimizer moments placed like the params; step and RNG replicated;
+  the auxiliary state as ``objective.aux_shardings`` says (replicated without one).
 
   ``mode`` is ``config.mesh.param_sharding``. "replicated" and "fsdp" decide by each leaf's
   shape, so the optax state is passed whole (its moments get their parameter's placement,
@@ -77,11 +79,12 @@ def state_sharding(state: TrainState, mesh: Mesh, mode: str, *,
   else:
     rule = lambda tree: sharding.param_sharding(tree, mesh, mode)
     params, opt, ema = rule(state.params), rule(state.opt_state), rule(state.ema_params)
+  if objective is None:
+    aux = jax.tree.map(lambda _: rep, state.aux)
+  else:
+    aux = objective.aux_shardings(state.aux, mesh, params)
   return TrainState(step=rep, params=params, opt_state=opt,
-                    ema_params=None if state.ema_params is None else ema,
-                    queues=None if state.queues is None else jax.tree.map(lambda _: rep,
-                                                                          state.queues),
-                    rng=rep)
+                    ema_params=None if state.ema_params is None else ema, aux=aux, rng=rep)
 
 
 def split_micro_batches(batch: jax.Array, micro_batch: int) -> jax.Array:
@@ -101,7 +104,7 @@ class StepConfig:
   ema_warmup: bool = True
   # config.train.nonfinite: "stop" returns the new state whatever it holds (the trainer
   # stops before saving a non-finite one); "skip" keeps the old params, optimizer state,
-  # EMA and queues when the update is non-finite (the step counter, hence the data and
+  # EMA and auxiliary state when the update is non-finite (the step counter, hence the data and
   # the RNG, still moves on).
   nonfinite: str = "stop"
 
@@ -113,38 +116,34 @@ def all_finite(*trees) -> jax.Array:
   return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
-def make_train_step(ctx: losses.StepContext, optimizer: optax.GradientTransformation,
+def make_train_step(ctx: losses.StepContext, objective, optimizer: optax.GradientTransformation,
                     scfg: StepConfig) -> Callable:
-  """Returns ``step(state, batch, encoder_params) -> (state, metrics)`` (not jitted).
+  """Returns ``step(state, batch, frozen) -> (state, metrics)`` (not jitted).
 
-  ``encoder_params`` is ignored (pass None) for continuation training. ``metrics["finite"]``
-  (bool []) says whether the update (params, optimizer state, EMA, queues) and the metrics
-  are all finite: the trainer reads that one scalar before logging and saving instead of
+  ``objective`` is an :class:`tokendrift_jax.objectives.Objective`; ``frozen`` its frozen
+  tree (``objective.frozen``; None when it has none). ``metrics["finite"]`` (bool []) says
+  whether the update (params, optimizer state, EMA, auxiliary state) and the metrics are
+  all finite: the trainer reads that one scalar before logging and saving instead of
   copying the state to the host. With ``scfg.nonfinite == "skip"`` a non-finite update is
   not applied.
   """
-  drift = ctx.drift is not None
 
-  def step(state: TrainState, batch: jax.Array, encoder_params):
+  def step(state: TrainState, batch: jax.Array, frozen):
     micro = split_micro_batches(batch, scfg.micro_batch)
     base_key = jax.random.fold_in(state.rng, state.step)
     zeros = jax.tree.map(jnp.zeros_like, state.params)
 
     def body(carry, inp):
-      grad_sum, queues = carry
+      grad_sum, aux = carry
       j, x0 = inp
       key = jax.random.fold_in(base_key, j)
-      if drift:
-        _, grads, queues, metrics = losses.drift_microstep(ctx, state.params, encoder_params,
-                                                           queues, x0, key)
-      else:
-        _, grads, _, metrics = losses.continuation_microstep(ctx, state.params, x0, key)
+      _, grads, aux, metrics = objective.microstep(ctx, state.params, frozen, aux, x0, key)
       grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-      return (grad_sum, queues), metrics
+      return (grad_sum, aux), metrics
 
     n_micro = micro.shape[0]
-    (grad_sum, queues), per_micro = jax.lax.scan(
-        body, (zeros, state.queues), (jnp.arange(n_micro, dtype=jnp.int32), micro))
+    (grad_sum, aux), per_micro = jax.lax.scan(
+        body, (zeros, state.aux), (jnp.arange(n_micro, dtype=jnp.int32), micro))
     grads = jax.tree.map(lambda g: g / n_micro, grad_sum)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -153,31 +152,29 @@ def make_train_step(ctx: losses.StepContext, optimizer: optax.GradientTransforma
     if ema is not None:
       ema = optim.ema_update(ema, params, scfg.ema_decay, new_step, scfg.ema_warmup)
     metrics = jax.tree.map(lambda x: jnp.mean(x, axis=0), per_micro)
-    if drift:
-      # Queue fill after the last push of the step (the per-micro values are pre-push).
-      metrics["queue_fill_real"] = queue_lib.fill_fraction(queues["real"])
-      metrics["queue_fill_gen"] = queue_lib.fill_fraction(queues["gen"])
+    aux, step_metrics = objective.end_step(aux, params, new_step)
+    metrics.update(step_metrics)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["lr"] = scfg.lr_schedule(state.step)
-    finite = all_finite(params, opt_state, ema, queues, metrics)
+    finite = all_finite(params, opt_state, ema, aux, metrics)
     if scfg.nonfinite == "skip":
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
       params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-      ema, queues = keep(ema, state.ema_params), keep(queues, state.queues)
+      ema, aux = keep(ema, state.ema_params), keep(aux, state.aux)
     metrics["finite"] = finite
     new_state = state.replace(step=new_step, params=params, opt_state=opt_state,
-                              ema_params=ema, queues=queues)
+                              ema_params=ema, aux=aux)
     return new_state, metrics
 
   return step
 
 
 def jit_train_step(step_fn: Callable, state_shardings: TrainState, mesh: Mesh,
-                   encoder_shardings: Any) -> Callable:
+                   frozen_shardings: Any) -> Callable:
   """jax.jit with explicit shardings; the state is donated."""
   rep = sharding.replicated(mesh)
   return jax.jit(step_fn,
-                 in_shardings=(state_shardings, sharding.batch_sharding(mesh), encoder_shardings),
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh), frozen_shardings),
                  out_shardings=(state_shardings, rep),
                  donate_argnums=(0,))
 

@@ -4,7 +4,7 @@
 
 1. validate the config and the init checkpoint and build the data iterators (errors stop
    the run before anything is written to ``workdir``);
-2. build the mesh, the train state (params, AdamW, EMA, queues) sharded by
+2. build the mesh, the train state (params, AdamW, EMA, the objective's state) sharded by
    :mod:`tokendrift_jax.sharding`, and the jitted step (:mod:`tokendrift_jax.train.step`);
 3. resume from ``workdir/checkpoints`` when a checkpoint is there;
 4. loop: step, log (``metrics.jsonl``, TensorBoard, tqdm), checkpoint, evaluate;
@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from tokendrift_jax import checkpoints
 from tokendrift_jax import models
+from tokendrift_jax import objectives
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import metrics as diff_metrics
 from tokendrift_jax.train import builder
@@ -50,10 +51,10 @@ from tokendrift_jax.train import checkpointing
 from tokendrift_jax.train import metrics_writer
 from tokendrift_jax.train import optim
 from tokendrift_jax.train import step as step_lib
-from tokendrift_jax.train.builder import OBJECTIVES, TrainError
+from tokendrift_jax.train.builder import TrainError
 from tokendrift_jax.train.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preemption
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_PREEMPTED", "OBJECTIVES", "Hook", "Interrupted",
+__all__ = ["EXIT_INTERRUPTED", "EXIT_PREEMPTED", "Hook", "Interrupted",
            "NonFiniteError", "Run", "TrainError", "build", "train"]
 
 
@@ -95,9 +96,11 @@ def resolve_init_checkpoint(config: ml_collections.ConfigDict) -> tuple[Any, str
   process = str(config.diffusion.process)
   path = str(config.init_checkpoint or "")
   if not path:
-    if config.objective == "drift":
-      raise TrainError("objective 'drift' needs config.init_checkpoint: the frozen encoder "
-                       "is a copy of the initial checkpoint")
+    cls = objectives.get(str(config.objective))
+    if cls.needs_init_checkpoint:
+      raise TrainError(f"objective {cls.name!r} needs config.init_checkpoint: it starts from "
+                       f"a trained backbone (its {cls.frozen_kind or 'teacher'} is a copy of "
+                       f"the initial checkpoint)")
     return want, None
   if not os.path.isdir(path):
     raise TrainError(f"config.init_checkpoint={path!r} is not a directory. "
@@ -178,7 +181,7 @@ class Run:
   workdir: str
   parts: builder.StepParts
   state: step_lib.TrainState
-  encoder_params: Any
+  frozen: Any  # the objective's frozen tree (e.g. TokenDrift's encoder), or None
   train_iter: Any
   eval_factory: Callable | None
   checkpointer: checkpointing.Checkpointer
@@ -205,7 +208,7 @@ def _meta(config, model_cfg) -> dict:
           "process": str(config.diffusion.process), "objective": config.objective}
 
 
-def _check_resume_meta(meta: dict, config, model_cfg, where: str) -> None:
+def _check_resume_meta(meta: dict, config, model_cfg, objective, where: str) -> None:
   problems = []
   if meta.get("model") != model_cfg.to_dict():
     problems.append(f"model {meta.get('model')} vs config {model_cfg.to_dict()}")
@@ -226,10 +229,12 @@ def _check_resume_meta(meta: dict, config, model_cfg, where: str) -> None:
   saved_mu = saved_cfg.get("optim", {}).get("mu_dtype", "float32")
   if saved_mu != optim.mu_dtype(config.optim):
     problems.append(f"optim.mu_dtype {saved_mu!r} vs config {optim.mu_dtype(config.optim)!r}")
-  if config.objective == "drift":
-    q = saved_cfg.get("drift", {}).get("queue_size")
-    if q != config.drift.queue_size:
-      problems.append(f"drift.queue_size {q} vs config {config.drift.queue_size}")
+  for field, want_value in objective.resume_fields().items():
+    saved = saved_cfg
+    for part in field.split("."):
+      saved = saved.get(part, {}) if isinstance(saved, dict) else None
+    if saved != want_value:
+      problems.append(f"{field} {saved!r} vs config {want_value!r}")
   if problems:
     raise TrainError(f"{where} holds a checkpoint of a different run ("
                      + "; ".join(problems) + "); use another --workdir or delete it")
@@ -241,8 +246,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
   Every user error is raised (TrainError, CheckpointError, ...) before ``workdir`` is
   written to.
   """
-  if config.objective not in OBJECTIVES:
-    raise TrainError(f"config.objective must be one of {OBJECTIVES}, got {config.objective!r}")
+  builder.check_objective_name(config)
   model_cfg, init_path = resolve_init_checkpoint(config)
   builder.nonfinite_policy(config)
   parts = builder.build_step(config, model_cfg)
@@ -253,7 +257,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
   if config.train.resume:
     found = checkpointing.peek_latest_meta(workdir)
     if found is not None:
-      _check_resume_meta(found[1], config, model_cfg, os.path.join(workdir, "checkpoints"))
+      _check_resume_meta(found[1], config, model_cfg, parts.objective,
+                         os.path.join(workdir, "checkpoints"))
 
   # Inputs are valid: from here on the run writes to workdir.
   is_main = jax.process_index() == 0
@@ -267,14 +272,14 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
   else:
     params = models.init_params(model_cfg, int(config.seed))
   state = sharding.to_global(parts.init_state(params), parts.state_shardings)
-  encoder_params = None
-  if parts.drift is not None:
-    encoder_params = sharding.to_global(params, parts.encoder_shardings)
+  frozen = parts.objective.frozen(params)
+  if frozen is not None:
+    frozen = sharding.to_global(frozen, parts.frozen_shardings)
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=int(config.train.keep_checkpoints),
                                     save_every=int(config.train.checkpoint_every))
   writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
   return Run(config=config, workdir=workdir, parts=parts, state=state,
-             encoder_params=encoder_params, train_iter=train_iter, eval_factory=eval_factory,
+             frozen=frozen, train_iter=train_iter, eval_factory=eval_factory,
              checkpointer=ckpt, writer=writer, init_checkpoint=init_path)
 
 
@@ -292,7 +297,8 @@ def maybe_resume(run: Run) -> int:
   if found is None:
     return 0
   latest, state, data_state, meta = found
-  _check_resume_meta(meta, run.config, run.model_cfg, run.checkpointer.directory)
+  _check_resume_meta(meta, run.config, run.model_cfg, run.parts.objective,
+                     run.checkpointer.directory)
   run.state = state
   run.skipped_steps = int(meta.get("skipped_steps", 0))
   run.train_iter.set_state(data_state)
@@ -362,7 +368,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
     raise
   policy = builder.nonfinite_policy(config)
   total, log_every = run.total_steps, max(1, int(config.train.log_every))
-  temperatures = () if run.parts.drift is None else run.parts.drift.temperatures
+  temperatures = run.parts.objective.metric_temperatures
   eval_every = int(config.train.eval_every)
   is_main = jax.process_index() == 0
   tokens_per_step = int(config.batch.global_batch) * run.model_cfg.length
@@ -425,7 +431,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
         # Token ids were checked for the whole split in make_data, on every process alike.
         local = np.asarray(next(run.train_iter), np.int32)
         batch = jax.make_array_from_process_local_data(run.parts.batch_sharding, local)
-        run.state, metrics = run.parts.step_fn(run.state, batch, run.encoder_params)
+        run.state, metrics = run.parts.step_fn(run.state, batch, run.frozen)
         metrics = dict(metrics)
         ok = metrics.pop("finite")
         if policy == "skip":

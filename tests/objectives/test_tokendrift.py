@@ -1,5 +1,6 @@
-"""train/losses: the full TokenDrift micro-step (Alg. 1), sharded == single device; the
-cost of drift + queues."""
+"""objectives/tokendrift (and the continuation micro-step with prompts): the full TokenDrift
+micro-step (Alg. 1), sharded == single device; prompts never corrupted, lifted or
+differentiated; LLaDA's SFT loss."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from tokendrift_jax.diffusion import make_process
 from tokendrift_jax.drift import features as feat_lib
 from tokendrift_jax.drift import objective as obj_lib
 from tokendrift_jax.drift import queue as queue_lib
+from tokendrift_jax.objectives import tokendrift
+from tokendrift_jax.objectives.continuation import Continuation
+from tokendrift_jax.objectives.tokendrift import TokenDrift
 from tokendrift_jax.train import losses
 from tokendrift_jax.train import prompt as prompt_lib
 
@@ -43,10 +47,10 @@ def _partial_queues(dim, seed=6):
 def _run(arch, mesh, setup):
   cfg, params, encoder, process, x0, queues = setup
   ctx = losses.StepContext(graphdef=models.graphdef(cfg, scan_layers=True),
-                           process=process, drift=obj_lib.DriftConfig(queue_size=16),
-                           mesh=mesh, dropout=True)
+                           process=process, mesh=mesh, dropout=True)
+  objective = TokenDrift(config=obj_lib.DriftConfig(queue_size=16), feature_dim=cfg.feature_dim)
   rep = sharding.replicated(mesh)
-  fn = jax.jit(lambda p, e, q, x, k: losses.drift_microstep(ctx, p, e, q, x, k),
+  fn = jax.jit(lambda p, e, q, x, k: objective.microstep(ctx, p, e, q, x, k),
                in_shardings=(rep, rep, rep, sharding.batch_sharding(mesh), rep))
   loss, grads, new_q, metrics = fn(params, encoder, queues, x0, jax.random.PRNGKey(11))
   return jax.device_get((loss, grads, new_q, metrics))
@@ -89,22 +93,22 @@ def _llada_setup(tiny_llada_config, random_params, pool="all", base_loss_weight=
   process = make_process("llada", cfg.vocab_size, mask_id=cfg.mask_id)
   ctx = losses.StepContext(
       graphdef=models.graphdef(cfg, scan_layers=True), process=process,
-      drift=obj_lib.DriftConfig(queue_size=16, pool=pool, base_loss_weight=base_loss_weight),
       mesh=None, dropout=False, prompt=prompt_lib.PromptSpec("data"))
+  dcfg = obj_lib.DriftConfig(queue_size=16, pool=pool, base_loss_weight=base_loss_weight)
   x0 = np.random.default_rng(8).integers(0, TINY_LLADA_TEXT_VOCAB, (8, cfg.length)).astype(
       np.int32)
   batch = np.concatenate([x0, PROMPT_LENGTHS[:, None]], axis=1)
   keep = np.arange(cfg.length)[None, :] < PROMPT_LENGTHS[:, None]
   params, encoder = random_params(cfg, seed=3), random_params(cfg, seed=4)
-  return ctx, params, encoder, _partial_queues(cfg.feature_dim), x0, batch, keep
+  return (ctx, dcfg), params, encoder, _partial_queues(cfg.feature_dim), x0, batch, keep
 
 
-def _llada_draw(ctx, encoder, batch, key):
+def _llada_draw(ctx, dcfg, encoder, batch, key):
   """The micro-step's own draw (its key use: k_t, k_x, k_drop = split(key, 3))."""
   x0, keep = prompt_lib.split_prompt(ctx.prompt, jnp.asarray(batch))
   k_t, k_x, _ = jax.random.split(key, 3)
-  draw = losses.drift_draw(ctx, x0, keep, k_t, k_x)
-  enc = losses.frozen_encoder(ctx, encoder, x0.shape[0])
+  draw = tokendrift.drift_draw(ctx, dcfg, x0, keep, k_t, k_x)
+  enc = tokendrift.frozen_encoder(ctx, dcfg, encoder, x0.shape[0])
   return draw, enc
 
 
@@ -120,20 +124,21 @@ def test_prompt_is_never_corrupted_lifted_or_differentiated(tiny_llada_config, r
   """Per-row prompts, "completion" pooling, base loss on: the prompt keeps x0, enters the
   encoder as E[x0] exactly and gets exactly zero gradient; u and h pool the completion
   only (float64 NumPy pooling of the same encoder output)."""
-  ctx, params, encoder, queues, x0, batch, keep = _llada_setup(
+  (ctx, dcfg), params, encoder, queues, x0, batch, keep = _llada_setup(
       tiny_llada_config, random_params, pool="completion")
   key = jax.random.PRNGKey(21)
 
   @jax.jit
   def pieces(params, encoder, queues, batch):
-    draw, enc = _llada_draw(ctx, encoder, batch, key)
-    u = losses.clean_features(enc, draw)
+    draw, enc = _llada_draw(ctx, dcfg, encoder, batch, key)
+    u = tokendrift.clean_features(enc, draw)
     logits = losses.generator(ctx, params, None)(draw.xt, draw.sigma)
     # ℓ = log_probs(logits) and its vjp: the chain rule through the parameterisation
     # gives ∂L/∂logits from ∂L/∂ℓ without a second backward pass through the encoder.
     log_probs, lp_vjp = jax.vjp(lambda lg: ctx.process.log_probs(lg, draw.xt), logits)
-    lift = losses.lift_embeddings(ctx, enc, draw, log_probs)
-    loss_of_lp = lambda lp: losses.drift_loss_from_log_probs(ctx, enc, draw, u, queues, lp)[0]
+    lift = tokendrift.lift_embeddings(ctx, dcfg, enc, draw, log_probs)
+    loss_of_lp = lambda lp: tokendrift.drift_loss_from_log_probs(ctx, dcfg, enc, draw, u,
+                                                                  queues, lp)[0]
     g_lp = jax.grad(loss_of_lp)(log_probs)
     # The encoder's output (fixed) on the clean rows and on the lifted rows, and h.
     hidden = [enc.hidden(e, enc.sigma) for e in (jnp.take(enc.table, draw.x0, 0), lift)]
@@ -169,13 +174,14 @@ def test_prompt_is_never_corrupted_lifted_or_differentiated(tiny_llada_config, r
 
 def test_pool_all_averages_every_position(tiny_llada_config, random_params):
   """DriftConfig.pool="all" (the paper's default) pools every position, prompt included."""
-  ctx, _, encoder, _, _, batch, _ = _llada_setup(tiny_llada_config, random_params, pool="all")
+  (ctx, dcfg), _, encoder, _, _, batch, _ = _llada_setup(tiny_llada_config, random_params,
+                                                         pool="all")
 
   @jax.jit
   def pieces(encoder, batch):
-    draw, enc = _llada_draw(ctx, encoder, batch, jax.random.PRNGKey(22))
+    draw, enc = _llada_draw(ctx, dcfg, encoder, batch, jax.random.PRNGKey(22))
     hidden = enc.hidden(jnp.take(enc.table, draw.x0, 0), enc.sigma)
-    return draw.pooled, losses.clean_features(enc, draw), hidden
+    return draw.pooled, tokendrift.clean_features(enc, draw), hidden
 
   pooled, u, hidden = jax.device_get(pieces(encoder, batch))
   assert pooled is None
@@ -184,14 +190,14 @@ def test_pool_all_averages_every_position(tiny_llada_config, random_params):
 
 
 def test_prompted_continuation_is_llada_sft_loss(tiny_llada_config, random_params):
-  """continuation_microstep with per-row prompts == LLaDA's SFT loss (GUIDELINES.md),
+  """The continuation micro-step with per-row prompts == LLaDA's SFT loss (GUIDELINES.md),
   float64 NumPy (tests/references/np_llada.py) on the micro-step's own draws."""
   from tests.references import np_llada  # pylint: disable=import-outside-toplevel
-  ctx, params, _, _, x0, batch, _ = _llada_setup(tiny_llada_config, random_params)
+  (ctx, _), params, _, _, x0, batch, _ = _llada_setup(tiny_llada_config, random_params)
   key = jax.random.PRNGKey(23)
   # Only the loss and metrics leave the jit: XLA drops the unused backward pass.
   loss, metrics = jax.jit(
-      lambda p, b: losses.continuation_microstep(ctx, p, b, key)[::3])(params, batch)
+      lambda p, b: Continuation().microstep(ctx, p, None, None, b, key)[::3])(params, batch)
   # The documented key use: k_loss, k_drop = split(key); LLaDA's loss: k_t, k_x =
   # split(k_loss), t ~ U[0, 1) [B] (sampling_eps 0, no strata), masking uniforms [B, L].
   k_t, k_x = jax.random.split(jax.random.split(key)[0])

@@ -1,0 +1,125 @@
+"""Gen-PPL read at matched entropy: the Gen-PPL–entropy frontier of a temperature sweep.
+
+Gen-PPL alone rewards low entropy: sampling the *same* model colder (temperature τ < 1)
+lowers both. So a method is compared with another at the same entropy. For one method, NFE
+and seed, sampling at several temperatures gives points (entropy_τ, Gen-PPL_τ); the
+frontier is the piecewise-linear curve through them in (entropy, log Gen-PPL), in
+increasing entropy, and
+
+  Gen-PPL@H = exp(log G_a + (H − H_a) / (H_b − H_a) · (log G_b − log G_a))
+
+for the two neighbouring points a, b with H_a ≤ H ≤ H_b. Outside the swept entropy range
+the value is None: a frontier is never extrapolated. The reference entropy H of a
+comparison is the pretrained model's at τ = 1 (per NFE, mean over seeds), so "Gen-PPL at
+the released model's entropy" asks what each method gives when it is made exactly as
+diverse as the model it refines.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from tokendrift_jax.eval import report
+
+
+def at_entropy(points: Sequence[tuple[float, float]], target: float) -> float | None:
+  """Gen-PPL at entropy ``target`` on the frontier through ``points`` [(entropy, gen_ppl)],
+  linear in log Gen-PPL between the neighbouring points; None outside their range.
+
+  Points of equal entropy are averaged (in log Gen-PPL) first. Needs Gen-PPL > 0.
+  """
+  pts = sorted((float(h), float(g)) for h, g in points)
+  if not pts or not math.isfinite(target):
+    return None
+  if any(g <= 0 or not math.isfinite(g) or not math.isfinite(h) for h, g in pts):
+    raise ValueError(f"frontier points need finite entropy and Gen-PPL > 0, got {pts}")
+  merged: dict[float, list[float]] = {}
+  for h, g in pts:
+    merged.setdefault(h, []).append(math.log(g))
+  hs = sorted(merged)
+  logs = [sum(merged[h]) / len(merged[h]) for h in hs]
+  if not hs[0] <= target <= hs[-1]:
+    return None
+  for i in range(len(hs) - 1):
+    if hs[i] <= target <= hs[i + 1]:
+      w = (target - hs[i]) / (hs[i + 1] - hs[i])
+      return math.exp(logs[i] + w * (logs[i + 1] - logs[i]))
+  return math.exp(logs[0])  # a single point, exactly at the target
+
+
+def reference_entropy(rows: Sequence[dict], temperature: float = 1.0) -> dict[int, float]:
+  """{nfe: mean entropy over seeds} of the rows sampled at ``temperature``."""
+  by_nfe: dict[int, list[float]] = {}
+  for r in rows:
+    if float(r.get("temperature", 1.0)) == temperature:
+      by_nfe.setdefault(int(r["nfe"]), []).append(float(r["entropy"]))
+  return {n: float(np.mean(v)) for n, v in sorted(by_nfe.items())}
+
+
+def matched(rows: Sequence[dict], reference: Mapping[int, float]) -> list[dict]:
+  """Per NFE: Gen-PPL at the reference entropy, per seed (each seed's own sweep) and as
+  mean ± SD over the seeds whose sweep covers it.
+
+  Args:
+    rows: (NFE, seed, temperature) rows of one method (``nfe``, ``seed``, ``temperature``,
+      ``entropy``, ``gen_ppl``).
+    reference: {nfe: target entropy} (:func:`reference_entropy` of the pretrained model).
+
+  Returns:
+    dicts with nfe, entropy (the target), values (per seed, None where the sweep does not
+    reach the target), seeds, covered (how many seeds reach it), mean and sd (None when no
+    seed, resp. fewer than two, reach it).
+  """
+  out = []
+  for nfe, target in sorted(reference.items()):
+    by_seed: dict[int, list[tuple[float, float]]] = {}
+    for r in rows:
+      if int(r["nfe"]) == nfe:
+        by_seed.setdefault(int(r["seed"]), []).append((float(r["entropy"]),
+                                                       float(r["gen_ppl"])))
+    seeds = sorted(by_seed)
+    values = [at_entropy(by_seed[s], target) for s in seeds]
+    got = [v for v in values if v is not None]
+    mean, sd = report.mean_sd(got) if got else (None, None)
+    out.append(dict(nfe=nfe, entropy=target, seeds=seeds, values=values, covered=len(got),
+                    mean=mean, sd=sd))
+  return out
+
+
+def curves(rows: Sequence[dict]) -> dict[int, list[tuple[float, float, float]]]:
+  """{nfe: [(temperature, mean entropy, mean Gen-PPL) over seeds]}, in temperature order:
+  the points a frontier plot draws."""
+  groups: dict[tuple[int, float], list[dict]] = {}
+  for r in rows:
+    groups.setdefault((int(r["nfe"]), float(r.get("temperature", 1.0))), []).append(r)
+  out: dict[int, list[tuple[float, float, float]]] = {}
+  for (nfe, tau), group in sorted(groups.items()):
+    out.setdefault(nfe, []).append((tau, float(np.mean([g["entropy"] for g in group])),
+                                    float(np.mean([g["gen_ppl"] for g in group]))))
+  return out
+
+
+def markdown(methods: Sequence[tuple[str, Sequence[dict]]], reference: Mapping[int, float]
+             ) -> str:
+  """The matched-entropy table: one row per method, per NFE its Gen-PPL at the reference
+  entropy (mean ± SD over the seeds that reach it, "k/n seeds" when some do not)."""
+  nfes = sorted(reference)
+  head = "| Method | " + " | ".join(
+      f"NFE = {n} Gen.-PPL @ H = {reference[n]:.2f} ↓" for n in nfes) + " |"
+  lines = [head, "|" + "---|" * (len(nfes) + 1)]
+  for label, rows in methods:
+    cells = []
+    for m in matched(rows, reference):
+      if m["mean"] is None:
+        cells.append("out of range")
+        continue
+      cell = report.fmt(m["mean"], m["sd"])
+      if m["covered"] < len(m["seeds"]):
+        cell += f" ({m['covered']}/{len(m['seeds'])} seeds)"
+      cells.append(cell)
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
