@@ -27,6 +27,8 @@ def _mesh(text: str) -> tuple[int, ...]:
 
 
 def main(argv=None) -> int:
+  # Importing JAX does not start its backend; the device count is set below, before that.
+  from tokendrift_jax import objectives  # pylint: disable=import-outside-toplevel
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", required=True, help="a training config file (configs/*.py)")
   p.add_argument("--devices", type=int, required=True, help="simulated devices")
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
   p.add_argument("--micro-batch", type=int, default=1, help="sequences per batch shard")
   p.add_argument("--length", type=int, default=1024)
   p.add_argument("--remat", action=argparse.BooleanOptionalAction, default=True)
-  p.add_argument("--objective", choices=("drift", "continuation"), default="")
+  p.add_argument("--objective", choices=objectives.names(), default="")
   p.add_argument("--global-batch", type=int, default=512, help="the paper's 512")
   p.add_argument("--out", default="", help="append the row to this JSON-lines file")
   args = p.parse_args(argv)

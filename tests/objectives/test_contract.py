@@ -93,7 +93,13 @@ def _final_state(config, workdir, step):
 
 
 def test_a_toy_objective_trains_checkpoints_and_resumes_bitwise(tiny_dir, tiny_run_config,
-                                                                tmp_path):
+                                                                tmp_path, monkeypatch):
+  # The trainer is under test, not the step: both runs (same config) share one built step,
+  # so it is traced and compiled once.
+  real, built = builder.build_step, {}
+  monkeypatch.setattr(builder, "build_step",
+                      lambda config, model_cfg=None: built.setdefault(
+                          "step", real(config, model_cfg)))
   c = tiny_run_config(str(tiny_dir), "mdlm", ScaledLossWithMemory.name, steps=4,
                       mesh_shape=(1, 1), num_devices=1, global_batch=8, micro_batch=4)
   c.train.checkpoint_every, c.train.keep_checkpoints = 2, 5

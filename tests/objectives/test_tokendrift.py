@@ -212,3 +212,17 @@ def test_prompted_continuation_is_llada_sft_loss(tiny_llada_config, random_param
   chex.assert_trees_all_close(loss, want, rtol=1e-5, atol=0)
   chex.assert_trees_all_close(metrics["prompt_per_row"], PROMPT_LENGTHS.mean(), rtol=1e-7,
                               atol=0)
+
+
+def test_completion_pooling_needs_a_prompt(tiny_llada_config):
+  """config.drift.pool="completion" without a prompt is refused when the objective is built."""
+  from configs import base  # pylint: disable=import-outside-toplevel
+  cfg = tiny_llada_config()
+  process = make_process("llada", cfg.vocab_size, mask_id=cfg.mask_id)
+  c = base.get_config()
+  c.drift.pool = "completion"
+  with pytest.raises(ValueError, match=r"config.drift.pool='completion' pools the non-prompt "
+                                       r"positions: it needs a prompt"):
+    TokenDrift.from_config(c, cfg, process)
+  c.prompt.mode, c.prompt.length = "prefix", 4
+  assert TokenDrift.from_config(c, cfg, process).config.pool == "completion"

@@ -64,8 +64,6 @@ def test_from_config():
     (_config("none", 3), r"config.prompt.length=3 is read only with config.prompt.mode="),
     (_config("data"), r"config.prompt.mode='data' .* needs config.data.kind='tokens', got "
                       r"'text'"),
-    (_config("none", drift__pool="completion"),
-     r"config.drift.pool='completion' pools the non-prompt positions: it needs a prompt"),
 ])
 def test_from_config_errors(config, match):
   with pytest.raises(ValueError, match=match):

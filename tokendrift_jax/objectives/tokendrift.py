@@ -230,7 +230,12 @@ class TokenDrift(Objective):
   @classmethod
   def from_config(cls, config, model_cfg, process) -> "TokenDrift":
     del process
-    return cls(config=drift_config(config), feature_dim=int(model_cfg.feature_dim))
+    dcfg = drift_config(config)
+    prompted = "prompt" in config and str(config.prompt.get("mode", "none")) != "none"
+    if dcfg.pool == "completion" and not prompted:
+      raise ValueError("config.drift.pool='completion' pools the non-prompt positions: it "
+                       "needs a prompt (config.prompt.mode 'prefix' or 'data')")
+    return cls(config=dcfg, feature_dim=int(model_cfg.feature_dim))
 
   def init_aux(self, params):
     del params

@@ -120,8 +120,4 @@ def from_config(config: Any, length: int, process) -> PromptSpec:
     raise ValueError(f"config.prompt.mode={mode!r} needs a diffusion process that never "
                      f"corrupts a prompt (corrupt/loss with keep=); "
                      f"config.diffusion.process={process.name!r} has none (use 'llada')")
-  pool = str(config.drift.get("pool", "all")) if "drift" in config else "all"
-  if config.get("objective") == "drift" and pool == "completion" and mode == "none":
-    raise ValueError("config.drift.pool='completion' pools the non-prompt positions: it "
-                     "needs a prompt (config.prompt.mode 'prefix' or 'data')")
   return PromptSpec(mode=mode, length=plen, seq_len=int(length))

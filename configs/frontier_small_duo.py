@@ -1,0 +1,27 @@
+"""TokenDrift against continuation and DCD at matched entropy, DUO on the synthetic language.
+
+``python launch/train.py --config=configs/frontier_small_duo.py``
+
+configs/repro_small_duo.py's testbed and budget (10 steps at 3e-4, seeds 1, 2, 3) with 1500
+pretraining steps (as the MDLM frontier run, whose pretraining is the demo's), without the
+ablations,
+plus DCD (tokendrift_jax/objectives/dcd.py: the public recipe's T = 512, γ ∈ [−4, −1],
+KL(student ‖ teacher)) from the same pretrained weights at the TokenDrift stage's model
+FLOPs, its 5 teacher rounds spread evenly over the steps, and every model sampled at
+temperatures 0.8 ... 1.2 for the matched-entropy reading (eval/frontier.py). Sampling
+keeps DUO's ancestral noise removal for every method, DCD included, so that the methods
+differ only in their weights (the public DCD evaluation uses greedy noise removal).
+"""
+
+from configs import repro_small_duo
+
+
+def get_config():
+  c = repro_small_duo.get_config()
+  c.workdir = "runs/frontier_small_duo"
+  c.variants = {}
+  c.pretrain.steps = 1500  # the demo's pretraining (configs/demo.py), same digest
+  c.refine.baselines = ("dcd",)
+  c.refine.baseline_rounds = {"dcd": 5}
+  c.evaluation.temperatures = (0.8, 0.9, 1.0, 1.1, 1.2)
+  return c
