@@ -84,3 +84,35 @@ def test_variant_overrides_are_checked(tmp_path):
     synthetic._stage_config(  # pylint: disable=protected-access
         cfg, objective="drift", init="x", seed=1, data=data, stage=cfg.refine,
         overrides=ml_collections.ConfigDict({"drift": {"atraction": 0.0}}))
+
+
+@pytest.mark.parametrize("process,baseline,field", [("mdlm", "sdtt", ("sdtt", "round_steps")),
+                                                    ("duo", "dcd",
+                                                     ("dcd", "update_teacher_every"))])
+def test_baselines_are_planned_at_the_drift_stage_model_flops(tmp_path, process, baseline,
+                                                             field):
+  """refine.baselines: a stage per seed, at most the TokenDrift stage's model FLOPs and
+  within one round of it, its rounds equal; the existing stages' digests do not move."""
+  from tokendrift_jax.perf import budget  # pylint: disable=import-outside-toplevel
+  cfg = _tiny_experiment(str(tmp_path))
+  cfg.diffusion.process = process
+  if process == "duo":
+    cfg.model.update(dict(vocab_size=20, time_conditioning=True))
+  cfg.refine.update(dict(steps=12, seeds=(0, 1)))
+  data = {"train": "t.npy", "valid": "v.npy"}
+  before = {s.name: s.digest for s in synthetic.plan(cfg, str(tmp_path), data)}
+  cfg.refine.baselines, cfg.refine.baseline_rounds = (baseline,), {baseline: 3}
+  stages = {s.name: s for s in synthetic.plan(cfg, str(tmp_path), data)}
+  assert {n: stages[n].digest for n in before} == before
+  for seed in (0, 1):
+    st, drift = stages[f"{baseline}_seed{seed}"], stages[f"drift_seed{seed}"]
+    c = st.config
+    assert (c.objective, c.seed, st.method) == (baseline, seed, baseline)
+    steps, per_round = int(c.train.steps), int(c[field[0]][field[1]])
+    assert steps == 3 * per_round and per_round >= 1
+    spent = budget.model_flops_per_step(c) * steps
+    total = budget.model_flops_per_step(drift.config) * int(drift.config.train.steps)
+    assert spent <= total < spent + 3 * budget.model_flops_per_step(c)
+  cfg.refine.baselines = ("continuation",)
+  with pytest.raises(trainer.TrainError, match="not a distillation objective"):
+    synthetic.plan(cfg, str(tmp_path), data)

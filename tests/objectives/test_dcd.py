@@ -125,10 +125,8 @@ def test_noise_modes_have_the_same_law():
 # ---------------------------------------------------------------------- the loss
 
 
-def _torch_denoiser(model_cfg, params):
-  """The tiny JAX DiT as a torch denoiser for the reference (no dropout)."""
-  gdef = models.graphdef(model_cfg)
-  fn = jax.jit(lambda p, x, s: models.merge(gdef, p)(x, s))
+def _torch_denoiser(fn, params):
+  """The tiny JAX DiT ``fn(params, x, sigma)`` as a torch denoiser for the reference."""
 
   def denoiser(tokens, sigma):
     logits = fn(params, jnp.asarray(tokens.numpy(), jnp.int32),
@@ -167,7 +165,9 @@ def test_microstep_loss_matches_reference():
   else:
     eps = _embed_summary(dcd.sample_noise_summary(k_eps, x0, V), x0, seed=8)
   dt = 2.0 ** round_ / 64
-  ref = torch_dcd.dcd_loss(_torch_denoiser(cfg, student), _torch_denoiser(cfg, teacher),
+  gdef = models.graphdef(cfg)
+  apply = jax.jit(lambda p, x, s: models.merge(gdef, p)(x, s))  # one compile, both nets
+  ref = torch_dcd.dcd_loss(_torch_denoiser(apply, student), _torch_denoiser(apply, teacher),
                            torch.tensor(np.asarray(x0)).long(), torch.tensor(np.asarray(t0)),
                            torch.tensor(eps), dt, vocab_size=V, loss_type=loss_type)
   xt, xs, sigma_t, sigma_s = jax.jit(obj.draw)(k_eps, x0, t0, jnp.float32(dt))

@@ -188,7 +188,7 @@ def plan(config, workdir: str, data: dict) -> list[Stage]:
       if method in baselines:
         drift = _stage_config(config, objective="drift", init=init, seed=seed, data=data,
                               stage=config.refine)
-        cfg = matched_baseline(cfg, drift, int(config.refine.baseline_rounds[method]))
+        cfg = matched_baseline(cfg, drift, config.refine.get("baseline_rounds", {}).get(method))
       stages.append(Stage(f"{method}_seed{seed}", method, cfg,
                           config_hash(cfg, refine_context), (seed,)))
   return stages
@@ -198,7 +198,7 @@ def plan(config, workdir: str, data: dict) -> list[Stage]:
 ROUND_FIELDS = {"sdtt": ("sdtt", "round_steps"), "dcd": ("dcd", "update_teacher_every")}
 
 
-def matched_baseline(cfg, drift_cfg, rounds: int):
+def matched_baseline(cfg, drift_cfg, rounds: int | None):
   """``cfg`` (a distillation stage) with the most steps whose model FLOPs fit the
   TokenDrift stage ``drift_cfg``'s, a multiple of ``rounds``, split into ``rounds`` equal
   teacher rounds (SDTT: at most the rounds its grid allows)."""
@@ -207,6 +207,9 @@ def matched_baseline(cfg, drift_cfg, rounds: int):
     raise trainer.TrainError(f"refine.baselines: {objective!r} is not a distillation "
                              f"objective; expected some of {sorted(ROUND_FIELDS)}")
   section, field = ROUND_FIELDS[objective]
+  if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+    raise trainer.TrainError(f"refine.baseline_rounds[{objective!r}] must be an int >= 1 "
+                             f"(the baseline's teacher rounds), got {rounds!r}")
   if objective == "sdtt":
     s = cfg.sdtt
     allowed = sdtt.rounds_allowed(
