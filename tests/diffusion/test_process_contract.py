@@ -1,7 +1,7 @@
 """The process contract: a diffusion process defined here alone samples through the unchanged
 ``diffusion.make_sampler``, is evaluated through the unchanged ``SampleEvaluator`` with the
-synthetic judge, and trains a step through the unchanged trainer; the registry refuses what
-is not a process."""
+synthetic judge (extended here by one named metric, which the rows carry), and trains a step
+through the unchanged trainer; the registry refuses what is not a process."""
 
 from __future__ import annotations
 
@@ -102,6 +102,14 @@ class LinearMaskProcess(sampling.LoopProcess):
 
 registry.register_process(LinearMaskProcess)
 
+
+class DistinctCountingJudge(judges.SyntheticJudge):
+  """The synthetic judge yielding one more named metric: the distinct ids of the samples."""
+  metrics = judges.GEN_PPL_METRICS + ("distinct_ids",)
+
+  def score(self, tokens, texts, prompts=None):
+    return {**super().score(tokens, texts, prompts), "distinct_ids": len(np.unique(tokens))}
+
 V, L, B = 33, 16, 4      # the tiny DiT's vocabulary (mask 32) and length
 TARGET = (np.arange(B * L).reshape(B, L) * 7) % (V - 1)
 
@@ -138,7 +146,7 @@ def test_a_toy_process_is_evaluated_by_the_sample_evaluator(tiny_model_config, r
   assert (cfg.vocab_size, cfg.length, cfg.mask_id) == (V, L, V - 1)
   p = diffusion.make_process_for_model("toy_linear_mask", cfg)
   lang = synthetic.make_language(**tiny_lang)
-  judge = judges.SyntheticJudge(lang, process=p, progress=False)
+  judge = DistinctCountingJudge(lang, process=p, progress=False)
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
   ev = sampling_eval.SampleEvaluator(cfg, p, judge, mesh=mesh, batch=B, progress=False)
   assert ev.noise_removal == "greedy" and not ev.float64
@@ -151,6 +159,8 @@ def test_a_toy_process_is_evaluated_by_the_sample_evaluator(tiny_model_config, r
   nll = float(np.sum(synthetic.nll_per_token(lang, tokens), dtype=np.float64)) * L
   assert math.isclose(row["gen_ppl"], math.exp(nll / (B * L)), rel_tol=1e-9)
   assert row["toy_masks_left"] == 0 and row["nfe"] == 2 and row["nfe_model"] == 3
+  # Every metric the judge names is a column of the row.
+  assert row["distinct_ids"] == len(np.unique(tokens)) and row["num_tokens"] == B * L
 
 
 def test_a_toy_process_trains_a_step(tiny_run_config, tiny_dir, tmp_path):

@@ -62,9 +62,10 @@ class Evaluation:
   """Result of :meth:`SampleEvaluator.evaluate`.
 
   Attributes:
-    rows: one dict per (NFE, seed) with nfe, seed, gen_ppl, entropy, num_samples,
-      nfe_model (mean backbone forwards per sampling batch), nll_sum, num_tokens,
-      temperature, sample_time_s, score_time_s.
+    rows: one dict per (NFE, seed) with nfe, seed, the judge's metrics (``judge.score``'s
+      names: gen_ppl, nll_sum, num_tokens for the judges here), entropy, num_samples,
+      nfe_model (mean backbone forwards per sampling batch), temperature, sample_time_s,
+      score_time_s, and the process's ``sample_metrics`` (LLaDA: masks_left).
     samples: one dict per sample (nfe, seed, index, text, token_ids), or None.
   """
   rows: list[dict]
@@ -286,13 +287,13 @@ class SampleEvaluator:
           tokens, nfe_model = self.sample(params, nfe, seed, num_samples, bar, prompts)
           t1 = time.time()
           texts = self.judge.decode(tokens)
-          score = self.judge.score(tokens, texts, prompt_texts)
+          score = dict(self.judge.score(tokens, texts, prompt_texts))
           ent = entropy_lib.mean_entropy(tokens)
           t2 = time.time()
-          row = dict(nfe=nfe, seed=seed, gen_ppl=score.gen_ppl, entropy=ent,
+          # The judge's metrics under its own names (gen_ppl, nll_sum, num_tokens, ...).
+          row = dict(nfe=nfe, seed=seed, **score, entropy=ent,
                      num_samples=int(tokens.shape[0]),
-                     nfe_model=float(np.mean(nfe_model)), nll_sum=score.nll_sum,
-                     num_tokens=score.num_tokens, temperature=self.temperature,
+                     nfe_model=float(np.mean(nfe_model)), temperature=self.temperature,
                      sample_time_s=t1 - t0, score_time_s=t2 - t1)
           row.update(self.process.sample_metrics(tokens))
           rows.append(row)
