@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
   # Imported here so --help stays instant (the converters import numpy, the models jax).
   # pylint: disable=import-outside-toplevel
   import convert as registry
+  from tokendrift_jax.diffusion import registry as process_registry
   sources = "\n".join(f"--family {name}:\n{registry.get_converter(name).SOURCES}"
                       for name in registry.families())
   parser = argparse.ArgumentParser(prog="python -m convert",
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="take ckpt['ema']['shadow_params'] (Lightning .ckpt only)")
   parser.add_argument("--family", default="dit",
                       help=f"model family of SRC (default dit; known: {registry.families()})")
-  parser.add_argument("--process", choices=("mdlm", "duo", "llada"),
+  parser.add_argument("--process", choices=process_registry.names(),
                       help="diffusion process of the weights, mdlm (masked), duo (uniform) or "
                            "llada (LLaDA's masked process); needed when SRC does not say")
   parser.add_argument("--config", metavar="JSON",

@@ -29,9 +29,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from tokendrift_jax import fs, models
+from tokendrift_jax.diffusion import registry as process_registry
 
 FORMAT = "tokendrift_jax.backbone/v1"
-PROCESSES = ("mdlm", "duo", "llada")
 LEGACY_FAMILY = "dit"   # the only family before the registry
 
 
@@ -82,8 +82,9 @@ def normalize_meta(meta: dict, where: str) -> dict:
   elif legacy is not None and legacy != meta["process"]:
     raise CheckpointError(f"{where}: meta names the process {meta['process']!r} and, as "
                           f"'arch', {legacy!r}; which one the weights belong to is ambiguous")
-  if meta["process"] not in (None,) + PROCESSES:
-    raise CheckpointError(f"{where}: meta['process'] must be one of {PROCESSES}, got "
+  if meta["process"] not in (None,) + process_registry.names():
+    raise CheckpointError(f"{where}: meta['process'] must be one of "
+                          f"{process_registry.names()}, got "
                           f"{meta['process']!r}")
   return meta
 
@@ -93,7 +94,8 @@ def checkpoint_process(meta: dict, where: str) -> str:
   process = meta.get("process")
   if process is None:
     raise CheckpointError(f"{where}: the checkpoint does not record its diffusion process "
-                          f"(meta['process'] is missing; expected one of {PROCESSES}); "
+                          f"(meta['process'] is missing; expected one of "
+                          f"{process_registry.names()}); "
                           f"convert it again with `python -m convert SRC DST --process ...`")
   return process
 

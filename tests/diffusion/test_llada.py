@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokendrift_jax.diffusion import (LLaDAProcess, NLLMeter, PROCESSES, make_process,
-                                      make_process_for_model)
+from tokendrift_jax.diffusion import (LLaDAProcess, NLLMeter, make_process,
+                                      make_process_for_model, registry)
 from tokendrift_jax.models.dit import DiTConfig
 from tests.references import np_llada
 
@@ -212,7 +212,7 @@ def test_sft_prompt_is_never_masked_over_many_draws():
 
 
 def test_process_basics_and_factory():
-  assert PROCESSES["llada"] is LLaDAProcess
+  assert registry.get("llada") is LLaDAProcess and "llada" in registry.names()
   p = make_process("llada", 126464, mask_id=126336)
   assert p.name == "llada" and p.mask_id == 126336 and p.eps == EPS
   assert p.sampling_eps == 0.0 and not p.antithetic and not p.time_conditioning

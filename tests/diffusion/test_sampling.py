@@ -8,7 +8,7 @@ only the uniforms with the code under test (``step_uniforms``, the documented no
 Forward counts are checked against a host-side counter that the denoiser bumps through
 ``io_callback`` every time it actually runs.
 
-The pieces (gumbel_argmax, mdlm_ddpm_step, duo_ancestral_step) run
+The pieces (gumbel_argmax, mdlm.ddpm_step, duo.ancestral_step) run
 under ``chex.variants(with_jit=True, without_jit=True)`` in ``SamplerStepVariantsTest``;
 the whole samplers are compiled programs (make_sampler jits them) and
 ``test_same_seed_same_samples_on_1_and_8_devices`` is their sharded variant.
@@ -25,6 +25,8 @@ from jax.experimental import io_callback
 
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import DUOProcess, MDLMProcess, make_sampler, sample
+from tokendrift_jax.diffusion import duo
+from tokendrift_jax.diffusion import mdlm
 from tokendrift_jax.diffusion import sampling as smp
 
 V, B, L = 13, 8, 8
@@ -165,11 +167,11 @@ _SAMPLERS = {}
 
 def _sampler(kind, *, noise_removal=None, cache=True, mesh_devices=None, float64=None,
              temperature=1.0):
-  noise_removal = noise_removal or smp.DEFAULT_NOISE_REMOVAL[kind]
-  float64 = smp.DEFAULT_FLOAT64[kind] if float64 is None else float64
+  process = MDLMProcess(V) if kind == "mdlm" else DUOProcess(V)
+  noise_removal = noise_removal or process.default_noise_removal
+  float64 = process.default_float64 if float64 is None else float64
   k = (kind, noise_removal, cache, mesh_devices, float64, temperature)
   if k not in _SAMPLERS:
-    process = MDLMProcess(V) if kind == "mdlm" else DUOProcess(V)
     mesh = None if mesh_devices is None else sharding.make_mesh(
         devices=jax.devices()[:mesh_devices])
     fn = _counting_logits if mesh is None else _logits
@@ -214,7 +216,7 @@ class SamplerStepVariantsTest(chex.TestCase):
     q = p * (t - s)
     q[..., MASK] = s
     ref = np.where(x == MASK, np_gumbel_argmax(q, u), x)
-    step = self.variant(smp.mdlm_ddpm_step, static_argnums=5)
+    step = self.variant(mdlm.ddpm_step, static_argnums=5)
     with jax.enable_x64(True):
       got = step(jnp.asarray(p), jnp.asarray(x), t, s, jnp.asarray(u), MASK)
       # Per-example times [B] broadcast the same way.
@@ -231,7 +233,7 @@ class SamplerStepVariantsTest(chex.TestCase):
     p = np.exp(np_log_softmax(rng.normal(size=(B, L, V)) * 2))
     x = rng.integers(0, V, (B, L))
     u = rng.uniform(0, 1, (B, L, V))
-    step = self.variant(smp.duo_ancestral_step)
+    step = self.variant(duo.ancestral_step)
     for a_s, a_t in ((0.6, 0.2), (1.0, 0.9)):
       ref = np_gumbel_argmax(np_duo_posterior(p, x, a_s, a_t), u)
       with jax.enable_x64(True):
@@ -384,7 +386,7 @@ def test_errors():
     make_sampler(DUOProcess(V), _logits, batch=B, length=L, cache=False)
   with pytest.raises(ValueError, match="steps must be a positive int"):
     _sampler("duo", noise_removal="ancestral", float64=True)(params, jax.random.key(0), 0)
-  with pytest.raises(TypeError, match="MDLMProcess or DUOProcess"):
+  with pytest.raises(TypeError, match="must be a diffusion Process"):
     make_sampler(object(), _logits, batch=B, length=L)
   # A float64 loop traced outside enable_x64 would silently run in float32: it refuses.
   with pytest.raises(RuntimeError, match="enable_x64"):

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from tokendrift_jax.diffusion import common
+from tokendrift_jax.diffusion import sampling
 from tokendrift_jax.diffusion import schedule
 
 LogitsFn = common.LogitsFn
@@ -109,8 +110,25 @@ def nelbo_per_token(log_p: jax.Array, x0: jax.Array, xt: jax.Array, alpha_t: jax
   return da / (n * a) * (rate_term - log_sum)
 
 
+def ancestral_step(p_x0: jax.Array, x: jax.Array, alpha_s: jax.Array, alpha_t: jax.Array,
+                       u: jax.Array) -> jax.Array:
+  """One DUO ``_ancestral_update``: draw z_s from the uniform-state posterior q(z_s | x, p_x0).
+
+  Args:
+    p_x0: float[B, L, V] model distribution over x0 (float64 when sampling in float64).
+    x: int[B, L] current tokens.
+    alpha_s, alpha_t: float scalars or [B] (alpha_s = 1 for the noise-removal step).
+    u: float[B, L, V] uniforms.
+
+  Returns:
+    int32[B, L].
+  """
+  chex.assert_equal_shape([p_x0, u])  # the posterior checks p_x0 [B, L, V] against x
+  return sampling.gumbel_argmax(posterior(p_x0, x, alpha_s, alpha_t), u)
+
+
 @dataclasses.dataclass(frozen=True)
-class DUOProcess:
+class DUOProcess(sampling.LoopProcess):
   """Uniform-state diffusion of DUO (hashable: usable as a static jit argument).
 
   Attributes:
@@ -128,6 +146,16 @@ class DUOProcess:
   name: ClassVar[str] = "duo"
   time_conditioning: ClassVar[bool] = True
   mask_id: ClassVar[None] = None    # uniform state: no mask token
+  # 'ancestral' is one more posterior step, to α_s = 1.
+  noise_removals: ClassVar[tuple[str, ...]] = ("ancestral", "greedy", "none")
+  default_noise_removal: ClassVar[str] = "ancestral"
+  # float64 posterior and Gumbel noise, as the DUO repository (``sampling.use_float64``).
+  default_float64: ClassVar[bool] = True
+
+  @classmethod
+  def for_model(cls, model_cfg, **kwargs) -> "DUOProcess":
+    """Sized like the backbone; DUO is always time-conditioned and has no mask."""
+    return cls(vocab_size=model_cfg.vocab_size, **kwargs)
 
   def __post_init__(self):
     common.check_schedule(self.vocab_size, self.eps, self.sampling_eps)
@@ -239,3 +267,14 @@ class DUOProcess:
       (loss float32 scalar, metrics dict with ``loss``, ``nll_sum``, ``num_tokens``).
     """
     return common.nelbo_estimate(self, logits_fn, x0, key, valid)
+
+  # --- sampling (the shared loop, DUO ``_ancestral_update``) --------------------------
+
+  def denoise_step(self, p_x0, x, t, s, u, last):
+    """:func:`ancestral_step` from t to s; the noise removal ('ancestral') goes to α_s = 1."""
+    dtype = p_x0.dtype
+    alpha_s = jnp.where(last, jnp.asarray(1.0, dtype), self.alpha(s))
+    return ancestral_step(p_x0, x, alpha_s, self.alpha(t), u)
+
+
+PROCESS = DUOProcess

@@ -39,10 +39,14 @@ from typing import ClassVar
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tokendrift_jax.diffusion import common
+from tokendrift_jax.diffusion import llada_sampling
 from tokendrift_jax.diffusion import metrics as metrics_lib
+from tokendrift_jax.diffusion import sampling
 from tokendrift_jax.diffusion import schedule
+from tokendrift_jax.diffusion.base import Process
 
 # "−∞" of the carry-over at unmasked positions: finite (gradients stay NaN-free), and
 # exp(−1e6) is exactly 0 in float32 and float64 (the value MDLM's SUBS uses too).
@@ -52,7 +56,7 @@ LogitsFn = common.LogitsFn
 
 
 @dataclasses.dataclass(frozen=True)
-class LLaDAProcess:
+class LLaDAProcess(Process):
   """LLaDA's masked diffusion (hashable: usable as a static jit argument).
 
   Attributes:
@@ -72,8 +76,28 @@ class LLaDAProcess:
   antithetic: bool = False
 
   name: ClassVar[str] = "llada"
+  # generate.py commits every mask within its steps: no noise-removal forward.
+  noise_removals: ClassVar[tuple[str, ...]] = ("none",)
+  default_noise_removal: ClassVar[str] = "none"
+  # float64 Gumbel noise, as generate.py's add_gumbel_noise.
+  default_float64: ClassVar[bool] = True
+  prompted: ClassVar[bool] = True
+  # The unconditional sampler's temperature: 1 draws from the model, as the MDLM/DUO
+  # samplers do; generate.py's default 0 would make every row and seed the same sample.
+  unconditional_temperature: ClassVar[float] = 1.0
   # LLaDA's mask predictor has no time input (model_sigma feeds zeros).
   time_conditioning: ClassVar[bool] = False
+
+  @classmethod
+  def for_model(cls, model_cfg, **kwargs) -> "LLaDAProcess":
+    """The backbone's mask id; the backbone must have no time input (LLaDA has none)."""
+    if model_cfg.mask_id is None:
+      raise ValueError(f"diffusion.process='llada' needs a mask token, but the "
+                       f"{type(model_cfg).__name__} backbone has none")
+    if model_cfg.time_conditioned:
+      raise ValueError(f"diffusion.process='llada' has no time conditioning, but the "
+                       f"{type(model_cfg).__name__} backbone is time-conditioned")
+    return cls(vocab_size=model_cfg.vocab_size, mask_id=model_cfg.mask_id, **kwargs)
 
   def __post_init__(self):
     common.check_schedule(self.vocab_size, self.eps, self.sampling_eps)
@@ -257,9 +281,66 @@ class LLaDAProcess:
     return metrics_lib.reduce_nelbo(self.loss_per_token(log_probs, x0, xt, t, keep), valid)
 
 
+
+  # --- sampling (generate.py, :mod:`llada_sampling`) ----------------------------------
+
+  def sampler_options(self, options: dict, length: int) -> dict:
+    """generate.py's options with the unconditional defaults: ``temperature``
+    (:attr:`unconditional_temperature`), ``block_length`` (0 / None = ``length``, one
+    block), and ``remasking`` / ``cfg_scale`` when given."""
+    options = {k: v for k, v in dict(options).items() if v is not None}
+    unknown = sorted(set(options) - {"temperature", "block_length", "remasking", "cfg_scale"})
+    if unknown:
+      raise ValueError(f"sampler option(s) {unknown} are not generate.py's")
+    return {"temperature": self.unconditional_temperature, **options,
+            "block_length": int(options.get("block_length") or length)}
+
+  def check_steps(self, steps: int, length: int, options: dict) -> None:
+    """generate.py's assert: the step count is a multiple of the number of blocks."""
+    llada_sampling.check_steps(steps, length, options.get("block_length") or length)
+
+  def make_sampler(self, apply_fn, *, batch: int, length: int,
+                   noise_removal: str | None = None, cache: bool = True,
+                   float64: bool | None = None, mesh=None, **options):
+    """The unconditional generate.py sampler (empty prompt, gen_length = length)."""
+    noise_removal, float64 = self.check_sampler_settings(noise_removal, float64, cache)
+    if batch < 1 or length < 1:
+      raise ValueError(f"batch and length must be >= 1, got batch={batch}, length={length}")
+    options = dict({"temperature": self.unconditional_temperature}, **options)
+    generate = llada_sampling.make_generate(self, apply_fn, batch=batch, prompt_length=0,
+                                            gen_length=length, float64=float64, mesh=mesh,
+                                            **options)
+    empty = jnp.zeros((batch, 0), jnp.int32)
+
+    def sampler(params, key: jax.Array, steps: int) -> sampling.SampleResult:
+      res = generate(params, empty, key, steps)
+      return sampling.SampleResult(tokens=res.tokens, nfe_model=res.nfe_model, steps=steps,
+                                   final_forward=False, forward_rows=res.forward_rows)
+
+    return sampler
+
+  def make_generate(self, apply_fn, *, batch: int, prompt_length: int, gen_length: int,
+                    float64: bool | None = None, mesh=None, **options):
+    """generate.py completing prompts int[B, P] (:func:`llada_sampling.make_generate`)."""
+    float64 = self.default_float64 if float64 is None else bool(float64)
+    return llada_sampling.make_generate(self, apply_fn, batch=batch,
+                                        prompt_length=prompt_length, gen_length=gen_length,
+                                        float64=float64, mesh=mesh, **options)
+
+  # --- evaluation ---------------------------------------------------------------------
+
+  def sample_metrics(self, tokens) -> dict:
+    """``masks_left``: generate.py may commit the mask id itself (its argmax runs over every
+    id); decoding drops it with the special tokens, so the count is reported."""
+    return {"masks_left": int(np.sum(np.asarray(tokens) == self.mask_id))}
+
+
 def _check_keep(keep: jax.Array | None, shape: tuple[int, ...]) -> None:
   if keep is None:
     return
   if keep.shape != tuple(shape) or keep.dtype != jnp.bool_:
     raise ValueError(f"keep (the SFT prompt mask) must be bool {list(shape)}, got "
                      f"{keep.dtype}{list(keep.shape)}")
+
+
+PROCESS = LLaDAProcess

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from tokendrift_jax import sharding
-from tokendrift_jax.diffusion.llada import LLaDAProcess
+from tokendrift_jax.diffusion.base import Process
 
 REMASKING = ("low_confidence", "random")
 
@@ -286,7 +286,7 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
 # --- public entry points --------------------------------------------------------------
 
 
-def make_generate(process: LLaDAProcess, apply_fn: ApplyFn, *, batch: int,
+def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int,
                   prompt_length: int, gen_length: int, block_length: int | None = None,
                   temperature: float = 0.0, cfg_scale: float = 0.0,
                   remasking: str = "low_confidence", float64: bool = True,
@@ -298,7 +298,8 @@ def make_generate(process: LLaDAProcess, apply_fn: ApplyFn, *, batch: int,
   generate.py's default 128 equals its default gen_length).
 
   Args:
-    process: the LLaDAProcess (its mask id).
+    process: the LLaDAProcess (its mask id; any masked :class:`Process` serves, as only
+      the mask id is used: ``LLaDAProcess.make_sampler`` is the process-level entry).
     apply_fn: (params, x int32[R, T], sigma float32[R]) -> logits float[R, T, V].
     batch: B; prompt_length: P (0 for unconditional generation); gen_length: G.
     block_length, temperature, cfg_scale, remasking, float64, mesh: see
@@ -307,8 +308,10 @@ def make_generate(process: LLaDAProcess, apply_fn: ApplyFn, *, batch: int,
   Returns:
     ``generate(params, prompt int[B, P], key, steps: int) -> GenerateResult``.
   """
-  if not isinstance(process, LLaDAProcess):
-    raise TypeError(f"process must be an LLaDAProcess, got {type(process).__name__}")
+  # Only the mask id is used; a process without one cannot be sampled by remasking.
+  if not isinstance(process, Process) or process.mask_id is None:
+    raise TypeError(f"process must be a masked Process (an LLaDAProcess), got "
+                    f"{type(process).__name__}")
   block_length = gen_length if block_length is None else block_length
   check_options(gen_length=gen_length, block_length=block_length, temperature=temperature,
                 cfg_scale=cfg_scale, remasking=remasking)
@@ -347,7 +350,7 @@ def make_generate(process: LLaDAProcess, apply_fn: ApplyFn, *, batch: int,
   return generate
 
 
-def generate(process: LLaDAProcess, logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array,
+def generate(process: Process, logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array,
              *, steps: int, gen_length: int, block_length: int | None = None,
              temperature: float = 0.0, cfg_scale: float = 0.0,
              remasking: str = "low_confidence", float64: bool = True,

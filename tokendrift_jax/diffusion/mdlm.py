@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from tokendrift_jax.diffusion import common
+from tokendrift_jax.diffusion import sampling
 from tokendrift_jax.diffusion import schedule
 
 NEG_INF = -1e6
@@ -32,8 +33,42 @@ NEG_INF = -1e6
 LogitsFn = common.LogitsFn
 
 
+def ddpm_step(p_x0: jax.Array, x: jax.Array, t: jax.Array, s: jax.Array, u: jax.Array,
+                   mask_id: int) -> jax.Array:
+  """One MDLM ``_ddpm_caching_update`` step from time t to s < t.
+
+  q(x_s)_v ∝ p_x0,v (t − s) for v ≠ mask and s for the mask (move chances t and s, as the
+  reference's log-linear caching update uses); a draw replaces masked tokens only.
+
+  Args:
+    p_x0: float[B, L, V] SUBS probabilities at xt (0 at the mask id).
+    x: int[B, L] current tokens.
+    t, s: float scalars or [B] times, s < t.
+    u: float[B, L, V] uniforms for the Gumbel draw.
+    mask_id: the mask token id.
+
+  Returns:
+    int32[B, L].
+  """
+  # Trace-time contract: p_x0 and u [B, L, V], x [B, L], t and s scalars or [B].
+  chex.assert_rank(p_x0, 3)
+  chex.assert_equal_shape([p_x0, u])
+  chex.assert_shape(x, p_x0.shape[:2])
+  dtype = p_x0.dtype
+  t = jnp.asarray(t, dtype)
+  s = jnp.asarray(s, dtype)
+  chex.assert_rank([t, s], {0, 1})
+  chex.assert_equal_shape([t, s])
+  if t.ndim:
+    t, s = t[:, None, None], s[:, None, None]
+  is_mask_col = jnp.arange(p_x0.shape[-1]) == mask_id
+  q = jnp.where(is_mask_col, s, p_x0 * (t - s))
+  proposal = sampling.gumbel_argmax(q, u)
+  return jnp.where(x != mask_id, x, proposal).astype(jnp.int32)
+
+
 @dataclasses.dataclass(frozen=True)
-class MDLMProcess:
+class MDLMProcess(sampling.LoopProcess):
   """Absorbing-state diffusion of MDLM (hashable: usable as a static jit argument).
 
   Attributes:
@@ -54,6 +89,20 @@ class MDLMProcess:
   time_conditioning: bool = False
 
   name: ClassVar[str] = "mdlm"
+  # The reference's noise removal: the argmax of one more forward.
+  noise_removals: ClassVar[tuple[str, ...]] = ("greedy", "none")
+  default_noise_removal: ClassVar[str] = "greedy"
+  # float32 p_x0 and Gumbel noise, as the MDLM repository samples.
+  default_float64: ClassVar[bool] = False
+
+  @classmethod
+  def for_model(cls, model_cfg, **kwargs) -> "MDLMProcess":
+    """The backbone's mask id, and its time conditioning (the released MDLM feeds σ = 0)."""
+    if model_cfg.mask_id is None:
+      raise ValueError(f"diffusion.process='mdlm' needs a mask token, but the "
+                       f"{type(model_cfg).__name__} backbone has none")
+    return cls(vocab_size=model_cfg.vocab_size, mask_id=model_cfg.mask_id,
+               time_conditioning=model_cfg.time_conditioned, **kwargs)
 
   def __post_init__(self):
     common.check_schedule(self.vocab_size, self.eps, self.sampling_eps)
@@ -184,3 +233,22 @@ class MDLMProcess:
       (loss float32 scalar, metrics dict with ``loss``, ``nll_sum``, ``num_tokens``).
     """
     return common.nelbo_estimate(self, logits_fn, x0, key, valid)
+
+  # --- sampling (the shared loop, MDLM ``_ddpm_caching_update``) ----------------------
+
+  @property
+  def has_cache(self) -> bool:
+    return True
+
+  def reuses_forward(self, cache: bool) -> bool:
+    """``ddpm_cache``: an unchanged state reuses p_x0, unless the backbone sees σ(t) (the
+    reference caches only a time-unconditioned MDLM)."""
+    return bool(cache) and not self.time_conditioning
+
+  def denoise_step(self, p_x0, x, t, s, u, last):
+    """:func:`ddpm_step` from t to s (the noise removal is the loop's greedy argmax)."""
+    del last
+    return ddpm_step(p_x0, x, t, s, u, self.mask_id)
+
+
+PROCESS = MDLMProcess

@@ -1,12 +1,16 @@
-"""Few-step samplers: MDLM ``ddpm_cache`` and DUO ``ancestral``, with exact forward counts.
+"""Few-step samplers: the shared denoising loop (MDLM ``ddpm_cache``, DUO ``ancestral``) and
+the one entry point of every process's sampler, with exact forward counts.
 
-:func:`make_sampler` / :func:`sample` also serve an LLaDAProcess, with LLaDA's generate.py
-sampler (:mod:`llada_sampling`, unconditional: empty prompt); what follows is about MDLM/DUO.
+:func:`make_sampler` / :func:`sample` call the process's own
+:meth:`~tokendrift_jax.diffusion.base.Process.make_sampler` (LLaDA's is generate.py,
+:mod:`llada_sampling`, unconditional: empty prompt); what follows is about the loop that
+:class:`LoopProcess` subclasses (MDLM, DUO) share.
 
 Both samplers walk the grid t_i = 1 − i (1 − 1e-5) / steps, i = 0..steps−1 (the references'
 ``linspace(1, 1e-5, steps + 1)``), then optionally apply a noise-removal step at t = 1e-5.
 That step is iteration i = steps of the same loop, so the backbone is traced and compiled
-once per sampler.
+once per sampler. The update of one step is the process's :meth:`LoopProcess.denoise_step`
+(MDLM: :func:`mdlm.ddpm_step`; DUO: :func:`duo.ancestral_step`).
 
 NFE accounting (see docs/DIFFUSION.md):
   * ``SampleResult.steps`` is the number of denoising steps; this is the paper's "NFE".
@@ -25,12 +29,13 @@ MDLM samplers consume identical draws, so they return identical tokens.
 Precision: MDLM samples in float32 like the MDLM repository (its p_x0 and Gumbel noise are
 float32); DUO samples in float64 like the DUO repository (``sampling.use_float64``: the
 float32 log-softmax output is cast to float64 before exp, posterior and Gumbel noise are
-float64). Both can be overridden with ``float64=``; float64 runs trace and execute under a
-scoped ``jax.enable_x64(True)``.
+float64). The default is the process's ``default_float64``; it can be overridden with
+``float64=``; float64 runs trace and execute under a scoped ``jax.enable_x64(True)``.
 """
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, Callable
 
@@ -41,28 +46,14 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from tokendrift_jax import sharding
-from tokendrift_jax.diffusion import duo as duo_lib
-from tokendrift_jax.diffusion import llada_sampling
 from tokendrift_jax.diffusion import schedule
-from tokendrift_jax.diffusion.duo import DUOProcess
-from tokendrift_jax.diffusion.llada import LLaDAProcess
-from tokendrift_jax.diffusion.mdlm import MDLMProcess
+from tokendrift_jax.diffusion.base import Process
 
 T_MIN = 1e-5  # last grid point (``eps=1e-5`` of the reference ``_sample``/``generate_samples``)
 GUMBEL_EPS = 1e-10  # offsets of the references' ``_sample_categorical``
 
 LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
-
-# LLaDA's generate.py commits every mask within its steps: no noise-removal forward.
-NOISE_REMOVAL = {"mdlm": ("greedy", "none"), "duo": ("ancestral", "greedy", "none"),
-                 "llada": ("none",)}
-DEFAULT_NOISE_REMOVAL = {"mdlm": "greedy", "duo": "ancestral", "llada": "none"}
-# LLaDA: float64 Gumbel noise, as generate.py's add_gumbel_noise.
-DEFAULT_FLOAT64 = {"mdlm": False, "duo": True, "llada": True}
-# The unconditional LLaDA sampler's temperature: 1 draws from the model, as the MDLM/DUO
-# samplers do; generate.py's default 0 would make every row and seed the same sample.
-LLADA_UNCONDITIONAL_TEMPERATURE = 1.0
 
 
 @flax.struct.dataclass
@@ -129,57 +120,6 @@ def sample_categorical(key: jax.Array, probs: jax.Array) -> jax.Array:
   return gumbel_argmax(probs, jax.random.uniform(key, probs.shape, dtype=probs.dtype))
 
 
-def mdlm_ddpm_step(p_x0: jax.Array, x: jax.Array, t: jax.Array, s: jax.Array, u: jax.Array,
-                   mask_id: int) -> jax.Array:
-  """One MDLM ``_ddpm_caching_update`` step from time t to s < t.
-
-  q(x_s)_v ∝ p_x0,v (t − s) for v ≠ mask and s for the mask (move chances t and s, as the
-  reference's log-linear caching update uses); a draw replaces masked tokens only.
-
-  Args:
-    p_x0: float[B, L, V] SUBS probabilities at xt (0 at the mask id).
-    x: int[B, L] current tokens.
-    t, s: float scalars or [B] times, s < t.
-    u: float[B, L, V] uniforms for the Gumbel draw.
-    mask_id: the mask token id.
-
-  Returns:
-    int32[B, L].
-  """
-  # Trace-time contract: p_x0 and u [B, L, V], x [B, L], t and s scalars or [B].
-  chex.assert_rank(p_x0, 3)
-  chex.assert_equal_shape([p_x0, u])
-  chex.assert_shape(x, p_x0.shape[:2])
-  dtype = p_x0.dtype
-  t = jnp.asarray(t, dtype)
-  s = jnp.asarray(s, dtype)
-  chex.assert_rank([t, s], {0, 1})
-  chex.assert_equal_shape([t, s])
-  if t.ndim:
-    t, s = t[:, None, None], s[:, None, None]
-  is_mask_col = jnp.arange(p_x0.shape[-1]) == mask_id
-  q = jnp.where(is_mask_col, s, p_x0 * (t - s))
-  proposal = gumbel_argmax(q, u)
-  return jnp.where(x != mask_id, x, proposal).astype(jnp.int32)
-
-
-def duo_ancestral_step(p_x0: jax.Array, x: jax.Array, alpha_s: jax.Array, alpha_t: jax.Array,
-                       u: jax.Array) -> jax.Array:
-  """One DUO ``_ancestral_update``: draw z_s from the uniform-state posterior q(z_s | x, p_x0).
-
-  Args:
-    p_x0: float[B, L, V] model distribution over x0 (float64 when sampling in float64).
-    x: int[B, L] current tokens.
-    alpha_s, alpha_t: float scalars or [B] (alpha_s = 1 for the noise-removal step).
-    u: float[B, L, V] uniforms.
-
-  Returns:
-    int32[B, L].
-  """
-  chex.assert_equal_shape([p_x0, u])  # the posterior checks p_x0 [B, L, V] against x
-  return gumbel_argmax(duo_lib.posterior(p_x0, x, alpha_s, alpha_t), u)
-
-
 # --- loops ----------------------------------------------------------------------------
 
 
@@ -200,24 +140,43 @@ def tempered_log_probs(log_probs: jax.Array, temperature: float) -> jax.Array:
   return jax.nn.log_softmax(log_probs / jnp.asarray(temperature, log_probs.dtype), axis=-1)
 
 
-def _check_options(process, noise_removal: str | None, float64: bool | None):
-  if not isinstance(process, (MDLMProcess, DUOProcess)):
-    raise TypeError(f"process must be an MDLMProcess or DUOProcess, got {type(process).__name__}")
-  if noise_removal is None:
-    noise_removal = DEFAULT_NOISE_REMOVAL[process.name]
-  if noise_removal not in NOISE_REMOVAL[process.name]:
-    raise ValueError(f"noise_removal={noise_removal!r} is not one of "
-                     f"{NOISE_REMOVAL[process.name]} for {process.name}")
-  if float64 is None:
-    float64 = DEFAULT_FLOAT64[process.name]
-  return noise_removal, bool(float64)
+class LoopProcess(Process):
+  """A process sampled by the shared denoising loop (:func:`sampling_loop`): it states one
+  step's update and whether an unchanged state may reuse the previous forward."""
+
+  @abc.abstractmethod
+  def denoise_step(self, p_x0: jax.Array, x: jax.Array, t: jax.Array, s: jax.Array,
+                   u: jax.Array, last: jax.Array) -> jax.Array:
+    """One update from time t to s < t: int32[B, L].
+
+    Args:
+      p_x0: float[B, L, V] model distribution over x0 at x (tempered; float64 when
+        sampling in float64).
+      x: int32[B, L] current tokens.
+      t, s: float scalars, s = t − dt.
+      u: float[B, L, V] the step's uniforms.
+      last: bool scalar, True at the noise-removal step (i = steps, t = T_MIN).
+    """
+
+  def reuses_forward(self, cache: bool) -> bool:
+    """Whether the loop may reuse the previous step's p_x0 when no token changed (a forward
+    that does not depend on t); never by default."""
+    del cache
+    return False
+
+  def make_sampler(self, apply_fn: ApplyFn, *, batch: int, length: int,
+                   noise_removal: str | None = None, cache: bool = True,
+                   float64: bool | None = None, mesh: Mesh | None = None, **options):
+    return make_loop_sampler(self, apply_fn, batch=batch, length=length,
+                             noise_removal=noise_removal, cache=cache, float64=float64,
+                             mesh=mesh, **options)
 
 
-def sampling_loop(process, logits_fn: LogitsFn, key: jax.Array, steps: jax.Array, *,
-                  batch: int, length: int, noise_removal: str | None = None,
-                  cache: bool = True, float64: bool | None = None,
-                  mesh: Mesh | None = None, temperature: float = 1.0
-                  ) -> tuple[jax.Array, jax.Array]:
+def sampling_loop(process: LoopProcess, logits_fn: LogitsFn, key: jax.Array,
+                  steps: jax.Array, *, batch: int, length: int,
+                  noise_removal: str | None = None, cache: bool = True,
+                  float64: bool | None = None, mesh: Mesh | None = None,
+                  temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """Traceable sampler body: (tokens int32[B, L], nfe_model int32 scalar).
 
   Call it inside jit (``steps`` may be traced); :func:`make_sampler` does that for you.
@@ -225,22 +184,28 @@ def sampling_loop(process, logits_fn: LogitsFn, key: jax.Array, steps: jax.Array
   rather than silently dropping to float32.
 
   Args:
-    process: MDLMProcess or DUOProcess.
+    process: a :class:`LoopProcess` (MDLMProcess, DUOProcess, ...).
     logits_fn: denoiser (x int32[B, L], sigma float32[B]) -> logits float[B, L, V].
     key: PRNG key.
     steps: int scalar, number of denoising steps (>= 1).
     batch, length: output shape.
-    noise_removal: MDLM 'greedy' | 'none' (default 'greedy' = the reference's argmax of one
-      more forward); DUO 'ancestral' | 'greedy' | 'none' (default 'ancestral').
-    cache: MDLM only: reuse p_x0 when no token changed (``ddpm_cache``); ignored for a
-      time-conditioned MDLM, as in the reference. Must stay True for DUO (unused).
-    float64: sampling precision; default False for MDLM, True for DUO.
+    noise_removal: one of ``process.noise_removals`` (default
+      ``process.default_noise_removal``): 'greedy' = the argmax of one more forward (the
+      MDLM reference's); 'ancestral' = one more ``denoise_step`` to s = 0 (DUO's default);
+      'none'.
+    cache: reuse p_x0 when no token changed, where ``process.reuses_forward(cache)``
+      (MDLM's ``ddpm_cache``; not for a time-conditioned MDLM, as in the reference). Must
+      stay True for a process without a cache (DUO).
+    float64: sampling precision; default ``process.default_float64``.
     mesh: if given, the batch axis of every [B, ...] array is sharded over it.
     temperature: τ > 0 (a Python float): every step draws from p_x0^(1/τ), renormalised
       (``tempered_log_probs``); 1 = the model's own p_x0 (the program is then exactly the
       untempered one). The greedy noise-removal argmax does not depend on τ.
   """
-  noise_removal, float64 = _check_options(process, noise_removal, float64)
+  if not isinstance(process, LoopProcess):
+    raise TypeError(f"sampling_loop needs a LoopProcess (MDLM, DUO, ...), got "
+                    f"{type(process).__name__}")
+  noise_removal, float64 = process.check_sampler_settings(noise_removal, float64, cache)
   check_temperature(temperature)
   dtype = jnp.float64 if float64 else jnp.float32
   if float64 and not jax.config.jax_enable_x64:
@@ -250,10 +215,7 @@ def sampling_loop(process, logits_fn: LogitsFn, key: jax.Array, steps: jax.Array
   def constrain(a):
     return sharding.constrain_batch(a, mesh)
 
-  if not isinstance(process, MDLMProcess) and not cache:
-    raise ValueError("cache=False only applies to MDLM; DUO's ancestral sampler has no cache")
-  is_mdlm = isinstance(process, MDLMProcess)
-  reuse = is_mdlm and cache and not process.time_conditioning
+  reuse = process.reuses_forward(cache)
   final_forward = noise_removal != "none"
   vocab = process.vocab_size
   k_prior, k_steps = jax.random.split(key)
@@ -277,12 +239,7 @@ def sampling_loop(process, logits_fn: LogitsFn, key: jax.Array, steps: jax.Array
     nfe = nfe + jnp.logical_not(use_cache).astype(jnp.int32)
     p_x0 = jnp.exp(tempered_log_probs(lp.astype(dtype), temperature))
     u = constrain(step_uniforms(k_steps, i, (batch, length, vocab), dtype))
-    if is_mdlm:
-      x_next = mdlm_ddpm_step(p_x0, x, t, t - dt, u, process.mask_id)
-    else:
-      # Noise removal 'ancestral' is one more posterior step, to α_s = 1.
-      alpha_s = jnp.where(last, jnp.asarray(1.0, dtype), process.alpha(t - dt))
-      x_next = duo_ancestral_step(p_x0, x, alpha_s, process.alpha(t), u)
+    x_next = process.denoise_step(p_x0, x, t, t - dt, u, last)
     if noise_removal == "greedy":
       x_next = jnp.where(last, jnp.argmax(lp, axis=-1).astype(jnp.int32), x_next)
     x_next = constrain(x_next)
@@ -299,45 +256,20 @@ def sampling_loop(process, logits_fn: LogitsFn, key: jax.Array, steps: jax.Array
   return x, nfe
 
 
-# --- public entry points --------------------------------------------------------------
-
-
-def make_sampler(process, apply_fn: ApplyFn, *, batch: int, length: int,
-                 noise_removal: str | None = None, cache: bool = True,
-                 float64: bool | None = None, mesh: Mesh | None = None, **options
-                 ) -> Callable[[Any, jax.Array, int], SampleResult]:
-  """Compiles a sampler once for every step count.
-
-  Args:
-    process: MDLMProcess, DUOProcess or LLaDAProcess.
-    apply_fn: (params, x int32[B, L], sigma float32[B]) -> logits float[B, L, V]; params
-      are a traced argument, so new weights do not recompile.
-    batch, length, noise_removal, cache, float64, mesh: see :func:`sampling_loop`.
-      With a mesh, ``batch`` must divide over its batch shards; tokens come back
-      batch-sharded.
-    **options: ``temperature`` (every process; MDLM/DUO: see :func:`sampling_loop`,
-      default 1; LLaDA: generate.py's, default :data:`LLADA_UNCONDITIONAL_TEMPERATURE`);
-      LLaDA only: generate.py's ``block_length`` (default: length), ``cfg_scale``,
-      ``remasking`` (see :func:`llada_sampling.make_generate`); unconditional (empty
-      prompt, gen_length = length).
-
-  Returns:
-    ``sampler(params, key, steps: int) -> SampleResult``.
-  """
-  if isinstance(process, LLaDAProcess):
-    return _llada_sampler(process, apply_fn, batch=batch, length=length,
-                          noise_removal=noise_removal, cache=cache, float64=float64,
-                          mesh=mesh, **options)
-  options = dict(options)
+def make_loop_sampler(process: LoopProcess, apply_fn: ApplyFn, *, batch: int, length: int,
+                      noise_removal: str | None = None, cache: bool = True,
+                      float64: bool | None = None, mesh: Mesh | None = None, **options
+                      ) -> Callable[[Any, jax.Array, int], SampleResult]:
+  """:func:`make_sampler` for a :class:`LoopProcess`: :func:`sampling_loop` jitted once for
+  every step count. ``options``: its ``sampler_options`` (``temperature``, default 1)."""
+  options = process.sampler_options(options, length)
   temperature = check_temperature(options.pop("temperature", 1.0))
   if options:
-    raise ValueError(f"sampler option(s) {sorted(options)} apply only to "
-                     f"diffusion.process='llada', not {getattr(process, 'name', process)!r}")
-  noise_removal, float64 = _check_options(process, noise_removal, float64)
+    raise ValueError(f"sampler option(s) {sorted(options)} are not used by the "
+                     f"{process.name} sampler")
+  noise_removal, float64 = process.check_sampler_settings(noise_removal, float64, cache)
   if batch < 1 or length < 1:
     raise ValueError(f"batch and length must be >= 1, got batch={batch}, length={length}")
-  if not isinstance(process, MDLMProcess) and not cache:
-    raise ValueError("cache=False only applies to MDLM; DUO's ancestral sampler has no cache")
   if mesh is not None:
     sharding.check_batch_divisible(batch, mesh, "sampling batch")
     out_shardings = (sharding.batch_sharding(mesh, 2), sharding.replicated(mesh))
@@ -353,14 +285,55 @@ def make_sampler(process, apply_fn: ApplyFn, *, batch: int, length: int,
   final_forward = noise_removal != "none"
 
   def sampler(params, key: jax.Array, steps: int) -> SampleResult:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-      raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_steps(steps)
     # Scoped precision: the trace and the call both happen in this mode.
     with jax.enable_x64(float64):
       tokens, nfe = jitted(params, key, jnp.asarray(steps, jnp.int32))
     return SampleResult(tokens=tokens, nfe_model=nfe, steps=steps, final_forward=final_forward)
 
   return sampler
+
+
+def check_steps(steps) -> int:
+  """A step count: a positive Python int (ValueError otherwise)."""
+  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps must be a positive int, got {steps!r}")
+  return steps
+
+
+# --- public entry points --------------------------------------------------------------
+
+
+def make_sampler(process: Process, apply_fn: ApplyFn, *, batch: int, length: int,
+                 noise_removal: str | None = None, cache: bool = True,
+                 float64: bool | None = None, mesh: Mesh | None = None, **options
+                 ) -> Callable[[Any, jax.Array, int], SampleResult]:
+  """Compiles ``process``'s sampler once for every step count (its
+  :meth:`~tokendrift_jax.diffusion.base.Process.make_sampler`).
+
+  Args:
+    process: a registered :class:`~tokendrift_jax.diffusion.base.Process`.
+    apply_fn: (params, x int32[B, L], sigma float32[B]) -> logits float[B, L, V]; params
+      are a traced argument, so new weights do not recompile.
+    batch, length, noise_removal, cache, float64, mesh: see :func:`sampling_loop`.
+      With a mesh, ``batch`` must divide over its batch shards; tokens come back
+      batch-sharded.
+    **options: the process's ``sampler_options``: ``temperature`` (every process;
+      MDLM/DUO: see :func:`sampling_loop`, default 1; LLaDA: generate.py's, default
+      ``LLaDAProcess.unconditional_temperature``); LLaDA only: generate.py's
+      ``block_length`` (default: length), ``cfg_scale``, ``remasking`` (see
+      :func:`llada_sampling.make_generate`); unconditional (empty prompt,
+      gen_length = length).
+
+  Returns:
+    ``sampler(params, key, steps: int) -> SampleResult``.
+  """
+  if not isinstance(process, Process):
+    raise TypeError(f"process must be a diffusion Process (MDLMProcess, DUOProcess, "
+                    f"LLaDAProcess or a registered one), got {type(process).__name__}")
+  return process.make_sampler(apply_fn, batch=batch, length=length,
+                              noise_removal=noise_removal, cache=cache, float64=float64,
+                              mesh=mesh, **options)
 
 
 def sample(process, logits_fn: LogitsFn, key: jax.Array, *, batch: int, length: int,
@@ -375,29 +348,3 @@ def sample(process, logits_fn: LogitsFn, key: jax.Array, *, batch: int, length: 
                          length=length, noise_removal=noise_removal, cache=cache,
                          float64=float64, mesh=mesh, **options)
   return sampler(None, key, steps)
-
-
-def _llada_sampler(process: LLaDAProcess, apply_fn: ApplyFn, *, batch: int, length: int,
-                   noise_removal: str | None, cache: bool, float64: bool | None,
-                   mesh: Mesh | None, **options) -> Callable[[Any, jax.Array, int], SampleResult]:
-  """The unconditional LLaDA sampler behind :func:`make_sampler` (generate.py, empty prompt)."""
-  if noise_removal not in (None,) + NOISE_REMOVAL["llada"]:
-    raise ValueError(f"noise_removal={noise_removal!r} is not one of {NOISE_REMOVAL['llada']} "
-                     f"for llada")
-  if not cache:
-    raise ValueError("cache=False only applies to MDLM; LLaDA's sampler has no cache")
-  if batch < 1 or length < 1:
-    raise ValueError(f"batch and length must be >= 1, got batch={batch}, length={length}")
-  options = dict({"temperature": LLADA_UNCONDITIONAL_TEMPERATURE}, **options)
-  float64 = DEFAULT_FLOAT64["llada"] if float64 is None else bool(float64)
-  generate = llada_sampling.make_generate(process, apply_fn, batch=batch, prompt_length=0,
-                                          gen_length=length, float64=float64, mesh=mesh,
-                                          **options)
-  empty = jnp.zeros((batch, 0), jnp.int32)
-
-  def sampler(params, key: jax.Array, steps: int) -> SampleResult:
-    res = generate(params, empty, key, steps)
-    return SampleResult(tokens=res.tokens, nfe_model=res.nfe_model, steps=steps,
-                        final_forward=False, forward_rows=res.forward_rows)
-
-  return sampler

@@ -42,6 +42,7 @@ from tokendrift_jax import models
 from tokendrift_jax import runtime
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import make_process_for_model
+from tokendrift_jax.eval import assemble
 from tokendrift_jax.eval import eval_config
 from tokendrift_jax.eval import files
 from tokendrift_jax.eval import judges
@@ -120,14 +121,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   progress = bool(config.progress) and jax.process_index() == 0
   # The judge before the weights: a missing judge or a tokenizer that does not fit the
   # checkpoint is reported before anything heavy is loaded or sampled.
-  judge = judges.build_judge(config, process=process, max_length=length, mesh=mesh,
-                             family=family_spec, progress=progress)
-  evaluator = sampling_eval.SampleEvaluator(
-      model_cfg, process, judge, mesh=mesh, batch=int(config.batch), length=length,
-      noise_removal=str(config.noise_removal) or None,
-      sampler_precision=str(config.sampler_precision) or None,
-      model_dtype=str(config.model_dtype), attention_impl=str(config.attention_impl) or None,
-      progress=progress, sampler_options=options, prompt_length=prompt_length)
+  evaluator = assemble.build_evaluator(
+      config, model_cfg=model_cfg, process=process, mesh=mesh, length=length,
+      family=family_spec, progress=progress, attention_impl=str(config.attention_impl),
+      sampler_options=options, prompt_length=prompt_length)
+  judge = evaluator.judge
   nfes = evaluator.check_nfes(nfes)
   if prompts is not None:
     if judge.kind != "gpt2":
@@ -208,7 +206,7 @@ def _prompt_settings(config, process) -> tuple[int, str]:
     raise EvalError("config.prompt.tokens and config.prompt.length go together: give both "
                     "(a prompt-conditioned evaluation) or neither (unconditional); got "
                     f"tokens={path!r}, length={length}")
-  if length and process.name != "llada":
+  if length and not process.prompted:
     raise EvalError(f"config.prompt: prompt-conditioned sampling is built for LLaDA "
                     f"checkpoints only; this checkpoint's process is {process.name!r}")
   return int(length), os.path.abspath(os.path.expanduser(path)) if path else ""

@@ -41,11 +41,11 @@ from tokendrift_jax import checkpoints
 from tokendrift_jax import diffusion
 from tokendrift_jax import models
 from tokendrift_jax import sharding
+from tokendrift_jax.eval import assemble
 from tokendrift_jax.eval import eval_config
 from tokendrift_jax.eval import files
 from tokendrift_jax.eval import judges
 from tokendrift_jax.eval import plots
-from tokendrift_jax.eval import sampling_eval
 from tokendrift_jax.eval.eval_config import EvalError
 
 EVAL_FILE = "eval.jsonl"
@@ -91,15 +91,11 @@ def make_sample_eval_hook(config: ml_collections.ConfigDict, workdir: str) -> Ho
   except ValueError as e:
     raise EvalError(str(e)) from e
   process = diffusion.process_from_config(config, model_cfg)
-  judge = judges.build_judge(se, process=process, max_length=length, mesh=mesh,
-                             family=models.family_of(model_cfg), prefix=PREFIX,
-                             progress=bool(se.progress))
-  evaluator = sampling_eval.SampleEvaluator(
-      model_cfg, process, judge, mesh=mesh, batch=int(se.batch), length=length,
-      noise_removal=str(se.noise_removal) or None,
-      sampler_precision=str(se.sampler_precision) or None, model_dtype=str(se.model_dtype),
-      attention_impl=str(config.model.get("attention_impl", "")) or None,
-      progress=bool(se.progress), prefix=PREFIX)
+  evaluator = assemble.build_evaluator(
+      se, model_cfg=model_cfg, process=process, mesh=mesh, length=length,
+      family=models.family_of(model_cfg), prefix=PREFIX, progress=bool(se.progress),
+      attention_impl=str(config.model.get("attention_impl", "")))
+  judge = evaluator.judge
   init_checkpoint = str(config.get("init_checkpoint", "") or "")
   total_steps = int(config.train.steps)
   title = (f"{str(config.diffusion.process).upper()} {config.objective}: Gen.-PPL during "

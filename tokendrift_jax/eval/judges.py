@@ -1,7 +1,10 @@
-"""Judges: what scores a set of samples with a Gen-PPL.
+"""Judges: what scores a set of samples, as named metrics.
 
-One small interface, :class:`Judge` (``kind``, ``name``, ``settings``, ``decode``, ``score``),
-and its two implementations:
+One small interface, :class:`Judge` (``kind``, ``name``, ``settings``, ``metrics``,
+``decode``, ``score``): ``score`` yields a mapping metric name -> value (the names listed in
+``metrics``), and the evaluator's rows carry those names as they are. Both judges here
+yield ``gen_ppl`` (exp(nll_sum / num_tokens)), ``nll_sum`` and ``num_tokens``, the names
+results.json, eval.jsonl and :mod:`.report` read. Its two implementations:
 
 * :class:`GPT2Judge`: decodes token ids with the diffusion tokenizer and scores the texts
   with :class:`genppl.GenPPLEvaluator` (GPT-2 Large by default; the MDLM/DUO Gen-PPL
@@ -28,7 +31,6 @@ prompts' texts scores each completion given its prompt (:meth:`genppl.GenPPLEval
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from typing import TYPE_CHECKING, Any, Mapping, Protocol
@@ -51,40 +53,40 @@ if TYPE_CHECKING:
 KINDS = ("gpt2", "synthetic")
 
 
-@dataclasses.dataclass(frozen=True)
-class JudgeScore:
-  """A judge's verdict on one set of samples.
+# What both judges here yield (results.json rows and report.summarize read these names).
+GEN_PPL_METRICS = ("gen_ppl", "nll_sum", "num_tokens")
 
-  Attributes:
-    gen_ppl: exp(nll_sum / num_tokens).
-    nll_sum: summed NLL (nats) of the scored tokens.
-    num_tokens: number of scored tokens (the protocol's weight sum for GPT-2).
-  """
-  gen_ppl: float
-  nll_sum: float
-  num_tokens: float
+
+def perplexity_metrics(nll_sum: float, num_tokens: float) -> dict[str, float]:
+  """``{gen_ppl: exp(nll_sum / num_tokens), nll_sum, num_tokens}`` (NLL in nats; the token
+  count is the protocol's weight sum for GPT-2)."""
+  return {"gen_ppl": math.exp(nll_sum / num_tokens), "nll_sum": float(nll_sum),
+          "num_tokens": float(num_tokens)}
 
 
 class Judge(Protocol):
   """What :class:`sampling_eval.SampleEvaluator` needs from a judge.
 
   Attributes:
-    kind: one of :data:`KINDS`.
+    kind: one of :data:`KINDS` (or a judge's own kind).
     name: what judges (a path, a hub name, a language description).
     settings: further settings recorded in results.json (see :func:`info`).
+    metrics: the names :meth:`score` yields.
   """
 
   kind: str
   name: str
   settings: dict
+  metrics: tuple[str, ...]
 
   def decode(self, tokens: np.ndarray) -> list[str] | None:
     """Texts of int32[N, L] token ids, or None when the judge has no text form."""
 
   def score(self, tokens: np.ndarray, texts: list[str] | None,
-            prompts: list[str] | None = None) -> JudgeScore:
-    """Gen-PPL of the samples (``tokens`` int32[N, L] and their ``decode``); with
-    ``prompts`` (the decoded prompt of each sample), of each completion given its prompt."""
+            prompts: list[str] | None = None) -> Mapping[str, float]:
+    """``{metric name: value}`` of the samples (``tokens`` int32[N, L] and their
+    ``decode``); with ``prompts`` (the decoded prompt of each sample), of each completion
+    given its prompt."""
 
 
 def label(judge: Judge | Mapping[str, Any]) -> str:
@@ -229,6 +231,7 @@ class GPT2Judge:
   """
 
   kind = "gpt2"
+  metrics = GEN_PPL_METRICS
 
   def __init__(self, model: genppl.GPT2Model, tokenizer, *, process, max_length: int,
                mesh: Mesh, batch_size: int = 8, group_size: int = 8,
@@ -269,7 +272,9 @@ class GPT2Judge:
                         skip_special_tokens=self.skip_special_tokens)
 
   def score(self, tokens: np.ndarray, texts: list[str] | None,
-            prompts: list[str] | None = None) -> JudgeScore:
+            prompts: list[str] | None = None) -> dict[str, float]:
+    """Gen-PPL under GPT-2: ``gen_ppl``, ``nll_sum``, ``num_tokens`` (the protocol's weight
+    sum)."""
     del tokens
     if not texts:
       raise EvalError("the sample set is empty; Gen-PPL needs at least one sample")
@@ -277,7 +282,8 @@ class GPT2Judge:
       r = self.scorer.score(texts, group_size=self.group_size, prompts=prompts)
     except ValueError as e:
       raise EvalError(f"Gen-PPL: {e}") from e
-    return JudgeScore(gen_ppl=r.gen_ppl, nll_sum=r.nll_sum, num_tokens=r.weight_sum)
+    return {"gen_ppl": float(r.gen_ppl), "nll_sum": float(r.nll_sum),
+            "num_tokens": float(r.weight_sum)}
 
 
 class SyntheticJudge:
@@ -295,6 +301,7 @@ class SyntheticJudge:
   """
 
   kind = "synthetic"
+  metrics = GEN_PPL_METRICS
   _CHUNK = 256  # samples per host scoring call (bounds the temporary arrays)
 
   def __init__(self, lang, *, process, progress: bool = True, settings: dict | None = None):
@@ -311,7 +318,8 @@ class SyntheticJudge:
     return None
 
   def score(self, tokens: np.ndarray, texts: list[str] | None,
-            prompts: list[str] | None = None) -> JudgeScore:
+            prompts: list[str] | None = None) -> dict[str, float]:
+    """The exact NLL under the language: ``gen_ppl``, ``nll_sum``, ``num_tokens``."""
     from tokendrift_jax.data import synthetic  # pylint: disable=import-outside-toplevel
     del texts
     if prompts is not None:
@@ -329,8 +337,7 @@ class SyntheticJudge:
     # All samples have length L: sum of per-token NLLs = L * sum of per-sample means.
     nll_sum = float(np.sum(np.concatenate(nll), dtype=np.float64)) * tokens.shape[1]
     num_tokens = float(tokens.size)
-    return JudgeScore(gen_ppl=math.exp(nll_sum / num_tokens), nll_sum=nll_sum,
-                      num_tokens=num_tokens)
+    return perplexity_metrics(nll_sum, num_tokens)
 
 
 # ----------------------------------------------------------------------------- building

@@ -43,7 +43,6 @@ from tokendrift_jax import models
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import llada_sampling
 from tokendrift_jax.diffusion import sampling as sampling_lib
-from tokendrift_jax.diffusion.llada import LLaDAProcess
 from tokendrift_jax.eval import entropy as entropy_lib
 from tokendrift_jax.eval import judges
 from tokendrift_jax.eval.eval_config import EvalError, check_int_list, check_num_samples
@@ -63,9 +62,10 @@ class Evaluation:
   """Result of :meth:`SampleEvaluator.evaluate`.
 
   Attributes:
-    rows: one dict per (NFE, seed) with nfe, seed, gen_ppl, entropy, num_samples,
-      nfe_model (mean backbone forwards per sampling batch), nll_sum, num_tokens,
-      temperature, sample_time_s, score_time_s.
+    rows: one dict per (NFE, seed) with nfe, seed, the judge's metrics (``judge.score``'s
+      names: gen_ppl, nll_sum, num_tokens for the judges here), entropy, num_samples,
+      nfe_model (mean backbone forwards per sampling batch), temperature, sample_time_s,
+      score_time_s, and the process's ``sample_metrics`` (LLaDA: masks_left).
     samples: one dict per sample (nfe, seed, index, text, token_ids), or None.
   """
   rows: list[dict]
@@ -108,7 +108,7 @@ class SampleEvaluator:
     prefix: config prefix named in error messages.
     sampler_options: ``temperature`` (every process: MDLM/DUO draw each step from
       p_x0^(1/τ), default 1; LLaDA: generate.py's, default
-      :data:`sampling.LLADA_UNCONDITIONAL_TEMPERATURE`); LLaDA only: generate.py's
+      ``LLaDAProcess.unconditional_temperature``); LLaDA only: generate.py's
       ``block_length`` (0 / None = length), ``remasking``, ``cfg_scale``
       (:func:`llada_sampling.make_generate`).
     prompt_length: P > 0 draws prompt-conditioned samples (LLaDA only): every sample
@@ -149,24 +149,22 @@ class SampleEvaluator:
     if process.vocab_size != model_cfg.vocab_size:
       raise EvalError(f"the process has vocab_size {process.vocab_size} but the backbone "
                       f"{model_cfg.vocab_size}")
-    llada = isinstance(process, LLaDAProcess)
     options = {k: v for k, v in dict(sampler_options or {}).items() if v is not None}
-    llada_only = {k: v for k, v in options.items() if k != "temperature"}
-    if (llada_only or prompt_length) and not llada:
-      what = ("prompt-conditioned sampling" if prompt_length
-              else f"sampler options {llada_only}")
-      raise EvalError(f"{prefix}: {what} is built for LLaDA backbones only (this one is "
-                      f"sampled by the {process.name} sampler)")
+    if prompt_length and not process.prompted:
+      raise EvalError(f"{prefix}: prompt-conditioned sampling is built for LLaDA backbones "
+                      f"only (this one is sampled by the {process.name} sampler)")
+    try:
+      # The process fills in its own defaults (LLaDA: temperature, one block) and refuses
+      # options its sampler does not take.
+      options = process.sampler_options(options, length)
+    except ValueError as e:
+      raise EvalError(f"{prefix}: {e}") from e
     self.model_cfg, self.process, self.judge, self.mesh = model_cfg, process, judge, mesh
     self.batch, self.length, self.progress = int(batch), length, progress
     self.prompt_length, self.prefix = prompt_length, prefix
-    self.noise_removal = noise_removal or sampling_lib.DEFAULT_NOISE_REMOVAL[process.name]
-    self.float64 = (sampling_lib.DEFAULT_FLOAT64[process.name] if float64 is None else float64)
-    if llada:
-      # 0 / absent = one block of the whole sample (make_generate's None).
-      self.block_length = int(options.get("block_length") or length)
-      options = {"temperature": sampling_lib.LLADA_UNCONDITIONAL_TEMPERATURE, **options,
-                 "block_length": self.block_length}
+    self.noise_removal = noise_removal or process.default_noise_removal
+    self.float64 = process.default_float64 if float64 is None else float64
+    self.block_length = options.get("block_length")
     self.sampler_options = options
     self.temperature = float(options.get("temperature", 1.0))
     gdef = models.graphdef(model_cfg, dtype=MODEL_DTYPES[model_dtype],
@@ -178,9 +176,9 @@ class SampleEvaluator:
     try:
       # One jitted sampler for every NFE: the step count is a traced argument.
       if prompt_length:
-        self._generate = llada_sampling.make_generate(
-            process, apply_fn, batch=self.batch, prompt_length=prompt_length,
-            gen_length=length, float64=self.float64, mesh=mesh, **options)
+        self._generate = process.make_generate(
+            apply_fn, batch=self.batch, prompt_length=prompt_length, gen_length=length,
+            float64=self.float64, mesh=mesh, **options)
         self._sampler = None
       else:
         self._sampler = sampling_lib.make_sampler(
@@ -191,11 +189,16 @@ class SampleEvaluator:
       raise EvalError(f"{prefix}: {e}") from e
 
   def check_nfes(self, nfes: Sequence[int]) -> tuple[int, ...]:
-    """The NFEs as ints, each one the sampler can run (LLaDA: a multiple of the number of
-    blocks, generate.py's assert); EvalError naming the field otherwise."""
-    if isinstance(self.process, LLaDAProcess):
-      return check_llada_nfes(nfes, self.length, self.block_length, self.prefix)
-    return check_int_list(nfes, f"{self.prefix}.nfe", minimum=1)
+    """The NFEs as ints, each one the sampler can run (``process.check_steps``; LLaDA: a
+    multiple of the number of blocks, generate.py's assert); EvalError naming the field
+    otherwise."""
+    nfes = check_int_list(nfes, f"{self.prefix}.nfe", minimum=1)
+    for n in nfes:
+      try:
+        self.process.check_steps(n, self.length, self.sampler_options)
+      except ValueError as e:
+        raise EvalError(f"{self.prefix}.nfe: {e}") from e
+    return nfes
 
   def sample(self, params, nfe: int, seed: int, num_samples: int, bar=None,
              prompts: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
@@ -284,18 +287,15 @@ class SampleEvaluator:
           tokens, nfe_model = self.sample(params, nfe, seed, num_samples, bar, prompts)
           t1 = time.time()
           texts = self.judge.decode(tokens)
-          score = self.judge.score(tokens, texts, prompt_texts)
+          score = dict(self.judge.score(tokens, texts, prompt_texts))
           ent = entropy_lib.mean_entropy(tokens)
           t2 = time.time()
-          row = dict(nfe=nfe, seed=seed, gen_ppl=score.gen_ppl, entropy=ent,
+          # The judge's metrics under its own names (gen_ppl, nll_sum, num_tokens, ...).
+          row = dict(nfe=nfe, seed=seed, **score, entropy=ent,
                      num_samples=int(tokens.shape[0]),
-                     nfe_model=float(np.mean(nfe_model)), nll_sum=score.nll_sum,
-                     num_tokens=score.num_tokens, temperature=self.temperature,
+                     nfe_model=float(np.mean(nfe_model)), temperature=self.temperature,
                      sample_time_s=t1 - t0, score_time_s=t2 - t1)
-          if isinstance(self.process, LLaDAProcess):
-            # generate.py may commit the mask id itself (its argmax runs over every id);
-            # decoding drops it with the special tokens, so the count is reported here.
-            row["masks_left"] = int(np.sum(tokens == self.process.mask_id))
+          row.update(self.process.sample_metrics(tokens))
           rows.append(row)
           mine = None
           if keep_samples:
