@@ -70,13 +70,10 @@ def main(argv: list[str] | None = None) -> int:
   from tokendrift_jax import checkpoints, fs
 
   try:
-    dst = os.path.abspath(args.dst)
-    if os.path.lexists(dst) and not args.force:
-      raise registry.ConversionError(f"{dst} already exists; pass --force to overwrite")
-    real_src, real_dst = os.path.realpath(args.src), os.path.realpath(dst)
-    if real_src == real_dst or real_src.startswith(real_dst + os.sep):
-      raise registry.ConversionError(f"{dst}: DST must not be SRC or contain it (--force would "
-                                     f"replace the source)")
+    # DST is not SRC, neither inside nor around it; an existing DST needs --force and is
+    # replaced only when it is an earlier output of this project (or empty).
+    dst = fs.check_replace(args.dst, force=args.force, sources=(args.src,),
+                           kind="dir")
     # Before SRC is read and converted: a destination that cannot be written fails now.
     # An estimate (save_backbone checks the exact size again before writing): float32
     # weights are twice a 16-bit release; a Lightning .ckpt also holds optimizer state.
