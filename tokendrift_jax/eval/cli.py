@@ -308,9 +308,14 @@ def _read_prompts(path: str, length: int, num_samples: int, process=None) -> np.
     raise EvalError(f"{field}={path!r} holds negative ids")
   if process is not None:   # ids past the vocabulary, or the mask: before the judge loads
     try:
-      tokens.check_token_ids(prompts, process, f"{field}={path!r}")
-    except ValueError as e:
-      raise EvalError(f"{e} (a prompt must be clean text)") from e
+      judges.check_text_ids(prompts, process)
+    except EvalError as e:
+      raise EvalError(f"{field}={path!r}: {e}") from e
+    if process.mask_id is not None and np.any(prompts == process.mask_id):
+      rows = int(np.any(prompts == process.mask_id, axis=1).sum())
+      raise EvalError(f"{field}={path!r}: {rows} of {num_samples} prompts contain the mask id "
+                      f"{process.mask_id}; a prompt must be clean text (its decoded prompt "
+                      f"would drop the token)")
   return prompts
 
 
