@@ -229,8 +229,7 @@ def _run(args, reader, loader, stdout) -> int:
   # Before anything is sampled: --out is a file that can be written, and an existing one is
   # replaced (with --force) only when it holds earlier samples.
   try:
-    fs.check_replace(out, force=args.force, kind="file", what="--out",
-                     sources=[p for p in (args.checkpoint, args.compare) if p])
+    fs.check_replace(out, force=args.force, kind="file", what="--out")
     fs.check_writable_destination(out, kind="file", create_parents=False)
   except fs.DestinationError as e:
     raise SampleError(f"--out: {e}") from e
