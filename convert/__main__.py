@@ -56,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("dst", metavar="DST", help="output checkpoint directory")
   parser.add_argument("--ema", action="store_true",
                       help="take ckpt['ema']['shadow_params'] (Lightning .ckpt only)")
-  parser.add_argument("--family", default="dit",
-                      help=f"model family of SRC (default dit; known: {registry.families()})")
+  parser.add_argument("--family", default=None,
+                      help=f"model family of SRC (known: {registry.families()}); default: "
+                           f"from an HF directory's config.json (model_type / architectures "
+                           f"naming LLaDA: llada), else dit")
   parser.add_argument("--process", choices=("mdlm", "duo", "llada"),
                       help="diffusion process of the weights, mdlm (masked), duo (uniform) or "
                            "llada (LLaDA's masked process); needed when SRC does not say")
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     fs.check_writable_destination(
         dst, kind="dir", need_bytes=(size // 2 if args.src.endswith(".ckpt") else 2 * size)
         + fs.MiB)
+    if args.family is None:
+      args.family = registry.detect_family(args.src)
     converter = registry.get_converter(args.family)
     params, config, meta = converter.load_source(args.src, ema=args.ema, process=args.process,
                                                  config_override=_parse_config(args.config))
