@@ -538,6 +538,15 @@ def test_issue25_6_unwritable_workdir_is_one_line(fault_config, tmp_path, capsys
   line = _error_line(capsys.readouterr().err)
   assert rc == 2 and "--workdir" in line and "is a file, not a directory" in line, line
   assert (tmp_path / "afile").read_text() == "x"
+  # Item 2 for the training export: a WORKDIR/backbone this project did not write is never
+  # replaced by the final export; refused before the run starts.
+  wd = tmp_path / "run"
+  (wd / "backbone" / "important").mkdir(parents=True)
+  (wd / "backbone" / "important" / "notes.txt").write_text("precious")
+  rc = entrypoints.train_main(fault_config(train__export_backbone=True), str(wd))
+  line = _error_line(capsys.readouterr().err)
+  assert rc == 2 and f"{wd / 'backbone'}: config.train.export_backbone replaces only" in line
+  assert _files(str(wd)) == {os.path.join("backbone", "important", "notes.txt"): b"precious"}
 
 
 def test_issue25_6_full_disk_during_a_checkpoint_names_the_intact_one(
