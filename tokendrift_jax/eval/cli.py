@@ -226,14 +226,19 @@ def check_workdir(workdir: str) -> str:
   return workdir
 
 
+MAX_UNCAPPED_BATCH = 64   # as launch/sample.py's DEFAULT_MAX_BATCH
+
+
 def capped_batch(batch, num_samples: int, mesh) -> int:
-  """``batch`` capped at the sample count (rounded up to the mesh's batch shards): a batch
-  far above config.num_samples would only draw rows that are thrown away."""
+  """``batch``, or the sample count (rounded up to the mesh's batch shards) when the batch
+  is above both it and MAX_UNCAPPED_BATCH: a batch far above config.num_samples would only
+  draw rows that are thrown away (and run out of memory). A smaller batch is kept: the
+  samples depend on it."""
   if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
     return batch   # refused, with the field named, by SampleEvaluator
   shards = sharding.num_batch_shards(mesh)
   cap = -(-int(num_samples) // shards) * shards
-  if batch > cap:
+  if batch > max(cap, MAX_UNCAPPED_BATCH):
     logging.info("config.batch=%d capped at %d (config.num_samples=%d)", batch, cap,
                  num_samples)
     return cap

@@ -268,8 +268,12 @@ def _run(args, reader, loader, stdout) -> int:
   mesh = sharding.make_mesh(devices=devices[:args.devices] if args.devices else devices)
   shards = sharding.num_batch_shards(mesh)
   batch = args.batch or default_batch(args.num_samples, shards)
-  # A batch far above --num-samples would draw (and hold in memory) rows thrown away.
-  batch = min(batch, max(shards, math.ceil(args.num_samples / shards) * shards))
+  # A batch far above --num-samples would draw (and hold in memory) rows thrown away: one
+  # above both the sample count and DEFAULT_MAX_BATCH is capped at the sample count (a
+  # smaller one is kept: the samples depend on the batch, and it may be chosen to match).
+  cap = max(shards, math.ceil(args.num_samples / shards) * shards)
+  if batch > max(cap, DEFAULT_MAX_BATCH):
+    batch = cap
   if batch % shards:
     raise SampleError(f"--batch {batch} does not divide over the {shards} devices")
   processes, tokenizers = [], []
