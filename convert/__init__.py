@@ -67,3 +67,45 @@ def exporter_families() -> list[str]:
     if hasattr(module, "EXPORT_FORMATS") and hasattr(module, "export"):
       out.append(name)
   return out
+
+
+def read_json(path: str):
+  """The JSON in ``path``; ConversionError naming the file when it is not UTF-8 JSON."""
+  import json  # pylint: disable=import-outside-toplevel
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except UnicodeDecodeError as e:
+    raise ConversionError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                          f"config files are UTF-8 JSON") from e
+  except json.JSONDecodeError as e:
+    raise ConversionError(f"{path}: not valid JSON ({e})") from e
+
+
+def shard_path(src: str, name, index: str) -> str:
+  """``SRC/name`` for a shard file an index names; ConversionError unless ``name`` is a
+  plain file name inside SRC (no directory part, no ``..``, not absolute, no link out)."""
+  import os  # pylint: disable=import-outside-toplevel
+  if (not isinstance(name, str) or not name or os.path.isabs(name) or name in (".", "..")
+      or os.path.basename(name) != name or (os.altsep and os.altsep in name)):
+    raise ConversionError(f"{index}: shard {name!r} is not a plain file name inside "
+                          f"{src}; an index names files beside it")
+  path = os.path.join(src, name)
+  if os.path.dirname(os.path.realpath(path)) != os.path.realpath(src):
+    raise ConversionError(f"{index}: shard {name!r} is a link to a file outside {src}")
+  return path
+
+
+def detect_family(src: str) -> str:
+  """The family of a source when --family is not given: an HF directory's config.json says
+  it (``model_type`` / ``architectures``: LLaDA -> "llada"); everything else is a DiT."""
+  import os  # pylint: disable=import-outside-toplevel
+  cfg_path = os.path.join(src, "config.json")
+  if not os.path.isfile(cfg_path):
+    return "dit"
+  cfg = read_json(cfg_path)
+  if not isinstance(cfg, dict):
+    return "dit"
+  names = [str(cfg.get("model_type", ""))] + [str(a) for a in cfg.get("architectures") or []
+                                              if isinstance(cfg.get("architectures"), list)]
+  return "llada" if any("llada" in n.lower() for n in names) else "dit"

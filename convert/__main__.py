@@ -57,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("dst", metavar="DST", help="output checkpoint directory")
   parser.add_argument("--ema", action="store_true",
                       help="take ckpt['ema']['shadow_params'] (Lightning .ckpt only)")
-  parser.add_argument("--family", default="dit",
-                      help=f"model family of SRC (default dit; known: {registry.families()})")
+  parser.add_argument("--family", default=None,
+                      help=f"model family of SRC (known: {registry.families()}); default: "
+                           f"from an HF directory's config.json (model_type / architectures "
+                           f"naming LLaDA: llada), else dit")
   parser.add_argument("--process", choices=process_registry.names(),
                       help="diffusion process of the weights, mdlm (masked), duo (uniform) or "
                            "llada (LLaDA's masked process); needed when SRC does not say")
@@ -71,13 +73,10 @@ def main(argv: list[str] | None = None) -> int:
   from tokendrift_jax import checkpoints, fs
 
   try:
-    dst = os.path.abspath(args.dst)
-    if os.path.lexists(dst) and not args.force:
-      raise registry.ConversionError(f"{dst} already exists; pass --force to overwrite")
-    real_src, real_dst = os.path.realpath(args.src), os.path.realpath(dst)
-    if real_src == real_dst or real_src.startswith(real_dst + os.sep):
-      raise registry.ConversionError(f"{dst}: DST must not be SRC or contain it (--force would "
-                                     f"replace the source)")
+    # DST is not SRC, neither inside nor around it; an existing DST needs --force and is
+    # replaced only when it is an earlier output of this project (or empty).
+    dst = fs.check_replace(args.dst, force=args.force, sources=(args.src,),
+                           kind="dir")
     # Before SRC is read and converted: a destination that cannot be written fails now.
     # An estimate (save_backbone checks the exact size again before writing): float32
     # weights are twice a 16-bit release; a Lightning .ckpt also holds optimizer state.
@@ -85,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     fs.check_writable_destination(
         dst, kind="dir", need_bytes=(size // 2 if args.src.endswith(".ckpt") else 2 * size)
         + fs.MiB)
+    if args.family is None:
+      args.family = registry.detect_family(args.src)
     converter = registry.get_converter(args.family)
     params, config, meta = converter.load_source(args.src, ema=args.ema, process=args.process,
                                                  config_override=_parse_config(args.config))

@@ -119,7 +119,10 @@ def nbytes(t) -> int:
 
 
 def save_safetensors(tensors: dict, kind: str, path: str) -> None:
-  metadata = {"format": "pt"}   # what transformers' loader expects of a PyTorch file
+  # "format": what transformers' loader expects of a PyTorch file; the tag lets a later
+  # `--force` recognise the file as this project's export (tokendrift_jax.fs.recognise).
+  from tokendrift_jax import fs  # pylint: disable=import-outside-toplevel
+  metadata = {"format": "pt", fs.EXPORT_TAG: "export"}
   if kind == "torch":
     from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
   else:

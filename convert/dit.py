@@ -280,19 +280,18 @@ def read_hf_dir(path: str) -> tuple[dict[str, np.ndarray], DiTConfig, str | None
   cfg_path = os.path.join(path, "config.json")
   if not os.path.isfile(cfg_path):
     raise ConversionError(f"{path}: a model directory needs config.json")
-  try:
-    with open(cfg_path) as f:
-      cfg = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ConversionError(f"{cfg_path}: not valid JSON ({e})") from e
+  import convert  # pylint: disable=import-outside-toplevel
+  cfg = convert.read_json(cfg_path)
   config, arch = hf_config_to_dit(cfg, cfg_path)
   files = []
   for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
     index = os.path.join(path, index_name)
     if os.path.isfile(index):
-      with open(index) as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
-      files = [os.path.join(path, x) for x in files]
+      data = convert.read_json(index)
+      wmap = data.get("weight_map") if isinstance(data, dict) else None
+      if not isinstance(wmap, dict):
+        raise ConversionError(f"{index}: no 'weight_map' object of tensor names to shard files")
+      files = [convert.shard_path(path, x, index) for x in sorted(set(map(str, wmap.values())))]
       break
   if not files:
     for name in ("model.safetensors", "pytorch_model.bin"):

@@ -199,13 +199,12 @@ def export(src: str, dst: str, *, fmt: str, weights: str | None = None,
   """
   import convert as registry  # pylint: disable=import-outside-toplevel
   err = registry.ConversionError
-  dst = os.path.abspath(dst)
-  if os.path.lexists(dst) and not force:
-    raise err(f"{dst} already exists; pass --force to overwrite")
+  from tokendrift_jax import fs  # pylint: disable=import-outside-toplevel
+  # DST is not SRC, neither inside nor around it; an existing DST needs --force and is
+  # replaced only when it is an earlier output of this project (or empty).
+  dst = fs.check_replace(dst, force=force, sources=(src,),
+                         kind="file" if fmt in _SUFFIX else "dir")
   source = Source(src, weights=weights, step=step, process=process)
-  real_src, real_dst = os.path.realpath(source.src), os.path.realpath(dst)
-  if real_dst == real_src or real_dst.startswith(real_src + os.sep):
-    raise err(f"{dst}: DST must not be SRC or inside it")
   family = source.meta["family"]
   exporter = registry.get_exporter(family)
   if fmt not in exporter.EXPORT_FORMATS:

@@ -255,11 +255,8 @@ def hf_config_to_llada(cfg: dict, where: str) -> tuple[LLaDAConfig, dict]:
 
 
 def _read_json(path: str) -> Any:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise ConversionError(f"{path}: not valid JSON ({e})") from e
+  import convert  # pylint: disable=import-outside-toplevel
+  return convert.read_json(path)
 
 
 def weight_map(path: str) -> tuple[dict[str, str], str]:
@@ -272,7 +269,8 @@ def weight_map(path: str) -> tuple[dict[str, str], str]:
     if not isinstance(wmap, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
       raise ConversionError(f"{index}: no 'weight_map' object of tensor names to shard files")
-    return {k: os.path.join(path, v) for k, v in wmap.items()}, index
+    import convert  # pylint: disable=import-outside-toplevel
+    return {k: convert.shard_path(path, v, index) for k, v in wmap.items()}, index
   single = os.path.join(path, SINGLE)
   if os.path.isfile(single):
     with _safe_open(single, "np") as f:

@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 from tokendrift_jax import fs, models
 from tokendrift_jax.diffusion import registry as process_registry
 
-FORMAT = "tokendrift_jax.backbone/v1"
+FORMAT = fs.BACKBONE_FORMAT  # "tokendrift_jax.backbone/v1"
 LEGACY_FAMILY = "dit"   # the only family before the registry
 
 
@@ -117,8 +117,10 @@ def save_backbone(path: str | os.PathLike, config, params: dict, *,
   """
   path = os.path.abspath(os.fspath(path))
   check_param_shapes(config, params, "save_backbone")
-  if os.path.lexists(path) and not force:
-    raise CheckpointError(f"{path} already exists; pass --force to overwrite")
+  try:   # an existing path: only with force, and only an earlier checkpoint (or empty)
+    fs.check_replace(path, force=force, kind="dir")
+  except fs.DestinationError as e:
+    raise CheckpointError(str(e)) from e
   meta = normalize_meta(meta or {}, "save_backbone")
   payload = {"format": FORMAT, "family": models.family_of(config).name,
              "model": config.to_dict(), "meta": meta}

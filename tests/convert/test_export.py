@@ -288,8 +288,9 @@ def test_force_keeps_the_old_dst_until_the_new_one_is_complete(released, tmp_pat
                                                                monkeypatch):
   import convert.dit  # pylint: disable=import-outside-toplevel
   dst = tmp_path / "hf"
-  dst.mkdir()
-  (dst / "keep.txt").write_text("old")
+  # An earlier export (issue 25: --force replaces only this project's outputs).
+  assert _export(released["mdlm"].ckpt, dst, "--format", "hf", "--dtype", "float16") == 0
+  old = {f: (dst / f).read_bytes() for f in _listing(dst)}
   real = convert.dit.export
 
   def half_then_fail(params, config, meta, path, **kw):
@@ -298,10 +299,11 @@ def test_force_keeps_the_old_dst_until_the_new_one_is_complete(released, tmp_pat
   monkeypatch.setattr(convert.dit, "export", half_then_fail)
   _one_line_error(capsys, _export(released["mdlm"].ckpt, dst, "--format", "hf", "--force"),
                   "disk full")
-  assert _listing(tmp_path) == ["hf"] and _listing(dst) == ["keep.txt"]
+  assert _listing(tmp_path) == ["hf"] and {f: (dst / f).read_bytes() for f in _listing(dst)} == old
   monkeypatch.setattr(convert.dit, "export", real)
   assert _export(released["mdlm"].ckpt, dst, "--format", "hf", "--force") == 0
   assert _listing(tmp_path) == ["hf"] and _listing(dst) == ["config.json", "model.safetensors"]
+  assert (dst / "model.safetensors").read_bytes() != old["model.safetensors"]   # float32 now
 
 
 def test_dtype_option_casts_weights_not_the_rotary_buffer(released, tmp_path, convert_dit):

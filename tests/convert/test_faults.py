@@ -45,30 +45,49 @@ def _one_line_error(rc, err, *needles):
     assert n in err, f"{n!r} not in {err!r}"
 
 
-def _old_dst(root):
-  """An existing DST with content that must survive: a marker file in a directory."""
+@pytest.fixture(scope="module")
+def earlier_conversion(tmp_path_factory):
+  """A backbone checkpoint as an earlier `python -m convert` wrote it (what --force may
+  replace), written once; tests copy it."""
+  from tests.helpers import tiny_run  # pylint: disable=import-outside-toplevel
+  return tiny_run.make_backbone(str(tmp_path_factory.mktemp("earlier") / "ckpt"), seed=3)
+
+
+def _tree(path):
+  """{relative path: bytes} of every file under ``path``."""
+  out = {}
+  for root, _, names in os.walk(path):
+    for n in names:
+      with open(os.path.join(root, n), "rb") as f:
+        out[os.path.relpath(os.path.join(root, n), path)] = f.read()
+  return out
+
+
+def _old_dst(root, earlier):
+  """An existing DST with content that must survive: an earlier conversion."""
+  import shutil  # pylint: disable=import-outside-toplevel
   dst = root / "out"
-  dst.mkdir(parents=True)
-  (dst / "keep.txt").write_text("precious")
+  root.mkdir(parents=True, exist_ok=True)
+  shutil.copytree(earlier, dst)
   return dst
 
 
-def _assert_old_dst_intact(dst):
-  assert sorted(os.listdir(dst)) == ["keep.txt"]
-  assert (dst / "keep.txt").read_text() == "precious"
+def _assert_old_dst_intact(dst, earlier):
+  assert _tree(dst) == _tree(earlier)
 
 
 # ------------------------------------------------------------------ item 2: a failing --force
 
 
 @pytest.mark.parametrize("stage", ["write", "swap"])
-def test_failing_force_write_keeps_the_old_dst(hf_src, tmp_path, capsys, monkeypatch, stage):
+def test_failing_force_write_keeps_the_old_dst(hf_src, tmp_path, capsys, monkeypatch, stage,
+                                               earlier_conversion):
   """--force over an existing DST whose write fails: before, orbax's save(force=True)
   deleted DST first and left it emptied. ``write``: the checkpoint write itself fails after
   writing part of it (as on a read-only parent or a full disk); ``swap``: the final rename
   of the complete new checkpoint into DST fails."""
   out = tmp_path / "dsts"
-  dst = _old_dst(out)
+  dst = _old_dst(out, earlier_conversion)
   if stage == "write":
     real_save = ocp.Checkpointer.save
 
@@ -88,13 +107,13 @@ def test_failing_force_write_keeps_the_old_dst(hf_src, tmp_path, capsys, monkeyp
     needles = ("Invalid cross-device link", "left as it was")
   rc, err = _run(capsys, hf_src, dst, "--force")
   _one_line_error(rc, err, str(dst), *needles)
-  _assert_old_dst_intact(dst)
+  _assert_old_dst_intact(dst, earlier_conversion)
   assert os.listdir(out) == ["out"], "no temporaries may be left beside DST"
   if stage == "write":   # and once the fault is gone, --force replaces DST
     monkeypatch.undo()
     rc, err = _run(capsys, hf_src, dst, "--force")
     assert rc == 0, err
-    assert os.listdir(out) == ["out"] and not (dst / "keep.txt").exists()
+    assert os.listdir(out) == ["out"] and _tree(dst) != _tree(earlier_conversion)
     _, params, meta = checkpoints.load_backbone_params(dst)
     assert meta["process"] == "mdlm" and params["vocab_embed"]["embedding"].shape == (37, 32)
 
@@ -196,3 +215,74 @@ def test_random_bin_is_not_a_checkpoint_without_weights_only_advice(model, tmp_p
   _one_line_error(rc, err, str(src / "pytorch_model.bin"), "not a PyTorch checkpoint / state dict")
   assert "weights_only" not in err and "trusted source" not in err
   assert not os.path.exists(dst)
+
+
+# ------------------------------------------- issue 25, items 1-2: --force never destroys data
+
+
+def _export(capsys, *args):
+  from convert.export import main as export_main  # pylint: disable=import-outside-toplevel
+  rc = export_main([str(a) for a in args])
+  return rc, capsys.readouterr().err.strip()
+
+
+def test_issue25_1_dst_containing_or_inside_src_is_refused(hf_src, tmp_path, capsys,
+                                                           earlier_conversion):
+  """Before: `convert.export SRC DST --force` with DST a directory that holds SRC deleted
+  SRC with it (only a DST inside SRC was refused)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  runs = tmp_path / "runs"
+  src = runs / "ckpt"
+  shutil.copytree(earlier_conversion, src)
+  (runs / "notes.txt").write_text("precious")
+  before = _tree(runs)
+  for dst, needle in ((runs, "contains SRC"), (src / "x", "lies inside SRC"),
+                      (src, "must not be SRC")):
+    rc, err = _export(capsys, src, dst, "--format", "hf", "--force")
+    _one_line_error(rc, err, str(dst), needle)
+    assert _tree(runs) == before and sorted(os.listdir(runs)) == ["ckpt", "notes.txt"]
+  # the importer alike (a DST that contains the HF source directory)
+  parent = os.path.dirname(hf_src)
+  listing = sorted(os.listdir(hf_src))
+  rc, err = _run(capsys, hf_src, parent, "--force")
+  _one_line_error(rc, err, "contains SRC")
+  assert sorted(os.listdir(hf_src)) == listing
+
+
+@pytest.mark.parametrize("tool", ["convert", "export"])
+def test_issue25_2_force_replaces_only_an_earlier_output(hf_src, tmp_path, capsys, tool,
+                                                         earlier_conversion):
+  """Before: --force replaced any directory: `important/notes.txt` was wiped. Now a DST that
+  is not recognisably this project's output (nor empty) is refused in one line and left
+  as it was; an earlier output (or an empty directory) is still replaced."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  dst = tmp_path / "dst"
+  (dst / "important").mkdir(parents=True)
+  (dst / "important" / "notes.txt").write_text("precious")
+  if tool == "convert":
+    def write(d):
+      return _run(capsys, hf_src, d, "--force")
+  else:
+    def write(d):
+      return _export(capsys, earlier_conversion, d, "--format", "hf", "--force")
+  rc, err = write(dst)
+  _one_line_error(rc, err, str(dst), "replaces only an earlier output of tokendrift_jax",
+                  "holds important")
+  assert _tree(dst) == {os.path.join("important", "notes.txt"): b"precious"}
+  assert sorted(os.listdir(tmp_path)) == ["dst", "src"], "no temporaries"
+  # an empty directory, then the earlier output itself, are replaced
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  rc, err = write(empty)
+  assert rc == 0, err
+  kind = fs.recognise(empty)
+  assert kind == ("a tokendrift_jax backbone checkpoint" if tool == "convert"
+                  else "a tokendrift_jax export"), kind
+  rc, err = write(empty)   # the same output written again over the earlier one
+  assert rc == 0, err
+  assert fs.recognise(empty) == kind
+  if tool == "export":   # the export's files get the user's umask, like config.json
+    modes = {f: os.stat(empty / f).st_mode & 0o777 for f in os.listdir(empty)}
+    assert len(set(modes.values())) == 1, modes
+    assert modes["model.safetensors"] == 0o666 & ~fs.umask()
+  shutil.rmtree(empty)

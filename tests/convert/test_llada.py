@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import chex
 import numpy as np
@@ -275,3 +276,33 @@ def test_the_8b_config_json_is_sizes_8b():
   assert notes == {"eos_token_id": 126081, "pad_token_id": 126081}
   # The release index lists 291 tensors: wte, ln_f, ff_out and 9 per block.
   assert len(hf_names(config)) == 3 + 9 * 32
+
+
+def test_issue25_7_family_from_config_json_and_shards_inside_src(release, tmp_path, capsys):
+  """Before: without --family an HF LLaDA directory got the DiT's field list although its
+  config.json says model_type "llada"; an index could name shards outside SRC
+  (``../x.safetensors``, absolute paths) and they were read; a non-UTF-8 config.json
+  named no file."""
+  src, _, _ = release
+  rc, err = _run(capsys, src, tmp_path / "detected")   # no --family
+  assert rc == 0, err
+  config, meta = checkpoints.read_backbone_config(tmp_path / "detected")
+  assert meta["family"] == "llada" and meta["process"] == "llada"
+  outside = tmp_path / "x.safetensors"
+  for bad in ("../x.safetensors", str(outside), "sub/x.safetensors"):
+    hf = _copy(src, str(tmp_path / f"hf{len(os.listdir(tmp_path))}"))
+    shutil.copyfile(os.path.join(hf, "model-00001-of-00003.safetensors"), outside)
+    path = os.path.join(hf, "model.safetensors.index.json")
+    with open(path) as f:
+      index = json.load(f)
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = bad
+    with open(path, "w") as f:
+      json.dump(index, f)
+    err = _fails(capsys, hf, str(tmp_path / "out"))
+    assert f"{path}: shard {bad!r} is not a plain file name inside {hf}" in err, err
+  hf = _copy(src, str(tmp_path / "latin1"))
+  with open(os.path.join(hf, "config.json"), "ab") as f:
+    f.write(b"\xff\xfe")
+  err = _fails(capsys, hf, str(tmp_path / "out"))
+  assert f"{os.path.join(hf, 'config.json')}: not UTF-8 text" in err, err

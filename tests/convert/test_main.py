@@ -127,9 +127,15 @@ def test_existing_dst_needs_force(model, tmp_path, capsys, save_hf_dir):
   rc, err = _run(capsys, src, dst)
   assert rc == 2 and "--force" in err and len(err.splitlines()) == 1
   assert (dst / "keep.txt").read_text() == "precious"
+  # issue 25: --force replaces only an earlier conversion (or an empty directory)
+  rc, err = _run(capsys, src, dst, "--force")
+  assert rc == 2 and "replaces only an earlier output" in err and len(err.splitlines()) == 1
+  assert os.listdir(dst) == ["keep.txt"] and (dst / "keep.txt").read_text() == "precious"
+  (dst / "keep.txt").unlink()
   rc, _ = _run(capsys, src, dst, "--force")
-  assert rc == 0
-  assert not (dst / "keep.txt").exists() and (dst / "params").is_dir()
+  assert rc == 0 and (dst / "params").is_dir()
+  rc, _ = _run(capsys, src, dst, "--force")   # over the earlier conversion
+  assert rc == 0 and (dst / "params").is_dir()
 
 
 def test_module_entry_point(model, tmp_path, save_hf_dir):

@@ -122,3 +122,24 @@ def test_cli_unreachable_hub_exits_nonzero(tmp_path, tok_dir):
   assert "data.source='no-such-org/no-such-ds'" in proc.stderr
   assert "local files" in proc.stderr
   assert cache_entries(cache_dir) == []
+
+
+@pytest.mark.parametrize("case", ["no_field", "not_utf8"])
+def test_issue25_cache_errors_name_the_flag_and_the_file(tmp_path, capsys, case,
+                                                         build_tiny_tokenizer):
+  """Before: a missing text field was reported as "set data.text_field" (the training
+  config's field, not this command's flag); a non-UTF-8 corpus named no file."""
+  tok = build_tiny_tokenizer(tmp_path / "tok", vocab_size=300)
+  corpus = tmp_path / "corpus.jsonl"
+  if case == "no_field":
+    corpus.write_text('{"body": "hello world"}\n' * 4)
+    needle = f"{corpus}:1: no field 'text' in the JSON object; pass --text_field"
+  else:
+    corpus.write_bytes(b'{"text": "caf\xe9"}\n' * 4)
+    needle = f"{corpus}: not UTF-8 text"
+  rc = cache_lib.main(["--source", str(corpus), "--tokenizer", tok, "--cache_dir",
+                       str(tmp_path / "cache"), "--length", "8", "--valid_docs", "1"])
+  err = capsys.readouterr().err.strip()
+  errors = [ln for ln in err.splitlines() if "error" in ln.lower()]   # beside tqdm's bar
+  assert rc == 1 and len(errors) == 1 and errors[0].startswith("error: "), err
+  assert needle in errors[0], err

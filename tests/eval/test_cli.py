@@ -87,14 +87,21 @@ def test_interrupted_evaluation_resumes(eval_assets, eval_cli_run, tmp_path, mon
 
   monkeypatch.setattr(sampling_eval.SampleEvaluator, "sample", sample)
   interrupt = True
-  with pytest.raises(KeyboardInterrupt):
-    cli.run(eval_config(eval_assets, progress=False, label="MDLM"), str(out))
+  # Issue 25.6: Ctrl-C stops cleanly, as training does: one line, exit 130 (was 54 lines).
+  assert cli.run(eval_config(eval_assets, progress=False, label="MDLM"), str(out)) == 130
+  line = _one_error_line(capsys.readouterr().err)
+  assert line.startswith("error: interrupted (Ctrl-C); 2 finished (NFE, seed) pairs are saved "
+                         f"in {out / cli.PROGRESS_DIR}: rerun the same command"), line
   saved = sorted(os.listdir(out / cli.PROGRESS_DIR))
   assert saved == ["nfe2-seed0.json", "nfe2-seed1.json"]
   assert not (out / cli.RESULTS_JSON).exists()
+  assert sorted(os.listdir(out)) == [cli.PROGRESS_DIR], "the workdir lock is released"
 
+  # Issue 25.6: a batch far above num_samples is capped at the sample count (8 here, the
+  # batch of the interrupted run: the rerun resumes it) instead of running out of memory.
   interrupt, calls[:] = False, []
-  assert cli.run(eval_config(eval_assets, progress=False, label="MDLM"), str(out)) == 0
+  assert cli.run(eval_config(eval_assets, progress=False, label="MDLM", batch=1 << 20),
+                 str(out)) == 0
   capsys.readouterr()
   assert calls == [(4, 0), (4, 1)]
   assert not (out / cli.PROGRESS_DIR).exists()
@@ -122,6 +129,12 @@ def test_progress_of_other_weights_is_not_reused(tmp_path):
   assert cli._load_progress(str(tmp_path), dict(fp, weights="b"), (4,), (0,)) == {}
   assert cli._load_progress(str(tmp_path), dict(fp, sampling={"num_samples": 16}),
                             (4,), (0,)) == {}
+
+
+def _one_error_line(err: str) -> str:
+  lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), err
+  return lines[0]
 
 
 def _run_error(config, workdir, capsys):
@@ -175,3 +188,29 @@ def test_empty_sample_set_and_other_user_errors(eval_assets, tmp_path, capsys, e
                                 process=make_process("duo", 20), progress=False)
   with pytest.raises(EvalError, match="empty"):
     judge.score(np.zeros((0, LENGTH), np.int32), None)
+
+
+def test_issue25_one_evaluation_per_workdir_and_foreign_outputs_kept(eval_assets, tmp_path,
+                                                                     capsys, eval_config):
+  """Item 3: before, two launch/eval.py on one workdir both computed everything (last
+  writer won); the second is refused at once, naming the first. Item 2: an output file of
+  the same name that this project did not write (results.json, samples.jsonl) is not
+  replaced. Item 6: an unwritable workdir is one line. All before anything is loaded."""
+  from tokendrift_jax import fs  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "out"
+  with fs.WorkdirLock(str(out), "evaluation"):
+    rc = cli.run(eval_config(eval_assets), str(out))
+    line = _one_error_line(capsys.readouterr().err)
+  assert rc == 2 and f"{out} is in use by evaluation (pid {os.getpid()} on" in line, line
+  assert os.listdir(out) == []
+  for name in (cli.RESULTS_JSON, cli.SAMPLES_JSONL):
+    (out / name).write_text('{"my": "numbers"}\n')
+    rc = cli.run(eval_config(eval_assets), str(out))
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and f"{out / name}: launch/eval.py replaces only an earlier output" in line
+    assert (out / name).read_text() == '{"my": "numbers"}\n'
+    (out / name).unlink()
+  (tmp_path / "afile").write_text("x")
+  rc = cli.run(eval_config(eval_assets), str(tmp_path / "afile" / "out"))
+  line = _one_error_line(capsys.readouterr().err)
+  assert rc == 2 and "is a file, not a directory" in line, line

@@ -199,3 +199,39 @@ def test_padded_embedding_takes_a_smaller_tokenizer_that_holds_the_mask(llada_ev
   # The MDLM rule is unchanged: the mask is appended, the tokenizer must be V - 1 ids.
   with pytest.raises(EvalError, match="needs len\\(tokenizer\\) \\+ 1"):
     judges.check_vocab(LLaDAProcess(vocab_size=640, mask_id=639), 600, "tok")
+
+
+@pytest.mark.parametrize("case", ["mask", "past_vocab", "empty_file", "too_long"])
+def test_issue25_5_prompt_files_are_checked_before_the_judge(
+    case, llada_eval_assets, bpe_gpt2_judge, tmp_path, capsys):
+  """Before: a prompt holding the mask id was accepted (its decoded prompt dropped it), ids
+  past the vocabulary were caught after the judge had loaded, a 0-byte file ended in an
+  EOFError traceback, and a prompt longer than the model said "config.length=0 must be in
+  [1, -4]". The judge here does not exist: each error comes before it is loaded."""
+  path = tmp_path / "prompts.npy"
+  rows = np.load(llada_eval_assets.prompts)[:NUM_SAMPLES, :PROMPT].copy()
+  length = PROMPT
+  if case == "mask":
+    rows[2, 1] = llada_eval_assets.mask
+    needle = f"1 of {NUM_SAMPLES} prompts contain the mask id {llada_eval_assets.mask}"
+  elif case == "past_vocab":
+    rows[0, 0] = llada_eval_assets.size
+    needle = f"are >= {llada_eval_assets.size}, outside the judge's text vocabulary"
+  elif case == "too_long":
+    rows = np.load(llada_eval_assets.prompts)[:NUM_SAMPLES]
+    length = LENGTH
+    needle = f"config.prompt.length={LENGTH} must be < the checkpoint's length {LENGTH}"
+  if case == "empty_file":
+    path.write_bytes(b"")
+    needle = "is empty (0 bytes)"
+  else:
+    np.save(path, rows)
+  out = tmp_path / "out"
+  config = _config(llada_eval_assets, bpe_gpt2_judge, prompt__tokens=str(path),
+                   prompt__length=length)
+  config.judge = str(tmp_path / "no_judge_here")
+  assert cli.run(config, str(out)) == 2
+  line = _one_error_line(capsys.readouterr().err)
+  assert needle in line, line
+  assert case == "too_long" or f"config.prompt.tokens={str(path)!r}" in line, line
+  assert not out.exists()

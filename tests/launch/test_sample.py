@@ -12,6 +12,7 @@ import json
 import os
 import re
 import runpy
+import shutil
 import sys
 
 import jax
@@ -165,3 +166,32 @@ def test_bad_inputs_one_line_error_nothing_written(assets, tmp_path, capsys, cas
   assert sorted(os.listdir(tmp_path)) == before
   if case == "existing_out":
     assert out.read_text() == "old\n"
+
+
+def test_issue25_out_is_checked_before_sampling_and_batch_capped(assets, mdlm_run, tmp_path,
+                                                                 capsys, monkeypatch):
+  """Item 6: `--out DIR --force` with a directory failed only after all sampling, and a
+  --batch far above --num-samples ran out of memory instead of capping at the sample
+  count. Item 2: --force replaces only earlier samples (or an empty file)."""
+  drawn = []
+  real_draw = samples_cli.draw
+  monkeypatch.setattr(samples_cli, "draw", lambda *a, **k: drawn.append(k["batch"])
+                      or real_draw(*a, **k))
+  folder = tmp_path / "adir"
+  folder.mkdir()
+  notes = tmp_path / "notes.jsonl"
+  notes.write_text('{"mine": 1}\n')
+  for out, needle in ((folder, "exists and is a directory"),
+                      (notes, "--force replaces only an earlier output of tokendrift_jax")):
+    rc, _ = _run(assets, out, assets["mdlm"], "--force")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+  assert not drawn and os.listdir(folder) == [] and notes.read_text() == '{"mine": 1}\n'
+  # Over a copy of earlier samples, with a batch far above the 3 samples: capped at 3, the
+  # samples are mdlm_run's (drawn with the default batch 3).
+  out = tmp_path / "again.jsonl"
+  shutil.copyfile(assets["root"] / "mdlm.jsonl", out)
+  rc, text = _run(assets, out, assets["mdlm"], "--nfe", 4, "--seeds", 0, 1, "--num-samples", 3,
+                  "--batch", 1 << 20, "--force")
+  assert rc == 0 and drawn == [3]
+  assert (text, _rows(out)) == mdlm_run

@@ -399,3 +399,178 @@ def test_all_checkpoints_damaged_is_refused_with_the_list(tmp_path, fault_config
     assert f"step {s}: " in err, err
   assert "delete the damaged step directories" in err, err
   assert _files(os.path.join(wd, "checkpoints")) == before  # nothing deleted or replaced
+
+
+# ------------------------------------------------------- issue 25: one writer, valid inputs
+
+
+def _error_line(err: str) -> str:
+  """The one ``error: ...`` line of a run (logging lines of the run may precede it)."""
+  lines = [ln for ln in err.strip().splitlines() if ln.startswith("error: ")]
+  assert len(lines) == 1, err
+  return lines[0]
+
+
+def test_issue25_3_second_trainer_on_a_held_workdir_is_refused(
+    tmp_path, fault_config, reference, restore, read_losses, capsys):
+  """Item 3: before, two launch/train.py on one workdir both ran (every metrics row twice,
+  the same checkpoints written by both). A second run started while the first holds the
+  workdir (at its step 1, from a hook) is refused in one line naming the holder, before it
+  writes anything; the first run is bitwise the run it is alone (the reference).
+
+  Item 7 on the way (sharing the run): the workdir first holds a run that crashed at step 2
+  before its first checkpoint; before, its step-1 row stayed and the rerun, which starts
+  over, logged step 1 again."""
+  from tokendrift_jax import fs  # pylint: disable=import-outside-toplevel
+  wd = str(tmp_path / "held")
+
+  def crash(step, params):  # pylint: disable=unused-argument
+    if step == 2:
+      raise RuntimeError("power cut")
+    return {}
+
+  with pytest.raises(RuntimeError, match="power cut"):
+    trainer.train(fault_config(train__checkpoint_every=1000), wd, hooks=[crash])
+  assert _steps_on_disk(wd) == [] and not os.path.exists(os.path.join(wd, fs.LOCK_NAME))
+  assert [r["step"] for r in metrics_writer.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+          ] == [1, 2]   # logged before the hook of step 2 crashed
+  second = []
+
+  def start_another(step, params):  # pylint: disable=unused-argument
+    if step == 1:
+      before = _files(wd)
+      rc = entrypoints.train_main(fault_config(), wd)
+      second.append((rc, capsys.readouterr().err, before == _files(wd)))
+    return {}
+
+  trainer.train(fault_config(), wd, hooks=[start_another])
+  rc, err, untouched = second[0]
+  line = _error_line(err)
+  assert rc == 2 and f"{wd} is in use by training (pid {os.getpid()} on " in line, line
+  assert untouched, "the refused run wrote to the workdir"
+  np.testing.assert_array_equal(read_losses(wd), reference[1])
+  rows = metrics_writer.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  assert _steps_on_disk(wd) == [1, 2, 3]
+  chex.assert_trees_all_equal(restore(wd, 3), restore(reference[0], 3))
+  assert not os.path.exists(os.path.join(wd, fs.LOCK_NAME)), "the lock is released on exit"
+
+
+def test_issue25_3_lock_survives_nothing_but_its_holder(tmp_path):
+  """A workdir held by another process is refused naming its pid; kill -9 of that process
+  releases the lock (the stale lock file it leaves is taken over)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from tokendrift_jax import fs  # pylint: disable=import-outside-toplevel
+  wd = str(tmp_path / "wd")
+  code = ("import sys, time; from tokendrift_jax import fs; "
+          "fs.WorkdirLock(sys.argv[1], 'evaluation').acquire(); print('held', flush=True); "
+          "time.sleep(120)")
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  child = subprocess.Popen([sys.executable, "-c", code, wd], cwd=root, stdout=subprocess.PIPE,
+                           text=True, env=dict(os.environ, PYTHONPATH=root))
+  try:
+    assert child.stdout.readline().strip() == "held"
+    for attempt in (lambda: fs.WorkdirLock.check_free(wd),
+                    lambda: fs.WorkdirLock(wd, "training").acquire()):
+      with pytest.raises(fs.WorkdirBusy, match=f"in use by evaluation \\(pid {child.pid} on"):
+        attempt()
+  finally:
+    child.kill()   # SIGKILL: no cleanup runs in the child
+    child.wait()
+  assert os.path.exists(os.path.join(wd, fs.LOCK_NAME)), "kill -9 leaves the lock file"
+  with fs.WorkdirLock(wd, "training"):
+    with pytest.raises(fs.WorkdirBusy, match=f"training \\(pid {os.getpid()}"):
+      fs.WorkdirLock(wd, "evaluation").acquire()
+  assert os.listdir(wd) == []
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("train__steps", -1, "config.train.steps=-1 must be >= 0"),
+    ("optim__lr", -1.0, "config.optim.lr=-1.0 must be > 0"),
+    ("optim__lr", float("nan"), "config.optim.lr=nan must be finite"),
+    ("optim__b1", 1.5, "config.optim.b1=1.5 must be < 1"),
+    ("train__checkpoint_every", -5, "config.train.checkpoint_every=-5 must be >= 0"),
+    ("drift__temperatures", (0.02, -1.0), "config.drift.temperatures=(0.02, -1.0) entry -1.0"),
+])
+def test_issue25_4_bad_config_values_are_refused_naming_the_field(
+    fault_config, tmp_path, capsys, field, value, needle):
+  """Before: steps=-1 exported an untrained backbone (exit 0), lr=-1 trained by gradient
+  ascent, b1=1.5 trained, checkpoint_every=-5 wrote only the final checkpoint, lr=nan
+  failed at step 1. One table of (field, check) (builder.CONFIG_CHECKS), applied where the
+  config is read, refuses each in one line before anything is built or written."""
+  wd = tmp_path / "wd"
+  rc = entrypoints.train_main(fault_config(**{field: value}), str(wd))
+  line = _error_line(capsys.readouterr().err)
+  assert rc == 2 and needle in line, line
+  assert not wd.exists()
+
+
+@pytest.mark.parametrize("case", ["float", "one_d", "empty_file", "mask_id"])
+def test_issue25_5_token_files_are_checked_where_they_enter(fault_config, tmp_path, capsys,
+                                                            case):
+  """Before: a float32 train.npy holding 3.5 trained on truncated ids; a 0-byte .npy ended
+  in an EOFError traceback."""
+  path = tmp_path / "train.npy"
+  if case == "float":
+    np.save(path, np.full((32, 16), 3.5, np.float32))
+    needle = "must hold integer token ids, got dtype float32"
+  elif case == "one_d":
+    np.save(path, np.arange(16, dtype=np.int32))
+    needle = "expected a non-empty int [N, length] array"
+  elif case == "empty_file":
+    path.write_bytes(b"")
+    needle = "is empty (0 bytes)"
+  else:
+    np.save(path, np.full((32, 16), 32, np.int32))   # the tiny MDLM's mask id
+    needle = "clean data contains the mask id 32"
+  wd = tmp_path / "wd"
+  rc = entrypoints.train_main(fault_config(data__train_tokens=str(path)), str(wd))
+  line = _error_line(capsys.readouterr().err)
+  assert rc == 2 and f"config.data.train_tokens={str(path)!r}" in line and needle in line, line
+  assert not wd.exists()
+
+
+def test_issue25_6_unwritable_workdir_is_one_line(fault_config, tmp_path, capsys):
+  (tmp_path / "afile").write_text("x")
+  wd = tmp_path / "afile" / "run"
+  rc = entrypoints.train_main(fault_config(), str(wd))
+  line = _error_line(capsys.readouterr().err)
+  assert rc == 2 and "--workdir" in line and "is a file, not a directory" in line, line
+  assert (tmp_path / "afile").read_text() == "x"
+  # Item 2 for the training export: a WORKDIR/backbone this project did not write is never
+  # replaced by the final export; refused before the run starts.
+  wd = tmp_path / "run"
+  (wd / "backbone" / "important").mkdir(parents=True)
+  (wd / "backbone" / "important" / "notes.txt").write_text("precious")
+  rc = entrypoints.train_main(fault_config(train__export_backbone=True), str(wd))
+  line = _error_line(capsys.readouterr().err)
+  assert rc == 2 and f"{wd / 'backbone'}: config.train.export_backbone replaces only" in line
+  assert _files(str(wd)) == {os.path.join("backbone", "important", "notes.txt"): b"precious"}
+
+
+def test_issue25_6_full_disk_during_a_checkpoint_names_the_intact_one(
+    tmp_path, fault_config, capsys, monkeypatch, restore, reference):
+  """Before: orbax tracebacks, a temporary directory left, and no word of which checkpoint
+  is intact. The save of step 2 fails as on a full disk, after orbax created its
+  temporary directory."""
+  import errno  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  real = ocp.CheckpointManager.save
+
+  def save(self, step, *a, **k):
+    if step == 2:
+      os.makedirs(os.path.join(str(self.directory), "2.orbax-checkpoint-tmp-123", "state"))
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real(self, step, *a, **k)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  wd = str(tmp_path / "full")
+  rc = entrypoints.train_main(fault_config(), wd)
+  line = _error_line(capsys.readouterr().err)
+  assert rc == 2, line
+  assert "writing the checkpoint of step 2" in line and "No space left on device" in line
+  assert "the newest intact checkpoint is step 1" in line and "rerun" in line, line
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["1"], "temporaries left"
+  chex.assert_trees_all_equal(restore(wd, 1), restore(reference[0], 1))   # intact
+

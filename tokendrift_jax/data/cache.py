@@ -313,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
                             valid_docs=args.valid_docs, group_docs=args.group_docs or None,
                             pad_token=args.pad_token)
   except (OSError, ValueError, KeyError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    # The sources name the training config's field; this command's is the flag.
+    msg = msg.replace("set data.text_field", "pass --text_field")
+    print(f"error: {(msg.splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
     return 1
   for name, cached in splits.items():
     print(f"{name}: {cached.blocks.shape[0]} blocks x {cached.blocks.shape[1]} tokens "

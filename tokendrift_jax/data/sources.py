@@ -100,8 +100,21 @@ def _texts_of_column(values: list[Any], path: str, field: str, first: int) -> It
     yield v
 
 
+def _not_utf8(path: str, e: UnicodeDecodeError) -> ValueError:
+  return ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start} of a line); "
+                    f"corpus files are read as UTF-8")
+
+
 def _read_file(path: str, field: str, skip: int = 0) -> Iterator[str]:
-  """The documents of one file after the first ``skip``, in order."""
+  """The documents of one file after the first ``skip``, in order (a file that is not
+  UTF-8 is a ValueError naming it)."""
+  try:
+    yield from _read_file_unchecked(path, field, skip)
+  except UnicodeDecodeError as e:
+    raise _not_utf8(path, e) from e
+
+
+def _read_file_unchecked(path: str, field: str, skip: int = 0) -> Iterator[str]:
   ext = os.path.splitext(path)[1]
   if ext == ".jsonl":
     with open(path, encoding="utf-8") as f:
@@ -162,8 +175,11 @@ def _count_file(path: str, field: str) -> int:
   ext = os.path.splitext(path)[1]
   if ext == ".jsonl" or ext == ".txt":
     # Must skip exactly the lines _read_file skips.
-    with open(path, encoding="utf-8") as f:
-      return sum(1 for line in f if line.strip())
+    try:
+      with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+    except UnicodeDecodeError as e:
+      raise _not_utf8(path, e) from e
   if ext == ".parquet":
     _require_pyarrow(path)
     import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel

@@ -48,11 +48,29 @@ def check_token_ids(tokens: np.ndarray, process, what: str) -> None:
     raise ValueError(f"{what}: clean data contains the mask id {process.mask_id}")
 
 
-def load_split(path: str, seq_len: int, process, field: str) -> np.ndarray:
-  """The memory-mapped int array at ``path``, checked for shape and token ids."""
+def load_npy(path: str, field: str) -> np.ndarray:
+  """The memory-mapped array of the .npy at ``path``; ValueError naming ``field`` and the
+  file for a missing, empty, truncated or non-.npy file and for a non-integer dtype."""
   if not os.path.isfile(path):
     raise ValueError(f"{field}={path!r}: no such file")
-  arr = np.load(path, mmap_mode="r")
+  if os.path.getsize(path) == 0:
+    raise ValueError(f"{field}={path!r} is empty (0 bytes), not a .npy array")
+  try:
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    reason = (str(e).splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"{field}={path!r} is not a readable .npy array ({reason})") from e
+  if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.integer):
+    raise ValueError(f"{field}={path!r} must hold integer token ids, got dtype "
+                     f"{getattr(arr, 'dtype', type(arr).__name__)}")
+  if arr.size == 0:
+    raise ValueError(f"{field}={path!r} is empty (shape {arr.shape})")
+  return arr
+
+
+def load_split(path: str, seq_len: int, process, field: str) -> np.ndarray:
+  """The memory-mapped int array at ``path``, checked for dtype, shape and token ids."""
+  arr = load_npy(path, field)
   if arr.ndim != 2 or arr.shape[0] == 0:
     raise ValueError(f"{field}={path!r}: expected a non-empty int [N, length] array, got "
                      f"shape {arr.shape}")
@@ -70,7 +88,7 @@ def load_prompt_lengths(tokens_path: str, rows: int, seq_len: int) -> np.ndarray
   what = f"prompt lengths {path!r} (config.prompt.mode='data', next to {tokens_path!r})"
   if not os.path.isfile(path):
     raise ValueError(f"{what}: no such file; write the int [N] prompt length of every row")
-  arr = np.load(path, mmap_mode="r")
+  arr = load_npy(path, what)
   if arr.shape != (rows,) or not np.issubdtype(arr.dtype, np.integer):
     raise ValueError(f"{what}: expected an int array of shape ({rows},) (one per row), got "
                      f"{arr.dtype} {arr.shape}")

@@ -38,6 +38,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from tokendrift_jax import checkpoints
+from tokendrift_jax import fs
 from tokendrift_jax import models
 from tokendrift_jax import runtime
 from tokendrift_jax import sharding
@@ -74,6 +75,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   if not str(config.checkpoint):
     raise err("config.checkpoint is empty; pass --config.checkpoint=DIR, a converted "
               "backbone (`python -m convert SRC DIR`) or a training run's WORKDIR/backbone")
+  workdir = check_workdir(workdir)
   nfes = eval_config.check_int_list(config.nfe, "config.nfe", minimum=1)
   seeds = eval_config.check_int_list(config.seeds, "config.seeds", minimum=0)
   num_samples = eval_config.check_num_samples(config.num_samples, "config.num_samples")
@@ -106,6 +108,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   except ValueError as e:
     raise err(f"config.checkpoint={ckpt!r}: {e}") from e
   prompt_length, prompt_file = _prompt_settings(config, process)
+  if prompt_length >= model_cfg.length:
+    raise err(f"config.prompt.length={prompt_length} must be < the checkpoint's length "
+              f"{model_cfg.length} (the completion needs at least one position)")
   length = int(config.length) or model_cfg.length - prompt_length
   if not 1 <= length <= model_cfg.length - prompt_length:
     raise err(f"config.length={config.length} must be in [1, "
@@ -117,14 +122,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     options["block_length"] = options["block_length"] or length  # 0: one block
     nfes = sampling_eval.check_llada_nfes(nfes, length, options["block_length"])
   # Prompts before the judge (GPT-2 Large is 3 GB): a missing or short file fails at once.
-  prompts = _read_prompts(prompt_file, prompt_length, num_samples) if prompt_length else None
+  prompts = (_read_prompts(prompt_file, prompt_length, num_samples, process) if prompt_length
+             else None)
   progress = bool(config.progress) and jax.process_index() == 0
   # The judge before the weights: a missing judge or a tokenizer that does not fit the
   # checkpoint is reported before anything heavy is loaded or sampled.
   evaluator = assemble.build_evaluator(
       config, model_cfg=model_cfg, process=process, mesh=mesh, length=length,
       family=family_spec, progress=progress, attention_impl=str(config.attention_impl),
-      sampler_options=options, prompt_length=prompt_length)
+      sampler_options=options, prompt_length=prompt_length,
+      batch=capped_batch(config.batch, num_samples, mesh))
   judge = evaluator.judge
   nfes = evaluator.check_nfes(nfes)
   if prompts is not None:
@@ -136,64 +143,104 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
     except EvalError as e:
       raise EvalError(f"config.prompt.tokens={prompt_file!r}: {e}") from e
 
-  _, params, _ = checkpoints.load_backbone_params(ckpt)
-  weights_hash = _weights_hash(params)
-  params = sharding.to_global(params, sharding.param_sharding(
-      params, mesh, placement, logical_axes=logical_axes))
-  label = run_label(str(config.label), ckpt)
-  judge_info = judges.info(judge)
-  sampling = {"nfe": list(nfes), "seeds": list(seeds), "num_samples": num_samples,
-              "batch": evaluator.batch, "length": length,
-              "noise_removal": evaluator.noise_removal,
-              "sampler_precision": "float64" if evaluator.float64 else "float32",
-              "model_dtype": str(config.model_dtype),
-              "key": "fold_in(fold_in(PRNGKey(seed), nfe), batch_index)"}
-  if options is not None:
-    sampling["llada"] = dict(evaluator.sampler_options)
-    # NFE counts backbone calls; classifier-free guidance runs each on 2 x batch rows.
-    sampling["rows_per_forward"] = (2 if options["cfg_scale"] > 0 else 1) * evaluator.batch
-  if prompt_length:
-    sampling["prompt"] = {"tokens": prompt_file, "length": prompt_length,
-                          "sha256": hashlib.sha256(prompts.tobytes()).hexdigest(),
-                          "judged": "completion given the prompt"}
-  keep = bool(config.write_samples)
-  # What a finished (NFE, seed) depends on, besides its own NFE and seed.
-  fingerprint = {"weights": weights_hash, "checkpoint": ckpt, "judge": judge_info,
-                 "sampling": {k: v for k, v in sampling.items() if k not in ("nfe", "seeds")},
-                 "write_samples": keep}
-  progress_dir = os.path.join(workdir, PROGRESS_DIR)
-  is_main = jax.process_index() == 0
-  done = _load_progress(progress_dir, fingerprint, nfes, seeds) if is_main else {}
-  skip = _agreed_skip(done, nfes, seeds)
-  if skip:
-    logging.info("resuming: %d of %d (NFE, seed) pairs done in %s", len(skip),
-                 len(nfes) * len(seeds), progress_dir)
+  # The one writer of workdir from here on (a second evaluation is refused).
+  lock = fs.WorkdirLock(workdir, "evaluation").acquire() if jax.process_index() == 0 else None
+  try:
+    _, params, _ = checkpoints.load_backbone_params(ckpt)
+    weights_hash = _weights_hash(params)
+    params = sharding.to_global(params, sharding.param_sharding(
+        params, mesh, placement, logical_axes=logical_axes))
+    label = run_label(str(config.label), ckpt)
+    judge_info = judges.info(judge)
+    sampling = {"nfe": list(nfes), "seeds": list(seeds), "num_samples": num_samples,
+                "batch": evaluator.batch, "length": length,
+                "noise_removal": evaluator.noise_removal,
+                "sampler_precision": "float64" if evaluator.float64 else "float32",
+                "model_dtype": str(config.model_dtype),
+                "key": "fold_in(fold_in(PRNGKey(seed), nfe), batch_index)"}
+    if options is not None:
+      sampling["llada"] = dict(evaluator.sampler_options)
+      # NFE counts backbone calls; classifier-free guidance runs each on 2 x batch rows.
+      sampling["rows_per_forward"] = (2 if options["cfg_scale"] > 0 else 1) * evaluator.batch
+    if prompt_length:
+      sampling["prompt"] = {"tokens": prompt_file, "length": prompt_length,
+                            "sha256": hashlib.sha256(prompts.tobytes()).hexdigest(),
+                            "judged": "completion given the prompt"}
+    keep = bool(config.write_samples)
+    # What a finished (NFE, seed) depends on, besides its own NFE and seed.
+    fingerprint = {"weights": weights_hash, "checkpoint": ckpt, "judge": judge_info,
+                   "sampling": {k: v for k, v in sampling.items() if k not in ("nfe", "seeds")},
+                   "write_samples": keep}
+    progress_dir = os.path.join(workdir, PROGRESS_DIR)
+    is_main = jax.process_index() == 0
+    done = _load_progress(progress_dir, fingerprint, nfes, seeds) if is_main else {}
+    skip = _agreed_skip(done, nfes, seeds)
+    if skip:
+      logging.info("resuming: %d of %d (NFE, seed) pairs done in %s", len(skip),
+                   len(nfes) * len(seeds), progress_dir)
 
-  def save_progress(row, samples):
-    if is_main:
-      os.makedirs(progress_dir, exist_ok=True)
-      files.write_json(_progress_path(progress_dir, row["nfe"], row["seed"]),
-                        {"fingerprint": fingerprint, "row": row, "samples": samples})
+    def save_progress(row, samples):
+      if is_main:
+        os.makedirs(progress_dir, exist_ok=True)
+        files.write_json(_progress_path(progress_dir, row["nfe"], row["seed"]),
+                          {"fingerprint": fingerprint, "row": row, "samples": samples})
 
-  t0 = time.time()
-  result = evaluator.evaluate(params, nfes, seeds, num_samples, keep_samples=keep, skip=skip,
-                              on_row=save_progress, prompts=prompts)
-  if not is_main:
-    return {}
-  rows, samples = _merge(result, done, nfes, seeds)
-  payload = report.results_payload(
-      rows, label=label, checkpoint=ckpt, process=process.name, family=family, meta=meta,
-      judge=judge_info,
-      sampling=sampling, config=json.loads(config.to_json_best_effort()))
-  payload["wall_time_s"] = time.time() - t0
-  payload["resumed_pairs"] = [list(k) for k in skip]
-  os.makedirs(workdir, exist_ok=True)
-  if keep:
-    files.write_jsonl(os.path.join(workdir, SAMPLES_JSONL), samples)
-  files.write_json(os.path.join(workdir, RESULTS_JSON), payload)
-  files.write_text(os.path.join(workdir, RESULTS_MD), report.results_markdown(payload))
-  shutil.rmtree(progress_dir, ignore_errors=True)
-  return payload
+    t0 = time.time()
+    result = evaluator.evaluate(params, nfes, seeds, num_samples, keep_samples=keep, skip=skip,
+                                on_row=save_progress, prompts=prompts)
+    if not is_main:
+      return {}
+    rows, samples = _merge(result, done, nfes, seeds)
+    payload = report.results_payload(
+        rows, label=label, checkpoint=ckpt, process=process.name, family=family, meta=meta,
+        judge=judge_info,
+        sampling=sampling, config=json.loads(config.to_json_best_effort()))
+    payload["wall_time_s"] = time.time() - t0
+    payload["resumed_pairs"] = [list(k) for k in skip]
+    os.makedirs(workdir, exist_ok=True)
+    if keep:
+      files.write_jsonl(os.path.join(workdir, SAMPLES_JSONL), samples)
+    files.write_json(os.path.join(workdir, RESULTS_JSON), payload)
+    files.write_text(os.path.join(workdir, RESULTS_MD), report.results_markdown(payload))
+    shutil.rmtree(progress_dir, ignore_errors=True)
+    return payload
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def check_workdir(workdir: str) -> str:
+  """The absolute workdir, checked before anything is loaded: no other run holds it, it can
+  be written, and the output files there are absent or an earlier evaluation's."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    fs.WorkdirLock.check_free(workdir)
+    fs.check_writable_destination(workdir, kind="dir")
+    for name in (RESULTS_JSON, RESULTS_MD, SAMPLES_JSONL):
+      fs.check_replace(os.path.join(workdir, name), force=True, kind="file",
+                       what=f"the output {name}", flag="launch/eval.py")
+  except fs.DestinationError as e:
+    raise EvalError(f"--workdir: {e}") from e
+  return workdir
+
+
+MAX_UNCAPPED_BATCH = 64   # as launch/sample.py's DEFAULT_MAX_BATCH
+
+
+def capped_batch(batch, num_samples: int, mesh) -> int:
+  """``batch``, or the sample count (rounded up to the mesh's batch shards) when the batch
+  is above both it and MAX_UNCAPPED_BATCH: a batch far above config.num_samples would only
+  draw rows that are thrown away (and run out of memory). A smaller batch is kept: the
+  samples depend on it."""
+  if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+    return batch   # refused, with the field named, by SampleEvaluator
+  shards = sharding.num_batch_shards(mesh)
+  cap = -(-int(num_samples) // shards) * shards
+  if batch > max(cap, MAX_UNCAPPED_BATCH):
+    logging.info("config.batch=%d capped at %d (config.num_samples=%d)", batch, cap,
+                 num_samples)
+    return cap
+  return int(batch)
 
 
 def _prompt_settings(config, process) -> tuple[int, str]:
@@ -240,17 +287,18 @@ def _llada_options(config, process, *, prompted: bool) -> dict | None:
           "remasking": str(values["remasking"]), "cfg_scale": float(values["cfg_scale"])}
 
 
-def _read_prompts(path: str, length: int, num_samples: int) -> np.ndarray:
+def _read_prompts(path: str, length: int, num_samples: int, process=None) -> np.ndarray:
   """int32[num_samples, length]: the first ``length`` ids of the first ``num_samples`` rows
   of the .npy at ``path``; one-line errors naming config.prompt.tokens."""
   field = "config.prompt.tokens"
   if not os.path.isfile(path):
     raise EvalError(f"{field}={path!r}: no such file (an int .npy [N, >= {length}] of "
                     f"prompt token ids)")
-  try:
-    rows = np.load(path, mmap_mode="r", allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise EvalError(f"{field}={path!r} is not a readable .npy array ({e})") from e
+  from tokendrift_jax.data import tokens  # pylint: disable=import-outside-toplevel
+  try:   # empty, truncated, not a .npy, not integer: one line naming the file
+    rows = tokens.load_npy(path, field)
+  except ValueError as e:
+    raise EvalError(str(e)) from e
   if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.integer):
     raise EvalError(f"{field}={path!r} must be an int array [N, >= {length}], got "
                     f"{rows.dtype}{list(rows.shape)}")
@@ -261,6 +309,16 @@ def _read_prompts(path: str, length: int, num_samples: int) -> np.ndarray:
   prompts = np.asarray(rows[:num_samples, :length]).astype(np.int32)
   if prompts.min() < 0:
     raise EvalError(f"{field}={path!r} holds negative ids")
+  if process is not None:   # ids past the vocabulary, or the mask: before the judge loads
+    try:
+      judges.check_text_ids(prompts, process)
+    except EvalError as e:
+      raise EvalError(f"{field}={path!r}: {e}") from e
+    if process.mask_id is not None and np.any(prompts == process.mask_id):
+      rows = int(np.any(prompts == process.mask_id, axis=1).sum())
+      raise EvalError(f"{field}={path!r}: {rows} of {num_samples} prompts contain the mask id "
+                      f"{process.mask_id}; a prompt must be clean text (its decoded prompt "
+                      f"would drop the token)")
   return prompts
 
 
@@ -367,9 +425,35 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> int:
   except (checkpoints.CheckpointError, FileNotFoundError, ValueError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)
     return 2
+  except OSError as e:   # a disk that fills up, a directory that vanishes, ... mid-run
+    print(f"error: writing the evaluation to {workdir} failed ({_one_line(e)}); the finished "
+          f"(NFE, seed) pairs are in {os.path.join(str(workdir), PROGRESS_DIR)}: free space "
+          f"and rerun the same command to resume", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    saved = _saved_pairs(workdir)
+    print(f"error: interrupted (Ctrl-C); {saved} finished (NFE, seed) pairs are saved in "
+          f"{os.path.join(os.path.abspath(str(workdir)), PROGRESS_DIR)}: rerun the same "
+          f"command to resume", file=sys.stderr)
+    return 130
   if not payload:  # processes other than 0 write and print nothing
     return 0
   print(report.markdown_table([(payload["label"], payload["summary"])], bold_best=False))
   print(f"wrote {os.path.join(workdir, RESULTS_JSON)}, {RESULTS_MD}"
         + (f", {SAMPLES_JSONL}" if config.write_samples else ""))
   return 0
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e).strip()
+  if isinstance(e, OSError) and e.filename is not None:
+    text = f"{e.filename}: {e.strerror or text}"
+  return (text.splitlines() or [type(e).__name__])[0]
+
+
+def _saved_pairs(workdir) -> int:
+  try:
+    return sum(1 for f in os.listdir(os.path.join(str(workdir), PROGRESS_DIR))
+               if f.endswith(".json"))
+  except (OSError, TypeError):
+    return 0

@@ -222,11 +222,17 @@ def _run(args, reader, loader, stdout) -> int:
   _check_int(args.devices, "--devices", 0)
   for s in args.seeds:
     _check_int(s, "--seeds", 0)
+  from tokendrift_jax import fs
   out = os.path.abspath(args.out)
-  if os.path.exists(out) and not args.force:
-    raise SampleError(f"{out} already exists; pass --force to overwrite")
   if not os.path.isdir(os.path.dirname(out)):
     raise SampleError(f"--out {out}: the directory {os.path.dirname(out)} does not exist")
+  # Before anything is sampled: --out is a file that can be written, and an existing one is
+  # replaced (with --force) only when it holds earlier samples.
+  try:
+    fs.check_replace(out, force=args.force, kind="file", what="--out")
+    fs.check_writable_destination(out, kind="file", create_parents=False)
+  except fs.DestinationError as e:
+    raise SampleError(f"--out: {e}") from e
   paths = [args.checkpoint] + ([args.compare] if args.compare else [])
   # Cheap checks of every checkpoint before any weights are read or sampled.
   heads = []
@@ -262,6 +268,12 @@ def _run(args, reader, loader, stdout) -> int:
   mesh = sharding.make_mesh(devices=devices[:args.devices] if args.devices else devices)
   shards = sharding.num_batch_shards(mesh)
   batch = args.batch or default_batch(args.num_samples, shards)
+  # A batch far above --num-samples would draw (and hold in memory) rows thrown away: one
+  # above both the sample count and DEFAULT_MAX_BATCH is capped at the sample count (a
+  # smaller one is kept: the samples depend on the batch, and it may be chosen to match).
+  cap = max(shards, math.ceil(args.num_samples / shards) * shards)
+  if batch > max(cap, DEFAULT_MAX_BATCH):
+    batch = cap
   if batch % shards:
     raise SampleError(f"--batch {batch} does not divide over the {shards} devices")
   processes, tokenizers = [], []

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from tokendrift_jax import config_checks
 from tokendrift_jax import models
 from tokendrift_jax import objectives
 from tokendrift_jax import sharding
@@ -25,6 +26,49 @@ from tokendrift_jax.train import step as step_lib
 
 class TrainError(ValueError):
   """A configuration or input problem, reported as one line before anything is written."""
+
+
+# The value checks of a training config, applied where it is read (:func:`check_config_values`
+# from trainer.build and build_step): one line naming the field, before anything is built.
+_unit = config_checks.number(0.0, 1.0, hi_open=True)   # [0, 1)
+CONFIG_CHECKS = (
+    ("seed", config_checks.integer(0)),
+    ("train.steps", config_checks.integer(0)),
+    ("train.log_every", config_checks.integer(1)),
+    ("train.checkpoint_every", config_checks.integer(0)),
+    ("train.keep_checkpoints", config_checks.integer(1)),
+    ("train.eval_every", config_checks.integer(0)),
+    ("train.eval_batches", config_checks.integer(0)),
+    ("train.resume", config_checks.boolean),
+    ("train.export_backbone", config_checks.boolean),
+    ("optim.lr", config_checks.number(0.0, lo_open=True)),
+    ("optim.b1", _unit),
+    ("optim.b2", _unit),
+    ("optim.eps", config_checks.number(0.0)),
+    ("optim.weight_decay", config_checks.number(0.0)),
+    ("optim.warmup_steps", config_checks.integer(0)),
+    ("optim.grad_clip", config_checks.number()),
+    ("ema.enabled", config_checks.boolean),
+    ("ema.decay", config_checks.number(0.0, 1.0)),
+    ("batch.global_batch", config_checks.integer(1)),
+    ("batch.micro_batch", config_checks.integer(1)),
+    ("batch.eval_global_batch", config_checks.integer(1)),
+    ("diffusion.eps", config_checks.number(0.0, 1.0, hi_open=True)),
+    ("diffusion.sampling_eps", config_checks.number(0.0, 1.0, hi_open=True)),
+    ("model.dropout", _unit),
+    ("drift.temperatures", config_checks.each(config_checks.number(0.0, lo_open=True))),
+    ("drift.alpha", config_checks.number()),
+    ("drift.eps", config_checks.number(0.0)),
+    ("drift.queue_size", config_checks.integer(0)),
+    ("drift.base_loss_weight", config_checks.number(0.0)),
+    ("prompt.length", config_checks.integer(0)),
+)
+
+
+def check_config_values(config: ml_collections.ConfigDict) -> None:
+  """TrainError naming the first field of :data:`CONFIG_CHECKS` whose value is refused
+  (a type, range or finiteness problem)."""
+  config_checks.validate(config, CONFIG_CHECKS, TrainError)
 
 
 # ----------------------------------------------------------------------------- config parts
@@ -185,6 +229,7 @@ def build_step(config: ml_collections.ConfigDict, model_cfg=None) -> StepParts:
   diffusion settings (TrainError naming the field). ``model_cfg`` defaults to ``config.model``'s
   architecture (the trainer passes the one it checked against the init checkpoint).
   """
+  check_config_values(config)
   check_objective_name(config)
   model_cfg = model_config(config) if model_cfg is None else model_cfg
   mesh = make_mesh(config)

@@ -34,6 +34,11 @@ CLOSE_TIMEOUT_S = 60.0
 _NOISY_LOGGERS = ("absl", "orbax", "asyncio", "jax._src")
 
 
+class SaveError(Exception):
+  """A checkpoint could not be written (one line: the step, where, why); its temporary
+  directory is removed and the older checkpoints are untouched."""
+
+
 class DamagedCheckpoints(Exception):
   """No checkpoint could be restored; ``damaged`` = [(step, one-line reason)]."""
 
@@ -135,14 +140,27 @@ class Checkpointer:
       self.damaged.discard(int(step))
     elif not force and step in self.manager.all_steps():
       return False
-    saved = self.manager.save(
-        int(step),
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=ocp.args.JsonSave(data_state),
-                                meta=ocp.args.JsonSave(meta)),
-        force=True)
-    self.manager.wait_until_finished()
+    try:
+      with quiet_orbax():
+        saved = self.manager.save(
+            int(step),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                    data=ocp.args.JsonSave(data_state),
+                                    meta=ocp.args.JsonSave(meta)),
+            force=True)
+        self.manager.wait_until_finished()
+    except Exception as e:  # orbax / tensorstore raise assorted types for a failed write
+      self._remove_temporaries(int(step))
+      raise SaveError(f"writing the checkpoint of step {int(step)} to "
+                      f"{os.path.join(self.directory, str(int(step)))} failed "
+                      f"({one_line(e)})") from e
     return bool(saved)
+
+  def _remove_temporaries(self, step: int) -> None:
+    import glob  # pylint: disable=import-outside-toplevel
+    import shutil  # pylint: disable=import-outside-toplevel
+    for tmp in glob.glob(os.path.join(glob.escape(self.directory), f"{step}.orbax-checkpoint-tmp*")):
+      shutil.rmtree(tmp, ignore_errors=True)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
     """Restores (state, data_state, meta) at ``step`` onto ``abstract_state``'s shardings."""

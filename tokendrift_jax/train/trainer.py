@@ -42,6 +42,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from tokendrift_jax import checkpoints
+from tokendrift_jax import fs
 from tokendrift_jax import models
 from tokendrift_jax import objectives
 from tokendrift_jax import sharding
@@ -188,6 +189,7 @@ class Run:
   writer: metrics_writer.MetricsWriter
   init_checkpoint: str | None
   skipped_steps: int = 0  # non-finite updates skipped (config.train.nonfinite="skip")
+  lock: fs.WorkdirLock | None = None  # the workdir's one-writer lock (process 0)
 
   @property
   def model_cfg(self):
@@ -246,41 +248,76 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
   Every user error is raised (TrainError, CheckpointError, ...) before ``workdir`` is
   written to.
   """
+  builder.check_config_values(config)
   builder.check_objective_name(config)
+  workdir = check_workdir(config, workdir)
   model_cfg, init_path = resolve_init_checkpoint(config)
   builder.nonfinite_policy(config)
   parts = builder.build_step(config, model_cfg)
   train_iter, eval_factory = make_data(config, model_cfg.length, parts.process)
   check_eval_batches(config, eval_factory)
 
-  workdir = os.path.abspath(workdir)
   if config.train.resume:
     found = checkpointing.peek_latest_meta(workdir)
     if found is not None:
       _check_resume_meta(found[1], config, model_cfg, parts.objective,
                          os.path.join(workdir, "checkpoints"))
 
-  # Inputs are valid: from here on the run writes to workdir.
+  # Inputs are valid: from here on the run writes to workdir, as its only writer.
   is_main = jax.process_index() == 0
+  lock = None
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    try:
+      lock = fs.WorkdirLock(workdir, "training").acquire()
+    except (fs.DestinationError, OSError) as e:
+      raise TrainError(_one_line(e)) from e
+  try:
+    if is_main:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
 
-  if init_path is not None:
-    _, params, _ = checkpoints.load_backbone_params(init_path)
-  else:
-    params = models.init_params(model_cfg, int(config.seed))
-  state = sharding.to_global(parts.init_state(params), parts.state_shardings)
-  frozen = parts.objective.frozen(params)
-  if frozen is not None:
-    frozen = sharding.to_global(frozen, parts.frozen_shardings)
-  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=int(config.train.keep_checkpoints),
-                                    save_every=int(config.train.checkpoint_every))
-  writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
+    if init_path is not None:
+      _, params, _ = checkpoints.load_backbone_params(init_path)
+    else:
+      params = models.init_params(model_cfg, int(config.seed))
+    state = sharding.to_global(parts.init_state(params), parts.state_shardings)
+    frozen = parts.objective.frozen(params)
+    if frozen is not None:
+      frozen = sharding.to_global(frozen, parts.frozen_shardings)
+    ckpt = checkpointing.Checkpointer(workdir, max_to_keep=int(config.train.keep_checkpoints),
+                                      save_every=int(config.train.checkpoint_every))
+    writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
   return Run(config=config, workdir=workdir, parts=parts, state=state,
              frozen=frozen, train_iter=train_iter, eval_factory=eval_factory,
-             checkpointer=ckpt, writer=writer, init_checkpoint=init_path)
+             checkpointer=ckpt, writer=writer, init_checkpoint=init_path, lock=lock)
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e).strip()
+  if isinstance(e, OSError) and e.filename is not None:
+    text = f"{e.filename}: {e.strerror or text}"
+  return (text.splitlines() or [type(e).__name__])[0]
+
+
+def check_workdir(config, workdir: str) -> str:
+  """The absolute workdir, checked before anything heavy: no other run holds it, it can
+  be created and written, and (with config.train.export_backbone) ``WORKDIR/backbone`` is
+  absent or an earlier backbone checkpoint (the export replaces only those)."""
+  workdir = os.path.abspath(workdir)
+  try:
+    fs.WorkdirLock.check_free(workdir)
+    fs.check_writable_destination(workdir, kind="dir")
+    if config.train.export_backbone:
+      fs.check_replace(os.path.join(workdir, "backbone"), force=True, kind="dir",
+                       what="the export WORKDIR/backbone",
+                       flag="config.train.export_backbone")
+  except fs.DestinationError as e:
+    raise TrainError(f"--workdir: {e}") from e
+  return workdir
 
 
 def maybe_resume(run: Run) -> int:
@@ -288,6 +325,8 @@ def maybe_resume(run: Run) -> int:
   the step. A damaged newer checkpoint is reported in one line (logging.warning) and
   skipped; TrainError listing the damage when no checkpoint reads."""
   if run.checkpointer.latest_step() is None or not run.config.train.resume:
+    if run.writer.enabled:  # rows of a run that stopped before its first checkpoint
+      metrics_writer.truncate_jsonl(run.writer.path, 0)
     return 0
   abstract = checkpointing.abstract_like(run.state)
   try:
@@ -295,6 +334,8 @@ def maybe_resume(run: Run) -> int:
   except checkpointing.DamagedCheckpoints as e:
     raise TrainError(str(e)) from None
   if found is None:
+    if run.writer.enabled:
+      metrics_writer.truncate_jsonl(run.writer.path, 0)
     return 0
   latest, state, data_state, meta = found
   _check_resume_meta(meta, run.config, run.model_cfg, run.parts.objective,
@@ -365,6 +406,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
   except BaseException:
     run.checkpointer.close()
     run.writer.close()
+    if run.lock is not None:
+      run.lock.release()
     raise
   policy = builder.nonfinite_policy(config)
   total, log_every = run.total_steps, max(1, int(config.train.log_every))
@@ -391,7 +434,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
     nonlocal skipped
     check_finite(step, metrics)
     run.skipped_steps, skipped = skipped_total(), None
-    save(run, step)
+    try:
+      save(run, step)
+    except checkpointing.SaveError as e:
+      intact = (f"the newest intact checkpoint is step {last_saved} in "
+                f"{run.checkpointer.directory}; free space (or fix the directory) and rerun "
+                f"the same command to resume from it" if last_saved else
+                "no checkpoint was written; free space (or fix the directory) and rerun to "
+                "start over")
+      raise TrainError(f"{e}; {intact}") from None
 
   def log_row(step, metrics, extra):
     nonlocal logged_step
@@ -483,8 +534,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
                         run.checkpointer.directory)
     if not summary["preempted"]:
       save_checked(step, metrics)
+      last_saved = step
       if config.train.export_backbone:
-        summary["backbone"] = export_backbone(run)
+        try:
+          summary["backbone"] = export_backbone(run)
+        except checkpoints.CheckpointError as e:
+          raise TrainError(f"{_one_line(e)}; the training checkpoint of step {step} in "
+                           f"{run.checkpointer.directory} is intact: rerun the same command "
+                           f"to export it") from None
   except KeyboardInterrupt as e:
     if isinstance(e, Interrupted):
       raise
@@ -495,6 +552,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
     bar.close()
     run.checkpointer.close()
     run.writer.close()
+    if run.lock is not None:
+      run.lock.release()
   summary.update(step=step, metrics=last_metrics)
   if policy == "skip":
     summary["skipped_steps"] = skipped_total()
