@@ -35,6 +35,9 @@ def test_pairs_by_seed_and_counts_wins():
     ({4: [9, 9, 9], 8: [9, 1, 9], 16: [9, 9, 9]},
      "Verdict: TokenDrift had higher Gen-PPL than continuation in every one of 3 seeds at "
      "NFE 4 and 16; mixed across seeds (NFE 8: lower in 1 of 3)."),
+    ({4: [1, 9, 1], 8: [9, 1, 9], 16: [1, 1, 9]},
+     "Verdict: TokenDrift against continuation was mixed across seeds (NFE 4: lower in 2 of "
+     "3, NFE 8: lower in 1 of 3, NFE 16: lower in 2 of 3)."),
 ])
 def test_verdict_claims_only_what_every_seed_shows(drift, expected):
   cont = _rows({4: [5, 5, 5], 8: [5, 5, 5], 16: [5, 5, 5]})

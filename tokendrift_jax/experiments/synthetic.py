@@ -349,7 +349,8 @@ def verdict_line(vs_continuation: list[dict]) -> str:
                    f"{_nfe_list(never)}")
     if mixed:
       counts = ", ".join(f"NFE {c['nfe']}: lower in {c['wins']} of {c['n']}" for c in mixed)
-      parts.append(f"mixed across seeds ({counts})")
+      parts.append(f"mixed across seeds ({counts})" if parts else
+                   f"TokenDrift against continuation was mixed across seeds ({counts})")
   text = "Verdict: " + "; ".join(parts) + "."
   if n == 1:
     text += (" One seed of a short refinement is one draw of a chaotic process (another "
