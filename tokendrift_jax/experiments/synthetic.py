@@ -12,7 +12,9 @@ interrupted training stage resumes from its last checkpoint):
    further named ``variants`` (ablations) are TokenDrift runs with config overrides;
 4. ``eval``: samples at each NFE judged by the language's exact likelihood
    (Gen-PPL = exp of the mean per-token NLL) plus entropy; the pretrained model is
-   sampled with the same seeds. Results: ``WORKDIR/results.json``, ``results.md``.
+   sampled with the same seeds. Results: ``WORKDIR/results.json``, ``results.md``, and
+   under the table each seed's Gen-PPL with a verdict counted over seeds
+   (:func:`verdict_report`), since one seed of a short refinement can flip on another CPU.
 
 Seeds: refinement seed s trains continuation / drift with run seed s and samples them
 with sampling seed s; the pretrained model is sampled with every sampling seed. Mean ± SD
