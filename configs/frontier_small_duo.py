@@ -8,7 +8,7 @@ ablations,
 plus DCD (tokendrift_jax/objectives/dcd.py: the public recipe's T = 512, γ ∈ [−4, −1],
 KL(student ‖ teacher)) from the same pretrained weights at the TokenDrift stage's model
 FLOPs, its 5 teacher rounds spread evenly over the steps, and every model sampled at
-temperatures 0.8 ... 1.2 for the matched-entropy reading (eval/frontier.py). Sampling
+temperatures 0.85 ... 1.3 for the matched-entropy reading (eval/frontier.py). Sampling
 keeps DUO's ancestral noise removal for every method, DCD included, so that the methods
 differ only in their weights (the public DCD evaluation uses greedy noise removal).
 """
@@ -23,5 +23,6 @@ def get_config():
   c.pretrain.steps = 1500  # the demo's pretraining (configs/demo.py), same digest
   c.refine.baselines = ("dcd",)
   c.refine.baseline_rounds = {"dcd": 5}
-  c.evaluation.temperatures = (0.8, 0.9, 1.0, 1.1, 1.2)
+  c.evaluation.temperatures = (0.85, 1.0, 1.15, 1.3)
+  c.evaluation.num_samples = 256  # per (NFE, seed, temperature)
   return c

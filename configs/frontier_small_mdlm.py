@@ -12,7 +12,7 @@ workdir holding the demo's pretraining reuses it), without the ablations, plus:
   1024-step teacher grid halved each round down to 8 steps) spread evenly over the steps,
   at the refinement learning rate (the public recipe's 3e-4 and 70k steps do not fit a
   25-step budget: the comparison is at equal compute, not at each method's own recipe);
-* every model sampled at temperatures 0.8 ... 1.2 (MDLM: each step draws from p_x0^(1/τ)),
+* every model sampled at temperatures 0.85 ... 1.3 (MDLM: each step draws from p_x0^(1/τ)),
   so each method is also read at the pretrained model's entropy (eval/frontier.py) and
   the frontier is plotted (WORKDIR/frontier.png).
 """
@@ -27,5 +27,6 @@ def get_config():
   c.pretrain.steps = 1500  # the demo's pretraining (configs/demo.py), same digest
   c.refine.baselines = ("sdtt",)
   c.refine.baseline_rounds = {"sdtt": 7}
-  c.evaluation.temperatures = (0.8, 0.9, 1.0, 1.1, 1.2)
+  c.evaluation.temperatures = (0.85, 1.0, 1.15, 1.3)
+  c.evaluation.num_samples = 256  # per (NFE, seed, temperature)
   return c

@@ -59,6 +59,9 @@ def test_pipeline_every_stage(tmp_path, capsys):
       assert s["gen_ppl_mean"] > 1.0 and 0.0 < s["entropy_mean"] < 3.1, (method, s)
   table = open(os.path.join(wd, "results.md")).read()
   assert table.count("\n| ") == 4 and "NFE = 2" in table and "Judge floor" in table
+  # The verdict is computed from these rows, printed and recorded (its logic: test_verdict.py).
+  assert [c["nfe"] for c in res["verdict"]["vs_continuation"]] == [2, 4]
+  assert res["verdict"]["verdict"] in printed and res["verdict"]["verdict"] in table
 
   # Rerunning skips every finished stage and reprints the same table.
   mtime = os.path.getmtime(os.path.join(wd, "drift_seed0", "DONE"))

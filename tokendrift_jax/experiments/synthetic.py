@@ -16,9 +16,11 @@ interrupted training stage resumes from its last checkpoint):
 4. ``eval``: samples at each NFE and each sampling temperature of
    ``evaluation.temperatures`` judged by the language's exact likelihood (Gen-PPL = exp
    of the mean per-token NLL) plus entropy; the pretrained model is sampled with the same
-   seeds. The table reads τ = 1; with a sweep, every method is also read at the
-   pretrained model's entropy (:mod:`tokendrift_jax.eval.frontier`) and the frontier is
-   plotted. Results: ``WORKDIR/results.json``, ``results.md``, ``frontier.png``.
+   seeds. The table reads τ = 1, and under it each seed's Gen-PPL with a verdict counted
+   over seeds (:func:`verdict_report`), since one seed of a short refinement can flip on
+   another CPU; with a sweep, every method is also read at the pretrained model's entropy
+   (:mod:`tokendrift_jax.eval.frontier`) and the frontier is plotted. Results:
+   ``WORKDIR/results.json``, ``results.md``, ``frontier.png``.
 
 Seeds: refinement seed s trains continuation / drift with run seed s and samples them
 with sampling seed s; the pretrained model is sampled with every sampling seed. Mean ± SD
@@ -352,6 +354,113 @@ def _describe(overrides: dict, prefix: str = "") -> str:
   return ", ".join(parts)
 
 
+def paired_gen_ppl(rows_a: list[dict], rows_b: list[dict]) -> list[dict]:
+  """Per NFE, the Gen-PPL of two methods paired by seed (the seeds both have).
+
+  Args:
+    rows_a, rows_b: (NFE, seed) rows, each a dict with ``nfe``, ``seed`` and ``gen_ppl``
+      (the rows of :meth:`SampleEvaluator.evaluate` or of results.json).
+
+  Returns:
+    one dict per NFE that both have, in increasing NFE: ``nfe``, ``seeds`` [n] (sorted),
+    ``a`` [n] and ``b`` [n] (Gen-PPL per seed), ``wins`` (seeds with a < b), ``n``.
+  """
+  def index(rows):
+    return {(int(r["nfe"]), int(r["seed"])): float(r["gen_ppl"]) for r in rows}
+  ia, ib = index(rows_a), index(rows_b)
+  out = []
+  for nfe in sorted({k[0] for k in ia} & {k[0] for k in ib}):
+    seeds = sorted(s for (n, s) in ia if n == nfe and (n, s) in ib)
+    if not seeds:
+      continue
+    a = [ia[(nfe, s)] for s in seeds]
+    b = [ib[(nfe, s)] for s in seeds]
+    out.append(dict(nfe=nfe, seeds=seeds, a=a, b=b, n=len(seeds),
+                    wins=sum(x < y for x, y in zip(a, b))))
+  return out
+
+
+def _nfe_list(nfes: list[int]) -> str:
+  """[4] -> "NFE 4"; [4, 8, 16] -> "NFE 4, 8 and 16"."""
+  if len(nfes) == 1:
+    return f"NFE {nfes[0]}"
+  return "NFE " + ", ".join(map(str, nfes[:-1])) + f" and {nfes[-1]}"
+
+
+def verdict_line(vs_continuation: list[dict]) -> str:
+  """One sentence that claims only what the per-seed pairs show.
+
+  An NFE counts for TokenDrift only if it is below continuation in every seed, against it
+  only if it is above in every seed; anything else is called mixed, with its count. Mean
+  Gen-PPL is deliberately not the criterion: at this scale one diverging seed moves the
+  mean of three by more than the effect.
+
+  Args:
+    vs_continuation: :func:`paired_gen_ppl` of (TokenDrift, continuation).
+  """
+  if not vs_continuation:
+    raise ValueError("no (NFE, seed) pair of TokenDrift and continuation to compare")
+  n = min(c["n"] for c in vs_continuation)
+  every = [c["nfe"] for c in vs_continuation if c["wins"] == c["n"]]
+  never = [c["nfe"] for c in vs_continuation if c["wins"] == 0]
+  mixed = [c for c in vs_continuation if 0 < c["wins"] < c["n"]]
+  seeds = "the one seed" if n == 1 else f"every one of {n} seeds"
+  parts = []
+  if len(every) == len(vs_continuation):
+    parts.append(f"TokenDrift had lower Gen-PPL than continuation at every NFE "
+                 f"({', '.join(map(str, every))}) in {seeds}")
+  else:
+    if every:
+      parts.append(f"TokenDrift had lower Gen-PPL than continuation in {seeds} at "
+                   f"{_nfe_list(every)}")
+    if never:
+      parts.append(f"higher in {seeds} at {_nfe_list(never)}" if parts else
+                   f"TokenDrift had higher Gen-PPL than continuation in {seeds} at "
+                   f"{_nfe_list(never)}")
+    if mixed:
+      counts = ", ".join(f"NFE {c['nfe']}: lower in {c['wins']} of {c['n']}" for c in mixed)
+      parts.append(f"mixed across seeds ({counts})" if parts else
+                   f"TokenDrift against continuation was mixed across seeds ({counts})")
+  text = "Verdict: " + "; ".join(parts) + "."
+  if n == 1:
+    text += (" One seed of a short refinement is one draw of a chaotic process (another "
+             "CPU can flip it); run several seeds before reading anything into it.")
+  return text
+
+
+def verdict_report(results: dict[str, list[dict]]) -> tuple[str, dict]:
+  """The per-seed comparison printed under the table, and its record for results.json.
+
+  Args:
+    results: method -> (NFE, seed) rows; needs "drift", "continuation" and "pretrained".
+
+  Returns:
+    (text: one line per NFE with the per-seed Gen-PPL of TokenDrift, continuation and the
+    pretrained model, the seeds where TokenDrift is lower, then :func:`verdict_line`;
+    record: {"vs_continuation": pairs, "vs_pretrained": pairs, "verdict": the line}).
+  """
+  vs_cont = paired_gen_ppl(results["drift"], results["continuation"])
+  vs_pre = paired_gen_ppl(results["drift"], results["pretrained"])
+  pre_by_nfe = {c["nfe"]: c for c in vs_pre}
+  seeds = vs_cont[0]["seeds"] if vs_cont else []
+  lines = [f"Per refinement seed {seeds} (Gen.-PPL; TokenDrift / continuation / pretrained "
+           f"sampled with the same seed):", ""]
+  def per_seed(values):
+    return " / ".join(f"{v:.1f}" for v in values)
+  for c in vs_cont:
+    pre = pre_by_nfe.get(c["nfe"])
+    line = (f"* NFE {c['nfe']}: {per_seed(c['a'])} vs {per_seed(c['b'])}"
+            + (f" vs {per_seed(pre['b'])}" if pre else "")
+            + f"; TokenDrift lower than continuation in {c['wins']} of {c['n']} seeds")
+    if pre:
+      line += f", than the pretrained model in {pre['wins']} of {pre['n']}"
+    lines.append(line)
+  verdict = verdict_line(vs_cont)
+  lines += ["", verdict]
+  return "\n".join(lines) + "\n", {"vs_continuation": vs_cont, "vs_pretrained": vs_pre,
+                                     "verdict": verdict}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   """Runs every stage (skipping finished ones) and prints the Table-1-shaped result."""
   t_start = time.time()
@@ -392,6 +501,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         (f"{v}: {_describe(o)}", summary[v]) for v, o in variants.items()]
     table += "\nAblations (TokenDrift, same budget and seeds):\n\n" + report.markdown_table(
         ablation)
+  comparison, verdict = verdict_report(at_one)
+  table += "\n" + comparison
   matched = None
   if len(temperatures(config)) > 1:
     reference = frontier.reference_entropy(results["pretrained"])
@@ -409,7 +520,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   payload = {"process": str(config.diffusion.process), "family": str(config.model.family),
              "language": config.language.to_dict(),
              "seeds": list(seeds), "nfe": list(config.evaluation.nfe),
-             "rows": results, "summary": summary, "matched_entropy": matched,
+             "rows": results, "summary": summary, "verdict": verdict,
+             "matched_entropy": matched,
              "seconds": timings}
   files.write_json(os.path.join(workdir, "results.json"), payload)
   header = (f"# {str(config.diffusion.process).upper()} on the synthetic language: Gen.-PPL (exact "
