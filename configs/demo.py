@@ -18,8 +18,10 @@ def get_config():
   c = repro_small_mdlm.get_config()
   c.workdir = "runs/demo"
   c.pretrain.steps = 1500
-  # Three refinement seeds: one seed of a 25-step refinement is chaotic in floating-point
-  # details (another CPU can flip its verdict); the verdict counts seeds instead.
+  # Three refinement seeds: a 25-step refinement's outcome varies widely with its seed and
+  # with the pretrained model, which another CPU's rounding changes over 1500 steps, so one
+  # seed's verdict can flip between machines; the printed verdict counts seeds instead
+  # (docs/REPRODUCTION.md, "The demo's verdict across machines").
   c.refine.seeds = (1, 2, 3)
   c.variants = {}
   c.evaluation.num_samples = 256
