@@ -51,7 +51,7 @@ def test_empty_dataset(tiny_dir, tmp_path, capsys, tiny_run_config):
   np.save(tmp_path / "empty.npy", np.zeros((0, 16), np.int32))
   c.data.train_tokens = str(tmp_path / "empty.npy")
   err = _launch_error(c, tmp_path / "wd", capsys)
-  assert "empty.npy" in err and "non-empty" in err
+  assert "empty.npy" in err and "is empty (shape (0, 16))" in err
 
 
 def test_token_ids_outside_the_model_are_refused_before_training(tiny_dir, tmp_path, capsys,

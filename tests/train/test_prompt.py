@@ -87,7 +87,7 @@ def test_prompt_lengths_file(tmp_path):
     tokens.load_prompt_lengths(path, 5, L)
   side = tokens.prompt_lengths_path(path)
   for bad, match in ((np.zeros(4, np.int32), r"expected an int array of shape \(5,\)"),
-                     (np.zeros(5, np.float32), r"expected an int array of shape \(5,\)"),
+                     (np.zeros(5, np.float32), r"must hold integer .*got dtype float32"),
                      (np.array([0, 1, 2, 3, L]), r"values span \[0, 6\] but must lie in "
                                                  r"\[0, 5\]"),
                      (np.array([-1, 1, 2, 3, 4]), r"values span \[-1, 4\]")):
