@@ -163,6 +163,7 @@ def test_a_toy_process_is_evaluated_by_the_sample_evaluator(tiny_model_config, r
   assert row["distinct_ids"] == len(np.unique(tokens)) and row["num_tokens"] == B * L
 
 
+@pytest.mark.slow  # ~10 s; the suite keeps the toy process's sampling and evaluation above
 def test_a_toy_process_trains_a_step(tiny_run_config, tiny_dir, tmp_path):
   c = tiny_run_config(tiny_dir, "mdlm", "continuation", steps=1, mesh_shape=(1, 1),
                       num_devices=1, global_batch=4, micro_batch=4)
