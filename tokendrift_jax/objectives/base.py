@@ -30,6 +30,7 @@ import dataclasses
 from typing import Any, ClassVar, Mapping
 
 import jax
+import jax.numpy as jnp
 
 from tokendrift_jax import sharding
 
@@ -111,3 +112,29 @@ class Objective(abc.ABC):
     """``{dotted config field: value}`` a checkpoint of this run must have been written
     with (beyond the model, process, seed and objective the trainer always checks)."""
     return {}
+
+
+# ------------------------------------------------------------------ a distillation teacher
+# SDTT and DCD carry the same auxiliary state: a copy of the student (the teacher) and the
+# round counter; these are its pieces, the refresh rule stays each objective's own.
+
+
+def teacher_state(params) -> dict[str, Any]:
+  """{"teacher": a copy of ``params``, "round": int32 0}: a distillation's state at step 0."""
+  return {"teacher": jax.tree.map(jnp.array, params), "round": jnp.zeros((), jnp.int32)}
+
+
+def teacher_state_shardings(mesh, param_shardings) -> dict[str, Any]:
+  """The teacher placed like the parameters, the round replicated."""
+  return {"teacher": param_shardings, "round": sharding.replicated(mesh)}
+
+
+def refreshed_teacher(teacher, params, refresh: jax.Array):
+  """``params`` (cast to the teacher's dtypes) where ``refresh`` (bool []), else ``teacher``.
+
+  A ``lax.cond``: the copy happens on refresh steps only, where an elementwise select would
+  read both trees at every step.
+  """
+  return jax.lax.cond(
+      refresh, lambda: jax.tree.map(lambda p, q: p.astype(q.dtype), params, teacher),
+      lambda: teacher)

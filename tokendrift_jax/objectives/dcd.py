@@ -80,8 +80,8 @@ import ml_collections
 import numpy as np
 
 from tokendrift_jax import models
-from tokendrift_jax import sharding
 from tokendrift_jax.objectives import base
+from tokendrift_jax.train import losses
 
 LOSS_TYPES = ("kl-bwd", "kl-fwd")
 NOISE_MODES = ("full", "max")
@@ -368,19 +368,18 @@ class DCD(base.Objective):
 
   # ---------------------------------------------------------------- state
   def init_aux(self, params) -> Any:
-    return {"teacher": jax.tree.map(jnp.array, params), "round": jnp.zeros((), jnp.int32)}
+    return base.teacher_state(params)
 
   def aux_shardings(self, aux, mesh, param_shardings) -> Any:
     del aux
-    return {"teacher": param_shardings, "round": sharding.replicated(mesh)}
+    return base.teacher_state_shardings(mesh, param_shardings)
 
   def end_step(self, aux, params, step):
     """Teacher := params when ``step`` % K == 0; round := step // K. The metrics describe
     the step just taken: its round and dt."""
     step = jnp.asarray(step, jnp.int32)
     refresh = (step % self.update_teacher_every) == 0
-    teacher = jax.tree.map(lambda p, q: jnp.where(refresh, p.astype(q.dtype), q), params,
-                           aux["teacher"])
+    teacher = base.refreshed_teacher(aux["teacher"], params, refresh)
     metrics = {"dcd_round": aux["round"], "dcd_dt": self.dt(aux["round"])}
     return {"teacher": teacher, "round": round_of_step(step, self.update_teacher_every)}, metrics
 
@@ -391,8 +390,7 @@ class DCD(base.Objective):
     dropout from ``k_drop`` (when ``ctx.dropout``), teacher dropout from ``k_tdrop`` (only
     with ``teacher_dropout``)."""
     del frozen
-    chex.assert_rank(batch, 2)
-    chex.assert_type(batch, jnp.int32)
+    losses.check_batch(batch)
     if ctx.prompt.active:
       raise ValueError(f"objective 'dcd' trains unconditionally; prompt mode "
                        f"{ctx.prompt.mode!r} is not supported (config.prompt.mode='none')")

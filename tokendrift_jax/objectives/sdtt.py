@@ -61,8 +61,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import sampling
+from tokendrift_jax.objectives import base
 from tokendrift_jax.objectives.base import Objective
 from tokendrift_jax.train import losses
 from tokendrift_jax.train import prompt as prompt_lib
@@ -326,11 +326,11 @@ class SDTT(Objective):
 
   # ---------------------------------------------------------------- state
   def init_aux(self, params) -> dict[str, Any]:
-    return {"teacher": jax.tree.map(jnp.array, params), "round": jnp.zeros((), jnp.int32)}
+    return base.teacher_state(params)
 
   def aux_shardings(self, aux, mesh, param_shardings) -> dict[str, Any]:
     del aux
-    return {"teacher": param_shardings, "round": sharding.replicated(mesh)}
+    return base.teacher_state_shardings(mesh, param_shardings)
 
   def end_step(self, aux, params, step) -> tuple[dict[str, Any], dict[str, jax.Array]]:
     """At step counts K, 2K, ...: teacher ← params, round + 1 (released ``training_step``
@@ -343,8 +343,7 @@ class SDTT(Objective):
     step = jnp.asarray(step, jnp.int32)
     target = step // self.round_steps
     refresh = aux["round"] < target
-    teacher = jax.tree.map(lambda old, new: jnp.where(refresh, new, old).astype(old.dtype),
-                           aux["teacher"], params)
+    teacher = base.refreshed_teacher(aux["teacher"], params, refresh)
     round_ = jnp.where(refresh, target, aux["round"]).astype(jnp.int32)
     return ({"teacher": teacher, "round": round_},
             {"sdtt_round": round_, "sdtt_dt": self.dt(round_)})
