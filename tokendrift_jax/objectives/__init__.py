@@ -10,8 +10,7 @@ a user's module) under its ``name``.
 
 from __future__ import annotations
 
-import importlib
-
+from tokendrift_jax import plugins
 from tokendrift_jax.objectives.base import Objective
 
 # config.objective -> the module holding that objective (its ``OBJECTIVE`` attribute).
@@ -22,31 +21,12 @@ BUILTIN = {
     "dcd": "tokendrift_jax.objectives.dcd",
 }
 
-_REGISTERED: dict[str, type[Objective]] = {}
-
-
-def register(cls: type[Objective]) -> type[Objective]:
-  """Registers ``cls`` under ``cls.name`` (usable as a class decorator)."""
-  if not (isinstance(cls, type) and issubclass(cls, Objective)) or not cls.name:
-    raise TypeError(f"{cls!r} is not an Objective subclass with a name")
-  if cls.name in BUILTIN:
-    raise ValueError(f"objective {cls.name!r} is built in")
-  _REGISTERED[cls.name] = cls
-  return cls
-
-
-def names() -> tuple[str, ...]:
-  """Every objective ``config.objective`` may name."""
-  return tuple(BUILTIN) + tuple(n for n in _REGISTERED if n not in BUILTIN)
-
-
-def get(name: str) -> type[Objective]:
-  """The objective class registered as ``name`` (ValueError listing the names)."""
-  if name in _REGISTERED:
-    return _REGISTERED[name]
-  if name not in BUILTIN:
-    raise ValueError(f"config.objective must be one of {names()}, got {name!r}")
-  return importlib.import_module(BUILTIN[name]).OBJECTIVE
+REGISTRY = plugins.Registry(
+    base=Objective, builtin=BUILTIN, attr="OBJECTIVE", noun="objective", a_base="an Objective",
+    unknown=lambda name, names: f"config.objective must be one of {names}, got {name!r}")
+register = REGISTRY.register
+names = REGISTRY.names
+get = REGISTRY.get
 
 
 def from_config(config, model_cfg, process) -> Objective:
@@ -54,4 +34,4 @@ def from_config(config, model_cfg, process) -> Objective:
   return get(str(config.objective)).from_config(config, model_cfg, process)
 
 
-__all__ = ["BUILTIN", "Objective", "from_config", "get", "names", "register"]
+__all__ = ["BUILTIN", "Objective", "REGISTRY", "from_config", "get", "names", "register"]
