@@ -332,6 +332,36 @@ def _copy_damaged(reference, dst, damages):
   return dst
 
 
+def _rewrite_with_the_old_field_name(wd, step, abstract):
+  """Checkpoint ``step`` of ``wd`` rewritten as before TrainState's ``queues`` was renamed
+  ``aux`` (its state tree keyed ``queues``), which failed to resume with an orbax tree
+  mismatch."""
+  import flax  # pylint: disable=import-outside-toplevel
+
+  @flax.struct.dataclass
+  class OldTrainState:   # the TrainState before the rename, field for field
+    step: jax.Array
+    params: object
+    opt_state: object
+    ema_params: object
+    queues: object
+    rng: jax.Array
+
+  ckpt = checkpointing.Checkpointer(wd)
+  try:
+    state, data_state, meta = ckpt.restore(step, abstract)
+    ckpt.manager.delete(step)
+    old = OldTrainState(step=state.step, params=state.params, opt_state=state.opt_state,
+                        ema_params=state.ema_params, queues=state.aux, rng=state.rng)
+    assert ckpt.save(step, old, data_state, meta, force=True)
+  finally:
+    ckpt.close()
+  with open(os.path.join(wd, "checkpoints", str(step), "state", "_METADATA"),
+            encoding="utf-8") as f:
+    keys = f.read()
+  assert '"queues"' in keys and '"aux"' not in keys   # the old layout on disk
+
+
 # The orphaned-callback noise ('Event loop is closed', issue 15.5) would come as unraisable
 # exceptions; here they fail the test.
 NO_NOISE = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
@@ -369,8 +399,13 @@ def test_resume_past_a_damaged_checkpoint_reproduces_the_uninterrupted_run(
   uninterrupted run, and step 3 rewritten intact. Resumed from step 2, the TokenDrift state
   of step 3 (parameters, moments, EMA, keys, the queues that wrapped by then) is bitwise the
   uninterrupted run's: the suite's check that resuming is exact (the longer 6 = 3 + 3
-  version is tests/train/test_trainer.py's slow test_resume_is_bitwise_identical)."""
+  version is tests/train/test_trainer.py's slow test_resume_is_bitwise_identical).
+
+  Step 2 has the layout of a checkpoint written before TrainState's ``queues`` became
+  ``aux`` (:func:`_rewrite_with_the_old_field_name`), which failed with an orbax tree
+  mismatch: it resumes under the new name."""
   wd = _copy_damaged(reference, str(tmp_path / "wd"), {3: "truncated array file"})
+  _rewrite_with_the_old_field_name(wd, 2, reference[2])
   caplog.set_level(logging.WARNING)
   assert entrypoints.train_main(fault_config(), wd) == 0
   assert [r.getMessage().split(" is unreadable")[0] for r in caplog.records
@@ -381,6 +416,7 @@ def test_resume_past_a_damaged_checkpoint_reproduces_the_uninterrupted_run(
   assert _steps_on_disk(wd) == [1, 2, 3]
   resumed = restore(wd, 3)
   chex.assert_trees_all_equal(resumed, restore(reference[0], 3))
+  chex.assert_trees_all_equal(restore(wd, 2), restore(reference[0], 2))
   assert int(resumed.aux["gen"].count) == 24  # 3 steps x 2 micro-steps x 8 > 24: wrapped
 
 

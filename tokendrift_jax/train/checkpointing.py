@@ -2,8 +2,10 @@
 
 Each step directory holds three items:
 
-* ``state``: the TrainState pytree (params, optimizer, EMA, queues, RNG, step), restored
-  onto the shardings of an abstract target, so a checkpoint resumes on any mesh;
+* ``state``: the TrainState pytree (params, optimizer, EMA, the objective's auxiliary
+  state, RNG, step), restored onto the shardings of an abstract target, so a checkpoint
+  resumes on any mesh; a checkpoint written before a TrainState field was renamed
+  (:data:`RENAMED_STATE_FIELDS`: ``queues`` -> ``aux``) is read under the new name;
 * ``data``: the input iterator's state (JSON; identical on every process);
 * ``meta``: JSON with the config, written for humans and for mismatch checks.
 
@@ -17,6 +19,7 @@ older step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -29,6 +32,10 @@ import orbax.checkpoint as ocp
 
 from tokendrift_jax.train import metrics_writer
 
+# TrainState fields renamed since checkpoints were written: new name -> the old name a
+# checkpoint may still hold (orbax matches the tree by key, so an old one fails to restore
+# onto the new TrainState with a tree mismatch unless the target uses the old key).
+RENAMED_STATE_FIELDS = {"aux": "queues"}
 # The longest close() waits for orbax to finish (seconds).
 CLOSE_TIMEOUT_S = 60.0
 _NOISY_LOGGERS = ("absl", "orbax", "asyncio", "jax._src")
@@ -163,12 +170,48 @@ class Checkpointer:
       shutil.rmtree(tmp, ignore_errors=True)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-    """Restores (state, data_state, meta) at ``step`` onto ``abstract_state``'s shardings."""
+    """Restores (state, data_state, meta) at ``step`` onto ``abstract_state``'s shardings.
+
+    A TrainState field saved under its old name (:data:`RENAMED_STATE_FIELDS`) is read
+    into the new one."""
+    renames = self._old_names(step, abstract_state)
+    target = abstract_state
+    if renames:
+      # The same leaves keyed as the checkpoint keys them; orbax matches by key.
+      target = {renames.get(f.name, f.name): getattr(abstract_state, f.name)
+                for f in dataclasses.fields(abstract_state)}
+      logging.info("checkpoint %s holds the TrainState field(s) %s under their old names; "
+                   "reading them as %s", os.path.join(self.directory, str(int(step))),
+                   sorted(renames.values()), sorted(renames))
     out = self.manager.restore(
         int(step),
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                 data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-    return out["state"], dict(out["data"]), dict(out["meta"])
+    state = out["state"]
+    if renames:
+      state = type(abstract_state)(**{f.name: state[renames.get(f.name, f.name)]
+                                      for f in dataclasses.fields(abstract_state)})
+    return state, dict(out["data"]), dict(out["meta"])
+
+  def _old_names(self, step: int, abstract_state: Any) -> dict[str, str]:
+    """{new field: old name} for the renamed fields that checkpoint ``step`` holds under
+    the old name only; {} when none (or its tree metadata is unreadable: the restore then
+    reports the damage)."""
+    if not dataclasses.is_dataclass(abstract_state):
+      return {}
+    names = {f.name for f in dataclasses.fields(abstract_state)}
+    wanted = {new: old for new, old in RENAMED_STATE_FIELDS.items() if new in names}
+    if not wanted:
+      return {}
+    try:
+      from etils import epath  # pylint: disable=import-outside-toplevel
+      with quiet_orbax():
+        saved = ocp.StandardCheckpointHandler().metadata(
+            epath.Path(os.path.join(self.directory, str(int(step)), "state"))).tree
+      saved = set(saved.keys())
+    except Exception:  # pylint: disable=broad-except
+      return {}
+    return {new: old for new, old in wanted.items() if new not in saved and old in saved}
 
   def all_steps(self) -> list[int]:
     return sorted(int(s) for s in self.manager.all_steps())
