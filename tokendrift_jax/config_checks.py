@@ -51,20 +51,30 @@ def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
   return check
 
 
-def each(inner: Check, *, nonempty: bool = True) -> Check:
-  """A list or tuple whose every entry passes ``inner`` (an int alone counts as one)."""
+def each(inner: Check, *, nonempty: bool = True, distinct: bool = False) -> Check:
+  """A list or tuple whose every entry passes ``inner`` (a number alone counts as one:
+  ``--config.nfe=4`` gives an int); not empty when ``nonempty``, no value twice when
+  ``distinct``."""
   def check(v):
     values = (v,) if _is_number(v) else v
     if not isinstance(values, (list, tuple)):
-      raise ValueError(f"must be a list, got {v!r}")
+      raise ValueError(f"must be a list, got {v!r} ({type(v).__name__})")
     if nonempty and not values:
-      raise ValueError("must not be empty")
+      raise ValueError("is empty; give at least one value")
     for x in values:
       try:
         inner(x)
       except ValueError as e:
         raise ValueError(f"entry {x!r} {e}") from None
+    if distinct and len(set(values)) != len(values):
+      raise ValueError("has repeated values")
   return check
+
+
+def text(v) -> None:
+  """A string (paths, names; "" allowed)."""
+  if not isinstance(v, str):
+    raise ValueError(f"must be a string, got {v!r} ({type(v).__name__})")
 
 
 def boolean(v) -> None:

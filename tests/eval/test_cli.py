@@ -173,7 +173,7 @@ def test_empty_sample_set_and_other_user_errors(eval_assets, tmp_path, capsys, e
   err = _run_error(eval_config(eval_assets, num_samples=0), tmp_path / "out", capsys)
   assert "config.num_samples=0" in err and "empty" in err
   err = _run_error(eval_config(eval_assets, nfe=()), tmp_path / "out", capsys)
-  assert "config.nfe is empty" in err
+  assert "config.nfe=() is empty" in err
   err = _run_error(eval_config(eval_assets, checkpoint=""), tmp_path / "out", capsys)
   assert "config.checkpoint is empty" in err
   err = _run_error(eval_config(eval_assets, checkpoint=str(tmp_path / "nope")), tmp_path / "out",

@@ -143,7 +143,7 @@ def _one_error_line(err):
     (dict(llada__block_length=5), "config.llada.block_length=5 must divide the sample "
                                   "length 16"),
     (dict(tokenizer=""), "GSAI-ML/LLaDA-8B-Base"),
-    (dict(mesh__param_sharding="tensor"), "config.mesh.param_sharding must be one of"),
+    (dict(mesh__param_sharding="tensor"), "config.mesh.param_sharding='tensor' must be one of"),
 ])
 def test_bad_llada_evaluation_settings_are_one_line_errors(
     over, message, llada_eval_assets, bpe_gpt2_judge, tmp_path, capsys):

@@ -542,6 +542,35 @@ def test_issue25_4_bad_config_values_are_refused_naming_the_field(
   assert not wd.exists()
 
 
+@pytest.mark.parametrize("objective,field,value,needle", [
+    ("sdtt", "round_steps", 0, "config.sdtt.round_steps=0 must be >= 1"),
+    ("sdtt", "distill_mode", "kl", "config.sdtt.distill_mode='kl' must be one of"),
+    ("dcd", "gamma_max", float("nan"), "config.dcd.gamma_max=nan must be finite"),
+    ("dcd", "table_points", 1, "config.dcd.table_points=1 must be >= 2"),
+])
+def test_issue25_4_objective_sections_are_checked_by_their_tables(
+    fault_config, tmp_path, capsys, monkeypatch, objective, field, value, needle):
+  """The sdtt / dcd sections go through the same table mechanism (their objectives'
+  ``section_checks``), checked by trainer.build before the initial checkpoint or anything
+  else is read: one line naming the field, exit 2, nothing written."""
+  from tokendrift_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from tokendrift_jax.objectives import dcd, sdtt  # pylint: disable=import-outside-toplevel
+
+  def loaded(*args, **kwargs):
+    raise AssertionError("a checkpoint was read before the objective's values were checked")
+
+  monkeypatch.setattr(checkpoints, "read_backbone_config", loaded)
+  monkeypatch.setattr(checkpoints, "load_backbone_params", loaded)
+  config = fault_config(objective=objective)
+  config[objective] = {"sdtt": sdtt, "dcd": dcd}[objective].default_config()
+  config[objective][field] = value
+  wd = tmp_path / "wd"
+  rc = entrypoints.train_main(config, str(wd))
+  line = _error_line(capsys.readouterr().err)
+  assert rc == 2 and needle in line, line
+  assert not wd.exists()
+
+
 @pytest.mark.parametrize("case", ["float", "one_d", "empty_file", "mask_id"])
 def test_issue25_5_token_files_are_checked_where_they_enter(fault_config, tmp_path, capsys,
                                                             case):

@@ -70,6 +70,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
       raised before anything is written.
   """
   err = EvalError
+  eval_config.check_eval_config(config)   # every value's type and range, before anything
   if not workdir:
     raise err("pass --workdir=OUT (where results.json, results.md and samples.jsonl go)")
   if not str(config.checkpoint):

@@ -6,6 +6,9 @@ No heavy imports: configs/*.py load this.
   training config's ``sample_eval`` section;
 * :func:`sample_eval_config`: the ``sample_eval`` section of the training config (the
   Fig. 2 hook, :mod:`tokendrift_jax.eval.hook`);
+* :data:`EVAL_CONFIG_CHECKS` / :func:`check_eval_config`: the value checks of
+  configs/eval.py, one table of :mod:`tokendrift_jax.config_checks` applied where the
+  config is read (``evaluate_checkpoint``), before anything is loaded;
 * :class:`EvalError`, :func:`check_int_list`, :func:`check_num_samples`: a bad value is
   reported as one line naming the field, before anything is sampled.
 """
@@ -16,6 +19,8 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+
+from tokendrift_jax import config_checks as cc
 
 
 class EvalError(ValueError):
@@ -122,6 +127,70 @@ def sample_eval_config() -> ml_collections.ConfigDict:
 
 
 # ----------------------------------------------------------------------------- checks
+
+# Values the sampler / judge code takes (repeated from genppl.DTYPES, sampling_eval's
+# SAMPLER_PRECISIONS and MODEL_DTYPES, judges' KINDS and SPECIAL_TOKENS and
+# llada_sampling.REMASKING to keep this module light; tests/eval/test_cli.py checks that
+# they agree).
+JUDGE_KINDS = ("gpt2", "synthetic")
+JUDGE_DTYPES = ("float32", "bfloat16")
+MODEL_DTYPES = ("float32", "bfloat16")
+SAMPLER_PRECISIONS = ("", "float32", "float64")
+SPECIAL_TOKENS = ("", "keep", "skip")
+REMASKING = ("low_confidence", "random")
+PARAM_SHARDINGS = ("replicated", "fsdp", "rules")
+
+def _sample_count(v) -> None:
+  cc.integer()(v)
+  if v < 1:
+    raise ValueError("must be >= 1: the sample set is empty, and Gen-PPL and entropy need "
+                     "at least one sample")
+
+
+# The value checks of configs/eval.py (type, range, finiteness): one line naming the field
+# (``config.nfe=(4, -1) entry -1 must be >= 1``). What depends on the checkpoint (the
+# length against the model's, NFEs against LLaDA's blocks, the batch against the mesh) is
+# checked once the checkpoint's config is read.
+EVAL_CONFIG_CHECKS = (
+    ("checkpoint", cc.text),
+    ("label", cc.text),
+    ("nfe", cc.each(cc.integer(1), distinct=True)),
+    ("seeds", cc.each(cc.integer(0), distinct=True)),
+    ("num_samples", _sample_count),
+    ("batch", cc.integer(1)),
+    ("length", cc.integer(0)),
+    ("mesh.param_sharding", cc.one_of(*PARAM_SHARDINGS)),
+    ("attention_impl", cc.text),
+    ("prompt.tokens", cc.text),
+    ("prompt.length", cc.integer(0)),
+    ("llada.block_length", cc.integer(0)),
+    ("llada.temperature", cc.number(0.0)),
+    ("llada.remasking", cc.one_of(*REMASKING)),
+    ("llada.cfg_scale", cc.number(0.0)),
+    ("write_samples", cc.boolean),
+    ("progress", cc.boolean),
+    # judge_config()'s fields
+    ("judge_kind", cc.one_of(*JUDGE_KINDS)),
+    ("judge", cc.text),
+    ("judge_tokenizer", cc.text),
+    ("tokenizer", cc.text),
+    ("judge_dtype", cc.one_of(*JUDGE_DTYPES)),
+    ("judge_batch", cc.integer(1)),
+    ("judge_group_size", cc.integer(1)),
+    ("judge_buckets", cc.each(cc.integer(2), nonempty=False, distinct=True)),
+    ("clean_up_tokenization_spaces", cc.boolean),
+    ("special_tokens", cc.one_of(*SPECIAL_TOKENS)),
+    ("noise_removal", cc.text),   # the process's own list, checked with the checkpoint
+    ("sampler_precision", cc.one_of(*SAMPLER_PRECISIONS)),
+    ("model_dtype", cc.one_of(*MODEL_DTYPES)),
+)
+
+
+def check_eval_config(config: ml_collections.ConfigDict) -> None:
+  """EvalError naming the first field of :data:`EVAL_CONFIG_CHECKS` whose value is
+  refused; fields a config lacks are skipped."""
+  cc.validate(config, EVAL_CONFIG_CHECKS, EvalError)
+
 
 
 def check_int_list(values: Any, field: str, *, minimum: int) -> tuple[int, ...]:

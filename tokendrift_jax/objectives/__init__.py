@@ -29,9 +29,18 @@ names = REGISTRY.names
 get = REGISTRY.get
 
 
+def check_config(config) -> None:
+  """The value checks of the section of the objective ``config.objective`` names
+  (:meth:`Objective.check_section`): ValueError naming ``config.<section>.<field>``."""
+  objective = get(str(config.objective))
+  if objective.section is not None:
+    objective.check_section(config.get(objective.section, None))
+
+
 def from_config(config, model_cfg, process) -> Objective:
   """The objective of a run config, built from its section (ValueError naming the field)."""
   return get(str(config.objective)).from_config(config, model_cfg, process)
 
 
-__all__ = ["BUILTIN", "Objective", "REGISTRY", "from_config", "get", "names", "register"]
+__all__ = ["BUILTIN", "Objective", "REGISTRY", "check_config", "from_config", "get", "names",
+           "register"]

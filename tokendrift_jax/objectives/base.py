@@ -5,7 +5,10 @@ An objective is one file (``tokendrift_jax/objectives/<name>.py``) holding one
 (:mod:`tokendrift_jax.objectives`). It owns, for one run:
 
 * its hyper-parameters, read from its own config section (``config.<section>``) by
-  :meth:`Objective.from_config`, a ``ValueError`` naming the field for a bad value;
+  :meth:`Objective.from_config`, a ``ValueError`` naming the field for a bad value: each
+  field's type and range through its table :attr:`Objective.section_checks`
+  (:mod:`tokendrift_jax.config_checks`, applied by :meth:`Objective.check_section`),
+  relations between fields in ``from_config``;
 * its **auxiliary state** (:meth:`init_aux`): a pytree of arrays the step carries from
   micro-step to micro-step and step to step and the checkpoint holds (TokenDrift's feature
   queues; a distillation's teacher and round; None for continuation), with its placement
@@ -32,6 +35,7 @@ from typing import Any, ClassVar, Mapping
 import jax
 import jax.numpy as jnp
 
+from tokendrift_jax import config_checks
 from tokendrift_jax import sharding
 
 
@@ -47,11 +51,24 @@ class Objective(abc.ABC):
     needs_init_checkpoint: a run must start from a checkpoint (a frozen copy or a teacher
       of random weights would be meaningless).
     metric_temperatures: the labels of metrics shaped [T] (logged one scalar per label).
+    section_checks: ``(field, check)`` pairs of its section (``config_checks`` checks:
+      type, range, finiteness of one value), applied by :meth:`check_section`.
   """
   name: ClassVar[str] = ""
   section: ClassVar[str | None] = None
   frozen_kind: ClassVar[str | None] = None
   needs_init_checkpoint: ClassVar[bool] = False
+  section_checks: ClassVar[tuple[tuple[str, config_checks.Check], ...]] = ()
+
+  @classmethod
+  def check_section(cls, section) -> None:
+    """ValueError naming ``config.<section>.<field>`` for the first value of ``section``
+    (the config section, a ConfigDict or dict) that :attr:`section_checks` refuses; fields
+    it lacks are skipped. Cheap: the trainer calls it before anything is read or built."""
+    if cls.section is None or section is None:
+      return
+    config_checks.validate(section, cls.section_checks, ValueError,
+                           prefix=f"config.{cls.section}.")
 
   @classmethod
   @abc.abstractmethod

@@ -79,6 +79,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from tokendrift_jax import config_checks as cc
 from tokendrift_jax import models
 from tokendrift_jax.objectives import base
 from tokendrift_jax.train import losses
@@ -270,6 +271,18 @@ class DCD(base.Objective):
   name: ClassVar[str] = "dcd"
   section: ClassVar[str | None] = "dcd"
   needs_init_checkpoint: ClassVar[bool] = True
+  # Each field's own type and range; from_config checks how they relate (gamma_min <
+  # gamma_max, the last round's dt against T and train.steps).
+  section_checks: ClassVar[tuple] = (
+      ("T", cc.integer(1)),
+      ("update_teacher_every", cc.integer(1)),
+      ("gamma_min", cc.number()),
+      ("gamma_max", cc.number()),
+      ("loss_type", cc.one_of(*LOSS_TYPES)),
+      ("noise", cc.one_of(*NOISE_MODES)),
+      ("table_points", cc.integer(2)),
+      ("teacher_dropout", cc.boolean),
+  )
 
   vocab_size: int
   T: int = 512   # pylint: disable=invalid-name
@@ -294,40 +307,17 @@ class DCD(base.Objective):
       raise ValueError(f"config.dcd has unknown fields {unknown} (known: "
                        f"{sorted(defaults.keys())})")
     v = {k: _field(section, k, defaults[k]) for k in defaults.keys()}
+    cls.check_section(v)
     if getattr(process, "name", None) != "duo":
       raise ValueError(f"objective 'dcd' distils a DUO (uniform-state) backbone: "
                        f"config.diffusion.process must be 'duo', got "
                        f"{getattr(process, 'name', process)!r}")
-
-    def positive_int(name):
-      x = v[name]
-      if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1:
-        raise ValueError(f"config.dcd.{name} must be an integer >= 1, got {x!r}")
-      return int(x)
-
-    def real(name):
-      x = v[name]
-      if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)) \
-          or not np.isfinite(x):
-        raise ValueError(f"config.dcd.{name} must be a finite number, got {x!r}")
-      return float(x)
-
-    T, every = positive_int("T"), positive_int("update_teacher_every")  # pylint: disable=invalid-name
-    points = positive_int("table_points")
-    if points < 2:
-      raise ValueError(f"config.dcd.table_points must be >= 2, got {points}")
-    g_min, g_max = real("gamma_min"), real("gamma_max")
+    T, every = int(v["T"]), int(v["update_teacher_every"])  # pylint: disable=invalid-name
+    points = int(v["table_points"])
+    g_min, g_max = float(v["gamma_min"]), float(v["gamma_max"])
     if not g_min < g_max:
       raise ValueError(f"config.dcd.gamma_min ({g_min}) must be < config.dcd.gamma_max "
                        f"({g_max})")
-    if v["loss_type"] not in LOSS_TYPES:
-      raise ValueError(f"config.dcd.loss_type must be one of {LOSS_TYPES}, got "
-                       f"{v['loss_type']!r}")
-    if v["noise"] not in NOISE_MODES:
-      raise ValueError(f"config.dcd.noise must be one of {NOISE_MODES}, got {v['noise']!r}")
-    if not isinstance(v["teacher_dropout"], (bool, np.bool_)):
-      raise ValueError(f"config.dcd.teacher_dropout must be a bool, got "
-                       f"{v['teacher_dropout']!r}")
     steps = _field(config.get("train") if hasattr(config, "get") else None, "steps", None)
     if steps is not None and int(steps) >= 1:
       last_round = (int(steps) - 1) // every

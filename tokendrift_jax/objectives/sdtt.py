@@ -61,6 +61,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from tokendrift_jax import config_checks as cc
 from tokendrift_jax.diffusion import sampling
 from tokendrift_jax.objectives import base
 from tokendrift_jax.objectives.base import Objective
@@ -251,13 +252,6 @@ def _uniforms(key, shape):
   return lambda k: jax.random.uniform(jax.random.fold_in(key, k), shape, dtype=jnp.float32)
 
 
-def _check_int(section, field: str, lo: int) -> int:
-  value = section[field]
-  if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-    raise ValueError(f"config.sdtt.{field} must be an integer >= {lo}, got {value!r}")
-  return int(value)
-
-
 @dataclasses.dataclass(frozen=True)
 class SDTT(Objective):
   """Multi-round SDTT of an MDLM (see the module docstring)."""
@@ -272,6 +266,16 @@ class SDTT(Objective):
   name: ClassVar[str] = "sdtt"
   section: ClassVar[str | None] = "sdtt"
   needs_init_checkpoint: ClassVar[bool] = True
+  # Each field's own type and range; from_config checks how they relate (the rounds
+  # against min_sampling_steps and train.steps).
+  section_checks: ClassVar[tuple] = (
+      ("distill_mode", cc.one_of(*DISTILL_MODES)),
+      ("num_distill_steps", cc.integer(2)),
+      ("initial_sampling_steps", cc.integer(1)),
+      ("min_sampling_steps", cc.integer(1)),
+      ("round_steps", cc.integer(1)),
+      ("teacher_grid", cc.one_of(*TEACHER_GRIDS)),
+  )
 
   @classmethod
   def from_config(cls, config, model_cfg, process) -> "SDTT":
@@ -285,20 +289,14 @@ class SDTT(Objective):
       raise ValueError(f"config.sdtt.{unknown[0]} is not a field of the sdtt section "
                        f"(fields: {sorted(defaults.keys())})")
     section = ml_collections.ConfigDict(dict(defaults.to_dict(), **section.to_dict()))
+    cls.check_section(section)
     if getattr(process, "name", None) != "mdlm":
       raise ValueError("config.diffusion.process must be 'mdlm' for objective 'sdtt' (SDTT "
                        f"distils an absorbing-state model), got "
                        f"{getattr(process, 'name', type(process).__name__)!r}")
-    mode = section.distill_mode
-    if mode not in DISTILL_MODES:
-      raise ValueError(f"config.sdtt.distill_mode must be one of {DISTILL_MODES}, got {mode!r}")
-    grid = section.teacher_grid
-    if grid not in TEACHER_GRIDS:
-      raise ValueError(f"config.sdtt.teacher_grid must be one of {TEACHER_GRIDS}, got {grid!r}")
-    n = _check_int(section, "num_distill_steps", 2)
-    n0 = _check_int(section, "initial_sampling_steps", 1)
-    n_min = _check_int(section, "min_sampling_steps", 1)
-    k = _check_int(section, "round_steps", 1)
+    mode, grid = str(section.distill_mode), str(section.teacher_grid)
+    n, n0 = int(section.num_distill_steps), int(section.initial_sampling_steps)
+    n_min, k = int(section.min_sampling_steps), int(section.round_steps)
     eps = float(process.sampling_eps)
     sched = dict(sampling_eps=eps, initial_sampling_steps=n0, num_distill_steps=n)
     if teacher_steps(0, **sched) < n_min:

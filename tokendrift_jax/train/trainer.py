@@ -250,6 +250,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """
   builder.check_config_values(config)
   builder.check_objective_name(config)
+  try:   # the objective's section (config.sdtt, config.dcd, ...), by its own table
+    objectives.check_config(config)
+  except ValueError as e:
+    raise TrainError(str(e)) from e
   workdir = check_workdir(config, workdir)
   model_cfg, init_path = resolve_init_checkpoint(config)
   builder.nonfinite_policy(config)
