@@ -235,3 +235,65 @@ def test_issue25_5_prompt_files_are_checked_before_the_judge(
   assert needle in line, line
   assert case == "too_long" or f"config.prompt.tokens={str(path)!r}" in line, line
   assert not out.exists()
+
+
+def test_sample_prefix_is_completed_on_a_llada_backbone(llada_eval_assets, tmp_path, capsys):
+  """Issue 25, item 7: ``launch/sample.py --prefix`` refused a LLaDA backbone ("unconditional;
+  its sampler takes no prompt") although launch/eval.py completes prompts with it. The
+  prefix is tokenized as generate.py does and completed by the process's make_generate:
+  the completions are generate's, called directly with the prompt on every row and the
+  key of (seed 1, NFE 4, batch 0); decoded as LLaDA decodes. A prefix holding the mask
+  token, or leaving no room, is one line before any weights are read."""
+  # pylint: disable=import-outside-toplevel
+  import io
+  import jax.numpy as jnp
+  from tokendrift_jax import checkpoints, models
+  from tokendrift_jax.diffusion import make_process_for_model
+  from tokendrift_jax.eval import samples_cli
+  from tokendrift_jax.eval.sampling_eval import sample_key
+  assets = llada_eval_assets
+  tok = transformers.AutoTokenizer.from_pretrained(assets.tokenizer)
+  prefix = "The history of the"
+  ids = tok(prefix)["input_ids"]
+  p = len(ids)
+  assert 2 <= p <= LENGTH // 2, ids
+
+  def run(*extra, out=tmp_path / "s.jsonl"):
+    buf = io.StringIO()
+    rc = samples_cli.run([assets.ckpt, "--tokenizer", assets.tokenizer, "--out", str(out),
+                          "--no-progress", "--devices", "1", "--width", "500", *extra],
+                         stdout=buf)
+    return rc, buf.getvalue(), capsys.readouterr().err
+
+  rc, text, err = run("--prefix", prefix, "--nfe", "4", "--seeds", "1", "--num-samples", "3")
+  assert rc == 0, err
+  with open(tmp_path / "s.jsonl", encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["index"] for r in rows] == [0, 1, 2]
+  model_cfg, params, _ = checkpoints.load_backbone_params(assets.ckpt)
+  process = make_process_for_model("llada", model_cfg)
+  gdef = models.graphdef(model_cfg)
+  generate = process.make_generate(lambda w, x, s: models.merge(gdef, w)(x, s), batch=3,
+                                   prompt_length=p, gen_length=LENGTH - p, temperature=1.0,
+                                   block_length=LENGTH - p)
+  res = generate(params, jnp.tile(jnp.asarray(ids, jnp.int32), (3, 1)), sample_key(1, 4, 0), 4)
+  ref = np.asarray(res.tokens)
+  np.testing.assert_array_equal(ref[:, :p], np.tile(ids, (3, 1)))   # the prompt is kept
+  assert [r["token_ids"] for r in rows] == ref[:, p:].tolist()
+  assert len({tuple(r["token_ids"]) for r in rows}) == 3
+  for r, block in zip(rows, text.strip().split("\n\n")):
+    assert r["prompt_ids"] == ids and r["prompt"] == prefix and r["process"] == "llada"
+    assert r["text"] == tok.decode(r["token_ids"], skip_special_tokens=True,
+                                   clean_up_tokenization_spaces=True)
+    assert block.split("\n", 1)[1] == samples_cli.printable(prefix + r["text"])
+
+  for extra, needle in (
+      (["--prefix", "A <|mdm_mask|> day"], f"contains the mask token (id {assets.mask})"),
+      (["--prefix", prefix, "--length", str(LENGTH - p + 1)],
+       f"--length {LENGTH - p + 1} must be in [1, {LENGTH - p}]"),
+      (["--prefix", ""], "--prefix is empty")):
+    out = tmp_path / "bad.jsonl"
+    rc, _, err = run(*extra, out=out)
+    err = err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert not out.exists()

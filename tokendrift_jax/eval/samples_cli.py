@@ -12,9 +12,17 @@ the seed and NFE in its header, and writes one JSON row per sample to ``--out``.
 ``--compare CKPT2`` both checkpoints are sampled with the same keys and printed side by
 side per (seed, sample), as in Fig. 3 of the paper.
 
-The MDLM / DUO DiTs here are unconditional and their samplers take no prompt, so
-``--prefix`` is refused for them rather than imitated. User errors are one ``error: ...``
-line and exit status 2, before anything is sampled or written.
+``--prefix TEXT`` completes a prompt, for backbones whose process has a prompt-conditioned
+sampler (``Process.prompted``: LLaDA): TEXT is tokenized as LLaDA's generate.py does
+(``tokenizer(TEXT)["input_ids"]``, the tokenizer's own special tokens), every sample
+completes those P ids with ``--length`` tokens (default: the backbone's length minus P)
+through the process's ``make_generate``, as ``launch/eval.py`` completes the prompts of
+``config.prompt`` (:class:`sampling_eval.SampleEvaluator` with ``prompt_length``: the same
+sampler, keys and defaults). Rows hold the completion (``text``, ``token_ids``) and the
+prompt (``prompt``, ``prompt_ids``); the printed block shows the prompt followed by its
+completion. The MDLM / DUO DiTs here are unconditional and their samplers take no prompt,
+so ``--prefix`` is refused for them rather than imitated. User errors are one
+``error: ...`` line and exit status 2, before anything is sampled or written.
 """
 
 from __future__ import annotations
@@ -28,8 +36,6 @@ import sys
 import textwrap
 from typing import Callable
 
-# Processes whose sampler accepts a prompt / prefix; none of the current ones do.
-PREFIX_PROCESSES: tuple[str, ...] = ()
 DEFAULT_MAX_BATCH = 64
 
 Loader = Callable[[str], tuple]   # path -> (config, params, meta)
@@ -57,35 +63,48 @@ def default_batch(num_samples: int, shards: int, max_batch: int = DEFAULT_MAX_BA
 
 def draw(model_cfg, params, process, tokenizer, *, nfe: int, seeds, num_samples: int,
          batch: int, mesh, length: int | None = None, bar=None,
-         clean_up_tokenization_spaces: bool = True) -> list[dict]:
+         clean_up_tokenization_spaces: bool = True, prompt=None) -> list[dict]:
   """Samples and decodes (as the judge does, :func:`judges.decode_texts`, special tokens
   kept or skipped as the backbone family's released code does); one row per sample
   (seed-major, then index).
 
+  Args:
+    prompt: None (unconditional samples), or int[P] ids every sample completes (a
+      ``process.prompted`` backbone; ``length`` + P at most the backbone's length).
+
   Returns:
     dicts with seed, index, nfe, nfe_model (backbone forwards of the sample's batch),
-    text and token_ids (int list of ``length``).
+    text and token_ids (int list of ``length``: with a prompt, the completion after it),
+    and with a prompt also prompt (its decoded text) and prompt_ids.
   """
   # pylint: disable=import-outside-toplevel
+  import numpy as np
   from tokendrift_jax import models
   from tokendrift_jax import sharding
   from tokendrift_jax.eval import judges
   from tokendrift_jax.eval import sampling_eval
   skip_special = models.family_of(model_cfg).skip_special_tokens
-  # No judge: only SampleEvaluator's sampler (and its key scheme) is used.
-  evaluator = sampling_eval.SampleEvaluator(model_cfg, process, None, mesh=mesh, batch=batch,
-                                            length=length, progress=False,
-                                            prefix="launch/sample.py")
+  decode = lambda ids: judges.decode_texts(
+      tokenizer, ids, clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+      skip_special_tokens=skip_special)
+  prompts, extra = None, {}
+  if prompt is not None:
+    prompt = np.asarray(prompt, np.int32).reshape(-1)
+    prompts = np.tile(prompt[None, :], (num_samples, 1))   # [num_samples, P]
+    extra = dict(prompt=decode(prompt[None, :])[0], prompt_ids=prompt.tolist())
+  # No judge: only SampleEvaluator's sampler (and its key scheme) is used; with a prompt,
+  # the process's make_generate, as launch/eval.py's prompted evaluation.
+  evaluator = sampling_eval.SampleEvaluator(
+      model_cfg, process, None, mesh=mesh, batch=batch, length=length, progress=False,
+      prefix="launch/sample.py", prompt_length=0 if prompt is None else prompt.shape[0])
   params = sharding.to_global(params, sharding.param_sharding(params, mesh, "replicated"))
   rows = []
   for seed in seeds:
-    tokens, nfe_model = evaluator.sample(params, nfe, seed, num_samples, bar)
-    texts = judges.decode_texts(tokenizer, tokens,
-                                clean_up_tokenization_spaces=clean_up_tokenization_spaces,
-                                skip_special_tokens=skip_special)
+    tokens, nfe_model = evaluator.sample(params, nfe, seed, num_samples, bar, prompts)
+    texts = decode(tokens)
     for i in range(tokens.shape[0]):
       rows.append(dict(seed=int(seed), index=i, nfe=int(nfe), nfe_model=nfe_model[i // batch],
-                       text=texts[i], token_ids=tokens[i].tolist()))
+                       text=texts[i], token_ids=tokens[i].tolist(), **extra))
   return rows
 
 
@@ -114,9 +133,15 @@ def _wrap(text: str, width: int) -> list[str]:
   return lines
 
 
+def _shown(row: dict) -> str:
+  """The text a block shows: a prompted sample's prompt, then its completion."""
+  return row.get("prompt", "") + row["text"]
+
+
 def format_samples(rows: list[dict], num_samples: int, label: str, width: int) -> str:
-  """One block per sample: its header, then the text wrapped at ``width``."""
-  blocks = [header(r, num_samples, label) + "\n" + "\n".join(_wrap(r["text"], width))
+  """One block per sample: its header, then the text (after its prompt, if any) wrapped at
+  ``width``."""
+  blocks = [header(r, num_samples, label) + "\n" + "\n".join(_wrap(_shown(r), width))
             for r in rows]
   return "\n\n".join(blocks) + "\n"
 
@@ -136,7 +161,7 @@ def format_side_by_side(rows_a: list[dict], rows_b: list[dict], num_samples: int
                         f"{b['seed'], b['index']}")
     lines = [header(a, num_samples),
              f"{('A: ' + labels[0])[:col]:<{col}} | {('B: ' + labels[1])[:col]}"]
-    for la, lb in itertools.zip_longest(_wrap(a["text"], col), _wrap(b["text"], col),
+    for la, lb in itertools.zip_longest(_wrap(_shown(a), col), _wrap(_shown(b), col),
                                         fillvalue=""):
       lines.append(f"{la:<{col}} | {lb}".rstrip())
     blocks.append("\n".join(lines))
@@ -161,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--length", type=int, default=0, help="sample length (default: the model's)")
   p.add_argument("--compare", metavar="CKPT2",
                  help="a second checkpoint, sampled with the same keys and printed beside")
-  p.add_argument("--prefix", help="a prompt for families whose sampler supports one (none of "
-                                  "the current MDLM / DUO DiTs)")
+  p.add_argument("--prefix", help="a prompt every sample completes, for backbones with a "
+                                  "prompt-conditioned sampler (LLaDA; the MDLM / DUO DiTs "
+                                  "are unconditional)")
   p.add_argument("--weights", choices=("raw", "ema"),
                  help="training checkpoints: the trained (raw, default) or EMA weights")
   p.add_argument("--out", default="samples.jsonl", help="JSON lines output (default "
@@ -211,6 +237,40 @@ def run(argv: list[str] | None = None, *, reader: Callable | None = None,
     return 2
 
 
+def _prompt_ids(args, paths, heads, processes, tokenizer):
+  """(int32[P] ids of --prefix, the completion length) after the checks that need the
+  tokenizer: P >= 1, P + the completion length within every backbone's length, ids the
+  tokenizer has and no mask id (a prompt is clean text). One-line SampleErrors."""
+  # pylint: disable=import-outside-toplevel
+  import numpy as np
+  from tokendrift_jax.eval import judges
+  # As LLaDA's generate.py: tokenizer(prompt)["input_ids"], the tokenizer's special tokens.
+  ids = np.asarray(tokenizer(args.prefix)["input_ids"], np.int32).reshape(-1)
+  if ids.size == 0:
+    raise SampleError(f"--prefix {args.prefix!r} has no tokens under the tokenizer "
+                      f"{args.tokenizer!r}")
+  p = int(ids.size)
+  room = min(cfg.length for cfg, _ in heads) - p
+  if room < 1:
+    raise SampleError(f"--prefix is {p} tokens; the backbone's length "
+                      f"{min(cfg.length for cfg, _ in heads)} leaves no room for a "
+                      f"completion (give a shorter prefix)")
+  length = args.length or room   # default: all the room the (shorter) backbone leaves
+  if not 1 <= length <= room:
+    raise SampleError(f"--length {length} must be in [1, {room}] (the backbone's length "
+                      f"{min(cfg.length for cfg, _ in heads)} minus the {p} tokens of "
+                      f"--prefix)")
+  for path, process in zip(paths, processes):
+    try:
+      judges.check_text_ids(ids[None, :], process, len(tokenizer))
+    except ValueError as e:
+      raise SampleError(f"--prefix: {e} (for {path})") from e
+    if process.mask_id is not None and np.any(ids == process.mask_id):
+      raise SampleError(f"--prefix {args.prefix!r} contains the mask token (id "
+                        f"{process.mask_id}); a prompt must be clean text")
+  return ids, length
+
+
 def _run(args, reader, loader, stdout) -> int:
   # pylint: disable=import-outside-toplevel
   from tokendrift_jax import checkpoints
@@ -234,12 +294,16 @@ def _run(args, reader, loader, stdout) -> int:
   except fs.DestinationError as e:
     raise SampleError(f"--out: {e}") from e
   paths = [args.checkpoint] + ([args.compare] if args.compare else [])
+  if args.prefix is not None and not args.prefix:
+    raise SampleError("--prefix is empty; give the text every sample completes, or leave "
+                      "--prefix out for unconditional samples")
   # Cheap checks of every checkpoint before any weights are read or sampled.
+  from tokendrift_jax.diffusion import registry as process_registry
   heads = []
   for path in paths:
     cfg, meta = reader(path, args.weights)
     process = checkpoints.checkpoint_process(meta, path)
-    if args.prefix is not None and process not in PREFIX_PROCESSES:
+    if args.prefix is not None and not process_registry.get(process).prompted:
       raise SampleError(
           f"--prefix: {path} is a {meta.get('family', 'dit')} backbone with the {process} "
           f"process, which is unconditional; its sampler takes no prompt or prefix, so "
@@ -250,7 +314,7 @@ def _run(args, reader, loader, stdout) -> int:
                         f"{path})")
     heads.append((cfg, process))
   length = args.length or heads[0][0].length
-  if len(heads) == 2 and length > heads[1][0].length:
+  if len(heads) == 2 and length > heads[1][0].length and args.prefix is None:
     raise SampleError(f"--compare {args.compare}: its length {heads[1][0].length} is shorter "
                       f"than the samples of {args.checkpoint} ({length}); pass --length")
   if not os.path.isdir(os.path.expanduser(args.tokenizer)):
@@ -285,6 +349,9 @@ def _run(args, reader, loader, stdout) -> int:
     judges.check_vocab(process, len(tokenizer), f"the tokenizer {args.tokenizer!r} (for {path})")
     processes.append(process)
     tokenizers.append(tokenizer)
+  prompt = None
+  if args.prefix is not None:
+    prompt, length = _prompt_ids(args, paths, heads, processes, tokenizers[0])
 
   num_batches = math.ceil(args.num_samples / batch)
   bar = tqdm.tqdm(total=len(paths) * len(args.seeds) * num_batches, unit="batch",
@@ -300,7 +367,7 @@ def _run(args, reader, loader, stdout) -> int:
       _, params, _ = loader(path, args.weights)
       rows = draw(cfg, params, process, tokenizer, nfe=args.nfe, seeds=args.seeds,
                   num_samples=args.num_samples, batch=batch, mesh=mesh, length=length,
-                  bar=bar, clean_up_tokenization_spaces=not args.raw_decode)
+                  bar=bar, clean_up_tokenization_spaces=not args.raw_decode, prompt=prompt)
       for r in rows:
         r.update(checkpoint=os.path.abspath(path), label=label, process=name, batch=batch,
                  length=length)
