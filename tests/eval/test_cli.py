@@ -8,6 +8,7 @@ protocol (tests/references/torch_genppl.py), entropy against a NumPy reference.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -72,8 +73,9 @@ def test_duo_checkpoint_is_sampled_decoded_and_judged(eval_assets, tmp_path, cap
 
 def test_interrupted_evaluation_resumes(eval_assets, eval_cli_run, tmp_path, monkeypatch, capsys,
                                         eval_config):
-  """Killed during the 3rd (NFE, seed): the rerun samples only the 2 missing pairs and
-  writes what the uninterrupted run (eval_cli_run) wrote."""
+  """Killed during the 3rd (NFE, seed): the rerun samples only the 2 missing pairs; when
+  the disk fills up at its final write, the next rerun resumes every pair and writes what
+  the uninterrupted run (eval_cli_run) wrote."""
   want_out, _ = eval_cli_run
   out = tmp_path / "resumed"
   real_sample = sampling_eval.SampleEvaluator.sample
@@ -99,15 +101,44 @@ def test_interrupted_evaluation_resumes(eval_assets, eval_cli_run, tmp_path, mon
 
   # Issue 25.6: a batch far above num_samples is capped at the sample count (8 here, the
   # batch of the interrupted run: the rerun resumes it) instead of running out of memory.
+  # Issue 25.6: the disk fills up while the last output (results.md) is written: one line
+  # naming the saved pairs and how to resume, exit 2, no temporary file left.
   interrupt, calls[:] = False, []
-  assert cli.run(eval_config(eval_assets, progress=False, label="MDLM", batch=1 << 20),
-                 str(out)) == 0
-  capsys.readouterr()
+  real_write = files._atomic_write   # pylint: disable=protected-access
+
+  def disk_full_at_results_md(path, write):
+    if os.path.basename(path) != cli.RESULTS_MD:
+      return real_write(path, write)
+
+    def partial(f):
+      f.write("# Sample evaluation: half")
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_write(path, partial)
+
+  monkeypatch.setattr(files, "_atomic_write", disk_full_at_results_md)
+  config = eval_config(eval_assets, progress=False, label="MDLM", batch=1 << 20)
+  assert cli.run(config, str(out)) == 2
+  line = _one_error_line(capsys.readouterr().err)
+  assert line.startswith(f"error: writing the evaluation to {out} failed ("), line
+  assert os.strerror(errno.ENOSPC) in line, line
+  assert line.endswith(f"the finished (NFE, seed) pairs are in {out / cli.PROGRESS_DIR}: free "
+                       "space and rerun the same command to resume"), line
   assert calls == [(4, 0), (4, 1)]
+  assert sorted(os.listdir(out / cli.PROGRESS_DIR)) == [
+      f"nfe{n}-seed{s}.json" for n in (2, 4) for s in (0, 1)]
+  assert not [f for f in os.listdir(out) if f.startswith(".") and f != cli.PROGRESS_DIR], \
+      "a temporary file or the workdir lock is left"
+  assert not (out / cli.RESULTS_MD).exists()
+
+  monkeypatch.setattr(files, "_atomic_write", real_write)
+  calls[:] = []
+  assert cli.run(config, str(out)) == 0
+  capsys.readouterr()
+  assert calls == [], "every pair is resumed from .progress"
   assert not (out / cli.PROGRESS_DIR).exists()
   got = json.loads((out / "results.json").read_text())
   want = json.loads((want_out / "results.json").read_text())
-  assert got["resumed_pairs"] == [[2, 0], [2, 1]]
+  assert got["resumed_pairs"] == [[n, s] for n in (2, 4) for s in (0, 1)]
   assert [(r["nfe"], r["seed"]) for r in got["rows"]] == [(r["nfe"], r["seed"])
                                                            for r in want["rows"]]
   for g, w in zip(got["rows"], want["rows"]):
