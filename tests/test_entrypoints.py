@@ -123,3 +123,61 @@ def test_resume_refuses_a_different_run(tiny_dir, tmp_path, capsys, tiny_run_con
   rc = entrypoints.train_main(c, wd)
   err = capsys.readouterr().err
   assert rc == 2 and "different run" in err and "objective" in err
+
+
+def test_issue25_3_held_workdir_stops_every_process_of_a_multi_process_run(tmp_path):
+  """Only process 0 takes (and probes) the workdir lock; before, a held workdir stopped
+  process 0 alone, and the others went on to wait at their first collective. The decision
+  is process 0's and broadcast: every process raises the same one line; the others never
+  touch their workdir (here a path that does not exist, as on a host whose disk is its
+  own). Two processes simulated with the broadcast made explicit (the jax.distributed runs
+  of tests/launch take seconds)."""
+  from tokendrift_jax import fs  # pylint: disable=import-outside-toplevel
+  held = str(tmp_path / "held")
+  elsewhere = str(tmp_path / "host1" / "held")
+  sent = []
+
+  def process_0(buf):   # broadcast_one_to_all on the source: its own buffer
+    sent.append(np.array(buf))
+    return buf
+
+  def process_1(buf):   # ... and on every other process: the source's
+    assert not buf.any(), "only process 0 sends"
+    return sent[-1]
+
+  for entry in (runtime.check_workdir_free,
+                lambda wd, **kw: runtime.workdir_lock(wd, "training", **kw)):
+    with fs.WorkdirLock(held, "evaluation"):
+      errors = []
+      for index, wd, broadcast in ((0, held, process_0), (1, elsewhere, process_1)):
+        with pytest.raises(fs.WorkdirBusy) as e:
+          entry(wd, process_index=index, process_count=2, broadcast=broadcast)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1], errors
+    assert len(errors[0].splitlines()) == 1
+    assert f"{held} is in use by evaluation (pid {os.getpid()} on " in errors[0]
+    assert not os.path.exists(os.path.dirname(elsewhere))
+
+  # A free workdir: process 0 holds the lock, the others get None, nothing to report.
+  lock = runtime.workdir_lock(held, "training", process_index=0, process_count=2,
+                              broadcast=process_0)
+  try:
+    assert isinstance(lock, fs.WorkdirLock) and not sent[-1].any()
+    assert runtime.workdir_lock(elsewhere, "training", process_index=1, process_count=2,
+                                broadcast=process_1) is None
+  finally:
+    lock.release()
+  # A workdir process 0 cannot create: the same DestinationError (not "busy") everywhere.
+  (tmp_path / "afile").write_text("x")
+  bad = str(tmp_path / "afile" / "run")
+  errors = []
+  for index, broadcast in ((0, process_0), (1, process_1)):
+    with pytest.raises(fs.DestinationError) as e:
+      runtime.workdir_lock(bad, "training", process_index=index, process_count=2,
+                           broadcast=broadcast)
+    assert not isinstance(e.value, fs.WorkdirBusy)
+    errors.append(str(e.value))
+  assert errors[0] == errors[1] and "afile" in errors[0], errors
+  # One process: no collective at all.
+  assert runtime.agreed_message("x", is_main=True, process_count=1,
+                                broadcast=lambda b: pytest.fail("no broadcast")) == "x"

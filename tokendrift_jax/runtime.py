@@ -8,7 +8,13 @@ flags_parser=runtime.flags_parser("configs/mdlm_drift.py"))``): configuration er
 misspelled ``--config.*`` field, a missing config file, an unknown flag or a bad value)
 print one ``error: ...`` line, the suggestion first, and exit with status 2 instead of a
 traceback; ``--help`` exits 0 and lists the config's fields with their defaults. jax is
-imported only by :func:`init_distributed`, so ``--help`` and flag errors stay fast.
+imported only by :func:`init_distributed` and :func:`workdir_lock`, so ``--help`` and flag
+errors stay fast.
+
+:func:`workdir_lock` / :func:`check_workdir_free` are the one-writer lock of a run's
+workdir for every process of a multi-process run: process 0 takes (or probes) it and every
+process learns the outcome (:func:`decided_by_process_0`, :func:`agreed_message`), so a
+held workdir stops all of them with the same line.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Callable, Sequence
 
 import ml_collections
 from absl import flags as absl_flags
+
+from tokendrift_jax import fs
 
 # The exit status of a configuration / user error (as every launch script's `error: ...`).
 EXIT_USAGE = 2
@@ -57,6 +65,84 @@ def init_distributed(cfg: ml_collections.ConfigDict) -> None:
   jax.distributed.initialize(**kwargs)
   logging.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(),
                jax.process_count(), jax.device_count())
+
+
+# Bytes of a message broadcast by agreed_message (longer ones are cut: error lines only).
+MESSAGE_BYTES = 2048
+
+
+def agreed_message(local: str, *, is_main: bool, process_count: int,
+                   broadcast: Callable | None = None) -> str:
+  """Process 0's ``local`` on every process ("" = nothing to report).
+
+  A decision only process 0 can take (it alone touches the workdir) must be the same on
+  every process: one that went on alone would wait forever at its first collective. The
+  message travels as uint8 [MESSAGE_BYTES] (UTF-8, zero-padded) through ``broadcast``
+  (default ``multihost_utils.broadcast_one_to_all``, a collective every process must call
+  at the same point); a single process returns ``local`` without any collective.
+  """
+  if process_count == 1:
+    return local
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  if broadcast is None:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    broadcast = multihost_utils.broadcast_one_to_all
+  buf = np.zeros(MESSAGE_BYTES, np.uint8)
+  if is_main:
+    data = local.encode("utf-8")[:MESSAGE_BYTES]
+    buf[:len(data)] = np.frombuffer(data, np.uint8)
+  got = np.asarray(broadcast(buf), np.uint8).tobytes().rstrip(b"\0")
+  return got.decode("utf-8", errors="replace")
+
+
+def decided_by_process_0(fn: Callable[[], object], *, process_index: int | None = None,
+                         process_count: int | None = None,
+                         broadcast: Callable | None = None):
+  """``fn()`` on process 0 only (its result there; None elsewhere). When it raises
+  :class:`fs.DestinationError` or OSError, every process raises the same one-line error
+  (:class:`fs.WorkdirBusy` when it was one, else :class:`fs.DestinationError`), so all
+  of them stop alike.
+
+  Every process of a run must call it at the same point (a collective when there are
+  several). ``process_index`` / ``process_count`` default to jax's.
+  """
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=import-outside-toplevel
+    process_index, process_count = jax.process_index(), jax.process_count()
+  result, problem = None, ""
+  if process_index == 0:
+    try:
+      result = fn()
+    except fs.WorkdirBusy as e:
+      problem = "busy:" + _one_line(e)
+    except (fs.DestinationError, OSError) as e:
+      problem = "error:" + _one_line(e)
+  problem = agreed_message(problem, is_main=process_index == 0, process_count=process_count,
+                           broadcast=broadcast)
+  if not problem:
+    return result
+  kind, _, line = problem.partition(":")
+  raise (fs.WorkdirBusy if kind == "busy" else fs.DestinationError)(line)
+
+
+def check_workdir_free(workdir: str, **kwargs) -> None:
+  """:meth:`fs.WorkdirLock.check_free` as process 0 sees it, on every process (only
+  process 0 takes the lock, so only its view of the workdir counts)."""
+  decided_by_process_0(lambda: fs.WorkdirLock.check_free(workdir), **kwargs)
+
+
+def workdir_lock(workdir: str, what: str, **kwargs) -> "fs.WorkdirLock | None":
+  """Process 0 takes ``workdir``'s :class:`fs.WorkdirLock` (returned; None elsewhere);
+  when it cannot, every process raises the same one-line error
+  (:func:`decided_by_process_0`)."""
+  return decided_by_process_0(lambda: fs.WorkdirLock(workdir, what).acquire(), **kwargs)
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e).strip()
+  if isinstance(e, OSError) and e.filename is not None:
+    text = f"{e.filename}: {e.strerror or text}"
+  return (text.splitlines() or [type(e).__name__])[0]
 
 
 def _cluster_env() -> bool:

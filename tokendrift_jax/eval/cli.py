@@ -145,7 +145,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
       raise EvalError(f"config.prompt.tokens={prompt_file!r}: {e}") from e
 
   # The one writer of workdir from here on (a second evaluation is refused).
-  lock = fs.WorkdirLock(workdir, "evaluation").acquire() if jax.process_index() == 0 else None
+  lock = runtime.workdir_lock(workdir, "evaluation")   # process 0's, agreed by all
   try:
     _, params, _ = checkpoints.load_backbone_params(ckpt)
     weights_hash = _weights_hash(params)
@@ -215,7 +215,7 @@ def check_workdir(workdir: str) -> str:
   be written, and the output files there are absent or an earlier evaluation's."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
-    fs.WorkdirLock.check_free(workdir)
+    runtime.check_workdir_free(workdir)   # process 0's view, on every process
     fs.check_writable_destination(workdir, kind="dir")
     for name in (RESULTS_JSON, RESULTS_MD, SAMPLES_JSONL):
       fs.check_replace(os.path.join(workdir, name), force=True, kind="file",

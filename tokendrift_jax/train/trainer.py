@@ -45,6 +45,7 @@ from tokendrift_jax import checkpoints
 from tokendrift_jax import fs
 from tokendrift_jax import models
 from tokendrift_jax import objectives
+from tokendrift_jax import runtime
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import metrics as diff_metrics
 from tokendrift_jax.train import builder
@@ -269,12 +270,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
   # Inputs are valid: from here on the run writes to workdir, as its only writer.
   is_main = jax.process_index() == 0
-  lock = None
-  if is_main:
-    try:
-      lock = fs.WorkdirLock(workdir, "training").acquire()
-    except (fs.DestinationError, OSError) as e:
-      raise TrainError(_one_line(e)) from e
+  try:   # process 0 takes the lock; every process stops alike when it cannot
+    lock = runtime.workdir_lock(workdir, "training")
+  except fs.DestinationError as e:
+    raise TrainError(str(e)) from e
   try:
     if is_main:
       with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -313,7 +312,7 @@ def check_workdir(config, workdir: str) -> str:
   absent or an earlier backbone checkpoint (the export replaces only those)."""
   workdir = os.path.abspath(workdir)
   try:
-    fs.WorkdirLock.check_free(workdir)
+    runtime.check_workdir_free(workdir)   # process 0's view, on every process
     fs.check_writable_destination(workdir, kind="dir")
     if config.train.export_backbone:
       fs.check_replace(os.path.join(workdir, "backbone"), force=True, kind="dir",
