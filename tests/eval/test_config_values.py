@@ -61,3 +61,24 @@ def test_the_table_allows_what_the_sampler_and_judge_take():
   # The shipped config passes its own table.
   from configs import eval as eval_configs
   eval_config.check_eval_config(eval_configs.get_config())
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("every", 0, "config.sample_eval.every=0 must be >= 1"),
+    ("nfe", (4, 0), "config.sample_eval.nfe=(4, 0) entry 0 must be >= 1"),
+    ("judge_group_size", 0, "config.sample_eval.judge_group_size=0 must be >= 1"),
+])
+def test_bad_sample_eval_values_are_refused_before_the_judge_loads(field, value, needle,
+                                                                   monkeypatch):
+  """The training config's sample_eval section goes through the same table
+  (SAMPLE_EVAL_CHECKS) at the top of the hook, before its judge is built."""
+  # pylint: disable=import-outside-toplevel
+  from configs import base
+  from tokendrift_jax.eval import assemble, hook
+  monkeypatch.setattr(assemble, "build_evaluator", _loaded)
+  config = base.get_config()
+  config.sample_eval.enabled = True
+  config.sample_eval[field] = value
+  with pytest.raises(eval_config.EvalError) as e:
+    hook.make_sample_eval_hook(config, "/nonexistent/workdir")
+  assert needle in str(e.value) and len(str(e.value).splitlines()) == 1, str(e.value)

@@ -147,6 +147,24 @@ def _sample_count(v) -> None:
                      "at least one sample")
 
 
+# The value checks of judge_config()'s fields (configs/eval.py and the training config's
+# sample_eval section).
+JUDGE_CHECKS = (
+    ("judge_kind", cc.one_of(*JUDGE_KINDS)),
+    ("judge", cc.text),
+    ("judge_tokenizer", cc.text),
+    ("tokenizer", cc.text),
+    ("judge_dtype", cc.one_of(*JUDGE_DTYPES)),
+    ("judge_batch", cc.integer(1)),
+    ("judge_group_size", cc.integer(1)),
+    ("judge_buckets", cc.each(cc.integer(2), nonempty=False, distinct=True)),
+    ("clean_up_tokenization_spaces", cc.boolean),
+    ("special_tokens", cc.one_of(*SPECIAL_TOKENS)),
+    ("noise_removal", cc.text),   # the process's own list, checked with the checkpoint
+    ("sampler_precision", cc.one_of(*SAMPLER_PRECISIONS)),
+    ("model_dtype", cc.one_of(*MODEL_DTYPES)),
+)
+
 # The value checks of configs/eval.py (type, range, finiteness): one line naming the field
 # (``config.nfe=(4, -1) entry -1 must be >= 1``). What depends on the checkpoint (the
 # length against the model's, NFEs against LLaDA's blocks, the batch against the mesh) is
@@ -169,27 +187,33 @@ EVAL_CONFIG_CHECKS = (
     ("llada.cfg_scale", cc.number(0.0)),
     ("write_samples", cc.boolean),
     ("progress", cc.boolean),
-    # judge_config()'s fields
-    ("judge_kind", cc.one_of(*JUDGE_KINDS)),
-    ("judge", cc.text),
-    ("judge_tokenizer", cc.text),
-    ("tokenizer", cc.text),
-    ("judge_dtype", cc.one_of(*JUDGE_DTYPES)),
-    ("judge_batch", cc.integer(1)),
-    ("judge_group_size", cc.integer(1)),
-    ("judge_buckets", cc.each(cc.integer(2), nonempty=False, distinct=True)),
-    ("clean_up_tokenization_spaces", cc.boolean),
-    ("special_tokens", cc.one_of(*SPECIAL_TOKENS)),
-    ("noise_removal", cc.text),   # the process's own list, checked with the checkpoint
-    ("sampler_precision", cc.one_of(*SAMPLER_PRECISIONS)),
-    ("model_dtype", cc.one_of(*MODEL_DTYPES)),
-)
+) + JUDGE_CHECKS
+
+# The training config's sample_eval section (sample_eval_config()), checked by the hook
+# before its judge loads (prefix ``config.sample_eval.``).
+SAMPLE_EVAL_CHECKS = (
+    ("enabled", cc.boolean),
+    ("every", cc.integer(1)),
+    ("nfe", cc.each(cc.integer(1), distinct=True)),
+    ("num_samples", _sample_count),
+    ("batch", cc.integer(1)),
+    ("seed", cc.integer(0)),
+    ("length", cc.integer(0)),
+    ("eval_init", cc.boolean),
+    ("progress", cc.boolean),
+) + JUDGE_CHECKS
 
 
 def check_eval_config(config: ml_collections.ConfigDict) -> None:
   """EvalError naming the first field of :data:`EVAL_CONFIG_CHECKS` whose value is
   refused; fields a config lacks are skipped."""
   cc.validate(config, EVAL_CONFIG_CHECKS, EvalError)
+
+
+def check_sample_eval_config(section: ml_collections.ConfigDict) -> None:
+  """The same for the training config's ``sample_eval`` section
+  (:data:`SAMPLE_EVAL_CHECKS`, fields named ``config.sample_eval.FIELD``)."""
+  cc.validate(section, SAMPLE_EVAL_CHECKS, EvalError, prefix="config.sample_eval.")
 
 
 

@@ -74,11 +74,10 @@ def make_sample_eval_hook(config: ml_collections.ConfigDict, workdir: str) -> Ho
       (FileNotFoundError, with how to convert it), or a vocabulary mismatch.
   """
   se = config.sample_eval
+  eval_config.check_sample_eval_config(se)   # every value's type and range, first
   if not se.enabled:
     return lambda step, params: {}
   every = int(se.every)
-  if every < 1:
-    raise EvalError(f"{PREFIX}.every must be >= 1, got {se.every}")
   nfes = eval_config.check_int_list(se.nfe, f"{PREFIX}.nfe", minimum=1)
   num_samples = eval_config.check_num_samples(se.num_samples, f"{PREFIX}.num_samples")
   seed = eval_config.check_int_list(se.seed, f"{PREFIX}.seed", minimum=0)[0]
