@@ -25,6 +25,8 @@ def _tiny_experiment(workdir):
   c.pretrain.update(dict(steps=6, global_batch=16, micro_batch=8, warmup_steps=0,
                          lr=c.refine.lr))
   c.refine.update(dict(steps=2, global_batch=16, micro_batch=8, seeds=(0,)))
+  # The demo's SDTT at this budget: 2 steps of the TokenDrift stage's FLOPs hold 2 rounds.
+  c.refine.baseline_rounds = {"sdtt": 2}
   c.drift.queue_size = 32
   c.batch.eval_global_batch = 16
   c.evaluation.update(dict(nfe=(2, 4), num_samples=16, batch=16))
@@ -103,7 +105,7 @@ def test_baselines_are_planned_at_the_drift_stage_model_flops(tmp_path, process,
   cfg.diffusion.process = process
   if process == "duo":
     cfg.model.update(dict(vocab_size=20, time_conditioning=True))
-  cfg.refine.update(dict(steps=12, seeds=(0, 1)))
+  cfg.refine.update(dict(steps=12, seeds=(0, 1), baselines=()))
   data = {"train": "t.npy", "valid": "v.npy"}
   before = {s.name: s.digest for s in synthetic.plan(cfg, str(tmp_path), data)}
   cfg.refine.baselines, cfg.refine.baseline_rounds = (baseline,), {baseline: 3}
