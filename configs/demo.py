@@ -7,8 +7,11 @@ tokendrift_jax/experiments/synthetic.py). Prints a Table-1-shaped table (mean ±
 three refinement seeds), each seed's Gen-PPL, and a verdict line computed from how many
 seeds TokenDrift beat continuation in at each NFE. The same recipe as
 configs/repro_small_mdlm.py with a shorter pretraining, 256 samples per (NFE, seed) and no
-ablations, so it fits in minutes; docs/REPRODUCTION.md has the full comparison and the
-demo's verdict across machines.
+ablations, so it fits in minutes, plus SDTT (the distillation baseline the paper could only
+cite) from the same checkpoint at the TokenDrift stage's model FLOPs.
+docs/REPRODUCTION.md has the full comparison, the demo's verdict across machines and the
+same models read at matched entropy (configs/frontier_small_mdlm.py: this demo plus a
+temperature sweep).
 """
 
 from configs import repro_small_mdlm
@@ -24,6 +27,11 @@ def get_config():
   # (docs/REPRODUCTION.md, "The demo's verdict across machines").
   c.refine.seeds = (1, 2, 3)
   c.variants = {}
+  # SDTT at TokenDrift's model FLOPs, its 7 teacher rounds spread over them (the settings
+  # and reasons are configs/frontier_small_mdlm.py's; same stages, so either workdir reuses
+  # the other's).
+  c.refine.baselines = ("sdtt",)
+  c.refine.baseline_rounds = {"sdtt": 7}
   c.evaluation.num_samples = 256
   c.train.log_every = 25
   c.train.checkpoint_every = 250

@@ -30,6 +30,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.label = ""
   c.nfe = (4, 8, 16)
   c.seeds = (0, 1, 2)
+  # Sampling temperatures to sweep, e.g. (0.7, 0.8, 0.9, 1.0) (must hold 1, or LLaDA's
+  # llada.temperature); () = 1 only. A sweep gives each run's Gen-PPL-entropy frontier, which
+  # launch/compare.py reads at a reference run's entropy (docs/EVALUATION.md, "Gen-PPL at
+  # matched entropy").
+  c.temperatures = ()
   # Samples per (NFE, seed); 800 as the DUO repository's OWT Gen-PPL scripts (see above).
   c.num_samples = 800
   # Samples per sampler call, over all devices (a multiple of the device count). DUO

@@ -154,12 +154,14 @@ def test_interrupted_evaluation_resumes(eval_assets, eval_cli_run, tmp_path, mon
 
 def test_progress_of_other_weights_is_not_reused(tmp_path):
   fp = {"weights": "a", "sampling": {"num_samples": 8}}
-  path = cli._progress_path(str(tmp_path), 4, 0)
+  path = cli._progress_path(str(tmp_path), 4, 0, 1.0, 1.0)
+  assert os.path.basename(path) == "nfe4-seed0.json"   # the name of runs without a sweep
   files.write_json(path, {"fingerprint": fp, "row": {"nfe": 4}, "samples": None})
-  assert list(cli._load_progress(str(tmp_path), fp, (4, 8), (0,))) == [(4, 0)]
-  assert cli._load_progress(str(tmp_path), dict(fp, weights="b"), (4,), (0,)) == {}
+  keys = [(4, 0, 1.0), (8, 0, 1.0), (4, 0, 0.9)]
+  assert list(cli._load_progress(str(tmp_path), fp, keys, 1.0)) == [(4, 0, 1.0)]
+  assert cli._load_progress(str(tmp_path), dict(fp, weights="b"), keys, 1.0) == {}
   assert cli._load_progress(str(tmp_path), dict(fp, sampling={"num_samples": 16}),
-                            (4,), (0,)) == {}
+                            keys, 1.0) == {}
 
 
 def _one_error_line(err: str) -> str:
@@ -212,6 +214,12 @@ def test_empty_sample_set_and_other_user_errors(eval_assets, tmp_path, capsys, e
   assert "python -m convert" in err
   err = _run_error(eval_config(eval_assets, batch=6), tmp_path / "out", capsys)
   assert "config.batch 6 is not divisible by the 8 batch shards" in err
+  # A temperature sweep must hold τ = 1 (the summary and the matched-entropy reference).
+  err = _run_error(eval_config(eval_assets, temperatures=(0.8, 0.9)), tmp_path / "out", capsys)
+  assert "config.temperatures=(0.8, 0.9) must include 1" in err
+  err = _run_error(eval_config(eval_assets, temperatures=(1.0, -0.5)), tmp_path / "out",
+                   capsys)
+  assert "config.temperatures must hold finite numbers > 0, got -0.5" in err
   with pytest.raises(report.ReportError, match="empty"):
     report.summarize([])
   judge = judges.SyntheticJudge(synthetic.make_language(0, vocab_size=20, n_topics=2,

@@ -19,8 +19,8 @@ from tokendrift_jax.eval import sampling_eval
 def build_evaluator(section: ml_collections.ConfigDict, *, model_cfg, process, mesh: Mesh,
                     length: int, family=None, prefix: str = "config", progress: bool = True,
                     attention_impl: str | None = None, sampler_options: dict | None = None,
-                    prompt_length: int = 0, batch: int | None = None
-                    ) -> sampling_eval.SampleEvaluator:
+                    prompt_length: int = 0, batch: int | None = None,
+                    judge: judges.Judge | None = None) -> sampling_eval.SampleEvaluator:
   """The judge of ``section`` and an evaluator sampling ``model_cfg`` under ``process``.
 
   The judge is built first (its checks — kind, weights on disk, tokenizer vs vocabulary —
@@ -40,9 +40,12 @@ def build_evaluator(section: ml_collections.ConfigDict, *, model_cfg, process, m
     sampler_options, prompt_length: see :class:`sampling_eval.SampleEvaluator`.
     batch: samples per sampler call (default ``section.batch``; the CLI caps it at the
       sample count).
+    judge: an already built judge of ``section`` to share (a temperature sweep builds one
+      evaluator per temperature and loads the judge once).
   """
-  judge = judges.build_judge(section, process=process, max_length=length, mesh=mesh,
-                             family=family, prefix=prefix, progress=progress)
+  if judge is None:
+    judge = judges.build_judge(section, process=process, max_length=length, mesh=mesh,
+                               family=family, prefix=prefix, progress=progress)
   return sampling_eval.SampleEvaluator(
       model_cfg, process, judge, mesh=mesh,
       batch=int(section.batch) if batch is None else int(batch), length=length,

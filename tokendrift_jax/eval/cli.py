@@ -8,6 +8,12 @@ everything was computed:
 * ``OUT/results.md``: a Tables 1-2 shaped table;
 * ``OUT/samples.jsonl``: one line per sample (nfe, seed, index, text, token_ids).
 
+A temperature sweep (``config.temperatures``, e.g. ``(0.8, 0.9, 1.0)``) samples every
+(NFE, seed) at each temperature: rows and samples then carry ``temperature``, the summary
+and the Tables 1-2 table read the model's own temperature (1, or LLaDA's
+``config.llada.temperature``), results.md adds the sweep, and ``launch/compare.py`` reads
+every run's Gen-PPL at the entropy of a reference run (:mod:`.frontier`).
+
 Rows are labelled by the run (:func:`run_label`): ``config.label``, or for an empty label
 the training run's name when the checkpoint is a run's export ``WORKDIR/backbone`` (the
 name of WORKDIR), else the checkpoint directory's name. A training directory itself passed
@@ -122,6 +128,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   if options is not None:
     options["block_length"] = options["block_length"] or length  # 0: one block
     nfes = sampling_eval.check_llada_nfes(nfes, length, options["block_length"])
+  own_tau = 1.0 if options is None else options["temperature"]
+  taus = check_temperatures(config.get("temperatures", ()), own_tau, process)
+  sweep = len(taus) > 1
   # Prompts before the judge (GPT-2 Large is 3 GB): a missing or short file fails at once.
   prompts = (_read_prompts(prompt_file, prompt_length, num_samples, process) if prompt_length
              else None)
@@ -131,10 +140,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
   evaluator = assemble.build_evaluator(
       config, model_cfg=model_cfg, process=process, mesh=mesh, length=length,
       family=family_spec, progress=progress, attention_impl=str(config.attention_impl),
-      sampler_options=options, prompt_length=prompt_length,
+      sampler_options=_tau_options(options, own_tau), prompt_length=prompt_length,
       batch=capped_batch(config.batch, num_samples, mesh))
   judge = evaluator.judge
   nfes = evaluator.check_nfes(nfes)
+  # One sampler per temperature (τ is a compile-time constant; τ = 1 is the plain program),
+  # all sharing the judge; built before anything is written so a bad setting stops here.
+  evaluators = {t: evaluator if t == own_tau else assemble.build_evaluator(
+      config, model_cfg=model_cfg, process=process, mesh=mesh, length=length,
+      family=family_spec, progress=progress, attention_impl=str(config.attention_impl),
+      sampler_options=_tau_options(options, t), prompt_length=prompt_length,
+      batch=evaluator.batch, judge=judge) for t in taus}
   if prompts is not None:
     if judge.kind != "gpt2":
       raise EvalError(f"config.prompt: conditional judging needs the GPT-2 judge "
@@ -159,6 +175,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
                 "sampler_precision": "float64" if evaluator.float64 else "float32",
                 "model_dtype": str(config.model_dtype),
                 "key": "fold_in(fold_in(PRNGKey(seed), nfe), batch_index)"}
+    sampling["temperature"] = own_tau
+    if sweep:
+      sampling["temperatures"] = list(taus)
     if options is not None:
       sampling["llada"] = dict(evaluator.sampler_options)
       # NFE counts backbone calls; classifier-free guidance runs each on 2 x batch rows.
@@ -168,36 +187,50 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None) 
                             "sha256": hashlib.sha256(prompts.tobytes()).hexdigest(),
                             "judged": "completion given the prompt"}
     keep = bool(config.write_samples)
-    # What a finished (NFE, seed) depends on, besides its own NFE and seed.
+    # What a finished (NFE, seed, τ) depends on, besides its own NFE, seed and τ (a sweep
+    # widened later reuses the temperatures already done).
     fingerprint = {"weights": weights_hash, "checkpoint": ckpt, "judge": judge_info,
-                   "sampling": {k: v for k, v in sampling.items() if k not in ("nfe", "seeds")},
+                   "sampling": {k: v for k, v in sampling.items()
+                                if k not in ("nfe", "seeds", "temperatures")},
                    "write_samples": keep}
     progress_dir = os.path.join(workdir, PROGRESS_DIR)
     is_main = jax.process_index() == 0
-    done = _load_progress(progress_dir, fingerprint, nfes, seeds) if is_main else {}
-    skip = _agreed_skip(done, nfes, seeds)
+    keys = [(n, s, t) for t in taus for n in nfes for s in seeds]
+    done = _load_progress(progress_dir, fingerprint, keys, own_tau) if is_main else {}
+    skip = _agreed_skip(done, keys)
     if skip:
-      logging.info("resuming: %d of %d (NFE, seed) pairs done in %s", len(skip),
-                   len(nfes) * len(seeds), progress_dir)
-
-    def save_progress(row, samples):
-      if is_main:
-        os.makedirs(progress_dir, exist_ok=True)
-        files.write_json(_progress_path(progress_dir, row["nfe"], row["seed"]),
-                          {"fingerprint": fingerprint, "row": row, "samples": samples})
+      logging.info("resuming: %d of %d (NFE, seed%s) done in %s", len(skip), len(keys),
+                   ", temperature" if sweep else "", progress_dir)
 
     t0 = time.time()
-    result = evaluator.evaluate(params, nfes, seeds, num_samples, keep_samples=keep, skip=skip,
-                                on_row=save_progress, prompts=prompts)
+    new_rows, new_samples = {}, {}
+    for tau in taus:
+      def save_progress(row, samples, tau=tau):
+        if sweep and samples:
+          for smp in samples:
+            smp["temperature"] = tau
+        if is_main:
+          os.makedirs(progress_dir, exist_ok=True)
+          files.write_json(_progress_path(progress_dir, row["nfe"], row["seed"], tau, own_tau),
+                           {"fingerprint": fingerprint, "row": row, "samples": samples})
+
+      result = evaluators[tau].evaluate(
+          params, nfes, seeds, num_samples, keep_samples=keep,
+          skip=[(n, s) for n, s, t in skip if t == tau], on_row=save_progress,
+          prompts=prompts)
+      for r in result.rows:
+        new_rows[(r["nfe"], r["seed"], tau)] = r
+      for smp in result.samples or ():
+        new_samples.setdefault((smp["nfe"], smp["seed"], tau), []).append(smp)
     if not is_main:
       return {}
-    rows, samples = _merge(result, done, nfes, seeds)
+    rows, samples = _merge(new_rows, new_samples, done, keys)
     payload = report.results_payload(
         rows, label=label, checkpoint=ckpt, process=process.name, family=family, meta=meta,
         judge=judge_info,
         sampling=sampling, config=json.loads(config.to_json_best_effort()))
     payload["wall_time_s"] = time.time() - t0
-    payload["resumed_pairs"] = [list(k) for k in skip]
+    payload["resumed_pairs"] = [list(k) if sweep else list(k[:2]) for k in skip]
     os.makedirs(workdir, exist_ok=True)
     if keep:
       files.write_jsonl(os.path.join(workdir, SAMPLES_JSONL), samples)
@@ -242,6 +275,43 @@ def capped_batch(batch, num_samples: int, mesh) -> int:
                  num_samples)
     return cap
   return int(batch)
+
+
+def check_temperatures(values, own: float, process) -> tuple[float, ...]:
+  """``config.temperatures`` as distinct finite numbers > 0 in increasing order; () = the
+  sampler's own temperature only. A sweep must hold ``own`` (1, or LLaDA's
+  ``config.llada.temperature``): the Tables 1-2 summary and the matched-entropy reference
+  are read there."""
+  field = "config.temperatures"
+  if isinstance(values, (int, float)) and not isinstance(values, bool):
+    values = (values,)
+  try:
+    taus = tuple(values)
+  except TypeError:
+    raise EvalError(f"{field} must be a list of numbers, got {values!r}") from None
+  if not taus:
+    return (own,)
+  for t in taus:
+    if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)) or not (
+        np.isfinite(t) and t > 0):
+      raise EvalError(f"{field} must hold finite numbers > 0, got {t!r} in {taus}")
+  taus = tuple(float(t) for t in taus)
+  if len(set(taus)) != len(taus):
+    raise EvalError(f"{field} has repeated values: {taus}")
+  if own not in taus:
+    what = ("config.llada.temperature" if process.name == "llada" else "1, the model's own "
+            "distribution")
+    raise EvalError(f"{field}={taus} must include {own:g} ({what}): the summary table and the "
+                    f"matched-entropy reference are read at it")
+  return tuple(sorted(taus))
+
+
+def _tau_options(options: dict | None, tau: float) -> dict | None:
+  """The sampler options at temperature ``tau``: MDLM/DUO take none at τ = 1 (the program
+  without a temperature), else {"temperature": τ}; LLaDA's options with τ set."""
+  if options is not None:
+    return {**options, "temperature": tau}
+  return None if tau == 1.0 else {"temperature": tau}
 
 
 def _prompt_settings(config, process) -> tuple[int, str]:
@@ -357,23 +427,21 @@ def _weights_hash(params) -> str:
   return h.hexdigest()
 
 
-def _agreed_skip(done: dict, nfes, seeds) -> list[tuple[int, int]]:
-  """The saved pairs to skip, as process 0 sees them (every process must skip alike)."""
-  pairs = [(n, s) for n in nfes for s in seeds]
+def _agreed_skip(done: dict, keys) -> list[tuple[int, int, float]]:
+  """The saved (NFE, seed, τ) to skip, as process 0 sees them (every process must skip
+  alike)."""
   if jax.process_count() == 1:
-    return [p for p in pairs if p in done]
-  flags = multihost_utils.broadcast_one_to_all(np.asarray([p in done for p in pairs], np.int32))
-  return [p for p, f in zip(pairs, flags) if f]
+    return [k for k in keys if k in done]
+  flags = multihost_utils.broadcast_one_to_all(np.asarray([k in done for k in keys], np.int32))
+  return [k for k, f in zip(keys, flags) if f]
 
 
-def _merge(result, done: dict, nfes, seeds) -> tuple[list[dict], list[dict]]:
-  """Rows and samples of this run and of the saved pairs, NFE-major as evaluate() orders."""
-  new_rows = {(r["nfe"], r["seed"]): r for r in result.rows}
-  new_samples: dict[tuple[int, int], list[dict]] = {}
-  for smp in result.samples or ():
-    new_samples.setdefault((smp["nfe"], smp["seed"]), []).append(smp)
+def _merge(new_rows: dict, new_samples: dict, done: dict, keys
+           ) -> tuple[list[dict], list[dict]]:
+  """Rows and samples of this run and of the saved (NFE, seed, τ), in ``keys``' order
+  (temperature-major, then NFE-major as evaluate() orders)."""
   rows, samples = [], []
-  for key in ((n, s) for n in nfes for s in seeds):
+  for key in keys:
     if key in new_rows:
       rows.append(new_rows[key])
       samples.extend(new_samples.get(key, []))
@@ -383,31 +451,33 @@ def _merge(result, done: dict, nfes, seeds) -> tuple[list[dict], list[dict]]:
   return rows, samples
 
 
-def _progress_path(progress_dir: str, nfe: int, seed: int) -> str:
-  return os.path.join(progress_dir, f"nfe{int(nfe)}-seed{int(seed)}.json")
+def _progress_path(progress_dir: str, nfe: int, seed: int, tau: float, own_tau: float) -> str:
+  """One file per finished (NFE, seed, τ); the model's own τ keeps the name of runs without
+  a sweep, so a sweep resumes them."""
+  tag = "" if tau == own_tau else f"-tau{tau!r}"
+  return os.path.join(progress_dir, f"nfe{int(nfe)}-seed{int(seed)}{tag}.json")
 
 
-def _load_progress(progress_dir: str, fingerprint: dict, nfes, seeds) -> dict:
-  """{(nfe, seed): saved pair} for the pairs an interrupted run of the same settings saved.
+def _load_progress(progress_dir: str, fingerprint: dict, keys, own_tau: float) -> dict:
+  """{(nfe, seed, τ): saved pair} for those an interrupted run of the same settings saved.
 
   A saved pair from other weights or settings is not reused (and is overwritten).
   """
   done = {}
   want = json.loads(json.dumps(fingerprint))  # as it reads back from JSON
-  for nfe in nfes:
-    for seed in seeds:
-      path = _progress_path(progress_dir, nfe, seed)
-      if not os.path.isfile(path):
-        continue
-      try:
-        with open(path, encoding="utf-8") as f:
-          saved = json.load(f)
-      except (OSError, json.JSONDecodeError):
-        continue
-      if saved.get("fingerprint") == want:
-        done[(nfe, seed)] = saved
-      else:
-        logging.warning("%s was written with other weights or settings; recomputing", path)
+  for nfe, seed, tau in keys:
+    path = _progress_path(progress_dir, nfe, seed, tau, own_tau)
+    if not os.path.isfile(path):
+      continue
+    try:
+      with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    except (OSError, json.JSONDecodeError):
+      continue
+    if saved.get("fingerprint") == want:
+      done[(nfe, seed, tau)] = saved
+    else:
+      logging.warning("%s was written with other weights or settings; recomputing", path)
   return done
 
 

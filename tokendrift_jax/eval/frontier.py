@@ -102,16 +102,26 @@ def curves(rows: Sequence[dict]) -> dict[int, list[tuple[float, float, float]]]:
   return out
 
 
-def markdown(methods: Sequence[tuple[str, Sequence[dict]]], reference: Mapping[int, float]
-             ) -> str:
+def markdown(methods: Sequence[tuple[str, Sequence[dict]]], reference: Mapping[int, float],
+             *, own: str | None = None) -> str:
   """The matched-entropy table: one row per method, per NFE its Gen-PPL at the reference
-  entropy (mean ± SD over the seeds that reach it, "k/n seeds" when some do not)."""
+  entropy (mean ± SD over the seeds that reach it, "k/n seeds" when some do not).
+
+  ``own``: the label of the run that defines the reference entropy, when it has no sweep:
+  its row shows its own Gen-PPL (the reference entropy is its mean entropy by definition;
+  single points per seed would read "out of range")."""
   nfes = sorted(reference)
   head = "| Method | " + " | ".join(
       f"NFE = {n} Gen.-PPL @ H = {reference[n]:.2f} ↓" for n in nfes) + " |"
   lines = [head, "|" + "---|" * (len(nfes) + 1)]
   for label, rows in methods:
     cells = []
+    if label == own:
+      for nfe in nfes:
+        mean, sd = report.mean_sd([float(r["gen_ppl"]) for r in rows if int(r["nfe"]) == nfe])
+        cells.append(f"{report.fmt(mean, sd)} (reference)")
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+      continue
     for m in matched(rows, reference):
       if m["mean"] is None:
         cells.append("out of range")
@@ -123,3 +133,37 @@ def markdown(methods: Sequence[tuple[str, Sequence[dict]]], reference: Mapping[i
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
+
+
+def compare_runs(entries: Sequence[tuple[str, dict]], reference: str) -> tuple[dict, str]:
+  """The matched-entropy reading of evaluated runs (results.json payloads).
+
+  Args:
+    entries: (label, payload) per run; a run with a temperature sweep gives a frontier, a
+      run without one a single point per (NFE, seed) (read only where it hits the target).
+    reference: the label of the run whose entropy at its own temperature (per NFE, mean
+      over seeds) is the target (the released model, as the paper's comparison asks).
+
+  Returns:
+    ({"reference", "entropy": {nfe: H}, "methods": {label: :func:`matched` output}},
+     the markdown section). ValueError when the reference is not among the labels.
+  """
+  labels = [lab for lab, _ in entries]
+  if reference not in labels:
+    raise ValueError(f"--reference {reference!r} is not one of the runs' labels {labels}")
+  ref = dict(entries)[reference]
+  target = reference_entropy(ref["rows"], report.own_temperature(ref))
+  methods = [(lab, r["rows"]) for lab, r in entries]
+  sweeps = {lab: report.temperatures(r["rows"]) for lab, r in entries}
+  md = ["## At matched entropy", "",
+        f"Gen.-PPL of each run's temperature sweep read at the entropy of {reference} at its "
+        f"own temperature (per NFE, mean over seeds; each seed's frontier interpolated "
+        f"linearly in log Gen.-PPL, never extrapolated: \"out of range\" where a sweep does "
+        f"not reach it). Temperatures: "
+        + "; ".join(f"{lab}: {', '.join(f'{t:g}' for t in ts)}" for lab, ts in sweeps.items())
+        + ".", "", markdown(methods, target,
+                            own=reference if len(sweeps[reference]) == 1 else None)]
+  payload = {"reference": reference, "entropy": {str(n): h for n, h in target.items()},
+             "temperatures": sweeps,
+             "methods": {lab: matched(rows, target) for lab, rows in methods}}
+  return payload, "\n".join(md) + "\n"

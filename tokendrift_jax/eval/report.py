@@ -34,6 +34,22 @@ def run_process(payload: dict) -> str | None:
   return payload.get("process", payload.get("arch"))
 
 
+def own_temperature(payload: dict) -> float:
+  """The temperature a run's summary reads: its sampler's own (1 for MDLM/DUO; files
+  without a temperature sweep were all sampled at it)."""
+  return float(payload.get("sampling", {}).get("temperature", 1.0))
+
+
+def temperatures(rows: Sequence[dict]) -> list[float]:
+  """The sampling temperatures of result rows, increasing (rows without one: τ = 1)."""
+  return sorted({float(r.get("temperature", 1.0)) for r in rows})
+
+
+def rows_at(rows: Sequence[dict], temperature: float) -> list[dict]:
+  """The rows sampled at ``temperature``."""
+  return [r for r in rows if float(r.get("temperature", 1.0)) == temperature]
+
+
 # ----------------------------------------------------------------------------- stats
 
 
@@ -138,18 +154,27 @@ def results_markdown(payload: dict) -> str:
   """results.md of one evaluation run."""
   summary = payload["summary"]
   judge = payload.get("judge", {})
+  taus = temperatures(payload["rows"])
   family = f"{payload['family']}, " if payload.get("family") else ""
   lines = [f"# Sample evaluation: {payload['label']}", "",
            markdown_table([(payload["label"], summary)], bold_best=False),
            _seeds_note(summary) + f" Backbone: {run_process(payload)} "
            f"({family}`{payload.get('checkpoint')}`); judge: {judge.get('kind')} "
            f"`{judge.get('name')}`" + (f" ({judge['dtype']})" if judge.get("dtype") else "")
-           + "; NFE = denoising steps.",
-           "", "| NFE | seed | Gen.-PPL | entropy | num_samples | nfe_model (backbone "
-           "forwards / batch) |",
-           "|---|---|---|---|---|---|"]
+           + "; NFE = denoising steps."
+           + (f" The table reads the sampler's own temperature τ = "
+              f"{own_temperature(payload):g}." if len(taus) > 1 else "")]
+  if len(taus) > 1:
+    lines += ["", "Temperature sweep (the Gen-PPL–entropy frontier; `launch/compare.py` reads "
+              "it at matched entropy):", "",
+              markdown_table([(f"τ = {t:g}", summarize(rows_at(payload["rows"], t)))
+                              for t in taus], bold_best=False).rstrip()]
+  tau_head, tau_sep = ("τ | ", "---|") if len(taus) > 1 else ("", "")
+  lines += ["", f"| {tau_head}NFE | seed | Gen.-PPL | entropy | num_samples | nfe_model "
+            "(backbone forwards / batch) |", f"|{tau_sep}---|---|---|---|---|---|"]
   for r in payload["rows"]:
-    lines.append(f"| {r['nfe']} | {r['seed']} | {r['gen_ppl']:.2f} | {r['entropy']:.3f} | "
+    tau = f"{float(r.get('temperature', 1.0)):g} | " if len(taus) > 1 else ""
+    lines.append(f"| {tau}{r['nfe']} | {r['seed']} | {r['gen_ppl']:.2f} | {r['entropy']:.3f} | "
                  f"{r['num_samples']} | {r['nfe_model']:.2f} |")
   return "\n".join(lines) + "\n"
 
@@ -160,7 +185,8 @@ def results_payload(rows: Sequence[dict], *, label: str, checkpoint: str, proces
   """The content of results.json.
 
   Args:
-    rows: the (NFE, seed) rows of :meth:`SampleEvaluator.evaluate`.
+    rows: the (NFE, seed) rows of :meth:`SampleEvaluator.evaluate` (of a temperature
+      sweep: every (NFE, seed, τ); the summary reads ``sampling["temperature"]``'s).
     label: the run's row label in tables.
     checkpoint: the evaluated backbone directory.
     process: its diffusion process ("mdlm" | "duo").
@@ -172,7 +198,8 @@ def results_payload(rows: Sequence[dict], *, label: str, checkpoint: str, proces
   """
   return {"format": FORMAT, "label": label, "checkpoint": checkpoint, "process": process,
           "family": family, "meta": meta, "judge": judge, "sampling": sampling,
-          "config": config, "rows": list(rows), "summary": summarize(rows)}
+          "config": config, "rows": list(rows),
+          "summary": summarize(rows_at(rows, float(sampling.get("temperature", 1.0))))}
 
 
 def read_results(run_dir: str) -> dict:
@@ -191,7 +218,10 @@ def read_results(run_dir: str) -> dict:
                       f"{payload.get('format') if isinstance(payload, dict) else None!r})")
   if not payload.get("rows"):
     raise ReportError(f"{path} has no result rows (empty sample set)")
-  payload["summary"] = summarize(payload["rows"])
+  own = rows_at(payload["rows"], own_temperature(payload))
+  if not own:
+    raise ReportError(f"{path} has no rows at its own temperature {own_temperature(payload):g}")
+  payload["summary"] = summarize(own)
   return payload
 
 
@@ -243,7 +273,8 @@ def compare(results: Sequence[dict], labels: Sequence[str] | None = None,
                  + "; ".join(f"{lab}: {r.get('family')}" for lab, r in zip(labels, results)))
   for key in ("judge", "sampling"):
     seen = {json.dumps({k: v for k, v in r.get(key, {}).items()
-                        if k not in ("batch",)}, sort_keys=True) for r in results}
+                        if k not in ("batch", "temperatures")}, sort_keys=True)
+            for r in results}
     if len(seen) > 1:
       notes.append(f"the runs differ in their {key} settings: "
                    + "; ".join(f"{lab}: {json.dumps(r.get(key))}"
