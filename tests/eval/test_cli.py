@@ -219,7 +219,7 @@ def test_empty_sample_set_and_other_user_errors(eval_assets, tmp_path, capsys, e
   assert "config.temperatures=(0.8, 0.9) must include 1" in err
   err = _run_error(eval_config(eval_assets, temperatures=(1.0, -0.5)), tmp_path / "out",
                    capsys)
-  assert "config.temperatures must hold finite numbers > 0, got -0.5" in err
+  assert "config.temperatures=(1.0, -0.5) entry -0.5 must be > 0" in err
   with pytest.raises(report.ReportError, match="empty"):
     report.summarize([])
   judge = judges.SyntheticJudge(synthetic.make_language(0, vocab_size=20, n_topics=2,

@@ -174,6 +174,7 @@ EVAL_CONFIG_CHECKS = (
     ("label", cc.text),
     ("nfe", cc.each(cc.integer(1), distinct=True)),
     ("seeds", cc.each(cc.integer(0), distinct=True)),
+    ("temperatures", cc.each(cc.number(0.0, lo_open=True), nonempty=False, distinct=True)),
     ("num_samples", _sample_count),
     ("batch", cc.integer(1)),
     ("length", cc.integer(0)),
