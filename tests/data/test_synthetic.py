@@ -69,6 +69,83 @@ def test_log_likelihood_matches_brute_force_enumeration(order):
                               rtol=0, atol=1e-12)
 
 
+def _reference_switching_log_prob(lang, seq) -> float:
+  """log p(seq) with topic switches, by summing over every topic path z in K^L:
+  pi(z_1) prod_t T(z_{t-1}, z_t) prod_t P_{z_t}(x_t | c_t), T(i, j) = (1 - rho)[i = j] +
+  rho pi_j; explicit loops, float64 scalars."""
+  v, rho = lang.vocab_size, lang.switch
+  emit = []   # emit[t][k] = P_k(x_t | c_t)
+  history = [v] * lang.order
+  for token in seq:
+    ctx = sum(history[-j] * (v + 1) ** (j - 1) for j in range(1, lang.order + 1))
+    row = []
+    for k in range(lang.n_topics):
+      q = sum(float(w) for s_id, w in zip(lang.successors[k, ctx], lang.successor_probs[k, ctx])
+              if int(s_id) == token)
+      row.append((1.0 - lang.floor) * q + lang.floor / v)
+    emit.append(row)
+    history.append(token)
+  total = 0.0
+  for path in itertools.product(range(lang.n_topics), repeat=len(seq)):
+    prob = float(lang.topic_probs[path[0]]) * emit[0][path[0]]
+    for t in range(1, len(seq)):
+      stay = 1.0 - rho if path[t] == path[t - 1] else 0.0
+      prob *= (stay + rho * float(lang.topic_probs[path[t]])) * emit[t][path[t]]
+    total += prob
+  return math.log(total)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_switching_topics_likelihood_matches_enumeration_over_topic_paths(order):
+  """The new testbed's judge (topics redrawn with probability rho before each position):
+  the forward recursion equals the sum over all K^L topic paths, the probabilities of all
+  V^L sequences sum to 1, and rho = 0 is the one-topic language."""
+  lang = synthetic.make_language(7, vocab_size=4, n_topics=3, order=order, successors=2,
+                                 topic_vocab_size=3, concentration=0.7, floor=0.1,
+                                 switch=0.3)
+  length = 4
+  seqs = np.array(list(itertools.product(range(lang.vocab_size), repeat=length)),
+                  dtype=np.int32)
+  logp = synthetic.log_likelihood(lang, seqs)
+  assert abs(np.exp(logp).sum() - 1.0) <= 1e-12   # 256 float64 probabilities, a few ulps
+  reference = np.array([_reference_switching_log_prob(lang, list(x)) for x in seqs])
+  # Same float64 factors, log-space recursion vs products summed over 81 paths: ~1e-15
+  # relative; 1e-12 absolute on log-probs of order 1..20.
+  chex.assert_trees_all_close(logp, reference, rtol=0, atol=1e-12)
+  # Switching must matter here, or the check above would not see the recursion.
+  assert np.max(np.abs(logp - synthetic.log_likelihood(_tiny_switch0(lang), seqs))) > 1e-2
+  with pytest.raises(ValueError, match="switches topics"):
+    synthetic.position_marginals(lang, length)
+
+
+def _tiny_switch0(lang):
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  return dataclasses.replace(lang, switch=0.0)
+
+
+def test_switching_corpus_follows_the_process():
+  """Sampled sequences of a tiny switching language against their exact probabilities:
+  every one of the V^L sequences' counts within the Bonferroni bound of its binomial law;
+  the topic path redraws at rate rho."""
+  lang = synthetic.make_language(5, vocab_size=3, n_topics=2, order=1, successors=2,
+                                 topic_vocab_size=2, concentration=1.0, floor=0.2,
+                                 switch=0.25)
+  n, length = 40_000, 3
+  tokens, path = synthetic.sample_corpus(lang, 3, n, length, return_topics=True)
+  chex.assert_shape([tokens, path], [(n, length), (n, length)])
+  seqs = np.array(list(itertools.product(range(lang.vocab_size), repeat=length)))
+  probs = np.exp(synthetic.log_likelihood(lang, seqs.astype(np.int32)))
+  index = (tokens.astype(np.int64) * lang.vocab_size ** np.arange(length - 1, -1, -1)).sum(1)
+  counts = np.bincount(index, minlength=len(seqs))
+  z = (counts - n * probs) / np.sqrt(n * probs * (1 - probs))
+  redraws = (path[:, 1:] != path[:, :-1]).mean()
+  # A redraw changes the topic with probability 1 - 1/K.
+  z_switch = (redraws - lang.switch / 2) / math.sqrt(lang.switch / 2 * (1 - lang.switch / 2)
+                                                     / (n * (length - 1)))
+  bound = statistics.NormalDist().inv_cdf(1 - 1e-3 / (2 * (len(seqs) + 1)))
+  assert max(np.max(np.abs(z)), abs(z_switch)) < bound, (np.max(np.abs(z)), z_switch)
+
+
 @pytest.mark.parametrize("order", [1, 2])
 def test_language_tables_are_valid(order):
   lang = synthetic.make_language(3, order=order)

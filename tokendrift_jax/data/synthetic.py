@@ -17,6 +17,13 @@ The process (docs/SYNTHETIC.md has the full definition and the reference numbers
 
 The exact sequence likelihood is the mixture over topics,
 ``p(x) = sum_k pi_k prod_t P_k(x_t | c_t)``, computed in float64 with log-sum-exp.
+
+Topic switches (``switch`` rho > 0, structure at a third range: segments): before every
+position after the first, the topic is redrawn from ``pi`` with probability rho (it may
+redraw the same topic), so a sequence is a run of topical segments of mean length about
+1/rho. The likelihood is then the forward recursion of that hidden Markov chain over
+topics (:func:`log_likelihood`), exact in float64. rho = 0 is the language above exactly
+(same parameters, corpora and scores).
 "Gen-PPL" of a set of sequences is ``exp`` of their mean per-token NLL under it.
 
 Token ids: ``0 .. V-1`` are text tokens, ``V = lang.vocab_size``: the language plays the
@@ -71,6 +78,8 @@ class SyntheticLanguage:
       distinct within a row; ``C = (V + 1) ** n`` context ids (module docstring).
     successor_probs: float64[K, C, S], their weights (each row sums to 1).
     seed: the seed ``make_language`` was called with.
+    switch: rho in [0, 1), the probability that the topic is redrawn from pi before
+      each position after the first (0: one topic per sequence).
   """
 
   vocab_size: int
@@ -81,6 +90,7 @@ class SyntheticLanguage:
   successors: np.ndarray
   successor_probs: np.ndarray
   seed: int
+  switch: float = 0.0
 
   @property
   def n_topics(self) -> int:
@@ -120,7 +130,8 @@ def _floyd_subsets(rng: np.random.Generator, n_rows: int, population: int,
 
 def make_language(seed: int, *, vocab_size: int = 250, n_topics: int = 8,
                   order: int = 1, successors: int = 4, topic_vocab_size: int = 64,
-                  concentration: float = 1.0, floor: float = 0.01) -> SyntheticLanguage:
+                  concentration: float = 1.0, floor: float = 0.01,
+                  switch: float = 0.0) -> SyntheticLanguage:
   """Draws the parameters of a synthetic language from ``seed``.
 
   Args:
@@ -135,6 +146,8 @@ def make_language(seed: int, *, vocab_size: int = 250, n_topics: int = 8,
       the simplex).
     floor: delta in (0, 1], weight of the uniform distribution over the V text tokens
       in every conditional.
+    switch: rho in [0, 1), probability of redrawing the topic before each position
+      after the first. Draws no parameters: the tables are those of rho = 0.
 
   Returns:
     The language; see ``SyntheticLanguage`` for array shapes.
@@ -156,6 +169,8 @@ def make_language(seed: int, *, vocab_size: int = 250, n_topics: int = 8,
                      f"likelihood, got {floor!r}")
   if not concentration > 0.0:
     raise ValueError(f"concentration must be positive, got {concentration!r}")
+  if not 0.0 <= switch < 1.0:
+    raise ValueError(f"switch must be in [0, 1), got {switch!r}")
   n_contexts = (vocab_size + 1) ** order
   entries = n_topics * n_contexts * successors
   if entries > _MAX_TABLE_ENTRIES:
@@ -180,17 +195,29 @@ def make_language(seed: int, *, vocab_size: int = 250, n_topics: int = 8,
       topic_vocab=topic_vocab.astype(np.int32),
       successors=succ.astype(np.int32),
       successor_probs=weights.astype(np.float64),
-      seed=int(seed))
+      seed=int(seed), switch=float(switch))
 
 
 # Everything that determines a language: the seed and the keyword arguments of
-# make_language. Config sections describing a language hold exactly these fields.
+# make_language. Config sections describing a language hold these fields, and may hold the
+# OPTIONAL_LANGUAGE_FIELDS (absent = their default), so that sections written before a
+# field existed describe the same language and keep their digests.
 LANGUAGE_FIELDS = ("seed", "vocab_size", "n_topics", "order", "successors", "topic_vocab_size",
                    "concentration", "floor")
+OPTIONAL_LANGUAGE_FIELDS = {"switch": 0.0}
+
+
+def language_fields(section: Any) -> dict:
+  """{field: value} of a language section: LANGUAGE_FIELDS and the optional fields it
+  sets (what identifies the language, e.g. in a judge's record)."""
+  out = {f: section[f] for f in LANGUAGE_FIELDS if f in section}
+  out.update({f: section[f] for f in OPTIONAL_LANGUAGE_FIELDS if f in section})
+  return out
 
 
 def language_from_config(section: Any) -> SyntheticLanguage:
-  """The language a config section (``LANGUAGE_FIELDS``, dict-like) describes.
+  """The language a config section (``LANGUAGE_FIELDS``, plus optionally ``switch``;
+  dict-like) describes.
 
   Raises ValueError naming missing fields or a bad value.
   """
@@ -198,8 +225,9 @@ def language_from_config(section: Any) -> SyntheticLanguage:
   if missing:
     raise ValueError(f"the synthetic language lacks {missing}; it needs "
                      f"{list(LANGUAGE_FIELDS)}")
+  optional = {f: section[f] if f in section else d for f, d in OPTIONAL_LANGUAGE_FIELDS.items()}
   return make_language(int(section["seed"]),
-                       **{f: section[f] for f in LANGUAGE_FIELDS if f != "seed"})
+                       **{f: section[f] for f in LANGUAGE_FIELDS if f != "seed"}, **optional)
 
 
 def _next_context(lang: SyntheticLanguage, context: np.ndarray,
@@ -258,7 +286,8 @@ def sample_corpus(lang: SyntheticLanguage, seed: int, n_sequences: int, length: 
     return_topics: also return the topic of every sequence.
 
   Returns:
-    int32[N, L] token ids in [0, V), and int32[N] topics if ``return_topics``.
+    int32[N, L] token ids in [0, V), and int32[N] topics if ``return_topics`` (with
+    topic switches: int32[N, L], the topic of every position).
   """
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -269,7 +298,14 @@ def sample_corpus(lang: SyntheticLanguage, seed: int, n_sequences: int, length: 
   topics = rng.choice(lang.n_topics, size=n_sequences, p=lang.topic_probs)
   context = np.full(n_sequences, lang.start_context, dtype=np.int64)
   tokens = np.empty((n_sequences, length), dtype=np.int32)
+  path = np.empty((n_sequences, length), dtype=np.int32)
   for t in range(length):
+    if lang.switch > 0.0 and t > 0:
+      # Only with switches: rho = 0 draws exactly the stream of one topic per sequence.
+      redraw = rng.random(n_sequences) < lang.switch
+      fresh = rng.choice(lang.n_topics, size=n_sequences, p=lang.topic_probs)
+      topics = np.where(redraw, fresh, topics)
+    path[:, t] = topics
     u_choice = rng.random(n_sequences)
     u_floor = rng.random(n_sequences)
     uniform = rng.integers(0, lang.vocab_size, size=n_sequences)
@@ -281,38 +317,76 @@ def sample_corpus(lang: SyntheticLanguage, seed: int, n_sequences: int, length: 
     tokens[:, t] = tok
     context = _next_context(lang, context, tok.astype(np.int64))
   if return_topics:
-    return tokens, topics.astype(np.int32)
+    return tokens, (path if lang.switch > 0.0 else topics.astype(np.int32))
   return tokens
 
 
+def _emission_logs(lang: SyntheticLanguage, x: np.ndarray) -> np.ndarray:
+  """float64[N, L, K]: ``log P_k(x_t | c_t)`` of every position under every topic."""
+  ctx = _contexts(lang, x)
+  out = np.empty(x.shape + (lang.n_topics,), dtype=np.float64)
+  floor_part = lang.floor / lang.vocab_size
+  for k in range(lang.n_topics):
+    hit = lang.successors[k][ctx] == x[:, :, None]
+    q = (lang.successor_probs[k][ctx] * hit).sum(axis=-1)
+    out[:, :, k] = np.log((1.0 - lang.floor) * q + floor_part)
+  return out
+
+
 def topic_log_likelihoods(lang: SyntheticLanguage, tokens) -> np.ndarray:
-  """Exact ``log P_k(x)`` of each sequence under each topic's chain.
+  """Exact ``log P_k(x)`` of each sequence under each topic's chain (the whole sequence
+  in topic k).
 
   Args:
     lang: the language.
     tokens: int[N, L] text ids in [0, V).
 
   Returns:
-    float64[N, K]; ``log_likelihood`` is their log-sum-exp with ``log pi``.
+    float64[N, K]; without topic switches ``log_likelihood`` is their log-sum-exp with
+    ``log pi``.
   """
   tokens = _check_text_tokens(lang, tokens)
   n, length = tokens.shape
   out = np.empty((n, lang.n_topics), dtype=np.float64)
   chunk = max(1, _SCORE_CHUNK_TOKENS // length)
-  floor_part = lang.floor / lang.vocab_size
   for start in range(0, n, chunk):
     x = tokens[start:start + chunk].astype(np.int64)
-    ctx = _contexts(lang, x)
-    for k in range(lang.n_topics):
-      hit = lang.successors[k][ctx] == x[:, :, None]
-      q = (lang.successor_probs[k][ctx] * hit).sum(axis=-1)
-      out[start:start + chunk, k] = np.log(
-          (1.0 - lang.floor) * q + floor_part).sum(axis=1)
+    out[start:start + chunk] = _emission_logs(lang, x).sum(axis=1)
+  return out
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+  top = a.max(axis=axis, keepdims=True)
+  return np.squeeze(top, axis) + np.log(np.exp(a - top).sum(axis=axis))
+
+
+def _switching_log_likelihood(lang: SyntheticLanguage, tokens: np.ndarray) -> np.ndarray:
+  """float64[N]: the forward recursion over topic paths,
+
+      a_1(k) = log pi_k + e_1(k),
+      a_t(k) = e_t(k) + log[(1 - rho) exp a_{t-1}(k) + rho pi_k sum_j exp a_{t-1}(j)],
+
+  with e_t(k) = log P_k(x_t | c_t) and log p(x) = logsumexp_k a_L(k)."""
+  n, length = tokens.shape
+  out = np.empty(n, dtype=np.float64)
+  chunk = max(1, _SCORE_CHUNK_TOKENS // (length * lang.n_topics))
+  log_pi = np.log(lang.topic_probs)
+  log_stay, log_move = np.log1p(-lang.switch), np.log(lang.switch)
+  for start in range(0, n, chunk):
+    e = _emission_logs(lang, tokens[start:start + chunk].astype(np.int64))
+    a = log_pi + e[:, 0]
+    for t in range(1, length):
+      total = _logsumexp(a, axis=1)[:, None]
+      a = e[:, t] + np.logaddexp(log_stay + a, log_move + log_pi + total)
+    out[start:start + chunk] = _logsumexp(a, axis=1)
   return out
 
 
 def log_likelihood(lang: SyntheticLanguage, tokens) -> np.ndarray:
-  """Exact ``log p(x) = log sum_k pi_k P_k(x)`` of each sequence, float64[N]."""
+  """Exact ``log p(x)`` of each sequence, float64[N]: ``log sum_k pi_k P_k(x)`` (one topic
+  per sequence), or with topic switches the forward recursion over topic paths."""
+  if lang.switch > 0.0:
+    return _switching_log_likelihood(lang, _check_text_tokens(lang, tokens))
   per_topic = topic_log_likelihoods(lang, tokens) + np.log(lang.topic_probs)
   top = per_topic.max(axis=1, keepdims=True)
   return (top + np.log(np.exp(per_topic - top).sum(axis=1, keepdims=True)))[:, 0]
@@ -350,6 +424,9 @@ def position_marginals(lang: SyntheticLanguage, length: int, *,
   """
   if length < 1:
     raise ValueError(f"length must be positive, got {length}")
+  if lang.switch > 0.0:
+    raise ValueError(f"position marginals are built for one topic per sequence; this "
+                     f"language switches topics (switch={lang.switch})")
   v = lang.vocab_size
   base = v + 1
   n_tails = base ** (lang.order - 1)

@@ -373,7 +373,7 @@ def build_judge(cfg: ml_collections.ConfigDict, *, process, max_length: int, mes
     except ValueError as e:
       raise EvalError(f"{prefix}.synthetic: {e}") from e
     return SyntheticJudge(lang, process=process, progress=progress,
-                          settings={f: cfg.synthetic[f] for f in synthetic.LANGUAGE_FIELDS})
+                          settings=synthetic.language_fields(cfg.synthetic))
   from tokendrift_jax.data import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
   from tokendrift_jax.eval import genppl  # pylint: disable=import-outside-toplevel
   if not str(cfg.judge):

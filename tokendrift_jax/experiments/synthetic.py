@@ -281,7 +281,9 @@ def _evaluate(config, backbone: str, lang, seeds, mesh) -> list[dict]:
   params = sharding.to_global(params, sharding.replicated(mesh))
   rows = []
   for tau in temperatures(config):
-    key = (cfg, process_name, lang.seed, int(ev.batch), id(mesh), tau)
+    # The language by all its fields (two languages of one seed differ in the others).
+    language_key = tuple(sorted(synthetic.language_fields(config.language).items()))
+    key = (cfg, process_name, language_key, int(ev.batch), id(mesh), tau)
     if key not in _EVALUATORS:  # one compiled sampler per temperature for every backbone
       process = make_process_for_model(process_name, cfg)
       judge = judges.SyntheticJudge(lang, process=process, progress=False)
