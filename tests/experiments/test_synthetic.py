@@ -17,6 +17,9 @@ def _tiny_experiment(workdir):
   c = demo.get_config()
   c.workdir = workdir
   c.language.update(dict(vocab_size=20, n_topics=2, successors=2, topic_vocab_size=8))
+  # Topic switches, as the study testbed's language (configs/study_mdlm.py): the stages and
+  # the exact judge of that language run here (its exactness: tests/data/test_synthetic.py).
+  c.language.switch = 0.1
   c.model.update(dict(vocab_size=21, hidden_size=32, cond_dim=16, n_blocks=2, n_heads=4,
                       length=8))
   c.corpus.update(dict(train_sequences=256, valid_sequences=16))
