@@ -54,7 +54,6 @@ from tokendrift_jax.eval import plots
 from tokendrift_jax.eval import report
 from tokendrift_jax.eval import sampling_eval
 from tokendrift_jax.perf import budget
-from tokendrift_jax.objectives import sdtt
 from tokendrift_jax.train import trainer
 
 def language(config) -> synthetic.SyntheticLanguage:
@@ -196,31 +195,27 @@ def plan(config, workdir: str, data: dict) -> list[Stage]:
   return stages
 
 
-# The field of each distillation objective that sets its round length (teacher refresh).
-ROUND_FIELDS = {"sdtt": ("sdtt", "round_steps"), "dcd": ("dcd", "update_teacher_every")}
-
-
 def matched_baseline(cfg, drift_cfg, rounds: int | None):
   """``cfg`` (a distillation stage) with the most steps whose model FLOPs fit the
   TokenDrift stage ``drift_cfg``'s, a multiple of ``rounds``, split into ``rounds`` equal
-  teacher rounds (SDTT: at most the rounds its grid allows)."""
+  teacher rounds (at most the rounds its config allows, ``Objective.max_rounds``)."""
   objective = str(cfg.objective)
-  if objective not in ROUND_FIELDS:
+  try:
+    kind = objectives.get(objective)
+  except ValueError as e:
+    raise trainer.TrainError(f"refine.baselines: {e}") from e
+  if kind.round_field is None:
+    distill = sorted(n for n in objectives.names() if objectives.get(n).round_field)
     raise trainer.TrainError(f"refine.baselines: {objective!r} is not a distillation "
-                             f"objective; expected some of {sorted(ROUND_FIELDS)}")
-  section, field = ROUND_FIELDS[objective]
+                             f"objective; expected some of {distill}")
+  section, field = kind.round_field
   if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
     raise trainer.TrainError(f"refine.baseline_rounds[{objective!r}] must be an int >= 1 "
                              f"(the baseline's teacher rounds), got {rounds!r}")
-  if objective == "sdtt":
-    s = cfg.sdtt
-    allowed = sdtt.rounds_allowed(
-        sampling_eps=float(cfg.diffusion.sampling_eps),
-        initial_sampling_steps=int(s.initial_sampling_steps),
-        num_distill_steps=int(s.num_distill_steps), min_sampling_steps=int(s.min_sampling_steps))
-    if not 1 <= rounds <= allowed:
-      raise trainer.TrainError(f"refine.baseline_rounds['sdtt']={rounds} must be in [1, "
-                               f"{allowed}] (the rounds config.sdtt's grid allows)")
+  allowed = kind.max_rounds(cfg)
+  if allowed is not None and not 1 <= rounds <= allowed:
+    raise trainer.TrainError(f"refine.baseline_rounds[{objective!r}]={rounds} must be in "
+                             f"[1, {allowed}] (the rounds config.{section} allows)")
   c = copy.deepcopy(cfg)
   # One round while counting: the FLOPs of a step do not depend on the round length.
   c[section][field] = c.train.steps = 1
@@ -262,7 +257,11 @@ def _train_stage(stage: Stage, workdir: str) -> str:
 
 
 _EVALUATORS: dict = {}
-BASELINE_LABELS = {"sdtt": "SDTT", "dcd": "DCD"}
+
+
+def baseline_label(name: str) -> str:
+  """A baseline's row label: its objective's ``label``."""
+  return objectives.get(name).label or name
 
 
 def temperatures(config) -> tuple[float, ...]:
@@ -491,7 +490,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   summary = {k: report.summarize(v) for k, v in at_one.items()}
   main = [("Pretrained", summary["pretrained"]), ("Cont. learning", summary["continuation"]),
           ("TokenDrift", summary["drift"])]
-  main += [(BASELINE_LABELS.get(b, b), summary[b]) for b in baselines]
+  main += [(baseline_label(b), summary[b]) for b in baselines]
   table = report.markdown_table(main)
   floor = {s["nfe"]: s for s in summary["language samples"]}
   any_nfe = next(iter(floor.values()))
@@ -510,7 +509,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     reference = frontier.reference_entropy(results["pretrained"])
     labelled = [(label, results[m]) for label, m in
                 [("Pretrained", "pretrained"), ("Cont. learning", "continuation"),
-                 ("TokenDrift", "drift")] + [(BASELINE_LABELS.get(b, b), b) for b in baselines]]
+                 ("TokenDrift", "drift")] + [(baseline_label(b), b) for b in baselines]]
     table += (f"\nAt matched entropy (temperatures {list(temperatures(config))}; each seed's "
               f"sweep read at the pretrained model's τ = 1 entropy, never extrapolated):\n\n"
               + frontier.markdown(labelled, reference) + "\n")

@@ -53,12 +53,29 @@ class Objective(abc.ABC):
     metric_temperatures: the labels of metrics shaped [T] (logged one scalar per label).
     section_checks: ``(field, check)`` pairs of its section (``config_checks`` checks:
       type, range, finiteness of one value), applied by :meth:`check_section`.
+    label: its name in tables ("TokenDrift", "SDTT"); "" = :attr:`name`.
+    round_field: distillation objectives: the (section, field) of the steps per teacher
+      round (the teacher refresh), which an experiment sets to spread a budget over its
+      rounds; None for objectives without a teacher.
   """
   name: ClassVar[str] = ""
   section: ClassVar[str | None] = None
   frozen_kind: ClassVar[str | None] = None
   needs_init_checkpoint: ClassVar[bool] = False
   section_checks: ClassVar[tuple[tuple[str, config_checks.Check], ...]] = ()
+  label: ClassVar[str] = ""
+  round_field: ClassVar[tuple[str, str] | None] = None
+
+  def benchmark_fields(self) -> dict:
+    """Settings of this objective a benchmark row records beside its time (TokenDrift: its
+    queue size ``queue_size``); {} by default."""
+    return {}
+
+  @classmethod
+  def max_rounds(cls, config) -> int | None:
+    """The most teacher rounds ``config`` allows (None: no limit, or no teacher)."""
+    del config
+    return None
 
   @classmethod
   def check_section(cls, section) -> None:

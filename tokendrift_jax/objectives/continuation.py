@@ -20,6 +20,7 @@ from tokendrift_jax.train import prompt as prompt_lib
 class Continuation(Objective):
   """Trains the generator on its process's loss (no hyper-parameters of its own)."""
   name = "continuation"
+  label = "Cont. learning"
 
   @classmethod
   def from_config(cls, config, model_cfg, process) -> "Continuation":

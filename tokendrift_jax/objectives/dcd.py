@@ -269,6 +269,8 @@ class DCD(base.Objective):
   teacher at x_s, KL(student ‖ teacher); auxiliary state {"teacher": params, "round": int32}.
   """
   name: ClassVar[str] = "dcd"
+  label: ClassVar[str] = "DCD"
+  round_field: ClassVar[tuple[str, str]] = ("dcd", "update_teacher_every")
   section: ClassVar[str | None] = "dcd"
   needs_init_checkpoint: ClassVar[bool] = True
   # Each field's own type and range; from_config checks how they relate (gamma_min <

@@ -264,6 +264,18 @@ class SDTT(Objective):
   sampling_eps: float = 1e-3
 
   name: ClassVar[str] = "sdtt"
+  label: ClassVar[str] = "SDTT"
+  round_field: ClassVar[tuple[str, str]] = ("sdtt", "round_steps")
+
+  @classmethod
+  def max_rounds(cls, config) -> int:
+    """The rounds config.sdtt's grid allows before the released code stops
+    (:func:`rounds_allowed`)."""
+    s = config.sdtt
+    return rounds_allowed(
+        sampling_eps=float(config.diffusion.sampling_eps),
+        initial_sampling_steps=int(s.initial_sampling_steps),
+        num_distill_steps=int(s.num_distill_steps), min_sampling_steps=int(s.min_sampling_steps))
   section: ClassVar[str | None] = "sdtt"
   needs_init_checkpoint: ClassVar[bool] = True
   # Each field's own type and range; from_config checks how they relate (the rounds

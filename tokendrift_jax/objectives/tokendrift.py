@@ -223,6 +223,7 @@ class TokenDrift(Objective):
   config: obj_lib.DriftConfig
   feature_dim: int
   name = "drift"
+  label = "TokenDrift"
   section = "drift"
   frozen_kind = "encoder"
   needs_init_checkpoint = True
@@ -258,6 +259,9 @@ class TokenDrift(Objective):
   @property
   def queue_size(self) -> int:
     return self.config.queue_size
+
+  def benchmark_fields(self) -> dict:
+    return {"queue_size": self.queue_size}
 
   @property
   def metric_temperatures(self) -> tuple[float, ...]:

@@ -352,7 +352,7 @@ def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_ba
       "dtype": str(c.model.dtype), "attention_impl": str(c.model.attention_impl or "default"),
       "remat_policy": remat_policy(c) or "none",
       "scan_layers": bool(c.model.get("scan_layers", False)),
-      "queue_size": getattr(setup.objective, "queue_size", None),  # TokenDrift's Q
+      "queue_size": setup.objective.benchmark_fields().get("queue_size"),  # TokenDrift's Q
       "params": mcfg.num_params(), "feature_dim": mcfg.feature_dim,
       "lower_s": t1 - t0, "compile_s": t2 - t1, "first_step_s": first,
       "step_s": step_s, "step_s_all": times, "step_s_min": min(times),
