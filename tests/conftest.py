@@ -523,7 +523,7 @@ TORCH_DREAM_TINY = dict(hidden_size=64, num_attention_heads=4, num_key_value_hea
                         num_hidden_layers=3, intermediate_size=80, vocab_size=176,
                         max_position_embeddings=32, rope_theta=1000000.0, rms_norm_eps=1e-5,
                         mask_token_id=170, pad_token_id=160, bos_token_id=160,
-                        eos_token_id=161, max_window_layers=3)
+                        eos_token_id=161)
 
 
 def _dream_hf_config(**over) -> dict:
