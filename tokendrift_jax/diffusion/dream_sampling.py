@@ -2,7 +2,7 @@
 
 The state is the prompt (int[B, P], possibly empty) followed by G = gen_length masks
 (``F.pad(input_ids, (0, max_length - P), value=mask_token_id)``). With the times
-t_0..t_S = ``torch.linspace(1, eps, steps + 1)`` (float32; :func:`timesteps`), step
+t_0..t_S = ``torch.linspace(1, eps, steps + 1)`` (float32; :func:`timestep`), step
 i = 0..S−1 (t = t_i, s = t_{i+1}):
 
   1. logits = f(x), **aligned** as generation_utils.py aligns them
@@ -76,9 +76,12 @@ ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 def timestep(j: jax.Array | int, steps: jax.Array | int, eps: float) -> jax.Array:
-  """t_j of ``torch.linspace(1, eps, steps + 1)`` in float32, as torch's CPU kernel
-  computes it: with n = steps + 1 points and δ = (eps − 1) / (n − 1), 1 + δ·j for
-  j < n // 2, else eps − δ·(n − 1 − j) (so both ends are exact)."""
+  """t_j of ``torch.linspace(1, eps, steps + 1)`` in float32, by the formula of torch's
+  linspace kernels: with n = steps + 1 points and δ = (eps − 1) / (n − 1), 1 + δ·j for
+  j < n // 2, else eps − δ·(n − 1 − j) (so both ends are exact). torch's own values can
+  differ from it by 1 ulp (its CPU kernel vectorises as base + lane·δ, its CUDA kernel may
+  contract to an FMA); what that can change, int(n̄ (1 − s/t)) at an exact integer or
+  u < 1 − s/t at equality, is a measure-zero event the tests check their draws avoid."""
   j = jnp.asarray(j, jnp.int32)
   steps = jnp.asarray(steps, jnp.int32)
   one, end = jnp.float32(1.0), jnp.float32(eps)
