@@ -617,6 +617,17 @@ def tiny_llada_run_config():
 
 
 @pytest.fixture(scope="session")
+def tiny_dream_run_config():
+  """Factory: ``tiny_dream_run_config(tmp, objective="drift", *, prompt_mode="none",
+  prompt_length=0, global_batch=16, micro_batch=8, queue_size=24, seed=0)``:
+  configs/dream_drift.py with a tiny Dream (vocab 256, mask 250, width 64, 2 blocks, GQA 4
+  -> 2 heads, length 16), its random backbone and token data written under ``tmp`` (once),
+  on one device."""
+  from tests.helpers import tiny_run  # pylint: disable=import-outside-toplevel
+  return tiny_run.tiny_dream_run_config
+
+
+@pytest.fixture(scope="session")
 def with_periodic_eval():
   """Factory: ``with_periodic_eval(config, every, nfe=(2,), num_samples=8, batch=4)`` turns
   on validation NLL and the sampling hook (judged by the tiny synthetic language)."""
