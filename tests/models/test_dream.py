@@ -23,8 +23,9 @@ from tokendrift_jax.models import dream
 from tokendrift_jax.models.dream import DreamConfig
 
 # Float32 forward vs float64 reference: 4.3e-7 (GQA, untied) and 3.6e-7 (MHA, tied)
-# measured on this CPU (float32 rounding ~6e-8 per op over 3 blocks); 1e-4 is the project's parity bound and far below what a
-# wrong term gives (a missing bias or a misaligned position moves logits by O(1)).
+# measured on this CPU (float32 rounding ~6e-8 per op over 3 blocks); 1e-4 is the project's
+# parity bound and far below what a wrong term gives (a missing bias or a misaligned
+# position moves logits by O(1)).
 REL_TOL = 1e-4
 
 CASES = {"gqa_untied": {}, "mha_tied": dict(num_key_value_heads=4, tie_word_embeddings=True)}

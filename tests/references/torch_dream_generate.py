@@ -14,8 +14,9 @@ argmax(log probs − log(−log u)); ``u_order(i)`` float32 [B, T] replaces ``to
 'origin' (u < p) and ``torch.multinomial`` without replacement by its Gumbel-top-k
 realisation (the k largest of log w − log(−log u)). The logits and probabilities are
 float64 (the denoiser is float64); the times, n̄ and k are float32 torch tensors as in the
-public code (``count``: how close n̄ (1 − s/t) came to an integer). Every choice's margin is recorded so that a test can check that float32
-rounding of the JAX side cannot have flipped it.
+public code (``count``: how close n̄ (1 − s/t) came to an integer). Every choice's margin
+is recorded so that a test can check that float32 rounding of the JAX side cannot have
+flipped it.
 """
 
 from __future__ import annotations
