@@ -174,3 +174,17 @@ def test_process_and_ema_are_refused(release, tmp_path, capsys):
   assert "--process llada: Dream weights belong to the 'dream'" in err
   err = _fails(capsys, src, tmp_path / "b", "--ema")
   assert "--ema applies to Lightning .ckpt files only" in err
+
+
+def test_the_7b_config_json_is_sizes_7b():
+  """Dream-v0-Base-7B's config.json (full_hf_config's defaults, docs/MODEL.md) reads as
+  sizes["7b"], with its special ids in the notes; 3 + 12 per block tensor names."""
+  # pylint: disable=import-outside-toplevel
+  from convert.dream import hf_config_to_dream, hf_names
+  from tests.references.torch_dream import full_hf_config
+  from tokendrift_jax import models
+  from tokendrift_jax.models.dream import DreamConfig
+  config, notes = hf_config_to_dream(full_hf_config(), "config.json")
+  assert config == DreamConfig(**models.get_family("dream").sizes["7b"]) == DreamConfig()
+  assert notes == {"pad_token_id": 151643, "bos_token_id": 151643, "eos_token_id": 151643}
+  assert len(hf_names(config)) == 3 + 12 * 28
