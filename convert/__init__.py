@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-CONVERTERS = {"dit": "convert.dit", "llada": "convert.llada"}
+CONVERTERS = {"dit": "convert.dit", "dream": "convert.dream", "llada": "convert.llada"}
 _REGISTERED: dict[str, ModuleType] = {}
 
 
@@ -98,7 +98,8 @@ def shard_path(src: str, name, index: str) -> str:
 
 def detect_family(src: str) -> str:
   """The family of a source when --family is not given: an HF directory's config.json says
-  it (``model_type`` / ``architectures``: LLaDA -> "llada"); everything else is a DiT."""
+  it (``model_type`` / ``architectures``: LLaDA -> "llada"; Dream's ``model_type`` "Dream"
+  or ``DreamModel`` -> "dream"); everything else is a DiT."""
   import os  # pylint: disable=import-outside-toplevel
   cfg_path = os.path.join(src, "config.json")
   if not os.path.isfile(cfg_path):
@@ -108,4 +109,8 @@ def detect_family(src: str) -> str:
     return "dit"
   names = [str(cfg.get("model_type", ""))] + [str(a) for a in cfg.get("architectures") or []
                                               if isinstance(cfg.get("architectures"), list)]
-  return "llada" if any("llada" in n.lower() for n in names) else "dit"
+  if any("llada" in n.lower() for n in names):
+    return "llada"
+  if names[0] == "Dream" or "DreamModel" in names[1:]:
+    return "dream"
+  return "dit"

@@ -60,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--family", default=None,
                       help=f"model family of SRC (known: {registry.families()}); default: "
                            f"from an HF directory's config.json (model_type / architectures "
-                           f"naming LLaDA: llada), else dit")
+                           f"naming LLaDA: llada; model_type \"Dream\" / DreamModel: dream), "
+                           f"else dit")
   parser.add_argument("--process", choices=process_registry.names(),
                       help="diffusion process of the weights, mdlm (masked), duo (uniform) or "
-                           "llada (LLaDA's masked process); needed when SRC does not say")
+                           "llada (LLaDA's masked process) or dream (Dream's); needed when SRC "
+                           "does not say")
   parser.add_argument("--config", metavar="JSON",
                       help="the family's config fields as a JSON object or file; overrides "
                            "SRC's")

@@ -512,6 +512,53 @@ def save_llada_dir():
   return save_hf_dir
 
 
+# ---------------------------------------------------------------------- PyTorch Dream directories
+# Tiny Dream releases (tests/references/torch_dream.py): config.json with every DreamConfig
+# field explicit, safetensors shards + index. Shared by tests/models/test_dream.py and
+# tests/convert/test_dream.py. Sizes pairwise distinct (V 176, d 64, kv 32, mlp 80) so that a
+# transposed or swapped tensor cannot pass a shape check; rope_theta and rms_norm_eps are
+# not the class defaults, so a converter reading the default instead fails parity.
+
+TORCH_DREAM_TINY = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                        num_hidden_layers=3, intermediate_size=80, vocab_size=176,
+                        max_position_embeddings=32, rope_theta=1000000.0, rms_norm_eps=1e-5,
+                        mask_token_id=170, pad_token_id=160, bos_token_id=160,
+                        eos_token_id=161)
+
+
+def _dream_hf_config(**over) -> dict:
+  from tests.references.torch_dream import full_hf_config  # pylint: disable=import-outside-toplevel
+  return full_hf_config(**dict(TORCH_DREAM_TINY, **over))
+
+
+def _build_torch_dream(cfg: dict, seed: int = 0):
+  # pylint: disable=import-outside-toplevel
+  from tests.references.torch_dream import Dream, randomize_
+  return randomize_(Dream(cfg), seed).eval()
+
+
+@pytest.fixture(scope="session")
+def dream_hf_config():
+  """Factory: ``dream_hf_config(**over) -> dict``, the config.json of a tiny Dream (GQA 4 ->
+  2 heads, 3 blocks, rope_theta 1e6 as the 7B, rms_norm_eps 1e-5, mask id 170 of 176)."""
+  return _dream_hf_config
+
+
+@pytest.fixture(scope="session")
+def build_torch_dream():
+  """Factory: ``build_torch_dream(cfg, seed=0)``, a randomized PyTorch Dream in eval mode
+  (biases non-zero, norm weights around but not at 1)."""
+  return _build_torch_dream
+
+
+@pytest.fixture(scope="session")
+def save_dream_dir():
+  """Factory: ``save_dream_dir(model, path, n_shards=3, dtype=torch.float32) -> path``, an
+  HF Dream directory (config.json, shards + model.safetensors.index.json)."""
+  from tests.references.torch_dream import save_hf_dir  # pylint: disable=import-outside-toplevel
+  return save_hf_dir
+
+
 # ---------------------------------------------------------------------- tiny training runs
 # The builders live in tests/helpers/tiny_run.py (a plain module) because the config files
 # of the launch/train.py subprocess tests import them in the child process.
@@ -567,6 +614,17 @@ def tiny_llada_run_config():
   companion prompt lengths written under ``tmp`` (once)."""
   from tests.helpers import tiny_run  # pylint: disable=import-outside-toplevel
   return tiny_run.tiny_llada_run_config
+
+
+@pytest.fixture(scope="session")
+def tiny_dream_run_config():
+  """Factory: ``tiny_dream_run_config(tmp, objective="drift", *, prompt_mode="none",
+  prompt_length=0, global_batch=16, micro_batch=8, queue_size=24, seed=0)``:
+  configs/dream_drift.py with a tiny Dream (vocab 256, mask 250, width 64, 2 blocks, GQA 4
+  -> 2 heads, length 16), its random backbone and token data written under ``tmp`` (once),
+  on one device."""
+  from tests.helpers import tiny_run  # pylint: disable=import-outside-toplevel
+  return tiny_run.tiny_dream_run_config
 
 
 @pytest.fixture(scope="session")

@@ -331,4 +331,4 @@ def test_exporter_registry(monkeypatch):
   monkeypatch.setitem(convert._REGISTERED, "toy", toy)  # pylint: disable=protected-access
   with pytest.raises(convert.ConversionError, match="no exporter for model family 'toy'"):
     convert.get_exporter("toy")
-  assert convert.exporter_families() == ["dit", "llada"]
+  assert convert.exporter_families() == ["dit", "dream", "llada"]

@@ -148,6 +148,59 @@ def make_prompt_lengths(tokens_path: str, length: int, seed: int) -> str:
   return path
 
 
+TINY_DREAM = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, length=16,
+                  rope_theta=1000000.0, rms_norm_eps=1e-6, mask_token_id=250,
+                  tie_word_embeddings=False, dropout=0.0)
+
+
+def tiny_dream_run_config(tmp: str, objective: str = "drift", *, prompt_mode: str = "none",
+                          prompt_length: int = 0, global_batch: int = 16, micro_batch: int = 8,
+                          queue_size: int = 24, seed: int = 0):
+  """A complete tiny Dream run config (configs/dream_drift.py with the tiny architecture),
+  its backbone (every leaf perturbed: norms and biases start at one and zero) and token
+  data written under ``tmp`` (once)."""
+  # pylint: disable=import-outside-toplevel
+  from configs import dream_drift
+  from tokendrift_jax.models.dream import DreamConfig
+  os.makedirs(tmp, exist_ok=True)
+  init = os.path.join(tmp, "dream_init")
+  if not os.path.isdir(init):
+    cfg = DreamConfig(**TINY_DREAM)
+    checkpoints.save_backbone(init, cfg, random_params(cfg, 11), meta={"process": "dream"})
+  train_npy = os.path.join(tmp, "dream_train.npy")
+  if not os.path.exists(train_npy):
+    make_tokens(train_npy, 96, TINY_DREAM["length"], TINY_LLADA_TEXT_VOCAB, seed=5)
+    make_tokens(os.path.join(tmp, "dream_valid.npy"), 32, TINY_DREAM["length"],
+                TINY_LLADA_TEXT_VOCAB, seed=6)
+  c = dream_drift.get_config()
+  c.seed = seed
+  c.objective = objective
+  c.init_checkpoint = init
+  c.model.update(TINY_DREAM)
+  c.model.dtype = "float32"
+  c.model.remat = False
+  c.data.kind = "tokens"
+  c.data.train_tokens = train_npy
+  c.data.valid_tokens = os.path.join(tmp, "dream_valid.npy")
+  c.batch.global_batch = global_batch
+  c.batch.micro_batch = micro_batch
+  c.batch.eval_global_batch = 8
+  c.mesh.shape = (1, 1)
+  c.mesh.num_devices = 1
+  c.mesh.param_sharding = "replicated"
+  c.prompt.mode = prompt_mode
+  c.prompt.length = prompt_length
+  c.drift.queue_size = queue_size
+  c.optim.lr = 1e-3   # large enough that parameters visibly move in one step
+  c.train.steps = 1
+  c.train.log_every = 1
+  c.train.checkpoint_every = 1000
+  c.train.eval_every = 0
+  c.train.progress = False
+  return c
+
+
 def tiny_llada_run_config(tmp: str, objective: str = "drift", *, steps: int = 1,
                           mesh_shape=(-1, 1), num_devices: int = 0,
                           param_sharding: str = "replicated", global_batch: int = 16,

@@ -1,5 +1,5 @@
-"""Discrete diffusion processes (MDLM absorbing state, DUO uniform state, LLaDA masked) and
-samplers.
+"""Discrete diffusion processes (MDLM absorbing state, DUO uniform state, LLaDA and Dream
+masked) and samplers.
 
 Every process is a :class:`~tokendrift_jax.diffusion.base.Process` (``sample_t``,
 ``model_sigma``, ``corrupt``, ``prior``, ``log_probs``, ``probs``, ``predicted_positions``,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from tokendrift_jax.diffusion import registry
 from tokendrift_jax.diffusion.base import Process
+from tokendrift_jax.diffusion.dream import DreamProcess
 from tokendrift_jax.diffusion.duo import DUOProcess
 from tokendrift_jax.diffusion.llada import LLaDAProcess
 from tokendrift_jax.diffusion.mdlm import MDLMProcess
@@ -50,7 +51,7 @@ def process_from_config(config, model_cfg) -> Process:
 
 
 __all__ = [
-    "DUOProcess", "LLaDAProcess", "LoopProcess", "MDLMProcess", "NLLMeter", "Process",
+    "DUOProcess", "DreamProcess", "LLaDAProcess", "LoopProcess", "MDLMProcess", "NLLMeter", "Process",
     "SampleResult", "make_process", "make_process_for_model", "make_sampler",
     "nll_metrics", "process_from_config", "process_names", "reduce_nelbo",
     "register_process", "sample", "sampling_loop",

@@ -1,8 +1,9 @@
 """The diffusion processes by name: ``config.diffusion.process`` and a checkpoint's
 ``meta['process']`` (the process contract is :class:`tokendrift_jax.diffusion.base.Process`).
 
-Built in: ``mdlm`` (absorbing state), ``duo`` (uniform state) and ``llada`` (LLaDA's masked
-process), each the ``PROCESS`` of its module, imported on first use, so that reading the
+Built in: ``mdlm`` (absorbing state), ``duo`` (uniform state), ``llada`` (LLaDA's masked
+process) and ``dream`` (Dream's), each the ``PROCESS`` of its module, imported on first
+use, so that reading the
 names (checkpoints, ``python -m convert``) imports none of them; :func:`register_process`
 adds a process defined elsewhere (a test file, a user's module) under its ``name``.
 """
@@ -17,6 +18,7 @@ BUILTIN = {
     "mdlm": "tokendrift_jax.diffusion.mdlm",
     "duo": "tokendrift_jax.diffusion.duo",
     "llada": "tokendrift_jax.diffusion.llada",
+    "dream": "tokendrift_jax.diffusion.dream",
 }
 
 REGISTRY = plugins.Registry(

@@ -15,7 +15,8 @@ from flax import nnx
 
 from tokendrift_jax.models.base import BackboneConfig, Family, FlopModel
 
-_BUILTIN = {"dit": "tokendrift_jax.models.dit", "llada": "tokendrift_jax.models.llada"}
+_BUILTIN = {"dit": "tokendrift_jax.models.dit", "dream": "tokendrift_jax.models.dream",
+            "llada": "tokendrift_jax.models.llada"}
 _REGISTRY: dict[str, Family] = {}
 # Fields of config.model that say how a backbone computes, not what it is.
 COMPUTE_FIELDS = ("family", "dtype", "attention_impl", "remat", "remat_policy", "scan_layers")
