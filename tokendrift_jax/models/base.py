@@ -21,10 +21,19 @@ attention_impl, remat, remat_policy, scan_layers, rngs)``; a family may ignore c
 options it has no use for) provides:
 
 * ``__call__(input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
-  return_hidden=False)``: int[B, L] ids or float[B, L, d] input embeddings (the soft-token
-  lift, paper Eq. 3), σ float[B] (ignored when not time-conditioned), an optional dropout
-  key; returns float32 logits [B, L, V], or ``(logits, hidden)`` with the last k block
-  outputs (each float32 [B, L, d]) when ``return_hidden=k`` (True = all);
+  return_hidden=False, attention_mask=None)``: int[B, L] ids or float[B, L, d] input
+  embeddings (the soft-token lift, paper Eq. 3), σ float[B] (ignored when not
+  time-conditioned), an optional dropout key; returns float32 logits [B, L, V], or
+  ``(logits, hidden)`` with the last k block outputs (each float32 [B, L, d]) when
+  ``return_hidden=k`` (True = all);
+* padding: ``attention_mask`` bool [B, L] (True = real token; None = all real) masks the
+  padded keys out of every query's attention, and the family places its rotary positions
+  as its public batched generation does (Dream: counted from each row's first real token;
+  LLaDA and the DiT: 0..L−1 of the padded row, relative rotary makes that the same up to
+  rounding). Outputs at padded positions are meaningless: every consumer ignores them
+  (losses, features, the drift's pooling, the samplers). With None the traced program is
+  the one the family traced before padding existed (``tests/models/test_padding.py``
+  checks the lowered text);
 * ``embedding_table()``: the token-embedding matrix E, float32 [V, d] (the lift's E).
 
 Parameters are a pure dict of float32 arrays (``nnx.to_pure_dict``), in every family.

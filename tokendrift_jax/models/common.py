@@ -1,5 +1,5 @@
-"""Building blocks shared by backbone families: remat policies, attention kernels, rotary
-embeddings on halves, explicit dropout."""
+"""Building blocks shared by backbone families: remat policies, attention kernels, the padding
+mask of attention, rotary embeddings on halves, explicit dropout."""
 
 from __future__ import annotations
 
@@ -45,15 +45,47 @@ def resolve_attention_impl(impl, dtype, head_dim: int):
   return "cudnn" if ok else "xla"
 
 
+def check_attention_mask(attention_mask, batch: int, length: int):
+  """The backbone contract's ``attention_mask`` (bool [B, L], True = real token) checked
+  against the input's [B, L]; None passes through. One-line ValueError otherwise."""
+  if attention_mask is None:
+    return None
+  shape = tuple(getattr(attention_mask, "shape", ()))
+  dtype = getattr(attention_mask, "dtype", None)
+  if shape != (batch, length) or dtype != jnp.bool_:
+    raise ValueError(f"attention_mask must be bool [B, L] = [{batch}, {length}], got "
+                     f"{dtype}{list(shape)}")
+  return attention_mask
+
+
+def key_mask(attention_mask):
+  """bool [B, L] -> bool [B, 1, 1, L], jax.nn.dot_product_attention's ``mask`` that drops
+  the padded keys from every query (heads and queries broadcast); None stays None, so an
+  unpadded call builds exactly the program it built before padding existed.
+
+  Only keys are masked: a padded query still attends to the real keys, so its output is
+  finite (a query with every key masked would average nothing), and it is ignored
+  downstream (losses, features and samplers read real positions only).
+  """
+  if attention_mask is None:
+    return None
+  return attention_mask[:, None, None, :]
+
+
 def apply_rotary(x, cos, sin):
-  """Non-interleaved rotary (halves) on x [B, L, H, Dh]; cos/sin [L, Dh/2].
+  """Non-interleaved rotary (halves) on x [B, L, H, Dh]; cos/sin [L, Dh/2] (positions
+  shared by the rows) or [B, L, Dh/2] (per-row positions, e.g. Dream's left padding).
 
   out = [x1 cos - x2 sin, x2 cos + x1 sin] with x1, x2 the two halves (flash-attn's
   ``apply_rotary_emb(interleaved=False)``, the DiT's; ``apply_rotary_pos_emb`` with
   ``rotate_half``, LLaDA's). Computed in x's dtype: both originals cast cos/sin to it.
   """
-  cos = cos.astype(x.dtype)[None, :, None, :]
-  sin = sin.astype(x.dtype)[None, :, None, :]
+  if cos.ndim == 3:
+    cos = cos.astype(x.dtype)[:, :, None, :]
+    sin = sin.astype(x.dtype)[:, :, None, :]
+  else:
+    cos = cos.astype(x.dtype)[None, :, None, :]
+    sin = sin.astype(x.dtype)[None, :, None, :]
   x1, x2 = jnp.split(x, 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 

@@ -18,6 +18,14 @@ the residual stream stay in float32, and parameters are always float32. Logits a
 returned in float32.
 
 Dropout is explicit (``dropout_rng``) so the training step stays a pure function.
+
+Padding (``attention_mask`` bool [B, L], True = real token): the released DIT has no
+attention mask (MDLM/DUO pack or wrap their text, and their padded variants only drop the
+padded positions from the loss). Here the padded keys are masked out of every query's
+attention (jax.nn.dot_product_attention's ``mask``), the backbone contract's padding.
+Rotary positions stay 0..L−1 of the padded row, as in LLaDA (no position offset): rotary
+scores depend on position differences only, so the real positions of a padded row give
+the logits of the unpadded row up to float rounding. σ conditions each row as a whole.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tokendrift_jax.models import base
-from tokendrift_jax.models.common import (apply_rotary, check_attention_impl, remat_policy_fn,
+from tokendrift_jax.models.common import (apply_rotary, check_attention_impl,
+                                          check_attention_mask, key_mask, remat_policy_fn,
                                           resolve_attention_impl)
 from tokendrift_jax.models.common import dropout as _dropout
 
@@ -214,7 +223,9 @@ class DiTBlock(nnx.Module):
     self.adaLN_modulation = _linear(cfg.cond_dim, 6 * d, bias=True, dtype=dtype, rngs=rngs,
                                     zero=True)
 
-  def __call__(self, x, cos, sin, c, dropout_rng=None):
+  def __call__(self, x, cos, sin, c, dropout_rng=None, mask=None):
+    """x float32 [B, L, d], cos/sin [L, Dh/2], c [B, cond_dim] -> [B, L, d]; mask: None
+    or bool [B, 1, 1, L], the keys attended (``common.key_mask``)."""
     b, length, d = x.shape
     (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp,
      gate_mlp) = jnp.split(self.adaLN_modulation(c), 6, axis=-1)
@@ -225,7 +236,7 @@ class DiTBlock(nnx.Module):
     q = apply_rotary(qkv[:, :, 0], cos, sin)
     k = apply_rotary(qkv[:, :, 1], cos, sin)
     attn = jax.nn.dot_product_attention(
-        q, k, qkv[:, :, 2], is_causal=False,
+        q, k, qkv[:, :, 2], mask=mask, is_causal=False,
         implementation=resolve_attention_impl(self.attention_impl, q.dtype, q.shape[-1]))
     out = self.attn_out(attn.reshape(b, length, d))
     x = x + gate_msa[:, None, :] * _dropout(out, self.dropout, rngs[0])
@@ -299,7 +310,7 @@ class DiT(nnx.Module):
     return self.vocab_embed.embedding[...]
 
   def __call__(self, input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
-               return_hidden: bool | int = False):
+               return_hidden: bool | int = False, attention_mask=None):
     """Raw backbone output (before SUBS / log-softmax).
 
     Args:
@@ -310,6 +321,9 @@ class DiT(nnx.Module):
       dropout_rng: PRNG key enabling dropout (training); None = deterministic.
       return_hidden: also return block outputs, each float32 [B, L, d]: True = all
         n_blocks, an int k = the last k (the drift features need the last two).
+      attention_mask: optional bool [B, L], True at real tokens: padded keys are attended
+        by no query (see the module doc); outputs at padded positions are meaningless.
+        None = every position is real (the same program as without the argument).
 
     Returns:
       float32[B, L, V] logits, or (logits, hidden) when ``return_hidden``.
@@ -330,6 +344,7 @@ class DiT(nnx.Module):
     b, length = x.shape[:2]
     if length > cfg.length:
       raise ValueError(f"sequence length {length} exceeds the model length {cfg.length}")
+    mask = key_mask(check_attention_mask(attention_mask, b, length))
     if sigma is None or not cfg.time_conditioning:
       sigma = jnp.zeros((b,), jnp.float32)
     sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (b,))
@@ -344,16 +359,19 @@ class DiT(nnx.Module):
     if not 0 <= n_keep <= cfg.n_blocks:
       raise ValueError(f"return_hidden={return_hidden!r} must be a bool or 0..{cfg.n_blocks}")
 
+    # The mask rides along only when given, so an unpadded call traces what it did before.
+    extra = () if mask is None else (mask,)
+
     def run_block(block, x, key):
       if self.remat:
         gdef, state = nnx.split(block)
-        return _remat_block(gdef, self.remat_policy)(state, x, cos, sin, c, key)
-      return block(x, cos, sin, c, key)
+        return _remat_block(gdef, self.remat_policy)(state, x, cos, sin, c, key, *extra)
+      return block(x, cos, sin, c, key, *extra)
 
     # Blocks before the ones whose outputs are returned may be scanned.
     n_scan = cfg.n_blocks - max(n_keep, 1) if self.scan_layers else 0
     if n_scan > 1:
-      x = self._scan_blocks(x, cos, sin, c, keys[:n_scan], n_scan)
+      x = self._scan_blocks(x, cos, sin, c, keys[:n_scan], n_scan, extra)
     else:
       n_scan = 0
     hidden = []
@@ -364,8 +382,9 @@ class DiT(nnx.Module):
     logits = self.output_layer(x, c).astype(jnp.float32)
     return (logits, hidden) if return_hidden else logits
 
-  def _scan_blocks(self, x, cos, sin, c, keys, n):
-    """x through blocks[0:n] with lax.scan over their stacked parameters."""
+  def _scan_blocks(self, x, cos, sin, c, keys, n, extra=()):
+    """x through blocks[0:n] with lax.scan over their stacked parameters (``extra``: the
+    key mask, when given, closed over as every block's)."""
     gdef, first = nnx.split(self.blocks[0])
     states = [nnx.split(self.blocks[i])[1] for i in range(n)]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), first, *states[1:])
@@ -376,8 +395,8 @@ class DiT(nnx.Module):
       state, key = inp
       key = key if use_keys else None
       if self.remat:
-        return _remat_block(gdef, self.remat_policy)(state, h, cos, sin, c, key), None
-      return nnx.merge(gdef, state)(h, cos, sin, c, key), None
+        return _remat_block(gdef, self.remat_policy)(state, h, cos, sin, c, key, *extra), None
+      return nnx.merge(gdef, state)(h, cos, sin, c, key, *extra), None
 
     x, _ = jax.lax.scan(body, x, (stacked, key_arr))
     return x

@@ -1,7 +1,7 @@
 """The Dream backbone (Dream-org/Dream-v0-Base-7B / -Instruct-7B), in Flax NNX.
 
 The same function as ``DreamModel.forward`` of the public ``modeling_dream.py`` published
-with the Dream-v0 checkpoints (no attention mask, no KV cache), whose blocks are Qwen2's:
+with the Dream-v0 checkpoints (no KV cache), whose blocks are Qwen2's:
 
   x = E[ids]                                    (or soft embeddings, [B, L, d])
   for each block (``DreamDecoderLayer``, pre-norm):
@@ -37,6 +37,20 @@ There is no time conditioning: σ is ignored. Mixed precision as LLaDA's
 in bfloat16, RMSNorm statistics, rotary and the residual stream stay float32; parameters
 are float32; logits are returned in float32. Dream's only dropout is ``attention_dropout``
 (0.0 in the releases); it is not built (the config's ``dropout`` must be 0).
+
+Padding (``attention_mask`` bool [B, L], True = real token), as the public
+``generation_utils.py`` batches left-padded prompts: rotary positions are each row's
+``tok_idx`` = cumsum(mask) − 1 (the first real token at 0; padded positions get 1, the
+release's ``masked_fill_(attention_mask == 0, 1)``), so a row's real positions see exactly
+the positions of the unpadded row; the padded keys are masked out of every query's
+attention. The release's mask is [B, 1, L, L] = real(query) ∧ real(key), which also
+empties the padded queries' rows; here only keys are masked (``common.key_mask``), which
+gives the same values at real positions and finite ones at padded positions (ignored
+downstream). The alignment reads the raw logit at i − 1 where that position is real and
+position i's own raw logit at each row's first real token (:func:`align_shift`), as the
+unpadded row's position 0 does. (The release shifts blindly, so its first real token
+reads a padded position; its sampler never reads that logit, the position being prompt,
+so every value it uses is the same.)
 """
 
 from __future__ import annotations
@@ -48,9 +62,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tokendrift_jax.models import base
-from tokendrift_jax.models.common import (apply_rotary, check_attention_impl, remat_policy_fn,
+from tokendrift_jax.models.common import (apply_rotary, check_attention_impl,
+                                          check_attention_mask, key_mask, remat_policy_fn,
                                           resolve_attention_impl)
-from tokendrift_jax.models.llada import LLaDAConfig, LLaDAFlops, RMSNorm, rotary_cos_sin
+from tokendrift_jax.models.llada import (LLaDAConfig, LLaDAFlops, RMSNorm, rotary_cos_sin,
+                                         rotary_cos_sin_at)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,8 +216,10 @@ class DreamBlock(nnx.Module):
     self.up_proj = _linear(d, h, bias=False, dtype=dtype, rngs=rngs)
     self.down_proj = _linear(h, d, bias=False, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, cos, sin):
-    """x float32 [B, L, d] -> float32 [B, L, d]; cos/sin float32 [L, head_dim/2]."""
+  def __call__(self, x, cos, sin, mask=None):
+    """x float32 [B, L, d] -> float32 [B, L, d]; cos/sin float32 [L, head_dim/2] or
+    [B, L, head_dim/2] (per-row positions); mask: None or bool [B, 1, 1, L], the keys
+    attended (``common.key_mask``)."""
     b, length, d = x.shape
     h = self.input_layernorm(x)
     q = self.q_proj(h).reshape(b, length, self.n_heads, self.head_dim)
@@ -213,17 +231,35 @@ class DreamBlock(nnx.Module):
     k = apply_rotary(k, cos, sin)
     # GQA: query head n reads kv head n // (n_heads / n_kv_heads), as repeat_kv.
     attn = jax.nn.dot_product_attention(
-        q, k, v, is_causal=False,
+        q, k, v, mask=mask, is_causal=False,
         implementation=resolve_attention_impl(self.attention_impl, q.dtype, self.head_dim))
     x = x + self.o_proj(attn.reshape(b, length, d))
     h = self.post_attention_layernorm(x)
     return x + self.down_proj(jax.nn.silu(self.gate_proj(h)) * self.up_proj(h))
 
 
-def align_shift(a):
+def padded_positions(attention_mask):
+  """generation_utils.py's ``tok_idx`` of a bool [B, L] padding mask, int32 [B, L]: the rank
+  of each real token among its row's real tokens (cumsum − 1, so the first real token is
+  at 0), and 1 at padded positions (``masked_fill_(attention_mask == 0, 1)``)."""
+  rank = jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1
+  return jnp.where(attention_mask, rank, 1).astype(jnp.int32)
+
+
+def align_shift(a, attention_mask=None):
   """generation_utils.py's re-alignment on axis 1: [a[:, :1], a[:, :-1]] (position i gets
-  what the raw output held at i − 1; position 0 keeps its own). a: [B, L, ...]."""
-  return jnp.concatenate([a[:, :1], a[:, :-1]], axis=1)
+  what the raw output held at i − 1; position 0 keeps its own). a: [B, L, ...].
+
+  With a padding mask (bool [B, L]), position i takes a[:, i − 1] only where i − 1 is a
+  real position and keeps its own value otherwise (each row's first real token, as
+  position 0 of the unpadded row)."""
+  shifted = jnp.concatenate([a[:, :1], a[:, :-1]], axis=1)
+  if attention_mask is None:
+    return shifted
+  prev_real = jnp.concatenate([jnp.zeros_like(attention_mask[:, :1]),
+                               attention_mask[:, :-1]], axis=1)
+  prev_real = prev_real.reshape(prev_real.shape + (1,) * (a.ndim - 2))
+  return jnp.where(prev_real, shifted, a)
 
 
 class Dream(nnx.Module):
@@ -279,7 +315,7 @@ class Dream(nnx.Module):
     return self.lm_head(x).astype(jnp.float32)
 
   def __call__(self, input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
-               return_hidden: bool | int = False, align: bool = True):
+               return_hidden: bool | int = False, align: bool = True, attention_mask=None):
     """Dream's logits, aligned as its sampler reads them (see the module doc).
 
     Args:
@@ -292,6 +328,10 @@ class Dream(nnx.Module):
         True = all, an int k = the last k.
       align: True (default): float32 [B, L, V] with out[:, i] = raw[:, i − 1] for i ≥ 1
         and out[:, 0] = raw[:, 0]; False: the raw ``DreamModel`` logits.
+      attention_mask: optional bool [B, L], True at real tokens: rotary positions count
+        from each row's first real token and padded keys are attended by no query (see
+        the module doc); outputs at padded positions are meaningless. None = every
+        position is real (the same program as without the argument).
 
     Returns:
       float32[B, L, V] logits, or (logits, hidden) when ``return_hidden``.
@@ -319,17 +359,24 @@ class Dream(nnx.Module):
                                           else int(return_hidden))
     if not 0 <= n_keep <= n_layers:
       raise ValueError(f"return_hidden={return_hidden!r} must be a bool or 0..{n_layers}")
-    cos, sin = rotary_cos_sin(length, cfg.head_dim, cfg.rope_theta)
+    attention_mask = check_attention_mask(attention_mask, x.shape[0], length)
+    if attention_mask is None:
+      cos, sin = rotary_cos_sin(length, cfg.head_dim, cfg.rope_theta)
+      extra = ()   # the unpadded call traces what it did before padding existed
+    else:
+      cos, sin = rotary_cos_sin_at(padded_positions(attention_mask), cfg.head_dim,
+                                   cfg.rope_theta)
+      extra = (key_mask(attention_mask),)
 
     def run_block(block, x):
       if self.remat:
         gdef, state = nnx.split(block)
-        return _remat_block(gdef, self.remat_policy)(state, x, cos, sin)
-      return block(x, cos, sin)
+        return _remat_block(gdef, self.remat_policy)(state, x, cos, sin, *extra)
+      return block(x, cos, sin, *extra)
 
     n_scan = n_layers - max(n_keep, 1) if self.scan_layers else 0
     if n_scan > 1:
-      x = self._scan_blocks(x, cos, sin, n_scan)
+      x = self._scan_blocks(x, cos, sin, n_scan, extra)
     else:
       n_scan = 0
     hidden = []
@@ -338,19 +385,20 @@ class Dream(nnx.Module):
       if i >= n_layers - n_keep:
         hidden.append(x)
     # The output layer is position-wise, so aligning its input aligns the logits.
-    logits = self.output_layer(align_shift(x) if align else x)
+    logits = self.output_layer(align_shift(x, attention_mask) if align else x)
     return (logits, hidden) if return_hidden else logits
 
-  def _scan_blocks(self, x, cos, sin, n):
-    """x through layers[0:n] with lax.scan over their stacked parameters."""
+  def _scan_blocks(self, x, cos, sin, n, extra=()):
+    """x through layers[0:n] with lax.scan over their stacked parameters (``extra``: the
+    key mask, when given, closed over as every block's)."""
     gdef, first = nnx.split(self.layers[0])
     states = [nnx.split(self.layers[i])[1] for i in range(n)]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), first, *states[1:])
 
     def body(h, state):
       if self.remat:
-        return _remat_block(gdef, self.remat_policy)(state, h, cos, sin), None
-      return nnx.merge(gdef, state)(h, cos, sin), None
+        return _remat_block(gdef, self.remat_policy)(state, h, cos, sin, *extra), None
+      return nnx.merge(gdef, state)(h, cos, sin, *extra), None
 
     x, _ = jax.lax.scan(body, x, stacked)
     return x

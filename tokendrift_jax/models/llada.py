@@ -1,8 +1,8 @@
 """The LLaDA backbone (LLaDA-8B Base / Instruct), in Flax NNX.
 
 The same function as ``LLaDAModel.forward`` of the public ``modeling_llada.py`` (the
-Hugging Face release of GSAI-ML/LLaDA-8B-Base; ``LLaDALlamaBlock``, no attention mask, no
-KV cache) for the configurations that release uses:
+Hugging Face release of GSAI-ML/LLaDA-8B-Base; ``LLaDALlamaBlock``, no KV cache) for the
+configurations that release uses:
 
   x = E[ids]                                    (or soft embeddings, [B, L, d])
   for each block (pre-norm, "llama" block):
@@ -25,6 +25,14 @@ float32. Logits are returned in float32.
 
 Dropout (``dropout`` = the release's ``residual_dropout`` on both residual branches, and
 ``embedding_dropout``) is explicit (``dropout_rng``); the release sets both to 0.
+
+Padding (``attention_mask`` bool [B, L], True = real token), as the release's
+``LLaDAModel.forward``: the mask becomes an additive bias of float min on the padded *keys*
+([B, 1, 1, L], every query of the row), here jax.nn.dot_product_attention's ``mask``.
+Rotary positions stay 0..L−1 of the padded row: the release's ``RotaryEmbedding`` takes no
+position ids (its generate.py left-pads prompts and passes only ``attention_mask``). Rotary
+attention scores depend on position differences only, so a left-padded row's real
+positions see the logits of the unpadded row up to float rounding.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tokendrift_jax.models import base
-from tokendrift_jax.models.common import (apply_rotary, check_attention_impl, remat_policy_fn,
+from tokendrift_jax.models.common import (apply_rotary, check_attention_impl,
+                                          check_attention_mask, key_mask, remat_policy_fn,
                                           resolve_attention_impl)
 from tokendrift_jax.models.common import dropout as _dropout
 
@@ -185,6 +194,15 @@ def rotary_cos_sin(length: int, head_dim: int, theta: float):
   return jnp.cos(angles), jnp.sin(angles)
 
 
+def rotary_cos_sin_at(positions, head_dim: int, theta: float):
+  """cos, sin float32 [B, L, head_dim/2] at per-row integer positions int[B, L] (the same
+  angles as :func:`rotary_cos_sin` at equal positions: position · inv_freq in float32)."""
+  exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+  inv_freq = 1.0 / jnp.power(jnp.float32(theta), exponent)
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.cos(angles), jnp.sin(angles)
+
+
 
 
 # ----------------------------------------------------------------------------- layers
@@ -227,8 +245,9 @@ class LLaDABlock(nnx.Module):
     self.up_proj = _linear(d, h, dtype=dtype, rngs=rngs)
     self.ff_out = _linear(h, d, dtype=dtype, rngs=rngs, layer=layer)
 
-  def __call__(self, x, cos, sin, dropout_rng=None):
-    """x float32 [B, L, d] -> float32 [B, L, d]; cos/sin [L, head_dim/2]."""
+  def __call__(self, x, cos, sin, dropout_rng=None, mask=None):
+    """x float32 [B, L, d] -> float32 [B, L, d]; cos/sin [L, head_dim/2]; mask: None or
+    bool [B, 1, 1, L], the keys attended (``common.key_mask``)."""
     b, length, d = x.shape
     rngs = (None, None) if dropout_rng is None else tuple(jax.random.split(dropout_rng))
 
@@ -241,7 +260,7 @@ class LLaDABlock(nnx.Module):
     k = apply_rotary(k.astype(self.rope_dtype), cos, sin).astype(v.dtype)
     # GQA: query head n reads kv head n // (n_heads / n_kv_heads), as repeat_interleave.
     attn = jax.nn.dot_product_attention(
-        q, k, v, is_causal=False,
+        q, k, v, mask=mask, is_causal=False,
         implementation=resolve_attention_impl(self.attention_impl, q.dtype, self.head_dim))
     x = x + _dropout(self.attn_out(attn.reshape(b, length, d)), self.dropout, rngs[0])
 
@@ -304,7 +323,7 @@ class LLaDA(nnx.Module):
     return self.ff_out(x).astype(jnp.float32)
 
   def __call__(self, input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
-               return_hidden: bool | int = False):
+               return_hidden: bool | int = False, attention_mask=None):
     """Raw backbone output (LLaDA's logits, before any softmax).
 
     Args:
@@ -315,6 +334,9 @@ class LLaDA(nnx.Module):
       dropout_rng: PRNG key enabling dropout (training); None = deterministic.
       return_hidden: also return block outputs, each float32 [B, L, d]: True = all
         n_layers, an int k = the last k.
+      attention_mask: optional bool [B, L], True at real tokens: padded keys are attended
+        by no query (see the module doc); outputs at padded positions are meaningless.
+        None = every position is real (the same program as without the argument).
 
     Returns:
       float32[B, L, V] logits, or (logits, hidden) when ``return_hidden``.
@@ -336,6 +358,7 @@ class LLaDA(nnx.Module):
     length = x.shape[1]
     if length > cfg.length:
       raise ValueError(f"sequence length {length} exceeds the model length {cfg.length}")
+    mask = key_mask(check_attention_mask(attention_mask, x.shape[0], length))
     n_keep = 0 if not return_hidden else (cfg.n_layers if return_hidden is True
                                           else int(return_hidden))
     if not 0 <= n_keep <= cfg.n_layers:
@@ -349,16 +372,19 @@ class LLaDA(nnx.Module):
         keys = list(jax.random.split(block_key, cfg.n_layers))
     cos, sin = rotary_cos_sin(length, cfg.head_dim, cfg.rope_theta)
 
+    # The mask rides along only when given, so an unpadded call traces what it did before.
+    extra = () if mask is None else (mask,)
+
     def run_block(block, x, key):
       if self.remat:
         gdef, state = nnx.split(block)
-        return _remat_block(gdef, self.remat_policy)(state, x, cos, sin, key)
-      return block(x, cos, sin, key)
+        return _remat_block(gdef, self.remat_policy)(state, x, cos, sin, key, *extra)
+      return block(x, cos, sin, key, *extra)
 
     # Blocks before the ones whose outputs are returned may be scanned.
     n_scan = cfg.n_layers - max(n_keep, 1) if self.scan_layers else 0
     if n_scan > 1:
-      x = self._scan_blocks(x, cos, sin, keys[:n_scan], n_scan)
+      x = self._scan_blocks(x, cos, sin, keys[:n_scan], n_scan, extra)
     else:
       n_scan = 0
     hidden = []
@@ -369,8 +395,9 @@ class LLaDA(nnx.Module):
     logits = self.output_layer(x)
     return (logits, hidden) if return_hidden else logits
 
-  def _scan_blocks(self, x, cos, sin, keys, n):
-    """x through blocks[0:n] with lax.scan over their stacked parameters."""
+  def _scan_blocks(self, x, cos, sin, keys, n, extra=()):
+    """x through blocks[0:n] with lax.scan over their stacked parameters (``extra``: the
+    key mask, when given, closed over as every block's)."""
     gdef, first = nnx.split(self.blocks[0])
     states = [nnx.split(self.blocks[i])[1] for i in range(n)]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), first, *states[1:])
@@ -381,8 +408,8 @@ class LLaDA(nnx.Module):
       state, key = inp
       key = key if use_keys else None
       if self.remat:
-        return _remat_block(gdef, self.remat_policy)(state, h, cos, sin, key), None
-      return nnx.merge(gdef, state)(h, cos, sin, key), None
+        return _remat_block(gdef, self.remat_policy)(state, h, cos, sin, key, *extra), None
+      return nnx.merge(gdef, state)(h, cos, sin, key, *extra), None
 
     x, _ = jax.lax.scan(body, x, (stacked, key_arr))
     return x
