@@ -45,8 +45,17 @@ torch's; ties of ``topk`` / ``max`` go to the lower position / id (torch's order
 ties is unspecified); the float math runs in float32 (the release's logits are in the
 model's dtype, bfloat16 as its demos load it, and its confidences in that dtype); its
 fallback to the max when ``Categorical`` raises (NaN probabilities) is not reproduced.
-Not built: padded prompts (``attention_mask`` / ``tok_idx``: the backbone contract has no
-padding mask) and the generation hooks.
+Not built: the generation hooks.
+
+Padded prompts (``diffusion_generate(input_ids, attention_mask=...)`` with left-padded
+``input_ids``, as a Hugging Face tokenizer with ``padding_side='left'`` gives them):
+``prompt_mask`` bool [B, P], True at real prompt tokens, is extended with True over the G
+generated positions (``F.pad(attention_mask, ..., value=1.0)``) and given to the backbone
+as its ``attention_mask`` at every call; the Dream backbone then counts rotary positions
+from each row's first real token (``tok_idx``) and masks the pads out of attention
+(:mod:`tokendrift_jax.models.dream`). Nothing else changes: the loop reads the same masked
+positions (pads are not the mask id; as a guard, a position outside the mask is never
+filled whatever its id), and n̄ of the top-k rules is still the batch's mean mask count.
 """
 
 from __future__ import annotations
@@ -60,7 +69,8 @@ from jax.sharding import Mesh
 
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion.base import Process
-from tokendrift_jax.diffusion.llada_sampling import GenerateResult, select_top, step_uniforms
+from tokendrift_jax.diffusion.llada_sampling import (GenerateResult, check_prompt_mask,
+                                                     select_top, step_uniforms)
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 # torch.finfo(float32).min: what top_p_logits / top_k_logits write into removed logits.
@@ -68,8 +78,9 @@ FILTERED = float(jnp.finfo(jnp.float32).min)
 # sample_tokens' epsilon inside the log of the negative entropy.
 ENTROPY_EPS = 1e-10
 
-LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
-ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+# (x, sigma) -> aligned logits; with a padded prompt also the keyword attention_mask.
+LogitsFn = Callable[..., jax.Array]
+ApplyFn = Callable[..., jax.Array]
 
 
 # --- pieces ---------------------------------------------------------------------------
@@ -180,23 +191,27 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
                   *, mask_id: int, gen_length: int, alg: str = "origin",
                   temperature: float = 0.0, top_p: float | None = None,
                   top_k: int | None = None, alg_temp: float | None = None,
-                  eps: float = 1e-3, mesh: Mesh | None = None
-                  ) -> tuple[jax.Array, jax.Array]:
+                  eps: float = 1e-3, mesh: Mesh | None = None,
+                  prompt_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Traceable ``diffusion_generate``: (tokens int32[B, P + G], nfe_model int32 scalar).
 
   Args:
     logits_fn: the aligned denoiser (x int32[B, T], sigma float32[B]) -> logits
-      float[B, T, V]; σ is zeros (Dream has no time input).
-    prompt: int[B, P] (P may be 0).
+      float[B, T, V]; σ is zeros (Dream has no time input). With ``prompt_mask`` it is
+      called with the keyword ``attention_mask`` bool [B, T] too.
+    prompt: int[B, P] (P may be 0), left-padded when ``prompt_mask`` is given.
     key: PRNG key (see the module doc for its use).
     steps: int scalar (may be traced).
     mask_id, gen_length, alg, temperature, top_p, top_k, alg_temp, eps: as
       generation_utils.py (gen_length = max_new_tokens).
     mesh: if given, the batch axis of every [B, ...] array is sharded over it.
+    prompt_mask: optional bool [B, P], True at real prompt tokens (see the module doc);
+      None = every prompt token is real (the same program as without it).
   """
   check_options(gen_length=gen_length, alg=alg, temperature=temperature, top_p=top_p,
                 top_k=top_k, alg_temp=alg_temp, eps=eps)
   chex.assert_rank(prompt, 2)
+  check_prompt_mask(prompt_mask, *prompt.shape)
 
   def constrain(a):
     return sharding.constrain_batch(a, mesh)
@@ -208,13 +223,22 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
   x = constrain(jnp.concatenate([prompt.astype(jnp.int32),
                                  jnp.full((batch, gen_length), mask_id, jnp.int32)], axis=1))
   sampled_order = bool(alg_temp)   # None or 0: torch.topk
+  real = None
+  if prompt_mask is not None:
+    real = constrain(jnp.concatenate([prompt_mask, jnp.ones((batch, gen_length), bool)],
+                                     axis=1))
 
   def body(i, carry):
     x, nfe = carry
     t, s = timestep(i, steps, eps), timestep(i + 1, steps, eps)
     last = i == steps - 1
     mask_index = x == mask_id
-    logits = constrain(logits_fn(x, jnp.zeros((batch,), jnp.float32)))
+    sigma = jnp.zeros((batch,), jnp.float32)
+    if real is None:
+      logits = constrain(logits_fn(x, sigma))
+    else:
+      mask_index = jnp.logical_and(mask_index, real)   # a pad is never filled
+      logits = constrain(logits_fn(x, sigma, attention_mask=real))
     nfe = nfe + 1
     u_tok = None
     if temperature > 0:
@@ -265,7 +289,10 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int, prompt_len
     alg, temperature, top_p, top_k, alg_temp, eps, mesh: see :func:`generate_loop`.
 
   Returns:
-    ``generate(params, prompt int[B, P], key, steps: int) -> GenerateResult``.
+    ``generate(params, prompt int[B, P], key, steps: int, prompt_mask=None) ->
+    GenerateResult``; ``prompt_mask`` bool [B, P] marks the real tokens of left-padded
+    prompts (see the module doc), and ``apply_fn`` is then also given the keyword
+    ``attention_mask`` bool [B, P + G] (the backbone contract's padding mask).
   """
   if not isinstance(process, Process) or process.mask_id is None:
     raise TypeError(f"process must be a masked Process (a DreamProcess), got "
@@ -285,20 +312,23 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int, prompt_len
                  alg_temp=None if alg_temp is None else float(alg_temp), eps=float(eps),
                  mesh=mesh)
 
-  def run(params, prompt, key, steps):
-    return generate_loop(lambda x, sigma: apply_fn(params, x, sigma), prompt, key, steps,
-                         **options)
+  def run(params, prompt, key, steps, prompt_mask):
+    return generate_loop(lambda x, sigma, **kw: apply_fn(params, x, sigma, **kw), prompt, key,
+                         steps, prompt_mask=prompt_mask, **options)
 
   jitted = jax.jit(run, out_shardings=out_shardings)
 
-  def generate(params, prompt: jax.Array, key: jax.Array, steps: int) -> GenerateResult:
+  def generate(params, prompt: jax.Array, key: jax.Array, steps: int,
+               prompt_mask: jax.Array | None = None) -> GenerateResult:
     if (prompt.ndim != 2 or not jnp.issubdtype(prompt.dtype, jnp.integer)
         or prompt.shape != (batch, prompt_length)):
       raise ValueError(f"prompt must be int [B, P] = [{batch}, {prompt_length}], got "
                        f"{prompt.dtype}{list(prompt.shape)}")
+    check_prompt_mask(prompt_mask, batch, prompt_length)
     check_steps(steps)
     tokens, nfe = jitted(params, jnp.asarray(prompt, jnp.int32), key,
-                         jnp.asarray(steps, jnp.int32))
+                         jnp.asarray(steps, jnp.int32),
+                         None if prompt_mask is None else jnp.asarray(prompt_mask))
     return GenerateResult(tokens=tokens, nfe_model=nfe, steps=steps, forward_rows=batch,
                           prompt_length=prompt_length)
 

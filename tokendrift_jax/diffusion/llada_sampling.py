@@ -35,9 +35,19 @@ backbone on 2B rows (the prompted and un-prompted copy of every row, interleaved
 row's two copies stay on its device under batch sharding); ``forward_rows`` reports the
 rows per call.
 
+Padded prompts (generate.py's ``attention_mask``; its ``main`` batches prompts of different
+lengths by **left** padding them): ``prompt_mask`` bool [B, P], True at real prompt
+tokens, is extended with True over the G generated positions (``torch.cat([attention_mask,
+ones])``) and given to the backbone as its ``attention_mask`` at every call (both copies
+with guidance), so no pad is ever attended; the backbone's rotary positions are those of
+the padded row (LLaDA's ``RotaryEmbedding`` takes no position ids: generate.py passes no
+offset, and neither does this sampler). Pads count as prompt (``prompt_index = x !=
+mask_id``; the un-prompted copy masks them too, as there) and are never filled: generate.py
+asserts that the pad id is not the mask id, and here a position outside the mask is never
+a candidate whatever its id. The blocks start after the padded width P, as there.
+
 Ties: torch.topk's order among equal confidences is unspecified; here the lower position
-wins (a stable sort). Not built: generate.py's padded prompts (``attention_mask``: the
-backbone contract has no padding mask) and its ``logits_eos_inf`` /
+wins (a stable sort). Not built: generate.py's ``logits_eos_inf`` /
 ``confidence_eos_eot_inf`` options (they hard-code LLaDA's EOS/EoT ids).
 """
 
@@ -56,8 +66,9 @@ from tokendrift_jax.diffusion.base import Process
 
 REMASKING = ("low_confidence", "random")
 
-LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
-ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+# (x, sigma) -> logits; with a padded prompt also the keyword attention_mask (bool [R, T]).
+LogitsFn = Callable[..., jax.Array]
+ApplyFn = Callable[..., jax.Array]
 
 
 @flax.struct.dataclass
@@ -183,6 +194,18 @@ def check_options(*, gen_length: int, block_length: int, temperature: float,
     raise ValueError(f"remasking={remasking!r} is not one of {REMASKING}")
 
 
+def check_prompt_mask(prompt_mask, batch: int, prompt_length: int) -> None:
+  """A padded prompt's mask: None, or bool [B, P] (True = real token); one-line ValueError
+  naming the argument and the shape otherwise."""
+  if prompt_mask is None:
+    return
+  shape = tuple(getattr(prompt_mask, "shape", ()))
+  dtype = getattr(prompt_mask, "dtype", None)
+  if shape != (batch, prompt_length) or dtype != jnp.bool_:
+    raise ValueError(f"prompt_mask must be bool [B, P] = [{batch}, {prompt_length}], got "
+                     f"{dtype}{list(shape)}")
+
+
 def check_steps(steps: int, gen_length: int, block_length: int) -> None:
   """generate.py's ``assert steps % num_blocks == 0``, as a one-line error."""
   if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -197,7 +220,8 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
                   *, mask_id: int, gen_length: int, block_length: int,
                   temperature: float = 0.0, cfg_scale: float = 0.0,
                   remasking: str = "low_confidence", float64: bool = True,
-                  mesh: Mesh | None = None) -> tuple[jax.Array, jax.Array]:
+                  mesh: Mesh | None = None, prompt_mask: jax.Array | None = None
+                  ) -> tuple[jax.Array, jax.Array]:
   """Traceable generate.py: (tokens int32[B, P + G], nfe_model int32 scalar).
 
   Call it inside jit (``steps`` may be traced; a multiple of the number of blocks, which
@@ -206,17 +230,21 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
 
   Args:
     logits_fn: denoiser (x int32[R, T], sigma float32[R]) -> logits float[R, T, V]; σ is
-      zeros (LLaDA has no time input); R = B, or 2B with guidance.
-    prompt: int[B, P] (P may be 0).
+      zeros (LLaDA has no time input); R = B, or 2B with guidance. With ``prompt_mask``
+      it is called with the keyword ``attention_mask`` bool [R, T] too.
+    prompt: int[B, P] (P may be 0), left-padded when ``prompt_mask`` is given.
     key: PRNG key (see the module doc for its use).
     steps: int scalar, total steps over all blocks.
     mask_id, gen_length, block_length, temperature, cfg_scale, remasking: as generate.py.
     float64: draw and apply the Gumbel noise in float64 (generate.py); False: float32.
     mesh: if given, the batch axis of every [B, ...] array is sharded over it.
+    prompt_mask: optional bool [B, P], True at real prompt tokens (see the module doc);
+      None = every prompt token is real (the same program as without it).
   """
   check_options(gen_length=gen_length, block_length=block_length, temperature=temperature,
                 cfg_scale=cfg_scale, remasking=remasking)
   chex.assert_rank(prompt, 2)
+  check_prompt_mask(prompt_mask, *prompt.shape)
   noisy = temperature > 0
   noise_dtype = jnp.float64 if float64 else jnp.float32
   if noisy and float64 and not jax.config.jax_enable_x64:
@@ -237,14 +265,26 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
                        jnp.full((batch, gen_length), mask_id, jnp.int32)], axis=1)
   x = constrain(x)
   prompt_index = x != mask_id   # generate.py's prompt_index: fixed at the start
+  real = None
+  if prompt_mask is not None:
+    real = constrain(jnp.concatenate([prompt_mask, jnp.ones((batch, gen_length), bool)],
+                                     axis=1))
+
+  def call(x, rows):
+    sigma = jnp.zeros((rows,), jnp.float32)
+    if real is None:
+      return logits_fn(x, sigma)
+    mask = real if rows == batch else constrain(
+        jnp.stack([real, real], axis=1).reshape(rows, total))
+    return logits_fn(x, sigma, attention_mask=mask)
 
   def forward(x):
     if cfg_scale == 0:
-      return logits_fn(x, jnp.zeros((batch,), jnp.float32))
+      return call(x, batch)
     un_x = jnp.where(prompt_index, mask_id, x)
     # Row 2b is row b, row 2b + 1 its un-prompted copy (see the module doc).
     both = constrain(jnp.stack([x, un_x], axis=1).reshape(2 * batch, total))
-    out = logits_fn(both, jnp.zeros((2 * batch,), jnp.float32))
+    out = call(both, 2 * batch)
     out = out.reshape(batch, 2, total, out.shape[-1])
     return guided_logits(out[:, 0], out[:, 1], cfg_scale)
 
@@ -254,6 +294,8 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
     start = p_len + block * block_length
     in_block = jnp.logical_and(pos >= start, pos < start + block_length)
     mask_index = x == mask_id
+    if real is not None:
+      mask_index = jnp.logical_and(mask_index, real)   # a pad is never filled
     count_now = jnp.sum(jnp.logical_and(mask_index, in_block), axis=1, dtype=jnp.int32)
     block_count = jnp.where(j == 0, count_now, block_count)
 
@@ -306,7 +348,10 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int,
       :func:`generate_loop`. With a mesh, ``batch`` must divide over its batch shards.
 
   Returns:
-    ``generate(params, prompt int[B, P], key, steps: int) -> GenerateResult``.
+    ``generate(params, prompt int[B, P], key, steps: int, prompt_mask=None) ->
+    GenerateResult``; ``prompt_mask`` bool [B, P] marks the real tokens of left-padded
+    prompts (see the module doc), and ``apply_fn`` is then also given the keyword
+    ``attention_mask`` bool [R, P + G] (the backbone contract's padding mask).
   """
   # Only the mask id is used; a process without one cannot be sampled by remasking.
   if not isinstance(process, Process) or process.mask_id is None:
@@ -328,22 +373,25 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int,
                  temperature=float(temperature), cfg_scale=float(cfg_scale),
                  remasking=remasking, float64=float64, mesh=mesh)
 
-  def run(params, prompt, key, steps):
-    return generate_loop(lambda x, sigma: apply_fn(params, x, sigma), prompt, key, steps,
-                         **options)
+  def run(params, prompt, key, steps, prompt_mask):
+    return generate_loop(lambda x, sigma, **kw: apply_fn(params, x, sigma, **kw), prompt, key,
+                         steps, prompt_mask=prompt_mask, **options)
 
   jitted = jax.jit(run, out_shardings=out_shardings)
   rows = 2 * batch if cfg_scale > 0 else batch
 
-  def generate(params, prompt: jax.Array, key: jax.Array, steps: int) -> GenerateResult:
+  def generate(params, prompt: jax.Array, key: jax.Array, steps: int,
+               prompt_mask: jax.Array | None = None) -> GenerateResult:
     if (prompt.ndim != 2 or not jnp.issubdtype(prompt.dtype, jnp.integer)
         or prompt.shape != (batch, prompt_length)):
       raise ValueError(f"prompt must be int [B, P] = [{batch}, {prompt_length}], got "
                        f"{prompt.dtype}{list(prompt.shape)}")
+    check_prompt_mask(prompt_mask, batch, prompt_length)
     check_steps(steps, gen_length, block_length)
     with jax.enable_x64(float64):
       tokens, nfe = jitted(params, jnp.asarray(prompt, jnp.int32), key,
-                           jnp.asarray(steps, jnp.int32))
+                           jnp.asarray(steps, jnp.int32),
+                           None if prompt_mask is None else jnp.asarray(prompt_mask))
     return GenerateResult(tokens=tokens, nfe_model=nfe, steps=steps, forward_rows=rows,
                           prompt_length=prompt_length)
 
@@ -354,16 +402,19 @@ def generate(process: Process, logits_fn: LogitsFn, prompt: jax.Array, key: jax.
              *, steps: int, gen_length: int, block_length: int | None = None,
              temperature: float = 0.0, cfg_scale: float = 0.0,
              remasking: str = "low_confidence", float64: bool = True,
-             mesh: Mesh | None = None) -> GenerateResult:
-  """One-off generate.py with a closed-over denoiser ``logits_fn(x, sigma)``.
+             mesh: Mesh | None = None, prompt_mask: jax.Array | None = None
+             ) -> GenerateResult:
+  """One-off generate.py with a closed-over denoiser ``logits_fn(x, sigma)``
+  (``logits_fn(x, sigma, attention_mask=...)`` with a left-padded prompt's ``prompt_mask``).
 
   Compiles on every call; for repeated use :func:`make_generate`.
   """
   prompt = jnp.asarray(prompt)
   if prompt.ndim != 2:
     raise ValueError(f"prompt must be int [B, P], got shape {list(prompt.shape)}")
-  gen = make_generate(process, lambda _, x, sigma: logits_fn(x, sigma), batch=prompt.shape[0],
+  gen = make_generate(process, lambda _, x, sigma, **kw: logits_fn(x, sigma, **kw),
+                      batch=prompt.shape[0],
                       prompt_length=prompt.shape[1], gen_length=gen_length,
                       block_length=block_length, temperature=temperature,
                       cfg_scale=cfg_scale, remasking=remasking, float64=float64, mesh=mesh)
-  return gen(None, prompt, key, steps)
+  return gen(None, prompt, key, steps, prompt_mask)
