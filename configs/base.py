@@ -65,8 +65,10 @@ def get_config() -> ml_collections.ConfigDict:
   # takes keep=, i.e. "llada"). mode: "none" (unconditional, the paper); "prefix" (the
   # first `length` tokens of every training row); "data" (per-row prompt lengths from
   # <train_tokens stem>.prompt_lengths.npy next to data.train_tokens, data.kind="tokens":
-  # SFT pairs). Continuation then trains LLaDA's SFT loss.
-  c.prompt = ml_collections.ConfigDict(dict(mode="none", length=0))
+  # SFT pairs). Continuation then trains LLaDA's SFT loss. pad_id: -1 (unpadded rows) or
+  # the id of padded positions (not attended, never corrupted, lifted or pooled, no loss;
+  # with mode "data" a left-padded prompt's length counts its pads; see train/prompt.py).
+  c.prompt = ml_collections.ConfigDict(dict(mode="none", length=0, pad_id=-1))
 
   c.optim = optim.default_config()
   c.optim.lr = 3e-5

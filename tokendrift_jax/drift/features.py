@@ -17,6 +17,11 @@ for h and u), given as a bool [B, L] ``positions`` mask:
 
   mean_t∈S_i H_t = Σ_{t∈S_i} H_t / |S_i|,   S_i = {t : positions[i, t]}, |S_i| ≥ 1.
 
+Padded rows (the backbone contract's ``attention_mask`` bool [B, L], True = real token):
+the encoder gets the mask (no position attends a pad) and S_i is restricted to the real
+positions (S_i ∩ real_i, or real_i when no ``positions`` are given), the same mechanism
+as the completion pooling; so a padded row's feature is the unpadded row's.
+
 Encoder σ: ``DEFAULT_ENCODER_SIGMA = 0.0``. MDLM is not time-conditioned (σ is ignored).
 DUO is; σ = −log α_t = 0 means "t = 0, clean input", which is what both the model-completed
 sequence and x0 stand for. It is a config field (``DriftConfig.encoder_sigma``).
@@ -33,7 +38,9 @@ import jax.numpy as jnp
 DEFAULT_ENCODER_SIGMA = 0.0
 POOLS = ("all", "completion")
 
-EncoderHidden = Callable[[jax.Array, jax.Array], Sequence[jax.Array]]
+# (embeds [B, L, d], sigma [B]) -> block outputs; with padding also the keyword
+# attention_mask (bool [B, L]).
+EncoderHidden = Callable[..., Sequence[jax.Array]]
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -78,27 +85,46 @@ def pool_features(hidden_states: Sequence[jax.Array],
   return l2_normalize(pooled)
 
 
+def real_pool(positions: jax.Array | None, attention_mask: jax.Array | None
+              ) -> jax.Array | None:
+  """The pooled positions of a padded batch: ``positions`` ∩ the real positions (bool
+  [B, L]); either alone when the other is None."""
+  if attention_mask is None:
+    return positions
+  return attention_mask if positions is None else jnp.logical_and(positions, attention_mask)
+
+
 def encoder_features(encoder_hidden: EncoderHidden, embeds: jax.Array, sigma: jax.Array,
-                     positions: jax.Array | None = None) -> jax.Array:
+                     positions: jax.Array | None = None,
+                     attention_mask: jax.Array | None = None) -> jax.Array:
   """h = pool(encoder(embeds, sigma)): [B, L, d] embeddings, [B] sigma -> [B, 2d]
-  (``positions``: the pooled positions, see :func:`pool_features`)."""
+  (``positions``: the pooled positions, see :func:`pool_features`; ``attention_mask``:
+  bool [B, L] real positions of padded rows, given to the encoder and pooled over only)."""
   if embeds.ndim != 3:
     raise ValueError(f"embeds must be [B, L, d], got shape {embeds.shape}")
   if sigma.shape != embeds.shape[:1]:
     raise ValueError(f"sigma must be [B] = {embeds.shape[:1]}, got {sigma.shape}")
-  return pool_features(encoder_hidden(embeds, sigma), positions)
+  if attention_mask is None:
+    return pool_features(encoder_hidden(embeds, sigma), positions)
+  if attention_mask.shape != embeds.shape[:2] or attention_mask.dtype != jnp.bool_:
+    raise ValueError(f"attention_mask must be bool [B, L] = {list(embeds.shape[:2])}, got "
+                     f"{attention_mask.dtype}{list(attention_mask.shape)}")
+  hidden = encoder_hidden(embeds, sigma, attention_mask=attention_mask)
+  return pool_features(hidden, real_pool(positions, attention_mask))
 
 
 def clean_features(encoder_hidden: EncoderHidden, embedding: jax.Array, input_ids: jax.Array,
-                   sigma: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+                   sigma: jax.Array, positions: jax.Array | None = None,
+                   attention_mask: jax.Array | None = None) -> jax.Array:
   """u = pool(encoder(E[x0], sigma)), stop-gradient: int [B, L] ids -> [B, 2d]
-  (``positions``: the pooled positions, see :func:`pool_features`)."""
+  (``positions``, ``attention_mask``: see :func:`encoder_features`)."""
   chex.assert_rank(embedding, 2)
   chex.assert_rank(input_ids, 2)
   chex.assert_type(input_ids, int)
   table = jax.lax.stop_gradient(embedding)
   embeds = jnp.take(table, input_ids, axis=0)
-  return jax.lax.stop_gradient(encoder_features(encoder_hidden, embeds, sigma, positions))
+  return jax.lax.stop_gradient(encoder_features(encoder_hidden, embeds, sigma, positions,
+                                                attention_mask))
 
 
 def encoder_sigma(batch: int, value: float = DEFAULT_ENCODER_SIGMA,

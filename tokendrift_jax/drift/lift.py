@@ -12,6 +12,10 @@ y_ST = onehot(argmax p) − sg(p) + p.
 Cost: one [B·L, V] × [V, d] product in the compute dtype; the only [B, L, V] array made here
 is the cast of p to that dtype (none when p already has it). The gradient w.r.t. p is
 exactly zero outside M_i (``jnp.where`` passes a zero cotangent there).
+
+Padded rows: a pad is never in M_i (the caller's ``predicted_mask`` excludes it, as it
+excludes a prompt: ``objectives.tokendrift.drift_draw``), so it enters the encoder as
+E[x̄], which the encoder's attention mask then hides from every position.
 """
 
 from __future__ import annotations

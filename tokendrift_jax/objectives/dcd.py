@@ -386,6 +386,9 @@ class DCD(base.Objective):
     if ctx.prompt.active:
       raise ValueError(f"objective 'dcd' trains unconditionally; prompt mode "
                        f"{ctx.prompt.mode!r} is not supported (config.prompt.mode='none')")
+    if ctx.prompt.pad_id is not None:
+      raise ValueError(f"objective 'dcd' does not support padded rows "
+                       f"(config.prompt.pad_id={ctx.prompt.pad_id}); set it to -1")
     x0 = ctx.constrain_batch(batch)
     k_t, k_eps, k_drop, k_tdrop = jax.random.split(key, 4)
     dt = self.dt(aux["round"])

@@ -365,6 +365,9 @@ class SDTT(Objective):
     if ctx.prompt.active:
       raise ValueError(f"objective 'sdtt' does not support prompts (config.prompt.mode="
                        f"{ctx.prompt.mode!r}); set config.prompt.mode='none'")
+    if ctx.prompt.pad_id is not None:
+      raise ValueError(f"objective 'sdtt' does not support padded rows "
+                       f"(config.prompt.pad_id={ctx.prompt.pad_id}); set it to -1")
     x0, keep = prompt_lib.split_prompt(ctx.prompt, batch)
     if keep is not None:
       raise ValueError("objective 'sdtt' does not support prompts")

@@ -12,6 +12,12 @@ u that of the real row, both pooled over every position (``DriftConfig.pool = "a
 paper) or over the completion only (``"completion"``). Without a prompt the micro-step
 computes exactly what it did before prompts existed (the same operations, in the same
 order).
+
+Padded rows (``ctx.prompt.pad_id``, :mod:`tokendrift_jax.train.prompt`): the generator and
+the encoder get the rows' ``attention_mask``; the pads join the prompt's exclusions (never
+corrupted when a prompt is kept, never lifted, never pooled into h or u, no base loss and
+not counted in its mean), so a padded row gives the h, u, V and loss of the unpadded row.
+Without padding (pad_id None) the micro-step is the one it was before padding existed.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class DriftDraw:
     predicted: bool [b, L], the positions the generator predicts and the lift embeds
       (M_i of the process; never a prompt position).
     pooled: bool [b, L] positions averaged into h and u, or None for all of them.
+    real: bool [b, L] real (not padded) positions, the backbone's ``attention_mask``, or
+      None for unpadded rows. With a prompt, ``keep`` then holds prompt ∪ pads.
   """
   x0: jax.Array
   keep: jax.Array | None
@@ -61,20 +69,25 @@ class DriftDraw:
   sigma: jax.Array
   predicted: jax.Array
   pooled: jax.Array | None
+  real: jax.Array | None = None
 
 
 jax.tree_util.register_dataclass(
-    DriftDraw, data_fields=["x0", "keep", "t", "xt", "sigma", "predicted", "pooled"],
+    DriftDraw, data_fields=["x0", "keep", "t", "xt", "sigma", "predicted", "pooled", "real"],
     meta_fields=[])
 
 
-def drift_draw(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig, x0, keep, k_t, k_x
-               ) -> DriftDraw:
-  """t ~ sample_t(k_t), xt ~ corrupt(k_x, x0, t[, keep]) and the masks the step uses."""
+def drift_draw(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig, x0, keep, k_t, k_x,
+               real=None) -> DriftDraw:
+  """t ~ sample_t(k_t), xt ~ corrupt(k_x, x0, t[, keep]) and the masks the step uses
+  (``real``: bool [b, L] real positions of padded rows, or None)."""
   process, b = ctx.process, x0.shape[0]
   if keep is None and dcfg.pool == "completion":
     raise ValueError("DriftConfig.pool='completion' pools the non-prompt positions: it "
                      "needs a prompt (StepContext.prompt)")
+  # With a prompt the pads are kept like it (never corrupted, outside the SFT answer);
+  # without one they may be corrupted: no query attends them and nothing reads them.
+  keep = keep if keep is None else prompt_lib.kept_positions(keep, real)
   t = process.sample_t(k_t, b)
   if keep is None:
     xt = ctx.constrain_batch(process.corrupt(k_x, x0, t))
@@ -88,8 +101,12 @@ def drift_draw(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig, x0, keep, k_t
     predicted = jnp.logical_and(predicted, jnp.logical_not(keep))
     if dcfg.pool == "completion":
       pooled = jnp.logical_not(keep)
+  if real is not None:
+    # A pad is never lifted and never pooled (the completion pooling excludes it already).
+    predicted = jnp.logical_and(predicted, real)
+    pooled = real if pooled is None else pooled
   return DriftDraw(x0=x0, keep=keep, t=t, xt=xt, sigma=sigma, predicted=predicted,
-                   pooled=pooled)
+                   pooled=pooled, real=real)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +122,10 @@ def frozen_encoder(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig, encoder_p
   """ϕ = the generator's network with ``encoder_params`` (stop-gradient), its E and [b] σ."""
   encoder = models.merge(ctx.graphdef, jax.lax.stop_gradient(encoder_params))
 
-  def encoder_hidden(embeds, s):
-    # Only the last two block outputs feed the features (App. F).
-    return encoder(None, s, embeds=embeds, return_hidden=2)[1]
+  def encoder_hidden(embeds, s, **padding):
+    # Only the last two block outputs feed the features (App. F); ``padding``: the
+    # attention_mask of padded rows, when there is one.
+    return encoder(None, s, embeds=embeds, return_hidden=2, **padding)[1]
 
   return FrozenEncoder(table=encoder.embedding_table(), hidden=encoder_hidden,
                        sigma=feat_lib.encoder_sigma(batch, dcfg.encoder_sigma))
@@ -115,7 +133,8 @@ def frozen_encoder(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig, encoder_p
 
 def clean_features(enc: FrozenEncoder, draw: DriftDraw) -> jax.Array:
   """u = ϕ(E[x0]) pooled over ``draw.pooled``: [b, 2d], stop-gradient."""
-  return feat_lib.clean_features(enc.hidden, enc.table, draw.x0, enc.sigma, draw.pooled)
+  return feat_lib.clean_features(enc.hidden, enc.table, draw.x0, enc.sigma, draw.pooled,
+                                 draw.real)
 
 
 def lift_embeddings(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig, enc: FrozenEncoder,
@@ -133,15 +152,18 @@ def drift_loss_from_log_probs(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig
 
   def feature_fn(lp):
     return feat_lib.encoder_features(enc.hidden, lift_embeddings(ctx, dcfg, enc, draw, lp),
-                                     enc.sigma, draw.pooled)
+                                     enc.sigma, draw.pooled, draw.real)
 
   base = None
   if dcfg.base_loss_weight > 0:
     if draw.keep is None:
       per_token = process.loss_per_token(log_probs, draw.x0, draw.xt, draw.t)
+      # Unprompted padded rows: the mean is over real tokens (a pad has no loss).
+      base, _ = diff_metrics.reduce_nelbo(per_token, draw.real)
     else:
+      # The kept set holds the pads too: no loss there, and A_b counts real answers only.
       per_token = process.loss_per_token(log_probs, draw.x0, draw.xt, draw.t, keep=draw.keep)
-    base, _ = diff_metrics.reduce_nelbo(per_token)
+      base, _ = diff_metrics.reduce_nelbo(per_token)
   loss, aux = obj_lib.tokendrift_loss(feature_fn, log_probs, u, queues["real"],
                                       queues["gen"], dcfg, predicted_mask=draw.predicted,
                                       base_loss=base, mesh=ctx.mesh)
@@ -169,7 +191,7 @@ def drift_microstep(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig, params, 
     encoder_params: the frozen encoder (a copy of the initial checkpoint; constant).
     queues: {"real": FeatureQueue, "gen": FeatureQueue} before this micro-step.
     batch: int32 [b, L] clean global micro-batch ([b, L + 1] with per-row prompt lengths,
-      ``ctx.prompt.mode == "data"``).
+      ``ctx.prompt.mode == "data"``), padded with ``ctx.prompt.pad_id`` when it is set.
     key: PRNG key of this micro-step.
 
   Returns:
@@ -183,12 +205,13 @@ def drift_microstep(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig, params, 
   x0, keep = prompt_lib.split_prompt(ctx.prompt, batch)
   k_t, k_x, k_drop = jax.random.split(key, 3)
   x0 = ctx.constrain_batch(x0)
-  draw = drift_draw(ctx, dcfg, x0, keep, k_t, k_x)
+  real = prompt_lib.real_positions(ctx.prompt, x0)
+  draw = drift_draw(ctx, dcfg, x0, keep, k_t, k_x, real)
   enc = frozen_encoder(ctx, dcfg, encoder_params, x0.shape[0])
   u = clean_features(enc, draw)
 
   def loss_fn(p):
-    logits = losses.generator(ctx, p, k_drop)(draw.xt, draw.sigma)
+    logits = losses.generator(ctx, p, k_drop, draw.real)(draw.xt, draw.sigma)
     return drift_loss_from_logits(ctx, dcfg, enc, draw, u, queues, logits)
 
   (loss, (new_queues, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -199,6 +222,8 @@ def drift_microstep(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig, params, 
     metrics["predicted_per_row"] = losses.row_mean_count(draw.predicted)
     metrics["pooled_per_row"] = (jnp.asarray(x0.shape[1], jnp.float32) if draw.pooled is None
                                  else losses.row_mean_count(draw.pooled))
+  if real is not None:
+    metrics["real_per_row"] = losses.row_mean_count(real)
   return loss, grads, new_queues, metrics
 
 

@@ -62,6 +62,7 @@ CONFIG_CHECKS = (
     ("drift.queue_size", config_checks.integer(0)),
     ("drift.base_loss_weight", config_checks.number(0.0)),
     ("prompt.length", config_checks.integer(0)),
+    ("prompt.pad_id", config_checks.integer(-1)),
 )
 
 

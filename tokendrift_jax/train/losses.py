@@ -7,7 +7,9 @@ gradients over the micro-batches of a step.
 
 Prompt-conditioned refinement (``StepContext.prompt``, :mod:`tokendrift_jax.train.prompt`):
 the micro-batch carries a prompt (a fixed prefix, or per-row lengths in an extra column)
-that the forward process never corrupts; each objective says what it does with it.
+that the forward process never corrupts; each objective says what it does with it. Padded
+rows (``PromptSpec.pad_id``) give the backbone its ``attention_mask`` through
+:func:`generator` and are excluded by the same masks.
 """
 
 from __future__ import annotations
@@ -49,11 +51,15 @@ class StepContext:
     return sharding.constrain_batch(x, self.mesh)
 
 
-def generator(ctx: StepContext, params, dropout_key):
-  """The generator as a denoiser ``(x, sigma) -> logits`` (dropout on in training)."""
+def generator(ctx: StepContext, params, dropout_key, attention_mask=None):
+  """The generator as a denoiser ``(x, sigma) -> logits`` (dropout on in training);
+  ``attention_mask`` bool [b, L] (padded rows, ``prompt.real_positions``) is passed to the
+  backbone, None calls it exactly as before padding existed."""
   model = models.merge(ctx.graphdef, params)
   key = dropout_key if ctx.dropout else None
-  return lambda x, sigma: model(x, sigma, dropout_rng=key)
+  if attention_mask is None:
+    return lambda x, sigma: model(x, sigma, dropout_rng=key)
+  return lambda x, sigma: model(x, sigma, dropout_rng=key, attention_mask=attention_mask)
 
 
 def check_batch(batch) -> None:

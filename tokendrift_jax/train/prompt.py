@@ -15,6 +15,17 @@ lifts only its predicted completion positions, and continuation trains LLaDA's S
 
 keep[i, t] = t < P_i. Every row keeps at least one completion position, so the
 "completion" pooling of ``drift.features`` never averages over nothing.
+
+Padding (``config.prompt.pad_id`` >= 0; -1 = none): the rows may hold that id at positions
+that are not text (rows shorter than L, or SFT prompts of different lengths left-padded so
+that their completions start in one column; P_i of mode "data" then counts the pads
+before the prompt). ``real = x0 != pad_id`` (:func:`real_positions`) is the backbone's
+``attention_mask``, and the pads join the positions excluded by the same masks the prompt
+uses (:func:`kept_positions`): never corrupted and no loss where the process keeps a
+prompt (LLaDA / Dream: the kept set is prompt ∪ pads, so the SFT answer length counts
+real tokens only), not counted in the loss's mean otherwise (``valid``), never lifted,
+never pooled. The pad id must not be the mask id (LLaDA's generate.py asserts the same)
+and must not occur as text in the rows.
 """
 
 from __future__ import annotations
@@ -39,10 +50,12 @@ class PromptSpec:
     length: P of mode "prefix"; 0 otherwise.
     seq_len: the training length L, when known: a micro-batch must then have exactly
       L + ``extra_columns`` columns (checked at trace time).
+    pad_id: the id of padded (not attended) positions, or None for unpadded rows.
   """
   mode: str = "none"
   length: int = 0
   seq_len: int | None = None
+  pad_id: int | None = None
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -52,6 +65,9 @@ class PromptSpec:
     if self.mode != "prefix" and self.length != 0:
       raise ValueError(f"prompt length {self.length} is read only by mode 'prefix' "
                        f"(mode is {self.mode!r}); set it to 0")
+    if self.pad_id is not None and (isinstance(self.pad_id, bool)
+                                    or not isinstance(self.pad_id, int) or self.pad_id < 0):
+      raise ValueError(f"pad_id must be None or an id >= 0, got {self.pad_id!r}")
 
   @property
   def active(self) -> bool:
@@ -85,6 +101,24 @@ def split_prompt(spec: PromptSpec, batch: jax.Array) -> tuple[jax.Array, jax.Arr
   return x0, positions[None, :] < lengths[:, None]
 
 
+def real_positions(spec: PromptSpec, x0: jax.Array) -> jax.Array | None:
+  """bool [b, L], True where x0 [b, L] is text (not ``spec.pad_id``), or None when the rows
+  are unpadded (the backbone's ``attention_mask``; see the module doc)."""
+  if spec.pad_id is None:
+    return None
+  chex.assert_rank(x0, 2)
+  return x0 != spec.pad_id
+
+
+def kept_positions(keep: jax.Array | None, real: jax.Array | None) -> jax.Array | None:
+  """The positions a keep-taking process never corrupts: the prompt ∪ the pads (bool
+  [b, L]), the prompt alone without padding, None with neither."""
+  if real is None:
+    return keep
+  pads = jnp.logical_not(real)
+  return pads if keep is None else jnp.logical_or(keep, pads)
+
+
 def _takes_keep(fn) -> bool:
   try:
     return "keep" in inspect.signature(fn).parameters
@@ -99,10 +133,19 @@ def from_config(config: Any, length: int, process) -> PromptSpec:
   data.kind "tokens" for "data", a process whose ``corrupt`` and ``loss`` take ``keep=``
   when a prompt is used, and ``drift.pool`` = "completion" only with a prompt (TokenDrift
   runs). A config without a ``prompt`` group (written before it existed) has no prompt.
+  ``config.prompt.pad_id`` (absent or -1: unpadded rows) must be an id of the process's
+  vocabulary other than its mask id.
   """
   group = config.get("prompt", None)
   mode = "none" if group is None else str(group.get("mode", "none"))
   plen = 0 if group is None else int(group.get("length", 0))
+  pad = -1 if group is None else group.get("pad_id", -1)
+  if isinstance(pad, bool) or not isinstance(pad, int) or not -1 <= pad < process.vocab_size:
+    raise ValueError(f"config.prompt.pad_id must be -1 (no padding) or an id in "
+                     f"[0, {process.vocab_size}), got {pad!r}")
+  if pad >= 0 and pad == process.mask_id:
+    raise ValueError(f"config.prompt.pad_id={pad} is the mask id of "
+                     f"config.diffusion.process={process.name!r}; padding needs its own id")
   if mode not in MODES:
     raise ValueError(f"config.prompt.mode must be one of {MODES}, got {mode!r}")
   if mode == "prefix" and not 1 <= plen <= length - 1:
@@ -120,4 +163,5 @@ def from_config(config: Any, length: int, process) -> PromptSpec:
     raise ValueError(f"config.prompt.mode={mode!r} needs a diffusion process that never "
                      f"corrupts a prompt (corrupt/loss with keep=); "
                      f"config.diffusion.process={process.name!r} has none (use 'llada')")
-  return PromptSpec(mode=mode, length=plen, seq_len=int(length))
+  return PromptSpec(mode=mode, length=plen, seq_len=int(length),
+                    pad_id=None if pad < 0 else int(pad))
