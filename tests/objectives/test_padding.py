@@ -118,34 +118,44 @@ def test_tokendrift_padded_batch_matches_unpadded_rows(weights, family, kind, po
   cfg, ctx, dcfg = _setup(family, kind, pool)
   params = enc_params = weights[family]
   batch, layout = _batch(kind)
+  key = jax.random.key(10)
+  queues = _empty_queues(cfg.feature_dim)
+  # The padded micro-step itself: loss, and h, u as it pushed them into the empty queues.
+  loss, _, pushed, metrics = jax.jit(
+      lambda b, k: tokendrift.drift_microstep(ctx, dcfg, params, enc_params, queues, b, k))(
+          jnp.asarray(batch), key)
+  h, u, base = pushed["gen"].buf[:3], pushed["real"].buf[:3], metrics["loss_diffusion"]
+  # Its draw (the micro-step's key use: k_t, k_x, k_drop = split(key, 3)).
   x0, keep = prompt_lib.split_prompt(ctx.prompt, jnp.asarray(batch))
   real = prompt_lib.real_positions(ctx.prompt, x0)
-  k_t, k_x = jax.random.split(jax.random.key(5))
+  k_t, k_x, _ = jax.random.split(key, 3)
   draw = jax.jit(lambda *a: tokendrift.drift_draw(ctx, dcfg, *a))(x0, keep, k_t, k_x, real)
-  # Pads are never predicted, and never corrupted when a prompt is kept.
+  # Pads are never predicted, and never corrupted when a prompt is kept. Every row has
+  # some but not all of its real positions predicted (key 10), so that attending a pad
+  # would change what is read (an all-mask row sees the same masks in its pads).
   assert not bool(jnp.any(draw.predicted & ~real))
+  counts = [int(c) for c in jnp.sum(draw.predicted, axis=1)]
+  assert all(0 < c < n - p for c, (_, n, p) in zip(counts, layout)), counts
   if keep is not None:
     assert bool(jnp.all(jnp.where(real, True, draw.xt == x0)))
 
   def run(d):
-    """(loss, u, h, base loss) of the micro-step's pieces for draw d, empty queues."""
+    """(loss, u, h, base loss) of an unpadded row's micro-step pieces for its draw d."""
     enc = tokendrift.frozen_encoder(ctx, dcfg, enc_params, d.x0.shape[0])
     u = tokendrift.clean_features(enc, d)
-    logits = losses.generator(ctx, params, None, d.real)(d.xt, d.sigma)
+    logits = losses.generator(ctx, params, None)(d.xt, d.sigma)
     loss, (queues, metrics) = tokendrift.drift_loss_from_logits(
         ctx, dcfg, enc, d, u, _empty_queues(cfg.feature_dim), logits)
     n = d.x0.shape[0]
     return loss, u, queues["gen"].buf[:n], metrics["loss_diffusion"]
 
   run = jax.jit(run)
-  loss, u, h, base = run(draw)
   rows = [run(_row_draw(draw, i, *lay, pool)) for i, lay in enumerate(layout)]
   u_ref = jnp.concatenate([r[1] for r in rows])
   h_ref = jnp.concatenate([r[2] for r in rows])
   chex.assert_trees_all_close((u, h), (u_ref, h_ref), rtol=TOL, atol=TOL)
 
   # V of the stacked unpadded features, and the loss it gives with the base loss.
-  queues = _empty_queues(cfg.feature_dim)
   drift = jax.jit(lambda h, u: obj_lib.drift_from_features(h, u, queues["real"],
                                                            queues["gen"], dcfg)[0])
   v_ref, v = drift(h_ref, u_ref), drift(h, u)
