@@ -70,3 +70,28 @@ def test_positions_errors():
     feat.pool_features(hidden, jnp.ones((B, L), jnp.int32))
   with pytest.raises(ValueError, match="positions must be bool"):
     feat.pool_features(hidden, jnp.ones((B, L - 1), bool))
+
+
+def test_attention_mask_reaches_the_encoder_and_restricts_the_pool():
+  """Padded rows: the encoder is called with the mask, and h pools the real positions
+  (∩ the given positions) only; float64 NumPy reference of the pooling."""
+  hidden = _hidden(jnp.float32)
+  seen = {}
+
+  def encoder_hidden(embeds, sigma, **kw):
+    seen.update(kw)
+    return hidden
+
+  real = np.arange(L)[None, :] < np.array([7, 4, 5])[:, None]       # right padding
+  completion = np.arange(L)[None, :] >= np.array([2, 0, 4])[:, None]
+  embeds, sigma = jnp.zeros((B, L, D)), jnp.zeros((B,))
+  got = feat.encoder_features(encoder_hidden, embeds, sigma, jnp.asarray(completion),
+                              attention_mask=jnp.asarray(real))
+  chex.assert_trees_all_equal(seen["attention_mask"], real)
+  # float32 sums of ≤ 7 values of size ≲ 10 and one normalisation: ≲ 1e-6 of unit vectors.
+  chex.assert_trees_all_close(got, _np_pool(*hidden[-2:], completion & real), rtol=0,
+                              atol=1e-6)
+  got = feat.encoder_features(encoder_hidden, embeds, sigma, attention_mask=jnp.asarray(real))
+  chex.assert_trees_all_close(got, _np_pool(*hidden[-2:], real), rtol=0, atol=1e-6)
+  with pytest.raises(ValueError, match=r"attention_mask must be bool \[B, L\] = \[3, 7\]"):
+    feat.encoder_features(encoder_hidden, embeds, sigma, attention_mask=jnp.ones((B, L)))

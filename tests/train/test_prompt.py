@@ -1,5 +1,6 @@
-"""train/prompt: the keep mask of a prefix or of per-row prompt lengths, the config checks,
-and the prompt-length files of data/tokens.py (one-line errors naming the key or path)."""
+"""train/prompt: the keep mask of a prefix or of per-row prompt lengths, the padding masks
+(pad_id), the config checks, and the prompt-length files of data/tokens.py (one-line
+errors naming the key or path)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,23 @@ def test_split_prompt_prefix_and_data_columns():
     prompt_lib.split_prompt(prompt_lib.PromptSpec("data", 0, L), jnp.asarray(x0))
 
 
+def test_padding_masks():
+  """real = x0 != pad_id; the kept set is prompt ∪ pads (hand-written rows: a left-padded
+  prompt of 2 tokens and a right-padded row without pads in its prompt)."""
+  x0 = jnp.array([[9, 9, 1, 2, 3, 4], [1, 2, 3, 4, 9, 9]], jnp.int32)
+  spec = prompt_lib.PromptSpec("data", 0, L, pad_id=9)
+  real = prompt_lib.real_positions(spec, x0)
+  chex.assert_trees_all_equal(real, np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], bool))
+  keep = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]], bool)   # P = 4 (pads + 2), 2
+  chex.assert_trees_all_equal(prompt_lib.kept_positions(keep, real),
+                              np.array([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 1, 1]], bool))
+  chex.assert_trees_all_equal(prompt_lib.kept_positions(None, real), ~np.asarray(real))
+  assert prompt_lib.kept_positions(keep, None) is keep
+  assert prompt_lib.real_positions(prompt_lib.PromptSpec(seq_len=L), x0) is None
+  with pytest.raises(ValueError, match="pad_id must be None or an id >= 0, got -2"):
+    prompt_lib.PromptSpec(pad_id=-2)
+
+
 def _config(mode="none", length=0, **over):
   c = base.get_config()
   c.prompt.mode, c.prompt.length = mode, length
@@ -55,6 +73,8 @@ def test_from_config():
   c = _config()
   del c["prompt"]
   assert not prompt_lib.from_config(c, L, LLADA).active
+  assert prompt_lib.from_config(c, L, LLADA).pad_id is None
+  assert prompt_lib.from_config(_config(prompt__pad_id=11), L, LLADA).pad_id == 11
 
 
 @pytest.mark.parametrize("config,match", [
@@ -64,6 +84,10 @@ def test_from_config():
     (_config("none", 3), r"config.prompt.length=3 is read only with config.prompt.mode="),
     (_config("data"), r"config.prompt.mode='data' .* needs config.data.kind='tokens', got "
                       r"'text'"),
+    (_config(prompt__pad_id=12), r"config.prompt.pad_id must be -1 \(no padding\) or an id "
+                                 r"in \[0, 12\), got 12"),
+    (_config(prompt__pad_id=10), r"config.prompt.pad_id=10 is the mask id of "
+                                 r"config.diffusion.process='llada'"),
 ])
 def test_from_config_errors(config, match):
   with pytest.raises(ValueError, match=match):
