@@ -5,7 +5,9 @@
   finite losses, the prompt metrics, checkpoints; resumed from its step-1 checkpoint on
   (4, 2) + FSDP, step 2 equals the one-device step 2 (loss, parameters, queues).
 * ``--runslow``: one step of each objective, unconditional and prompted, on 1 device ==
-  on (8, 1) and (4, 2) + FSDP; unconditional runs of both objectives through the trainer.
+  on (8, 1) and (4, 2) + FSDP; unconditional runs of both objectives through the trainer;
+  a TokenDrift run on SFT pairs whose prompts differ in length, left-padded
+  (``config.prompt.pad_id``).
 
 The SFT loss of the prompted continuation micro-step and the prompt's masks, lift and
 gradients are checked in tests/train/test_losses.py.
@@ -28,6 +30,7 @@ import pytest
 
 from tokendrift_jax import checkpoints
 from tokendrift_jax import sharding
+from tokendrift_jax.data import tokens as tokens_lib
 from tokendrift_jax.train import builder
 from tokendrift_jax.train import checkpointing
 from tokendrift_jax.train import metrics_writer
@@ -220,3 +223,32 @@ def test_shipped_llada_configs_build(name):
                      match=r"download GSAI-ML/LLaDA-8B-Base elsewhere .* `python -m convert "
                            r"SRC DST --family llada`"):
     trainer.resolve_init_checkpoint(c)
+
+
+@pytest.mark.slow
+def test_padded_sft_drift_run(tiny_dir, tmp_path, tiny_llada_run_config):
+  """SFT pairs whose prompts differ in length, left-padded with ``config.prompt.pad_id``
+  so that every completion starts in column 6 (P_i = 6 counts the pads), through
+  trainer.train: finite losses and the padding metric (the micro-step's padded == unpadded
+  values are tests/objectives/test_padding.py)."""
+  cfg = tiny_llada_run_config(tiny_dir, "drift", prompt_mode="data", pool="completion")
+  rows = np.load(cfg.data.train_tokens)
+  plen = np.load(tokens_lib.prompt_lengths_path(cfg.data.train_tokens))
+  length, width, pad = rows.shape[1], 6, 251   # 251: neither text (< 250) nor the mask
+  padded = np.full_like(rows, pad)
+  for i, (row, p) in enumerate(zip(rows, np.minimum(plen, width))):
+    padded[i, width - p:width] = row[:p]
+    padded[i, width:] = row[p:p + length - width]
+  path = str(tmp_path / "sft_padded.npy")
+  np.save(path, padded)
+  np.save(tokens_lib.prompt_lengths_path(path), np.full(len(rows), width, np.int32))
+  cfg.data.train_tokens = path
+  cfg.prompt.pad_id = pad
+  cfg.train.steps = 2
+  workdir = str(tmp_path / "run")
+  trainer.train(cfg, workdir)
+  logged = [r for r in metrics_writer.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+            if "loss" in r]
+  assert len(logged) == 2 and all(np.isfinite(r["loss"]) for r in logged)
+  # Rows hold 16 − (6 − min(P_i, 6)) real tokens: fewer than 16 on average.
+  assert all(10 <= r["real_per_row"] < length for r in logged)
