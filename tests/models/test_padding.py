@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from tokendrift_jax import models
+from tokendrift_jax.models import common
 from tokendrift_jax.models.dit import DiTConfig
 from tokendrift_jax.models import dream as dream_model
 from tokendrift_jax.models.dream import DreamConfig
@@ -168,3 +169,15 @@ def test_attention_mask_errors_name_the_argument(tiny_params, family):
     model(ids, attention_mask=jnp.ones((2, 5), bool))
   with pytest.raises(ValueError, match="attention_mask must be bool"):
     model(ids, attention_mask=jnp.ones((2, 6), jnp.int32))
+
+
+def test_cudnn_gets_the_mask_with_the_query_length():
+  """cuDNN's fused attention takes the mask as a bias of shape [B, N, T, S] (jax's
+  check_layout refuses T = 1), XLA broadcasts [B, 1, 1, S] itself; None stays None."""
+  mask = jnp.array([[False, True, True], [True, True, True]])
+  keys = common.key_mask(mask)
+  chex.assert_shape(keys, (2, 1, 1, 3))
+  assert common.mask_for_impl(keys, "xla", 3) is keys
+  wide = common.mask_for_impl(keys, "cudnn", 3)
+  chex.assert_trees_all_equal(wide, np.repeat(np.asarray(mask)[:, None, None, :], 3, axis=2))
+  assert common.mask_for_impl(None, "cudnn", 3) is None

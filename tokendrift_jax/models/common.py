@@ -72,6 +72,16 @@ def key_mask(attention_mask):
   return attention_mask[:, None, None, :]
 
 
+def mask_for_impl(mask, implementation, q_len: int):
+  """The key mask as ``implementation`` takes it: [B, 1, 1, L] for XLA (broadcast inside
+  its softmax), [B, 1, q_len, L] for cuDNN, whose fused kernel receives the mask as an
+  additive bias that must have the query length (jax's ``check_layout``: "Bias must have
+  same seq length as QKV"). None stays None."""
+  if mask is None or implementation != "cudnn":
+    return mask
+  return jnp.broadcast_to(mask, (mask.shape[0], 1, q_len, mask.shape[-1]))
+
+
 def apply_rotary(x, cos, sin):
   """Non-interleaved rotary (halves) on x [B, L, H, Dh]; cos/sin [L, Dh/2] (positions
   shared by the rows) or [B, L, Dh/2] (per-row positions, e.g. Dream's left padding).

@@ -39,8 +39,8 @@ from flax import nnx
 
 from tokendrift_jax.models import base
 from tokendrift_jax.models.common import (apply_rotary, check_attention_impl,
-                                          check_attention_mask, key_mask, remat_policy_fn,
-                                          resolve_attention_impl)
+                                          check_attention_mask, key_mask, mask_for_impl,
+                                          remat_policy_fn, resolve_attention_impl)
 from tokendrift_jax.models.common import dropout as _dropout
 
 FREQ_EMBED_DIM = 256     # TimestepEmbedder.frequency_embedding_size
@@ -235,9 +235,10 @@ class DiTBlock(nnx.Module):
     qkv = qkv.reshape(b, length, 3, self.n_heads, d // self.n_heads)
     q = apply_rotary(qkv[:, :, 0], cos, sin)
     k = apply_rotary(qkv[:, :, 1], cos, sin)
+    impl = resolve_attention_impl(self.attention_impl, q.dtype, q.shape[-1])
     attn = jax.nn.dot_product_attention(
-        q, k, qkv[:, :, 2], mask=mask, is_causal=False,
-        implementation=resolve_attention_impl(self.attention_impl, q.dtype, q.shape[-1]))
+        q, k, qkv[:, :, 2], mask=mask_for_impl(mask, impl, length), is_causal=False,
+        implementation=impl)
     out = self.attn_out(attn.reshape(b, length, d))
     x = x + gate_msa[:, None, :] * _dropout(out, self.dropout, rngs[0])
 

@@ -63,8 +63,8 @@ from flax import nnx
 
 from tokendrift_jax.models import base
 from tokendrift_jax.models.common import (apply_rotary, check_attention_impl,
-                                          check_attention_mask, key_mask, remat_policy_fn,
-                                          resolve_attention_impl)
+                                          check_attention_mask, key_mask, mask_for_impl,
+                                          remat_policy_fn, resolve_attention_impl)
 from tokendrift_jax.models.llada import (LLaDAConfig, LLaDAFlops, RMSNorm, rotary_cos_sin,
                                          rotary_cos_sin_at)
 
@@ -230,9 +230,10 @@ class DreamBlock(nnx.Module):
     q = apply_rotary(q, cos, sin)
     k = apply_rotary(k, cos, sin)
     # GQA: query head n reads kv head n // (n_heads / n_kv_heads), as repeat_kv.
+    impl = resolve_attention_impl(self.attention_impl, q.dtype, self.head_dim)
     attn = jax.nn.dot_product_attention(
-        q, k, v, mask=mask, is_causal=False,
-        implementation=resolve_attention_impl(self.attention_impl, q.dtype, self.head_dim))
+        q, k, v, mask=mask_for_impl(mask, impl, length), is_causal=False,
+        implementation=impl)
     x = x + self.o_proj(attn.reshape(b, length, d))
     h = self.post_attention_layernorm(x)
     return x + self.down_proj(jax.nn.silu(self.gate_proj(h)) * self.up_proj(h))

@@ -46,8 +46,8 @@ from flax import nnx
 
 from tokendrift_jax.models import base
 from tokendrift_jax.models.common import (apply_rotary, check_attention_impl,
-                                          check_attention_mask, key_mask, remat_policy_fn,
-                                          resolve_attention_impl)
+                                          check_attention_mask, key_mask, mask_for_impl,
+                                          remat_policy_fn, resolve_attention_impl)
 from tokendrift_jax.models.common import dropout as _dropout
 
 
@@ -259,9 +259,10 @@ class LLaDABlock(nnx.Module):
     q = apply_rotary(q.astype(self.rope_dtype), cos, sin).astype(v.dtype)
     k = apply_rotary(k.astype(self.rope_dtype), cos, sin).astype(v.dtype)
     # GQA: query head n reads kv head n // (n_heads / n_kv_heads), as repeat_interleave.
+    impl = resolve_attention_impl(self.attention_impl, q.dtype, self.head_dim)
     attn = jax.nn.dot_product_attention(
-        q, k, v, mask=mask, is_causal=False,
-        implementation=resolve_attention_impl(self.attention_impl, q.dtype, self.head_dim))
+        q, k, v, mask=mask_for_impl(mask, impl, length), is_causal=False,
+        implementation=impl)
     x = x + _dropout(self.attn_out(attn.reshape(b, length, d)), self.dropout, rngs[0])
 
     h = self.ff_norm(x)
