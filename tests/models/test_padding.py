@@ -181,3 +181,22 @@ def test_cudnn_gets_the_mask_with_the_query_length():
   wide = common.mask_for_impl(keys, "cudnn", 3)
   chex.assert_trees_all_equal(wide, np.repeat(np.asarray(mask)[:, None, None, :], 3, axis=2))
   assert common.mask_for_impl(None, "cudnn", 3) is None
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_scan_and_remat_carry_the_mask(random_params, family):
+  """The padded function is the same with scanned, rematerialised blocks (3 blocks, so
+  that two are scanned): the mask reaches every block on both paths."""
+  cfg = TINY[family]
+  cfg = type(cfg).from_dict(dict(cfg.to_dict(), **(
+      {"n_layers": 3} if family == "llada" else {"num_hidden_layers": 3})))
+  params = random_params(cfg, seed=9)
+  ids, mask, _ = _pad(_rows(cfg.vocab_size), "left", pad_id=cfg.vocab_size - 2)
+
+  def logits(**compute):
+    model = models.merge(models.graphdef(cfg, **compute), params)
+    return jax.jit(lambda x, m: model(x, attention_mask=m))(ids, mask)
+
+  # Same operations, grouped differently by the scan: float32 reassociation only.
+  chex.assert_trees_all_close(logits(scan_layers=True, remat=True), logits(), rtol=TOL,
+                              atol=TOL)
