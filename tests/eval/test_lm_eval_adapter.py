@@ -125,7 +125,7 @@ def test_loglikelihood_matches_float64_reference(tiny_llada, tokenizer_dir, cfg)
   lm = lm_eval_adapter.TokenDriftLM(checkpoint=ckpt, tokenizer=tokenizer_dir, mc_num=6,
                                     batch_size=3, cfg=cfg, seed=7, num_devices=1)
   from lm_eval.api.instance import Instance  # pylint: disable=import-outside-toplevel
-  pairs = [("ab cd ef gh", " ij kl"), ("qrs tuv", " wx yz abc def")]
+  pairs = [("ab cd ef gh", " ij kl mno")]
   reqs = [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)]
   got = lm.loglikelihood(reqs)
   for (context, cont), (logprob, greedy) in zip(pairs, got):
@@ -145,12 +145,35 @@ def test_loglikelihood_matches_float64_reference(tiny_llada, tokenizer_dir, cfg)
     lm.loglikelihood_rolling(reqs)
 
 
-def _write_tasks(root) -> str:
-  """Two local tasks (JSON data + YAML) under ``root``; returns the include path."""
+def _same_length(tokenizer, context: str, words, n: int = 2) -> list[str]:
+  """The first ``n`` of ``words`` whose continuation after ``context`` has one common token
+  length (so every request of a task compiles one program)."""
+  by_len: dict[int, list[str]] = {}
+  for w in words:
+    by_len.setdefault(len(lm_eval_adapter.encode_pair(tokenizer, context, w)[1]), []).append(w)
+  return max(by_len.values(), key=len)[:n]
+
+
+WORDS = [" ab", " cd", " ef", " gh", " ij", " kl", " mno", " pq", " rs", " tuv", " wx", " yz"]
+
+
+def _write_tasks(root, tokenizer) -> tuple[str, list[str]]:
+  """Two local tasks (JSON data + YAML) under ``root``: (the include path, the generation
+  prompts).
+
+  Multiple choice: one question twice, its two choices (of one token length) swapped and
+  the label 0 in both; the estimate is a function of the (context, continuation) tokens
+  and the seed only, so whichever choice the model prefers, exactly one of the two
+  documents is right: acc = 0.5 exactly. Generation: two prompts of one token length,
+  cut at ".".
+  """
   os.makedirs(root, exist_ok=True)
-  mc = [{"question": "ab cd ef", "choices": [" gh", " ij kl", " mno"], "label": 1},
-        {"question": "qrs tuv", "choices": [" wx", " yz"], "label": 0}]
-  gen = [{"question": "ab cd", "answer": "ef"}, {"question": "gh ij kl", "answer": "mn"}]
+  question = "ab cd ef"
+  a, b = _same_length(tokenizer, question, WORDS)
+  mc = [{"question": question, "choices": [a, b], "label": 0},
+        {"question": question, "choices": [b, a], "label": 0}]
+  prompts = _same_length(tokenizer, "", [w.strip() + " ab" for w in WORDS])
+  gen = [{"question": p, "answer": "cd"} for p in prompts]
   for name, rows in (("mc", mc), ("gen", gen)):
     with open(os.path.join(root, f"{name}.json"), "w", encoding="utf-8") as f:
       json.dump(rows, f)
@@ -180,35 +203,67 @@ def _write_tasks(root) -> str:
         doc_to_target: "{{{{answer}}}}"
         generation_kwargs:
           until: ["."]
-          max_gen_toks: 4
+          max_gen_toks: {GEN}
         metric_list:
           - metric: exact_match
         """))
-  return str(root)
+  return str(root), prompts
+
+
+GEN = 4     # generated tokens per prompt
+NFE = 2     # sampler steps (two tokens committed per step)
+
+
+def _reference_generation(model, tokenizer, prompt: str) -> str:
+  """LLaDA's generate.py (float64 NumPy reference, tests/references/np_llada.py) with the
+  PyTorch model in float64 as the denoiser, greedy, then eval_llada.py's text rule: decode
+  with special tokens, cut at ".", re-encode, decode without special tokens (ids past the
+  tokenizer, rows of the padded embedding, dropped first as the adapter documents)."""
+  from tests.references import np_llada  # pylint: disable=import-outside-toplevel
+  ids = np.asarray([tokenizer(prompt)["input_ids"]])
+  model = model.double()
+  with torch.no_grad():
+    out = np_llada.generate(lambda x: model(torch.from_numpy(x))[0].numpy(), ids,
+                            steps=NFE, gen_length=GEN, block_length=GEN, temperature=0.0,
+                            cfg_scale=0.0, remasking="low_confidence", mask_id=MASK)
+  model.float()
+  # float32 rounding in the adapter (~1e-6 relative in the logits) cannot flip a choice
+  # of the float64 run: its closest argmax and confidence decisions are wider than that.
+  assert out["margin"]["argmax"] > 1e-4 and out["margin"]["confidence"] > 1e-5
+  gen = [int(t) for t in out["tokens"][0, ids.shape[1]:] if t < len(tokenizer)]
+  text = tokenizer.decode(gen, skip_special_tokens=False).split(".")[0]
+  return tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_simple_evaluate_runs_local_tasks(family, tiny_llada, tiny_dream, tokenizer_dir,
                                           tmp_path, monkeypatch):
   """A multiple-choice and a generation task, from JSON files written here, through
-  lm_eval.simple_evaluate on the registered model type: every document is answered and the
-  metrics are the harness's (acc in [0, 1] over 2 docs, exact_match over 2 docs)."""
+  lm_eval.simple_evaluate on the registered model type (no hub: HF_DATASETS_OFFLINE):
+  acc = 0.5 exactly (see _write_tasks), every generation cut at "."; for LLaDA each
+  generation is the float64 reference's text."""
   monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
   import lm_eval  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
   from lm_eval.tasks import TaskManager  # pylint: disable=import-outside-toplevel
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
   ckpt = tiny_llada[1] if family == "llada" else tiny_dream
-  include = _write_tasks(tmp_path / "tasks")
+  include, prompts = _write_tasks(tmp_path / "tasks", tokenizer)
   results = lm_eval.simple_evaluate(
       model="tokendrift",
       model_args=f"checkpoint={ckpt},tokenizer={tokenizer_dir},mc_num=2,batch_size=2,"
-                 f"nfe=2,num_devices=1",
+                 f"nfe={NFE},num_devices=1",
       tasks=["td_mc", "td_gen"], task_manager=TaskManager(include_path=include,
                                                           include_defaults=False),
       bootstrap_iters=0, log_samples=True)
   res = results["results"]
-  assert 0.0 <= res["td_mc"]["acc,none"] <= 1.0
+  assert res["td_mc"]["acc,none"] == 0.5
   assert 0.0 <= res["td_gen"]["exact_match,none"] <= 1.0
-  assert len(results["samples"]["td_mc"]) == 2 and len(results["samples"]["td_gen"]) == 2
-  for s in results["samples"]["td_gen"]:
+  assert len(results["samples"]["td_mc"]) == 2
+  samples = sorted(results["samples"]["td_gen"], key=lambda s: s["doc_id"])
+  assert [s["doc"]["question"] for s in samples] == prompts
+  for s in samples:
     text = s["resps"][0][0]
     assert isinstance(text, str) and "." not in text
+    if family == "llada":
+      assert text == _reference_generation(tiny_llada[0], tokenizer, s["doc"]["question"])
