@@ -235,19 +235,31 @@ def _reference_generation(model, tokenizer, prompt: str) -> str:
   return tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("family", ["llada", "dream"])
-def test_simple_evaluate_runs_local_tasks(family, tiny_llada, tiny_dream, tokenizer_dir,
-                                          tmp_path, monkeypatch):
+def _check_results(res, samples, prompts, check_text=None):
+  assert res["td_mc"]["acc,none"] == 0.5
+  assert 0.0 <= res["td_gen"]["exact_match,none"] <= 1.0
+  assert len(samples["td_mc"]) == 2
+  gen = sorted(samples["td_gen"], key=lambda s: s["doc_id"])
+  assert [s["doc"]["question"] for s in gen] == prompts
+  for s in gen:
+    text = s["resps"][0][0]
+    assert isinstance(text, str) and "." not in text
+    if check_text is not None:
+      assert text == check_text(s["doc"]["question"])
+
+
+def test_simple_evaluate_runs_local_tasks_on_llada(tiny_llada, tokenizer_dir, tmp_path,
+                                                   monkeypatch):
   """A multiple-choice and a generation task, from JSON files written here, through
   lm_eval.simple_evaluate on the registered model type (no hub: HF_DATASETS_OFFLINE):
-  acc = 0.5 exactly (see _write_tasks), every generation cut at "."; for LLaDA each
-  generation is the float64 reference's text."""
+  acc = 0.5 exactly (see _write_tasks), every generation cut at "." and equal to the
+  float64 reference's text."""
   monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
   import lm_eval  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
   from lm_eval.tasks import TaskManager  # pylint: disable=import-outside-toplevel
   tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-  ckpt = tiny_llada[1] if family == "llada" else tiny_dream
+  model, ckpt = tiny_llada
   include, prompts = _write_tasks(tmp_path / "tasks", tokenizer)
   results = lm_eval.simple_evaluate(
       model="tokendrift",
@@ -256,14 +268,71 @@ def test_simple_evaluate_runs_local_tasks(family, tiny_llada, tiny_dream, tokeni
       tasks=["td_mc", "td_gen"], task_manager=TaskManager(include_path=include,
                                                           include_defaults=False),
       bootstrap_iters=0, log_samples=True)
-  res = results["results"]
-  assert res["td_mc"]["acc,none"] == 0.5
-  assert 0.0 <= res["td_gen"]["exact_match,none"] <= 1.0
-  assert len(results["samples"]["td_mc"]) == 2
-  samples = sorted(results["samples"]["td_gen"], key=lambda s: s["doc_id"])
-  assert [s["doc"]["question"] for s in samples] == prompts
-  for s in samples:
-    text = s["resps"][0][0]
-    assert isinstance(text, str) and "." not in text
-    if family == "llada":
-      assert text == _reference_generation(tiny_llada[0], tokenizer, s["doc"]["question"])
+  _check_results(results["results"], results["samples"], prompts,
+                 lambda prompt: _reference_generation(model, tokenizer, prompt))
+
+
+def test_launch_lm_eval_runs_local_tasks_on_dream(tiny_dream, tokenizer_dir, tmp_path,
+                                                  monkeypatch, capsys):
+  """The same tasks through launch/lm_eval.py's run() on a tiny Dream (its aligned logits,
+  its diffusion_generate sampler): lm_eval_results.json and lm_eval_samples.jsonl written,
+  acc = 0.5 exactly, generations cut at "."."""
+  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  import transformers  # pylint: disable=import-outside-toplevel
+  from tokendrift_jax.eval import lm_eval_cli  # pylint: disable=import-outside-toplevel
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+  include, prompts = _write_tasks(tmp_path / "tasks", tokenizer)
+  out = tmp_path / "out"
+  rc = lm_eval_cli.run(["--tasks=td_mc,td_gen", f"--include_path={include}",
+                        f"--output_dir={out}", "--bootstrap_iters=0", "--log_samples",
+                        "--no_default_tasks",
+                        f"--model_args=checkpoint={tiny_dream},tokenizer={tokenizer_dir},"
+                        f"mc_num=2,batch_size=2,nfe={NFE},num_devices=1,alg=entropy"])
+  assert rc == 0, capsys.readouterr().err
+  with open(out / lm_eval_cli.RESULTS_JSON, encoding="utf-8") as f:
+    payload = json.load(f)
+  samples: dict = {}
+  with open(out / lm_eval_cli.SAMPLES_JSONL, encoding="utf-8") as f:
+    for line in f:
+      row = json.loads(line)
+      samples.setdefault(row["task"], []).append(row)
+  _check_results(payload["results"], samples, prompts)
+  assert payload["tokendrift"]["checkpoint"] == tiny_dream
+  assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--tasks=", "--model_args=checkpoint={ckpt}"], "--tasks is empty"),
+    (["--tasks=td_mc", "--model_args=tokenizer=x"], "needs checkpoint=DIR"),
+    (["--tasks=td_mc", "--model_args=checkpoint={missing}"], "no backbone checkpoint"),
+    (["--tasks=td_mc", "--model_args=checkpoint={run}"], "did you mean checkpoint="),
+    (["--tasks=td_mc", "--model_args=checkpoint={ckpt}", "--limit=1.5"], "--limit=1.5"),
+    (["--tasks=td_mc", "--model_args=checkpoint={ckpt}"], "leaves no tasks"),
+    (["--tasks=td_mc", "--model_args=checkpoint={ckpt}", "--include_path={missing}"],
+     "is not a directory"),
+    (["--tasks=no_such_task_xyz", "--model_args=checkpoint={ckpt}",
+      "--include_path={tasks}"], "unknown task(s) ['no_such_task_xyz']"),
+    (["--tasks=td_mc", "--model_args=checkpoint={ckpt},tokenizer={tasks}/nothing",
+      "--include_path={tasks}"], "does not exist"),
+    (["--tasks=td_mc", "--model_args=checkpoint={ckpt},mc_num=3,batch_size=2",
+      "--include_path={tasks}"], "mc_num=3 must be a multiple of batch_size=2"),
+    (["--tasks=td_mc", "--model_args=checkpoint={ckpt},tokenizer={tok},nfe=x",
+      "--include_path={tasks}"], "nfe must be an int"),
+])
+def test_launch_lm_eval_user_errors(args, says, tiny_llada, tokenizer_dir, tmp_path, capsys):
+  """Bad input: one ``error:`` line, status 2, nothing written."""
+  from tokendrift_jax.eval import lm_eval_cli  # pylint: disable=import-outside-toplevel
+  run_dir = tmp_path / "run"
+  (run_dir / "checkpoints").mkdir(parents=True)
+  tasks = tmp_path / "tasks"
+  tasks.mkdir()
+  (tasks / "td_mc.yaml").write_text("task: td_mc\ndataset_path: json\n"
+                                    "output_type: multiple_choice\n")
+  fill = {"ckpt": tiny_llada[1], "missing": str(tmp_path / "missing"), "run": str(run_dir),
+          "tasks": str(tasks), "tok": tokenizer_dir}
+  out = tmp_path / "out"
+  rc = lm_eval_cli.run([a.format(**fill) for a in args]
+                       + [f"--output_dir={out}", "--no_default_tasks"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+  assert not out.exists()

@@ -48,6 +48,7 @@ except ImportError as _e:  # one line naming the fix, not a traceback into the h
 
 from tokendrift_jax.data import tokenizer as tokenizer_lib
 from tokendrift_jax.eval import diffusion_lm
+from tokendrift_jax.eval import judges
 
 MODEL_NAME = "tokendrift"
 TOKENIZER_ARG = "model_args tokenizer"
@@ -110,6 +111,8 @@ class TokenDriftLM(LM):
                        f"pass tokenizer=DIR in model_args")
     self.tokenizer = tokenizer_lib.load_tokenizer(name, field=TOKENIZER_ARG)
     self.model.process.prepare_tokenizer(self.tokenizer)
+    # A tokenizer of another checkpoint would score the wrong ids without any error.
+    judges.check_vocab(self.model.process, len(self.tokenizer), f"tokenizer {name!r}")
 
   @property
   def tokenizer_name(self) -> str:
