@@ -146,6 +146,49 @@ def test_loglikelihood_matches_float64_reference(tiny_llada, tokenizer_dir, cfg)
     lm.loglikelihood_rolling(reqs)
 
 
+@pytest.mark.slow   # its own DiT conversion and compile (~5 s); the fast set covers LLaDA
+def test_mdlm_elbo_matches_float64_reference(tmp_path, torch_dit_config, build_torch_dit,
+                                              save_hf_dir, convert_dit):
+  """MDLM checkpoints are scored by the process's NELBO of the target given the context:
+  for the draws of the documented keys (diffusion_lm.elbo_key; t and xt from the process's
+  own sample_t / corrupt, the context put back clean), the adapter's estimate equals the
+  float64 computation of MDLM's formula on the PyTorch DIT: −mean over draws of
+  Σ_{masked target j} −log softmax(logits with the mask at −∞)_j[x_j] · σ'(t)/expm1(σ(t)),
+  σ(t) = −log1p(−(1 − ε) t). Tolerance 1e-4 relative: float32 backbone (the converted DiT
+  matches its float64 reference to ~1e-6 relative, tests/models/test_dit.py)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from tests.references.torch_dit import reference_logits  # pylint: disable=import-outside-toplevel
+  model = build_torch_dit(torch_dit_config("mdlm"), seed=5)
+  ckpt = convert_dit(save_hf_dir(model, str(tmp_path / "hf"), "mdlm"), tmp_path / "ckpt")
+  lm = diffusion_lm.DiffusionLM(str(ckpt), mc_num=4, batch_size=2, seed=3, num_devices=1)
+  assert lm.estimator == "elbo"
+  process, vocab = lm.process, model.cfg["vocab_size"]
+  rng = np.random.default_rng(0)
+  context = rng.integers(0, vocab - 1, 5).tolist()
+  target = rng.integers(0, vocab - 1, 6).tolist()
+  got = lm.loglikelihood_tokens(context, target)
+  x0 = np.asarray([context + target] * 2, np.int64)
+  eps = process.eps
+  total = 0.0
+  for i in range(2):
+    k_t, k_x = jax.random.split(diffusion_lm.elbo_key(3, 5, 6, i))
+    t = process.sample_t(k_t, 2)
+    xt = np.array(process.corrupt(k_x, jnp.asarray(x0, jnp.int32), t), np.int64)
+    xt[:, :5] = x0[:, :5]
+    t = np.asarray(t, np.float64)
+    sigma = -np.log1p(-(1 - eps) * t)
+    logits = reference_logits(model, xt, sigma)
+    logits[..., process.mask_id] = -np.inf
+    logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    nll = -np.take_along_axis(logp, x0[..., None], -1)[..., 0]
+    weight = ((1 - eps) / (1 - (1 - eps) * t)) / np.expm1(sigma)
+    masked = xt == process.mask_id
+    assert masked[:, 5:].any() and not masked[:, :5].any()
+    total += float(np.sum(np.where(masked, nll * weight[:, None], 0.0)))
+  np.testing.assert_allclose(got, -total / 4, rtol=1e-4)
+
+
 def _same_length(tokenizer, context: str, words, n: int = 2) -> list[str]:
   """The first ``n`` of ``words`` whose continuation after ``context`` has one common token
   length (so every request of a task compiles one program)."""

@@ -112,6 +112,14 @@ def request_rng(seed: int, context_len: int, target_len: int) -> np.random.Gener
   return np.random.default_rng([int(seed), int(context_len), int(target_len)])
 
 
+def elbo_key(seed: int, context_len: int, target_len: int, batch_index: int) -> jax.Array:
+  """The key of NELBO batch ``batch_index`` of one request: fold_in(fold_in(fold_in(
+  PRNGKey(seed), P), T), i); the batch splits it as ``k_t, k_x = jax.random.split(key)``,
+  t = ``process.sample_t(k_t, b)``, xt = ``process.corrupt(k_x, x0, t)``."""
+  key = jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(context_len))
+  return jax.random.fold_in(jax.random.fold_in(key, int(target_len)), int(batch_index))
+
+
 def parse_mesh_shape(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
   """``"DxF"`` / ``"DxFxT"`` (``x``-separated, as model_args split on commas) -> ints."""
   if text is None or text == "":
@@ -254,7 +262,11 @@ class DiffusionLM:
   def _elbo_batch_loss(self, params, seq: jax.Array, key: jax.Array, prompt_len: int
                        ) -> jax.Array:
     """Σ over rows of the NELBO on the target positions, float32 scalar (b rows drawn
-    from ``key``: t = ``sample_t``, xt = ``corrupt`` with the context restored)."""
+    from ``key`` as :func:`elbo_key` says, the context restored in xt).
+
+    Args:
+      seq: int32[L] = [context (prompt_len), target]; key: PRNG key; prompt_len: P.
+    """
     b = self.batch_size
     x0 = jnp.broadcast_to(seq, (b, seq.shape[0])).astype(jnp.int32)
     k_t, k_x = jax.random.split(key)
@@ -287,10 +299,9 @@ class DiffusionLM:
     if self.estimator == "elbo":
       if draws is not None:
         raise ValueError("draws apply to the 'llada' estimator only")
-      key = jax.random.PRNGKey(self.seed)
-      key = jax.random.fold_in(jax.random.fold_in(key, p_len), t_len)
-      total = sum(float(self._elbo_batch(self.params, seq, jax.random.fold_in(key, i),
-                                         p_len)) for i in range(n_batches))
+      total = sum(float(self._elbo_batch(self.params, seq,
+                                         elbo_key(self.seed, p_len, t_len, i), p_len))
+                  for i in range(n_batches))
       return -total / self.mc_num
     if draws is None:
       rng = request_rng(self.seed, p_len, t_len)
@@ -357,5 +368,5 @@ def _devices(num_devices: int):
   return devices
 
 
-__all__ = ["DiffusionLM", "ESTIMATORS", "MaskDraw", "SAMPLER_OPTIONS", "draw_masks",
+__all__ = ["DiffusionLM", "ESTIMATORS", "MaskDraw", "SAMPLER_OPTIONS", "draw_masks", "elbo_key",
            "parse_mesh_shape", "request_rng"]
