@@ -189,6 +189,31 @@ def test_mdlm_elbo_matches_float64_reference(tmp_path, torch_dit_config, build_t
   np.testing.assert_allclose(got, -total / 4, rtol=1e-4)
 
 
+@pytest.mark.slow   # one more compiled sampler (~3 s)
+def test_is_greedy_is_the_scripts_suffix_greedy_check(tiny_llada, tokenizer_dir):
+  """is_check_greedy: True for the continuation that unmasking one most-confident position
+  per step yields (generate.py with steps = gen_length = T, greedy, one block: the float64
+  reference), False for any other; off, False (as the script returns)."""
+  from tests.references import np_llada  # pylint: disable=import-outside-toplevel
+  model, ckpt = tiny_llada
+  lm = diffusion_lm.DiffusionLM(ckpt, mc_num=2, batch_size=2, is_check_greedy=True,
+                                num_devices=1)
+  context = [5, 17, 33, 101, 7]
+  model = model.double()
+  with torch.no_grad():
+    out = np_llada.generate(lambda x: model(torch.from_numpy(x))[0].numpy(),
+                            np.asarray([context]), steps=3, gen_length=3, block_length=3,
+                            temperature=0.0, cfg_scale=0.0, remasking="low_confidence",
+                            mask_id=MASK)
+  model.float()
+  assert out["margin"]["argmax"] > 1e-4 and out["margin"]["confidence"] > 1e-5
+  greedy = [int(t) for t in out["tokens"][0, len(context):]]
+  assert lm.is_greedy(context, greedy) is True
+  assert lm.is_greedy(context, greedy[:2] + [(greedy[2] + 1) % MASK]) is False
+  off = diffusion_lm.DiffusionLM(ckpt, mc_num=2, batch_size=2, num_devices=1)
+  assert off.is_greedy(context, greedy) is False
+
+
 def _same_length(tokenizer, context: str, words, n: int = 2) -> list[str]:
   """The first ``n`` of ``words`` whose continuation after ``context`` has one common token
   length (so every request of a task compiles one program)."""

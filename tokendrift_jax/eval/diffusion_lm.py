@@ -67,7 +67,6 @@ from tokendrift_jax import models
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion import llada_sampling
 from tokendrift_jax.diffusion import make_process_for_model
-from tokendrift_jax.diffusion.base import Process
 
 ESTIMATORS = ("llada", "elbo")
 # Sampler options a model_args string may carry to the family's prompted sampler (each
@@ -227,7 +226,7 @@ class DiffusionLM:
     self.is_check_greedy = bool(is_check_greedy)
     self._llada_batch = jax.jit(self._llada_batch_loss)
     self._elbo_batch = jax.jit(self._elbo_batch_loss)
-    self._generators: dict[tuple[int, int, bool], Any] = {}
+    self._generators: dict[tuple, Any] = {}   # compiled samplers by shape
 
   # --- likelihood --------------------------------------------------------------------
 
@@ -320,10 +319,13 @@ class DiffusionLM:
     if not self.is_check_greedy or not target:
       return bool(self.is_check_greedy)
     t_len = len(target)
-    gen = llada_sampling.make_generate(self.process, self.apply_fn, batch=1,
-                                       prompt_length=len(context), gen_length=t_len,
-                                       temperature=0.0, cfg_scale=self.cfg, float64=False)
-    res = gen(self.params, np.asarray([context], np.int32), jax.random.PRNGKey(0), t_len)
+    key = ("greedy", len(context), t_len)
+    if key not in self._generators:   # one compiled program per (P, T)
+      self._generators[key] = llada_sampling.make_generate(
+          self.process, self.apply_fn, batch=1, prompt_length=len(context), gen_length=t_len,
+          temperature=0.0, cfg_scale=self.cfg, float64=False)
+    res = self._generators[key](self.params, np.asarray([context], np.int32),
+                                jax.random.PRNGKey(0), t_len)
     return bool(np.array_equal(np.asarray(res.generated)[0], np.asarray(target)))
 
   # --- generation --------------------------------------------------------------------
@@ -339,7 +341,7 @@ class DiffusionLM:
     if len(context) + gen_length > self.max_length:
       # Left truncation keeps the end of the prompt, the part the continuation follows.
       context = context[len(context) + gen_length - self.max_length:]
-    key = (len(context), gen_length)
+    key = ("generate", len(context), gen_length)
     if key not in self._generators:
       options = dict(self.sampler_options)
       if self.cfg > 0:

@@ -32,6 +32,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+import jax
+
 from tokendrift_jax import checkpoints
 from tokendrift_jax import fs
 from tokendrift_jax.eval import cli as eval_cli
@@ -160,7 +162,9 @@ def evaluate(args: argparse.Namespace) -> dict:
       task_manager=manager, bootstrap_iters=args.bootstrap_iters,
       log_samples=args.log_samples, random_seed=args.seed, numpy_random_seed=args.seed,
       torch_random_seed=args.seed, fewshot_random_seed=args.seed)
-  if results is None:   # a process other than the harness's rank 0 reports nothing
+  # Every JAX process runs every request (the harness sees one rank; the weights are
+  # placed across processes, so all must run the same programs); process 0 writes.
+  if results is None or jax.process_index() != 0:
     return {}
   samples = results.pop("samples", None)
   payload = _finite(json.loads(json.dumps(results, default=handle_non_serializable)))
