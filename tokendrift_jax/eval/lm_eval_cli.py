@@ -49,7 +49,11 @@ class LMEvalError(ValueError):
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="launch/lm_eval.py", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(
+      prog="launch/lm_eval.py",
+      description="lm-evaluation-harness tasks on a backbone checkpoint (model type "
+                  "'tokendrift'); writes OUTPUT_DIR/lm_eval_results.json. See "
+                  "docs/EVALUATION.md, 'lm-evaluation-harness'.")
   p.add_argument("--tasks", required=True, help="comma-separated task names")
   p.add_argument("--model_args", required=True,
                  help="checkpoint=DIR[,tokenizer=DIR][,mc_num=128,batch_size=32,cfg=0,nfe=..."
