@@ -338,6 +338,9 @@ class DiffusionLM:
       raise ValueError(f"the {self.process.name!r} process has no prompt-conditioned "
                        f"sampler; generate_until needs one (LLaDA, Dream)")
     context = [int(i) for i in context]
+    if gen_length >= self.max_length:
+      raise ValueError(f"gen_length={gen_length} leaves no room for a prompt in "
+                       f"max_length={self.max_length} tokens")
     if len(context) + gen_length > self.max_length:
       # Left truncation keeps the end of the prompt, the part the continuation follows.
       context = context[len(context) + gen_length - self.max_length:]

@@ -37,6 +37,7 @@ variant either.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 try:
@@ -46,6 +47,8 @@ except ImportError as _e:  # one line naming the fix, not a traceback into the h
   raise ImportError("the lm-evaluation-harness adapter needs lm-eval: "
                     "pip install lm-eval==0.4.13 (requirements-dev.txt)") from _e
 
+from tokendrift_jax import checkpoints
+from tokendrift_jax import models
 from tokendrift_jax.data import tokenizer as tokenizer_lib
 from tokendrift_jax.eval import diffusion_lm
 from tokendrift_jax.eval import judges
@@ -104,12 +107,16 @@ class TokenDriftLM(LM):
     if unknown:
       raise ValueError(f"unknown tokendrift model_args {unknown}; known: checkpoint, "
                        f"tokenizer, {', '.join(sorted(known | set(diffusion_lm.SAMPLER_OPTIONS)))}")
+    # The tokenizer before the weights: a missing one fails before gigabytes are read.
+    model_cfg, _ = checkpoints.read_backbone_config(
+        os.path.abspath(os.path.expanduser(str(checkpoint)))) if checkpoint else (None, None)
+    family = models.family_of(model_cfg) if model_cfg is not None else None
+    name = str(tokenizer) or (family.tokenizer if family is not None else "")
+    if family is not None and not name:
+      raise ValueError(f"the {family.name!r} family names no released tokenizer; pass "
+                       f"tokenizer=DIR in model_args")
+    self.tokenizer = tokenizer_lib.load_tokenizer(name, field=TOKENIZER_ARG) if name else None
     self.model = diffusion_lm.DiffusionLM(str(checkpoint), sampler_options=sampler, **kwargs)
-    name = str(tokenizer) or self.model.family.tokenizer
-    if not name:
-      raise ValueError(f"the {self.model.family.name!r} family names no released tokenizer; "
-                       f"pass tokenizer=DIR in model_args")
-    self.tokenizer = tokenizer_lib.load_tokenizer(name, field=TOKENIZER_ARG)
     self.model.process.prepare_tokenizer(self.tokenizer)
     # A tokenizer of another checkpoint would score the wrong ids without any error.
     judges.check_vocab(self.model.process, len(self.tokenizer), f"tokenizer {name!r}")
