@@ -66,8 +66,12 @@ def main(argv=None) -> int:
           f"{target.num_devices}", file=sys.stderr)
     return 2
   # Before JAX initialises its backend: CPU is the only backend started (the TPU/GPU
-  # compilers work on compile-only devices), with enough devices for a cpu:N target.
+  # compilers work on compile-only devices; with libtpu or the CUDA plugin installed JAX
+  # would otherwise try to start a TPU and a GPU), with enough devices for a cpu:N target.
+  # JAX has read JAX_PLATFORMS when it was imported (above), so its config is set too.
+  import jax  # pylint: disable=import-outside-toplevel
   os.environ["JAX_PLATFORMS"] = "cpu"
+  jax.config.update("jax_platforms", "cpu")
   if target.platform == "cpu":
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_"
                                f"platform_device_count={target.num_devices}")

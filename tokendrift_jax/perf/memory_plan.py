@@ -256,21 +256,21 @@ def plan(config: ml_collections.ConfigDict, *, name: str, mesh: tuple[int, ...],
 
 
 def plan_sampler(model_cfg, process, *, target, mesh: tuple[int, ...], batch: int,
-                 steps_hint: int = 1, model_dtype: str = "bfloat16",
-                 param_sharding: str = "replicated", **sampler_options) -> ProgramMemory:
+                 model_dtype: str = "float32", param_sharding: str = "replicated",
+                 **sampler_options) -> ProgramMemory:
   """The unconditional sampler of ``process`` (``diffusion.make_sampler``, as the
-  evaluation builds it: backbone apply at ``model_dtype``, the process's default precision
+  evaluation builds it: backbone apply at ``model_dtype``, float32 as configs/eval.py
+  ships, the process's default precision
   and noise removal, cache on) for int32[batch, model_cfg.length] samples, compiled for
   ``target`` on a (data, fsdp, tensor) ``mesh`` with parameters placed by
-  ``param_sharding``. The step count is a traced scalar: one program for every NFE
-  (``steps_hint`` is unused by the compile; kept for the row's label)."""
+  ``param_sharding``. The step count is a traced int32 scalar: one program serves every
+  NFE. ``sampler_options``: the process's (temperature; LLaDA block_length, cfg_scale)."""
   # pylint: disable=import-outside-toplevel
   import jax
   import jax.numpy as jnp
   from tokendrift_jax import models
   from tokendrift_jax import sharding
   from tokendrift_jax.diffusion import sampling
-  del steps_hint
   mesh_ = sharding.make_mesh(mesh, target.devices())
   gdef = models.graphdef(model_cfg, dtype=jnp.dtype(model_dtype))
 
@@ -386,8 +386,35 @@ def markdown(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def markdown_targets(rows: list[dict[str, Any]]) -> str:
+  """docs/SCALING.md's table of rows compiled for a target (``--target``: TPU, GPU or CPU;
+  a CPU row's fits compares with the cards of :data:`DEVICE_GB`, "yes" when all fit)."""
+  head = ("| config | objective | target | mesh (d, f, t) | sequences / micro-step | L | remat "
+          "| arguments GiB | temporaries GiB | peak GiB | device GiB | fits | XLA:GPU peak GiB "
+          "| XLA:TPU optimal s | compile s |")
+  lines = [head, "|" + "---|" * 15]
+  for r in rows:
+    if r.get("error"):
+      temp = peak = "-"
+    else:
+      temp, peak = f"{r['temp_bytes'] / GIB:.2f}", f"{r['peak_bytes'] / GIB:.2f}"
+    gpu_peak = "-" if r.get("xla_peak_bytes") is None else f"{r['xla_peak_bytes'] / GIB:.2f}"
+    opt = "-" if r.get("optimal_seconds") is None else f"{r['optimal_seconds']:.3g}"
+    hbm = "-" if r.get("hbm_bytes") is None else f"{r['hbm_bytes'] / GIB:.1f}"
+    fits = "yes" if all(r["fits"].values()) else "no"
+    lines.append(
+        f"| {r['config'].removesuffix('.py')} | {r['objective']} | {r['target']} | "
+        f"{tuple(r['mesh'])} | {r['micro_batch_per_shard'] * r['mesh'][0] * r['mesh'][1]} | "
+        f"{r['length']} | {'yes' if r['remat'] else 'no'} | {r['held_bytes'] / GIB:.2f} | "
+        f"{temp} | {peak} | {hbm} | {fits} | {gpu_peak} | {opt} | {r['compile_s']:.0f} |")
+  return "\n".join(lines)
+
+
 if __name__ == "__main__":
   import json
   import sys
   with open(sys.argv[1], encoding="utf-8") as f:
-    print(markdown([json.loads(line) for line in f if line.strip()]))
+    rows_ = [json.loads(line) for line in f if line.strip()]
+  # Rows written with --target (docs/scaling/targets.jsonl) have one; the older CPU-only
+  # rows (docs/scaling/rows.jsonl) do not.
+  print(markdown_targets(rows_) if all(r.get("target") for r in rows_) else markdown(rows_))
