@@ -6,10 +6,10 @@ target description) for H100s, on compile-only devices. Both toolchains are pinn
 requirements-dev.txt, so nothing here is skipped when they are missing.
 
 TPU: v5e:2x2, the smallest slice the compiler takes (one host of 4 chips, 16 GiB each).
-GPU: 4 H100s, the same mesh. In the suite: the tiny LLaDA TokenDrift step (no remat, one
-micro-step) for the TPU, the MDLM sampler and the Gen-PPL judge's scoring for both; the step
-with the shipped remat for the TPU and the step for the H100s are slow (XLA:GPU takes
-20-45 s for it on 2 cores).
+GPU: 4 H100s, the same mesh. In the suite: a tiny LLaDA training step (continuation, no
+remat, one micro-step) for the TPU, the MDLM sampler and the Gen-PPL judge's scoring for
+both; the TokenDrift step (configs/llada_drift.py's settings) for the TPU and for the H100s
+is slow (XLA:TPU takes 9-14 s of CPU for it, XLA:GPU 20-45 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -111,11 +111,12 @@ def _padded_bytes(leaf, layout) -> int:
   return math.prod(dims) * np.dtype(leaf.dtype).itemsize
 
 
-def _step_row(target_spec, tiny_llada_config, *, remat: bool, global_batch: int):
+def _step_row(target_spec, tiny_llada_config, *, objective: str, remat: bool,
+              global_batch: int):
   from configs import llada_drift  # pylint: disable=import-outside-toplevel
   cfg = llada_drift.get_config()
   cfg.model.update(tiny_llada_config().to_dict())
-  kw = dict(mesh=MESH, micro_batch_per_shard=1, length=16, remat=remat, objective="drift",
+  kw = dict(mesh=MESH, micro_batch_per_shard=1, length=16, remat=remat, objective=objective,
             global_batch=global_batch)
   target = targets.parse(target_spec)
   row = memory_plan.plan(cfg, name="llada_drift", target=target, **kw)
@@ -130,9 +131,10 @@ def _check_step(row, args, target_spec):
   layouts = [f.layout for f in jax.tree.leaves(row.compiled.input_formats[0],
                                                is_leaf=lambda x: hasattr(x, "layout"))]
   assert len(layouts) == len(leaves)
-  # jit prunes the two arguments the step never reads (the frozen encoder's final norm and
-  # output layer): no layout; every other argument reaches the program.
-  pruned = {id(x) for x in jax.tree.leaves((encoder["ln_f"], encoder["ff_out"]))}
+  # jit prunes the two arguments the TokenDrift step never reads (the frozen encoder's final
+  # norm and output layer): no layout; every other argument reaches the program.
+  pruned = set() if encoder is None else {
+      id(x) for x in jax.tree.leaves((encoder["ln_f"], encoder["ff_out"]))}
   assert [lay is None for lay in layouts] == [id(x) in pruned for x in leaves]
   unpadded = sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
                  for x in leaves)
@@ -158,24 +160,27 @@ def _check_tpu_step(row, args):
   assert row.optimal_seconds > 0 and row.xla_flops > 0
 
 
-def test_tokendrift_step_compiled_for_a_tpu(tiny_llada_config):
-  # Without remat and with one micro-step: the same checks at two thirds of the compile
-  # time (about 9 s of CPU) of the shipped settings below.
-  row, args = _step_row(TPU, tiny_llada_config, remat=False, global_batch=2)
+def test_training_step_compiled_for_a_tpu(tiny_llada_config):
+  # The short version: the continuation step (the same step function, optimizer, EMA and
+  # finiteness check, without TokenDrift's encoder passes), no remat, one micro-step; about
+  # 6 s of CPU, where the TokenDrift steps below take 9-14 s (XLA:TPU) and 20-45 s (XLA:GPU).
+  row, args = _step_row(TPU, tiny_llada_config, objective="continuation", remat=False,
+                        global_batch=2)
   _check_tpu_step(row, args)
 
 
 @pytest.mark.slow
-def test_shipped_tokendrift_step_compiled_for_a_tpu(tiny_llada_config):
-  # configs/llada_drift.py's settings (remat) with two micro-steps (about 14 s of CPU).
-  row, args = _step_row(TPU, tiny_llada_config, remat=True, global_batch=4)
+def test_tokendrift_step_compiled_for_a_tpu(tiny_llada_config):
+  # configs/llada_drift.py's settings (remat) with two micro-steps.
+  row, args = _step_row(TPU, tiny_llada_config, objective="drift", remat=True,
+                        global_batch=4)
   _check_tpu_step(row, args)
 
 
 @pytest.mark.slow
 def test_tokendrift_step_compiled_for_h100s(tiny_llada_config):
-  # XLA:GPU takes 20-45 s for it on 2 cores.
-  row, args = _step_row(GPU, tiny_llada_config, remat=True, global_batch=4)
+  row, args = _step_row(GPU, tiny_llada_config, objective="drift", remat=True,
+                        global_batch=4)
   unpadded, padded = _check_step(row, args, GPU)
   # XLA:GPU keeps arrays dense: the argument bytes are exactly the shards' bytes.
   encoder = args[2]
@@ -233,3 +238,25 @@ def test_a_program_larger_than_the_card_does_not_fit(target_spec):
     # XLA:GPU compiles it; the planner compares its peak with the card.
     assert not p.error and p.peak_bytes >= 2 * per_device > target.hbm_bytes
   assert "does NOT fit" in memory_plan.format_program("x", p)
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target=tpu:v7-8"], "error: --target 'tpu:v7-8': unknown TPU generation 'v7'"),
+    (["--target=gpu:h100x8", "--devices=8"], "error: give one of --target"),
+    ([], "error: give one of --target"),
+    (["--target=tpu:v5p-16", "--mesh=1,2,2"], "--mesh (1, 2, 2) needs 4 devices, --target "
+                                               "tpu:v5p-16 has 8"),
+])
+def test_plan_memory_refuses_in_one_line(args, message, capsys):
+  import os  # pylint: disable=import-outside-toplevel
+  import runpy  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  main = runpy.run_path(os.path.join(root, "launch", "plan_memory.py"))["main"]
+  argv = ["--config=configs/llada_drift.py"] + (
+      args if any(a.startswith("--mesh") for a in args) else args + ["--mesh=1,2,4"])
+  assert main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and message in err, err
