@@ -60,7 +60,10 @@ class ProgramMemory:
   xla_flops: float | None
   compile_s: float
   error: str = ""
-  # The compiled program itself (its HLO text, layouts); not part of the row.
+  # The program as lowered (StableHLO, before XLA's passes) and as compiled (its HLO
+  # text, layouts); not part of the row. XLA:TPU rewrites float64 arithmetic away, so a
+  # float64 op is visible in ``lowered`` only.
+  lowered: Any = dataclasses.field(default=None, repr=False, compare=False)
   compiled: Any = dataclasses.field(default=None, repr=False, compare=False)
 
   @property
@@ -92,8 +95,9 @@ def compile_program(lowered_fn, args: tuple, target) -> ProgramMemory:
   # pylint: disable=import-outside-toplevel
   import jax
   t0 = time.perf_counter()
+  lowered = lowered_fn(*args)
   try:
-    compiled = lowered_fn(*args).compile()
+    compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
     if not any(m in str(e) for m in _OUT_OF_MEMORY):
       raise
@@ -102,7 +106,7 @@ def compile_program(lowered_fn, args: tuple, target) -> ProgramMemory:
         hbm_bytes=target.hbm_bytes, held_bytes=held_bytes(args), argument_bytes=None,
         output_bytes=None, alias_bytes=None, temp_bytes=None, xla_peak_bytes=None,
         optimal_seconds=None, xla_flops=None, compile_s=time.perf_counter() - t0,
-        error=str(e).strip().splitlines()[0])
+        error=str(e).strip().splitlines()[0], lowered=lowered)
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
@@ -119,7 +123,7 @@ def compile_program(lowered_fn, args: tuple, target) -> ProgramMemory:
       optimal_seconds=(float(cost["optimal_seconds"]) if "optimal_seconds" in cost
                        else None),
       xla_flops=float(cost["flops"]) if "flops" in cost else None, compile_s=compile_s,
-      compiled=compiled)
+      lowered=lowered, compiled=compiled)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +160,7 @@ class MemoryRow:
   xla_peak_bytes: int | None = None
   optimal_seconds: float | None = None
   error: str = ""
+  lowered: Any = dataclasses.field(default=None, repr=False, compare=False)
   compiled: Any = dataclasses.field(default=None, repr=False, compare=False)
 
   @property
@@ -176,7 +181,7 @@ class MemoryRow:
 
   def to_dict(self) -> dict[str, Any]:
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-         if f.name != "compiled"}
+         if f.name not in ("lowered", "compiled")}
     peak = self.peak_bytes
     d.update(peak_bytes=peak, peak_gib=None if peak is None else peak / GIB, fits=self.fits())
     return d
@@ -252,7 +257,7 @@ def plan(config: ml_collections.ConfigDict, *, name: str, mesh: tuple[int, ...],
       compile_s=program.compile_s, target=target.spec, device_kind=target.device_kind,
       hbm_bytes=target.hbm_bytes, xla_peak_bytes=program.xla_peak_bytes,
       optimal_seconds=program.optimal_seconds, error=program.error,
-      compiled=program.compiled)
+      lowered=program.lowered, compiled=program.compiled)
 
 
 def plan_sampler(model_cfg, process, *, target, mesh: tuple[int, ...], batch: int,
