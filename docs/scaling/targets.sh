@@ -17,3 +17,6 @@ done
 for target in gpu:h100x8 tpu:v5p-16; do
   run --config=configs/llada_drift.py --target=$target --mesh=1,2,4 --micro-batch=4 --length=1024 --remat
 done
+# L = 4096 at the paper's 8 sequences per micro-step (2 per batch shard of (1, 4, 4)) on
+# 16 H100s (two hosts of 8).
+run --config=configs/llada_drift.py --target=gpu:h100x16 --mesh=1,4,4 --micro-batch=2 --length=4096 --remat

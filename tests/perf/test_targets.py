@@ -249,8 +249,8 @@ def test_a_program_larger_than_the_card_does_not_fit(target_spec):
   # Per device: a 12 GiB argument and a 12 GiB result = 24 GiB > the v5e's 16 GiB;
   # 48 + 48 GiB > the H100's 79.1 GiB.
   per_device = (12 if target.platform == "tpu" else 48) * 2 ** 30
-  x = jax.ShapeDtypeStruct((target.num_devices * per_device // 4,), jnp.float32,
-                           sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x")))
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
+  x = jax.ShapeDtypeStruct((target.num_devices * per_device // 4,), jnp.float32, sharding=split)
   p = memory_plan.compile_program(jax.jit(lambda a: a * 2 + 1).lower, (x,), target)
   assert p.held_bytes == per_device
   assert p.fits_target is False

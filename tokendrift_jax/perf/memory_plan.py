@@ -323,7 +323,10 @@ def plan_judge(judge_config, *, target, mesh: tuple[int, ...], batch: int,
   vec = sharding.batch_sharding(mesh_, ndim=1)
   tokens = jax.ShapeDtypeStruct((batch, context), jnp.int32, sharding=rows)
   lengths = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=vec)
-  score = jax.jit(functools.partial(genppl._score_batch, module=model.module,  # pylint: disable=protected-access
+  # The function GenPPLEvaluator jits (its constructor places real weights on the mesh,
+  # which compile-only devices cannot hold, so the evaluator itself is not built here).
+  score_batch = genppl._score_batch  # pylint: disable=protected-access
+  score = jax.jit(functools.partial(score_batch, module=model.module,
                                     eos_id=int(judge_config.eos_token_id)))
 
   def lowered(*args):
