@@ -306,7 +306,8 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int,
       :func:`generate_loop`. With a mesh, ``batch`` must divide over its batch shards.
 
   Returns:
-    ``generate(params, prompt int[B, P], key, steps: int) -> GenerateResult``.
+    ``generate(params, prompt int[B, P], key, steps: int) -> GenerateResult``;
+    ``generate.lower(params, prompt, key, steps)`` its jit ``Lowered`` (planning).
   """
   # Only the mask id is used; a process without one cannot be sampled by remasking.
   if not isinstance(process, Process) or process.mask_id is None:
@@ -347,6 +348,13 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int,
     return GenerateResult(tokens=tokens, nfe_model=nfe, steps=steps, forward_rows=rows,
                           prompt_length=prompt_length)
 
+  def lower(params, prompt, key, steps):
+    """The jitted generate.py lowered for ``(params, prompt int32[B, P], key, steps int32
+    scalar)`` (arrays or ShapeDtypeStructs), at its precision (for planning)."""
+    with jax.enable_x64(float64):
+      return jitted.lower(params, prompt, key, steps)
+
+  generate.lower = lower
   return generate
 
 
