@@ -1,11 +1,17 @@
-"""Compiles one training step on N simulated devices and prints its per-device memory.
+"""Compiles one training step for a target and prints its per-device memory.
 
-  python launch/plan_memory.py --config=configs/llada_drift.py --devices=64 --mesh=8,2,4 \\
-      --micro-batch=1 --length=1024 --remat
+  python launch/plan_memory.py --config=configs/llada_drift.py --target=gpu:h100x8 \
+      --mesh=1,2,4 --micro-batch=1 --length=1024 --remat
 
-One row of docs/SCALING.md per command: parameters are shape structs (nothing is
-allocated), the step is ``train/builder.build_step``'s, compiled by XLA:CPU for the mesh
-(``tokendrift_jax/perf/memory_plan.py``). ``--out FILE`` appends the row as a JSON line.
+``--target``: ``cpu:N`` (N simulated CPU devices, XLA:CPU; ``--devices=N`` is the same),
+``tpu:v5p-16`` (a Cloud TPU slice name; ``tpu:v5p:2x2x2`` a topology; XLA:TPU from libtpu)
+or ``gpu:h100x8`` / ``gpu:h200x8`` (XLA:GPU from the CUDA plugin), see
+``tokendrift_jax/perf/targets.py``. TPU and GPU targets compile on this machine without the
+accelerator (compile-only devices). One row of docs/SCALING.md per command: parameters are
+shape structs (nothing is allocated), the step is ``train/builder.build_step``'s on the
+target's devices (``tokendrift_jax/perf/memory_plan.py``). Prints per-device memory, whether
+it fits the target's memory, the compile time and, for TPU, XLA:TPU's cost-model
+``optimal_seconds``. ``--out FILE`` appends the row as a JSON line.
 """
 
 from __future__ import annotations
@@ -31,7 +37,11 @@ def main(argv=None) -> int:
   from tokendrift_jax import objectives  # pylint: disable=import-outside-toplevel
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", required=True, help="a training config file (configs/*.py)")
-  p.add_argument("--devices", type=int, required=True, help="simulated devices")
+  p.add_argument("--target", default="",
+                  help="cpu:N | tpu:<v4|v5p|v5e|v6e>-<n> | tpu:<gen>:<AxBxC> | "
+                       "gpu:<h100|h200>x<n>")
+  p.add_argument("--devices", type=int, default=0,
+                 help="N simulated CPU devices (the same as --target=cpu:N)")
   p.add_argument("--mesh", type=_mesh, required=True, help="data,fsdp,tensor")
   p.add_argument("--micro-batch", type=int, default=1, help="sequences per batch shard")
   p.add_argument("--length", type=int, default=1024)
@@ -40,22 +50,40 @@ def main(argv=None) -> int:
   p.add_argument("--global-batch", type=int, default=512, help="the paper's 512")
   p.add_argument("--out", default="", help="append the row to this JSON-lines file")
   args = p.parse_args(argv)
-  if args.mesh[0] * args.mesh[1] * args.mesh[2] != args.devices:
-    print(f"error: --mesh {args.mesh} needs {args.mesh[0] * args.mesh[1] * args.mesh[2]} "
-          f"devices, --devices is {args.devices}", file=sys.stderr)
+  from tokendrift_jax.perf import targets  # pylint: disable=import-outside-toplevel
+  if bool(args.target) == bool(args.devices):
+    print("error: give one of --target (cpu:N, tpu:v5p-16, gpu:h100x8, ...) and --devices=N",
+          file=sys.stderr)
     return 2
-  # Before JAX initialises its backend.
+  try:
+    target = targets.parse(args.target) if args.target else targets.cpu(args.devices)
+  except targets.TargetError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  needed = args.mesh[0] * args.mesh[1] * args.mesh[2]
+  if needed != target.num_devices:
+    print(f"error: --mesh {args.mesh} needs {needed} devices, --target {target.spec} has "
+          f"{target.num_devices}", file=sys.stderr)
+    return 2
+  # Before JAX initialises its backend: CPU is the only backend started (the TPU/GPU
+  # compilers work on compile-only devices; with libtpu or the CUDA plugin installed JAX
+  # would otherwise try to start a TPU and a GPU), with enough devices for a cpu:N target.
+  # JAX has read JAX_PLATFORMS when it was imported (above), so its config is set too.
+  import jax  # pylint: disable=import-outside-toplevel
   os.environ["JAX_PLATFORMS"] = "cpu"
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + f" --xla_force_host_platform_device_count={args.devices}")
+  jax.config.update("jax_platforms", "cpu")
+  if target.platform == "cpu":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_"
+                               f"platform_device_count={target.num_devices}")
   from ml_collections.config_flags import config_flags  # pylint: disable=import-outside-toplevel
   from tokendrift_jax.perf import memory_plan  # pylint: disable=import-outside-toplevel
   config = config_flags.ConfigFileFlagParser("config", lock_config=False).parse(args.config)
+  print(target.describe(), flush=True)
   try:
     row = memory_plan.plan(config, name=os.path.basename(args.config), mesh=args.mesh,
                            micro_batch_per_shard=args.micro_batch, length=args.length,
                            remat=args.remat, objective=args.objective or config.objective,
-                           global_batch=args.global_batch)
+                           global_batch=args.global_batch, target=target)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -28,6 +28,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# libtpu (tests/perf/test_targets.py compiles for TPU topologies) locks the host's TPU
+# chips when it loads; compile-only use needs none, and the suite's processes (or two
+# sessions) may load it at once.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import chex  # noqa: E402  (imports jax; no backend is initialised by the import)
 

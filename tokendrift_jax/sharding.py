@@ -89,13 +89,23 @@ def make_mesh(shape: Sequence[int] | None = None, devices: Sequence[Any] | None 
   return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
 
 
-def mesh_from_config(mesh_cfg: Any) -> Mesh:
+def process_count(devices: Sequence[Any]) -> int:
+  """How many processes (hosts) the devices belong to: ``jax.process_count()`` for
+  ``jax.devices()``; for a compile-only topology, the hosts of that slice."""
+  return len({d.process_index for d in devices})
+
+
+def mesh_from_config(mesh_cfg: Any, devices: Sequence[Any] | None = None) -> Mesh:
   """The mesh a ``config.mesh`` section asks for (``shape``; ``num_devices`` > 0 keeps the
-  first N devices, single-process runs only). ValueError naming the field otherwise."""
+  first N devices, single-process runs only). ValueError naming the field otherwise.
+
+  ``devices``: the devices to build it from (default ``jax.devices()``; a compilation
+  target's compile-only devices, ``perf/targets.py``)."""
   n = int(mesh_cfg.get("num_devices", 0) or 0)
-  devices = jax.devices()
+  nprocs = jax.process_count() if devices is None else process_count(devices)
+  devices = jax.devices() if devices is None else list(devices)
   if n > 0:
-    if jax.process_count() > 1:
+    if nprocs > 1:
       raise ValueError("config.mesh.num_devices applies to single-process runs only")
     if n > len(devices):
       raise ValueError(f"config.mesh.num_devices={n} but only {len(devices)} devices exist")

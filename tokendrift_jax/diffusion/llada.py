@@ -317,6 +317,12 @@ class LLaDAProcess(Process):
       return sampling.SampleResult(tokens=res.tokens, nfe_model=res.nfe_model, steps=steps,
                                    final_forward=False, forward_rows=res.forward_rows)
 
+    def lower(params, key, steps):
+      # The same program as sampler(): generate.py with the empty prompt.
+      return generate.lower(params, jax.ShapeDtypeStruct(empty.shape, empty.dtype), key,
+                            steps)
+
+    sampler.lower = lower
     return sampler
 
   def make_generate(self, apply_fn, *, batch: int, prompt_length: int, gen_length: int,

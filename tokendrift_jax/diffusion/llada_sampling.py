@@ -352,6 +352,8 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int,
     GenerateResult``; ``prompt_mask`` bool [B, P] marks the real tokens of left-padded
     prompts (see the module doc), and ``apply_fn`` is then also given the keyword
     ``attention_mask`` bool [R, P + G] (the backbone contract's padding mask).
+    ``generate.lower(params, prompt, key, steps, prompt_mask=None)`` its jit ``Lowered``
+    (planning).
   """
   # Only the mask id is used; a process without one cannot be sampled by remasking.
   if not isinstance(process, Process) or process.mask_id is None:
@@ -395,6 +397,14 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int,
     return GenerateResult(tokens=tokens, nfe_model=nfe, steps=steps, forward_rows=rows,
                           prompt_length=prompt_length)
 
+  def lower(params, prompt, key, steps, prompt_mask=None):
+    """The jitted generate.py lowered for ``(params, prompt int32[B, P], key, steps int32
+    scalar[, prompt_mask bool [B, P]])`` (arrays or ShapeDtypeStructs), at its precision
+    (for planning)."""
+    with jax.enable_x64(float64):
+      return jitted.lower(params, prompt, key, steps, prompt_mask)
+
+  generate.lower = lower
   return generate
 
 

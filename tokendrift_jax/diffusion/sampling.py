@@ -291,6 +291,14 @@ def make_loop_sampler(process: LoopProcess, apply_fn: ApplyFn, *, batch: int, le
       tokens, nfe = jitted(params, key, jnp.asarray(steps, jnp.int32))
     return SampleResult(tokens=tokens, nfe_model=nfe, steps=steps, final_forward=final_forward)
 
+  def lower(params, key, steps):
+    """The jitted sampler lowered for ``(params, key, steps int32 scalar)`` (arrays or
+    ShapeDtypeStructs with shardings), at its precision: what a planner compiles for a
+    target (``perf/memory_plan.py``) is the program :func:`sampler` runs."""
+    with jax.enable_x64(float64):
+      return jitted.lower(params, key, steps)
+
+  sampler.lower = lower
   return sampler
 
 
@@ -326,7 +334,8 @@ def make_sampler(process: Process, apply_fn: ApplyFn, *, batch: int, length: int
       gen_length = length).
 
   Returns:
-    ``sampler(params, key, steps: int) -> SampleResult``.
+    ``sampler(params, key, steps: int) -> SampleResult``; ``sampler.lower(params, key,
+    steps)`` gives its jit ``Lowered`` for shape structs (compiling for a target).
   """
   if not isinstance(process, Process):
     raise TypeError(f"process must be a diffusion Process (MDLMProcess, DUOProcess, "

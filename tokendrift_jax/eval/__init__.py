@@ -16,7 +16,11 @@ One concern per module:
 * :mod:`.report`: summaries (mean ± SD), tables, the results.json payload, compare;
 * :mod:`.plots`: Fig. 2 curve and the comparison figure;
 * :mod:`.hook`: the in-training hook ``hook(step, params)``;
-* :mod:`.cli`: ``launch/eval.py``.
+* :mod:`.cli`: ``launch/eval.py``;
+* :mod:`.diffusion_lm`: a checkpoint as a scored LM (LLaDA's Monte-Carlo likelihood, the
+  NELBO of MDLM/DUO, prompted generation), on token ids;
+* :mod:`.lm_eval_adapter`: the lm-evaluation-harness model type ``tokendrift`` (imports
+  ``lm_eval``); :mod:`.lm_eval_cli`: ``launch/lm_eval.py``.
 
 Nothing here imports ``tokendrift_jax.train`` (start-up is in ``tokendrift_jax.runtime``).
 """

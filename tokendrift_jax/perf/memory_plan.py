@@ -1,19 +1,23 @@
-"""Per-device memory of a training step, measured by compiling it on an abstract mesh.
+"""Per-device memory of a training step, a sampler or the judge, measured by compiling it
+for a target (``perf/targets.py``): simulated CPU devices, a TPU slice, N GPUs.
 
-Nothing is allocated: the step of ``train/builder.build_step`` is lowered with the
-ShapeDtypeStructs (with shardings) of its arguments (``StepParts.abstract_args``) and
-compiled for N simulated devices; XLA's ``memory_analysis`` of the compiled step gives the
-bytes every device holds (arguments: parameters, Adam moments, EMA, queues, the batch and
-the frozen encoder; outputs, aliased with the donated state; temporaries: activations,
-gradients, collectives' buffers). The step's FLOPs are the model's analytic count
-(:func:`perf.flops.step_flops`); XLA's ``cost_analysis`` is kept in the row (``xla_flops``)
-but counts a loop body (the micro-step scan, the layer scan) once, so it is not the step's.
+Nothing is allocated: the step of ``train/builder.build_step`` (on the target's devices) is
+lowered with the ShapeDtypeStructs (with shardings) of its arguments
+(``StepParts.abstract_args``) and compiled; XLA's ``memory_analysis`` of the compiled step
+gives the bytes every device holds (arguments: parameters, Adam moments, EMA, queues, the
+batch and the frozen encoder; outputs, aliased with the donated state; temporaries:
+activations, gradients, collectives' buffers). The step's FLOPs are the model's analytic
+count (:func:`perf.flops.step_flops`); XLA's ``cost_analysis`` is kept in the row
+(``xla_flops``; XLA:TPU's also ``optimal_seconds``) but counts a loop body (the micro-step
+scan, the layer scan) once, so it is not the step's.
 
-The device count must be fixed before JAX starts, so one row = one process:
+For a TPU or GPU target the compiler is the accelerator's own (XLA:TPU from libtpu, XLA:GPU
+from the CUDA plugin) compiling for compile-only devices, so the temporaries are that
+compiler's. For ``cpu:N`` the program is XLA:CPU's, which fuses and schedules differently:
+its temporaries are an estimate of the same order, not a bound (docs/SCALING.md). The CPU
+device count must be fixed before JAX starts, so one row = one process:
 ``launch/plan_memory.py`` sets ``--xla_force_host_platform_device_count`` and calls
-:func:`plan`. On CPU the compiled program is XLA:CPU's; an accelerator's compiler fuses and
-schedules differently, so the temporaries are an estimate of the same order, not a bound
-(docs/SCALING.md).
+:func:`plan`.
 """
 
 from __future__ import annotations
@@ -25,18 +29,112 @@ from typing import Any
 import ml_collections
 
 GIB = 2 ** 30
-# Usable HBM per device of the kinds the plan is for.
+# Usable HBM per device of the kinds the CPU-compiled rows are compared with (a target with
+# a memory of its own, perf/targets.py, is compared with that instead).
 DEVICE_GB = {"H100 (80 GB)": 80, "H200 (141 GB)": 141, "TPU v5p (95 GB)": 95}
 
 
 @dataclasses.dataclass(frozen=True)
+class ProgramMemory:
+  """What XLA says one compiled program needs per device, for one target.
+
+  ``held_bytes``: what one device holds of the program's arguments, from their shardings.
+  ``argument_bytes`` .. ``temp_bytes``: XLA's ``memory_analysis`` (None when the compiler
+  refused the program, XLA:TPU's "Ran out of memory": ``error`` says why).
+  ``xla_peak_bytes``: XLA:GPU's own ``peak_memory_in_bytes`` (None elsewhere).
+  ``optimal_seconds``: XLA:TPU's cost-model time (None elsewhere); it counts a loop body
+  once. ``xla_flops``: the cost analysis's FLOPs (None for XLA:GPU, which gives none).
+  ``hbm_bytes``: the target's memory per device (None for CPU).
+  """
+  target: str
+  device_kind: str
+  devices: int
+  hbm_bytes: int | None
+  held_bytes: int
+  argument_bytes: int | None
+  output_bytes: int | None
+  alias_bytes: int | None
+  temp_bytes: int | None
+  xla_peak_bytes: int | None
+  optimal_seconds: float | None
+  xla_flops: float | None
+  compile_s: float
+  error: str = ""
+  # The program as lowered (StableHLO, before XLA's passes) and as compiled (its HLO
+  # text, layouts); not part of the row. XLA:TPU rewrites float64 arithmetic away, so a
+  # float64 op is visible in ``lowered`` only.
+  lowered: Any = dataclasses.field(default=None, repr=False, compare=False)
+  compiled: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+  @property
+  def peak_bytes(self) -> int | None:
+    """Held arguments + temporaries + outputs not aliased to (donated) arguments."""
+    if self.temp_bytes is None:
+      return None
+    return self.held_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
+
+  @property
+  def fits_target(self) -> bool | None:
+    """Whether the peak fits the target's memory: False when the compiler ran out of it,
+    None for a CPU target (no device memory to compare with)."""
+    if self.error:
+      return False
+    if self.hbm_bytes is None:
+      return None
+    return self.peak_bytes <= self.hbm_bytes
+
+
+# XLA:TPU refuses a program larger than the chip's HBM at compile time; XLA:GPU and XLA:CPU
+# compile it and report its size (compared with the memory here).
+_OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Ran out of memory")
+
+
+def compile_program(lowered_fn, args: tuple, target) -> ProgramMemory:
+  """Compiles ``lowered_fn(*args)`` (a function returning jit's ``Lowered``) and reads
+  XLA's analyses. ``args``: ShapeDtypeStructs with shardings on ``target``'s devices."""
+  # pylint: disable=import-outside-toplevel
+  import jax
+  t0 = time.perf_counter()
+  lowered = lowered_fn(*args)
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if not any(m in str(e) for m in _OUT_OF_MEMORY):
+      raise
+    return ProgramMemory(
+        target=target.spec, device_kind=target.device_kind, devices=target.num_devices,
+        hbm_bytes=target.hbm_bytes, held_bytes=held_bytes(args), argument_bytes=None,
+        output_bytes=None, alias_bytes=None, temp_bytes=None, xla_peak_bytes=None,
+        optimal_seconds=None, xla_flops=None, compile_s=time.perf_counter() - t0,
+        error=str(e).strip().splitlines()[0], lowered=lowered)
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = cost or {}
+  peak = getattr(mem, "peak_memory_in_bytes", None)
+  return ProgramMemory(
+      target=target.spec, device_kind=target.device_kind, devices=target.num_devices,
+      hbm_bytes=target.hbm_bytes, held_bytes=held_bytes(args),
+      argument_bytes=int(mem.argument_size_in_bytes),
+      output_bytes=int(mem.output_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
+      temp_bytes=int(mem.temp_size_in_bytes),
+      xla_peak_bytes=int(peak) if peak and target.platform == "gpu" else None,
+      optimal_seconds=(float(cost["optimal_seconds"]) if "optimal_seconds" in cost
+                       else None),
+      xla_flops=float(cost["flops"]) if "flops" in cost else None, compile_s=compile_s,
+      lowered=lowered, compiled=compiled)
+
+
+@dataclasses.dataclass(frozen=True)
 class MemoryRow:
-  """One compiled step: settings, per-device bytes, FLOPs and compile time.
+  """One compiled training step: settings, per-device bytes, FLOPs and compile time.
 
   ``held_bytes``: what one device holds of the step's arguments (state, batch, frozen
   encoder), from their shardings. ``argument_bytes``: what the compiled program takes, which
   is less when jit prunes an unused argument (the frozen encoder's final norm and output
   layer: its features are the last blocks' outputs), though the caller still holds them.
+  The fields from ``target`` on are :class:`ProgramMemory`'s (None: see there).
   """
   config: str
   objective: str
@@ -49,25 +147,43 @@ class MemoryRow:
   global_batch: int
   micro_steps: int
   held_bytes: int
-  argument_bytes: int
-  output_bytes: int
-  alias_bytes: int
-  temp_bytes: int
-  xla_flops: float
+  argument_bytes: int | None
+  output_bytes: int | None
+  alias_bytes: int | None
+  temp_bytes: int | None
+  xla_flops: float | None
   analytic_flops: float
   compile_s: float
+  target: str = ""
+  device_kind: str = ""
+  hbm_bytes: int | None = None
+  xla_peak_bytes: int | None = None
+  optimal_seconds: float | None = None
+  error: str = ""
+  lowered: Any = dataclasses.field(default=None, repr=False, compare=False)
+  compiled: Any = dataclasses.field(default=None, repr=False, compare=False)
 
   @property
-  def peak_bytes(self) -> int:
+  def peak_bytes(self) -> int | None:
     """Held arguments + temporaries + outputs not aliased to (donated) arguments."""
+    if self.temp_bytes is None:
+      return None
     return self.held_bytes + self.temp_bytes + self.output_bytes - self.alias_bytes
 
   def fits(self) -> dict[str, bool]:
+    """{card: fits} against the target's memory, or for a CPU target against the cards of
+    :data:`DEVICE_GB` (the CPU rows are a plan for them)."""
+    if self.error:
+      return {self.target: False}
+    if self.hbm_bytes is not None:
+      return {self.target: self.peak_bytes <= self.hbm_bytes}
     return {k: self.peak_bytes <= gb * 1e9 for k, gb in DEVICE_GB.items()}
 
   def to_dict(self) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    d.update(peak_bytes=self.peak_bytes, peak_gib=self.peak_bytes / GIB, fits=self.fits())
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+         if f.name not in ("lowered", "compiled")}
+    peak = self.peak_bytes
+    d.update(peak_bytes=peak, peak_gib=None if peak is None else peak / GIB, fits=self.fits())
     return d
 
 
@@ -91,56 +207,171 @@ def configure(config: ml_collections.ConfigDict, *, mesh: tuple[int, ...],
 
 def held_bytes(tree) -> int:
   """Bytes one device holds of ShapeDtypeStructs with shardings (the largest shard, so an
-  uneven split is not under-counted)."""
+  uneven split is not under-counted; a leaf without a sharding counts whole)."""
   import math  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(tree))
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shape = x.shape if getattr(x, "sharding", None) is None else x.sharding.shard_shape(x.shape)
+    total += math.prod(shape) * np.dtype(x.dtype).itemsize
+  return total
+
+
+def _default_target(target):
+  # pylint: disable=import-outside-toplevel
+  import jax
+  from tokendrift_jax.perf import targets
+  return targets.cpu(jax.device_count()) if target is None else target
 
 
 def plan(config: ml_collections.ConfigDict, *, name: str, mesh: tuple[int, ...],
          micro_batch_per_shard: int, length: int, remat: bool, objective: str,
-         global_batch: int) -> MemoryRow:
-  """Compiles the step of ``config`` for one row and reads XLA's analyses."""
+         global_batch: int, target=None) -> MemoryRow:
+  """Compiles the step of ``config`` for one row and reads XLA's analyses.
+
+  ``target``: a :class:`perf.targets.Target` (default: every CPU device of this process);
+  the step is ``builder.build_step``'s on the target's devices, the program training runs.
+  """
   # pylint: disable=import-outside-toplevel
-  import jax
   from tokendrift_jax.perf import flops as flops_lib
   from tokendrift_jax.train import builder
+  target = _default_target(target)
   c = configure(config, mesh=mesh, micro_batch_per_shard=micro_batch_per_shard,
                 length=length, remat=remat, objective=objective, global_batch=global_batch)
-  parts = builder.build_step(c)
-  t0 = time.perf_counter()
-  args = parts.abstract_args()
-  compiled = parts.step_fn.lower(*args).compile()
-  compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  parts = builder.build_step(c, devices=target.devices())
+  program = compile_program(parts.step_fn.lower, parts.abstract_args(), target)
   micro = int(c.batch.micro_batch)
   n_micro = int(c.batch.global_batch) // micro
   analytic = flops_lib.step_flops(
       parts.model_cfg, objective=parts.objective, length=length, micro_batch=micro,
       n_micro=n_micro, remat_policy=(str(c.model.remat_policy) or "nothing_saveable") if remat else "")
   return MemoryRow(
-      config=name, objective=objective, devices=jax.device_count(), mesh=tuple(mesh),
+      config=name, objective=objective, devices=parts.mesh.devices.size, mesh=tuple(mesh),
       micro_batch_per_shard=micro_batch_per_shard, length=length, remat=bool(remat),
       remat_policy=str(c.model.remat_policy), global_batch=int(c.batch.global_batch),
-      micro_steps=n_micro, held_bytes=held_bytes(args),
-      argument_bytes=int(mem.argument_size_in_bytes),
-      output_bytes=int(mem.output_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
-      temp_bytes=int(mem.temp_size_in_bytes), xla_flops=float(cost.get("flops", 0.0)),
-      analytic_flops=float(analytic.hardware), compile_s=compile_s)
+      micro_steps=n_micro, held_bytes=program.held_bytes,
+      argument_bytes=program.argument_bytes, output_bytes=program.output_bytes,
+      alias_bytes=program.alias_bytes, temp_bytes=program.temp_bytes,
+      xla_flops=program.xla_flops, analytic_flops=float(analytic.hardware),
+      compile_s=program.compile_s, target=target.spec, device_kind=target.device_kind,
+      hbm_bytes=target.hbm_bytes, xla_peak_bytes=program.xla_peak_bytes,
+      optimal_seconds=program.optimal_seconds, error=program.error,
+      lowered=program.lowered, compiled=program.compiled)
+
+
+def plan_sampler(model_cfg, process, *, target, mesh: tuple[int, ...], batch: int,
+                 model_dtype: str = "float32", param_sharding: str = "replicated",
+                 **sampler_options) -> ProgramMemory:
+  """The unconditional sampler of ``process`` (``diffusion.make_sampler``, as the
+  evaluation builds it: backbone apply at ``model_dtype``, float32 as configs/eval.py
+  ships, the process's default precision
+  and noise removal, cache on) for int32[batch, model_cfg.length] samples, compiled for
+  ``target`` on a (data, fsdp, tensor) ``mesh`` with parameters placed by
+  ``param_sharding``. The step count is a traced int32 scalar: one program serves every
+  NFE. ``sampler_options``: the process's (temperature; LLaDA block_length, cfg_scale)."""
+  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+  from tokendrift_jax import models
+  from tokendrift_jax import sharding
+  from tokendrift_jax.diffusion import sampling
+  mesh_ = sharding.make_mesh(mesh, target.devices())
+  gdef = models.graphdef(model_cfg, dtype=jnp.dtype(model_dtype))
+
+  def apply_fn(params, x, sigma):
+    return models.merge(gdef, params)(x, sigma)
+
+  sampler = sampling.make_sampler(process, apply_fn, batch=batch, length=model_cfg.length,
+                                  mesh=mesh_, **sampler_options)
+  abstract = models.abstract_params(model_cfg)
+  family = models.family_of(model_cfg)
+  logical = sharding.check_placement(param_sharding, mesh_, family.logical_axes, family.name)
+  shardings = sharding.param_sharding(abstract, mesh_, param_sharding, logical_axes=logical)
+  params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh_))
+  steps = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh_))
+  return compile_program(sampler.lower, (params, key, steps), target)
+
+
+def plan_judge(judge_config, *, target, mesh: tuple[int, ...], batch: int,
+               context: int | None = None, dtype: str = "float32",
+               matmul_precision: str = "highest") -> ProgramMemory:
+  """The Gen-PPL judge's scoring of one batch (``eval.genppl``'s jitted ``_score_batch``:
+  GPT-2 forward + protocol-weighted NLL sums of int32[batch, context] chunks, parameters
+  replicated and rows batch-sharded, as ``GenPPLEvaluator`` places them) for the GPT-2 of
+  ``judge_config`` (a ``transformers.GPT2Config``; no weights needed), compiled for
+  ``target``."""
+  # pylint: disable=import-outside-toplevel
+  import functools
+  import jax
+  import jax.numpy as jnp
+  import transformers
+  from tokendrift_jax import sharding
+  from tokendrift_jax.eval import genppl
+  mesh_ = sharding.make_mesh(mesh, target.devices())
+  sharding.check_batch_divisible(batch, mesh_, "judge batch")
+  context = int(judge_config.n_positions if context is None else context)
+  model = transformers.FlaxGPT2LMHeadModel(judge_config, dtype=genppl.DTYPES[dtype],
+                                           _do_init=False)
+  abstract = model.params_shape_tree
+  shardings = sharding.param_sharding(abstract, mesh_, "replicated")
+  params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  rows = sharding.batch_sharding(mesh_, ndim=2)
+  vec = sharding.batch_sharding(mesh_, ndim=1)
+  tokens = jax.ShapeDtypeStruct((batch, context), jnp.int32, sharding=rows)
+  lengths = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=vec)
+  # The function GenPPLEvaluator jits (its constructor places real weights on the mesh,
+  # which compile-only devices cannot hold, so the evaluator itself is not built here).
+  score_batch = genppl._score_batch  # pylint: disable=protected-access
+  score = jax.jit(functools.partial(score_batch, module=model.module,
+                                    eos_id=int(judge_config.eos_token_id)))
+
+  def lowered(*args):
+    with jax.default_matmul_precision(matmul_precision):
+      return score.lower(*args)
+
+  return compile_program(lowered, (params, tokens, tokens, lengths, lengths), target)
+
+
+def _gib(n) -> str:
+  return "-" if n is None else f"{n / GIB:.1f}"
+
+
+def format_program(what: str, p: ProgramMemory) -> str:
+  """One line for a compiled program (a sampler, the judge) on a target."""
+  hbm = "" if p.hbm_bytes is None else f" of {p.hbm_bytes / GIB:.1f} GiB"
+  fits = {True: "fits", False: "does NOT fit", None: "not judged (CPU)"}[p.fits_target]
+  if p.error:
+    return (f"{what} on {p.target} ({p.devices} x {p.device_kind}): {fits}{hbm}: "
+            f"{p.error}; arguments {_gib(p.held_bytes)} GiB; compiled in {p.compile_s:.1f} s")
+  opt = "" if p.optimal_seconds is None else f"; XLA:TPU optimal_seconds {p.optimal_seconds:.4g}"
+  return (f"{what} on {p.target} ({p.devices} x {p.device_kind}): per device "
+          f"{_gib(p.peak_bytes)} GiB{hbm}, {fits} (arguments {_gib(p.held_bytes)}, "
+          f"temporaries {_gib(p.temp_bytes)}, outputs {_gib(p.output_bytes)}, aliased "
+          f"{_gib(p.alias_bytes)}){opt}; compiled in {p.compile_s:.1f} s")
 
 
 def format_row(row: MemoryRow) -> str:
-  fits = ", ".join(f"{k.split(' ')[0]} {'yes' if v else 'no'}" for k, v in row.fits().items())
-  return (f"{row.config} {row.objective} devices={row.devices} mesh={row.mesh} "
-          f"micro_batch/shard={row.micro_batch_per_shard} L={row.length} "
-          f"remat={row.remat}: per device {row.peak_bytes / GIB:.1f} GiB "
-          f"(arguments {row.held_bytes / GIB:.1f}, temporaries {row.temp_bytes / GIB:.1f}, "
-          f"outputs {row.output_bytes / GIB:.1f}, aliased {row.alias_bytes / GIB:.1f}); "
-          f"fits: {fits}; step {row.analytic_flops:.3e} FLOPs (analytic, all devices); "
+  fits = ", ".join(f"{k.split(' ')[0]} {'yes' if v else 'NO'}" for k, v in row.fits().items())
+  head = (f"{row.config} {row.objective} target={row.target or 'cpu'} ({row.device_kind}) "
+          f"devices={row.devices} mesh={row.mesh} micro_batch/shard={row.micro_batch_per_shard} "
+          f"L={row.length} remat={row.remat}")
+  hbm = "" if row.hbm_bytes is None else f" of {row.hbm_bytes / GIB:.1f} GiB"
+  if row.error:
+    return (f"{head}: does NOT fit{hbm}: {row.error}; arguments {_gib(row.held_bytes)} GiB; "
+            f"compiled in {row.compile_s:.0f} s")
+  extra = ""
+  if row.xla_peak_bytes is not None:
+    extra += f"; XLA:GPU peak_memory_in_bytes {_gib(row.xla_peak_bytes)} GiB"
+  if row.optimal_seconds is not None:
+    extra += f"; XLA:TPU optimal_seconds {row.optimal_seconds:.4g} (a loop body counted once)"
+  return (f"{head}: per device {_gib(row.peak_bytes)} GiB{hbm} "
+          f"(arguments {_gib(row.held_bytes)}, temporaries {_gib(row.temp_bytes)}, "
+          f"outputs {_gib(row.output_bytes)}, aliased {_gib(row.alias_bytes)}); "
+          f"fits: {fits}{extra}; step {row.analytic_flops:.3e} FLOPs (analytic, all devices); "
           f"compiled in {row.compile_s:.0f} s")
 
 
@@ -163,8 +394,35 @@ def markdown(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def markdown_targets(rows: list[dict[str, Any]]) -> str:
+  """docs/SCALING.md's table of rows compiled for a target (``--target``: TPU, GPU or CPU;
+  a CPU row's fits compares with the cards of :data:`DEVICE_GB`, "yes" when all fit)."""
+  head = ("| config | objective | target | mesh (d, f, t) | sequences / micro-step | L | remat "
+          "| arguments GiB | temporaries GiB | peak GiB | device GiB | fits | XLA:GPU peak GiB "
+          "| XLA:TPU optimal s | compile s |")
+  lines = [head, "|" + "---|" * 15]
+  for r in rows:
+    if r.get("error"):
+      temp = peak = "-"
+    else:
+      temp, peak = f"{r['temp_bytes'] / GIB:.2f}", f"{r['peak_bytes'] / GIB:.2f}"
+    gpu_peak = "-" if r.get("xla_peak_bytes") is None else f"{r['xla_peak_bytes'] / GIB:.2f}"
+    opt = "-" if r.get("optimal_seconds") is None else f"{r['optimal_seconds']:.3g}"
+    hbm = "-" if r.get("hbm_bytes") is None else f"{r['hbm_bytes'] / GIB:.1f}"
+    fits = "yes" if all(r["fits"].values()) else "no"
+    lines.append(
+        f"| {r['config'].removesuffix('.py')} | {r['objective']} | {r['target']} | "
+        f"{tuple(r['mesh'])} | {r['micro_batch_per_shard'] * r['mesh'][0] * r['mesh'][1]} | "
+        f"{r['length']} | {'yes' if r['remat'] else 'no'} | {r['held_bytes'] / GIB:.2f} | "
+        f"{temp} | {peak} | {hbm} | {fits} | {gpu_peak} | {opt} | {r['compile_s']:.0f} |")
+  return "\n".join(lines)
+
+
 if __name__ == "__main__":
   import json
   import sys
   with open(sys.argv[1], encoding="utf-8") as f:
-    print(markdown([json.loads(line) for line in f if line.strip()]))
+    rows_ = [json.loads(line) for line in f if line.strip()]
+  # Rows written with --target (docs/scaling/targets.jsonl) have one; the older CPU-only
+  # rows (docs/scaling/rows.jsonl) do not.
+  print(markdown_targets(rows_) if all(r.get("target") for r in rows_) else markdown(rows_))

@@ -83,9 +83,10 @@ def model_config(config: ml_collections.ConfigDict):
     raise TrainError(f"config.model: {e}") from e
 
 
-def make_mesh(config: ml_collections.ConfigDict):
+def make_mesh(config: ml_collections.ConfigDict, devices=None):
+  """``config.mesh``'s mesh over ``devices`` (default ``jax.devices()``)."""
   try:
-    return sharding.mesh_from_config(config.mesh)
+    return sharding.mesh_from_config(config.mesh, devices)
   except ValueError as e:
     raise TrainError(str(e)) from e
 
@@ -223,18 +224,24 @@ class StepParts:
     return with_sharding(abs_state, self.state_shardings), batch, frozen
 
 
-def build_step(config: ml_collections.ConfigDict, model_cfg=None) -> StepParts:
+def build_step(config: ml_collections.ConfigDict, model_cfg=None, *,
+               devices=None) -> StepParts:
   """The sharded, jitted train and eval steps of ``config``.
 
   Checks the objective (its config section), the model, the mesh and batch sizes, EMA and
   diffusion settings (TrainError naming the field). ``model_cfg`` defaults to ``config.model``'s
   architecture (the trainer passes the one it checked against the init checkpoint).
+  ``devices``: what the mesh is built from, default ``jax.devices()`` (what training runs
+  on); the planner passes a compilation target's compile-only devices
+  (``perf/targets.Target.devices``), so that it compiles the very program training runs,
+  for that hardware. The processes a batch is split over are those the devices belong to.
   """
   check_config_values(config)
   check_objective_name(config)
   model_cfg = model_config(config) if model_cfg is None else model_cfg
-  mesh = make_mesh(config)
-  check_batch_config(config, mesh, jax.process_count())
+  mesh = make_mesh(config, devices)
+  check_batch_config(config, mesh, jax.process_count() if devices is None
+                     else sharding.process_count(mesh.devices.flat))
   check_ema_config(config)
   process = process_for(config, model_cfg)
   objective = objective_for(config, model_cfg, process)
