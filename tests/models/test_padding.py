@@ -183,7 +183,7 @@ def test_cudnn_gets_the_mask_with_the_query_length():
   assert common.mask_for_impl(None, "cudnn", 3) is None
 
 
-@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("family", ["llada", pytest.param("dream", marks=pytest.mark.slow)])
 def test_scan_and_remat_carry_the_mask(random_params, family):
   """The padded function is the same with scanned, rematerialised blocks (3 blocks, so
   that two are scanned): the mask reaches every block on both paths."""

@@ -55,10 +55,11 @@ PAD = 61   # neither text (ids < 56) nor any family's mask (60; the DiT's is 63)
 # Two distinct lengths per kind: one compile of each unpadded shape.
 TEXT_ROWS = ((12, 0), (7, 0), (7, 0))
 SFT_ROWS = ((12, 4), (9, 1), (9, 3))
-# The default run: a prompted (LLaDA, completion pooling) and an unprompted (Dream) case;
-# the DiT's padded logits and features are tests/models/test_padding.py's, its micro-step
-# and the other combinations run under --runslow.
-CASES = [("dream", "text", "all"), ("llada", "sft", "completion"),
+# The default run: the prompted LLaDA case (left-padded prompts, right pads, completion
+# pooling); every family's padded logits and features are tests/models/test_padding.py's;
+# the unprompted micro-steps of all three families run under --runslow.
+CASES = [("llada", "sft", "completion"),
+         pytest.param("dream", "text", "all", marks=pytest.mark.slow),
          pytest.param("dit", "text", "all", marks=pytest.mark.slow),
          pytest.param("llada", "text", "all", marks=pytest.mark.slow),
          pytest.param("dream", "sft", "all", marks=pytest.mark.slow)]
