@@ -15,6 +15,7 @@ is slow (XLA:TPU takes 9-14 s of CPU for it, XLA:GPU 20-45 s on 2 cores).
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import jax
@@ -76,8 +77,12 @@ def test_compile_only_devices():
   assert len({d.process_index for d in v5p}) == 2
   h100 = targets.parse("gpu:h100x8").devices()
   assert len(h100) == 8 and {d.device_kind for d in h100} == {"NVIDIA H100 80GB HBM3"}
-  # The normal path is untouched: this process computes on CPU devices only.
+  # The normal path is untouched: this process computes on CPU devices only, and libtpu's
+  # quieting variables are gone once the topology is built (left set, TPU_WORKER_HOSTNAMES
+  # made every later run in the process look like a TPU host to jax.distributed).
   assert {d.platform for d in jax.devices()} == {"cpu"}
+  assert not {"TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "TPU_SKIP_MDS_QUERY"} & set(
+      os.environ)
   assert targets.cpu(8).devices() == jax.devices()[:8]
 
 

@@ -22,6 +22,7 @@ also states its per-device memory and peak FLOP/s, with the source of each figur
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -340,21 +341,31 @@ def _cpu_devices(n: int) -> list[Any]:
   return list(devices[:n])
 
 
-def _quiet_libtpu(accelerator_type: str) -> None:
-  """Environment for compile-only libtpu use, set only where the user has not set it.
+@contextlib.contextmanager
+def _quiet_libtpu(accelerator_type: str):
+  """Environment for compile-only libtpu use while libtpu loads, for the variables the user
+  has not set; restored afterwards.
 
   ALLOW_MULTIPLE_LIBTPU_LOAD: libtpu takes a lock so that one process owns the local
   chips; compiling for a topology owns none, and two planning processes (or tests) may load
   it at once. TPU_SKIP_MDS_QUERY / TPU_ACCELERATOR_TYPE / TPU_WORKER_HOSTNAMES: off a TPU VM
   libtpu queries the GCE metadata server for them and warns when it finds nothing; the
-  compile-only topology does not use them.
+  compile-only topology does not use them. Restored because they describe a TPU cluster:
+  left set, TPU_WORKER_HOSTNAMES makes this process (and the processes it starts) look like
+  a TPU host to jax.distributed's auto-detection (runtime.init_distributed).
   """
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-  # Read once, when libtpu loads; the topology name, not this, decides what is compiled
-  # for (checked: the same cost-model times for v5e and v6e whatever this says).
-  os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type)
+  # Read once, when libtpu loads; the topology name, not TPU_ACCELERATOR_TYPE, decides what
+  # is compiled for (checked: the same cost-model times for v5e and v6e whatever it says).
+  wanted = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_SKIP_MDS_QUERY": "1",
+            "TPU_WORKER_HOSTNAMES": "localhost", "TPU_ACCELERATOR_TYPE": accelerator_type}
+  added = [k for k in wanted if k not in os.environ]
+  for k in added:
+    os.environ[k] = wanted[k]
+  try:
+    yield
+  finally:
+    for k in added:
+      os.environ.pop(k, None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -363,9 +374,9 @@ def _tpu_devices(topology: str) -> list[Any]:
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   gen, shape = topology.split(":")
   chips = math.prod(int(v) for v in shape.split("x"))
-  _quiet_libtpu(f"{gen}-{chips * (2 if _TPU[gen].slice_counts_cores else 1)}")
   try:
-    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+    with _quiet_libtpu(f"{gen}-{chips * (2 if _TPU[gen].slice_counts_cores else 1)}"):
+      return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
   except (ImportError, RuntimeError) as e:
     raise TargetError(f"cannot compile for TPU topology {topology!r}: {_first_line(e)} "
                       f"(install libtpu as pinned in requirements-dev.txt)") from e
