@@ -81,8 +81,7 @@ def test_compile_only_devices():
   # quieting variables are gone once the topology is built (left set, TPU_WORKER_HOSTNAMES
   # made every later run in the process look like a TPU host to jax.distributed).
   assert {d.platform for d in jax.devices()} == {"cpu"}
-  assert not {"TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "TPU_SKIP_MDS_QUERY"} & set(
-      os.environ)
+  assert not {"TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE"} & set(os.environ)
   assert targets.cpu(8).devices() == jax.devices()[:8]
 
 
