@@ -257,6 +257,9 @@ def _ctrl_c_run(tmp_path, fault_config, capsys, monkeypatch):
   """A Ctrl-C inside the TensorBoard write of step 2 (issue 15.4): the run checkpoints step
   2 and exits 130. Returns the workdir."""
   wd = str(tmp_path / "sigint")
+  # What the run must restore: the handler it found (Python's default in a terminal; SIG_IGN
+  # when pytest itself runs as a background job, which ignores SIGINT).
+  before = signal.getsignal(signal.SIGINT)
   hook = _SignalInWriter(monkeypatch, at_step=2, count=1)
   # No periodic checkpoint: the one on disk is the signal's.
   rc = entrypoints.train_main(fault_config(train__checkpoint_every=1000), wd)
@@ -264,7 +267,7 @@ def _ctrl_c_run(tmp_path, fault_config, capsys, monkeypatch):
   assert hook.sent == 1
   assert rc == 130, out.err
   assert out.out.strip().splitlines()[-1].startswith("interrupted (Ctrl-C) at step 2;"), out.out
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+  assert signal.getsignal(signal.SIGINT) is before  # handler restored
   assert _steps_on_disk(wd) == [2]
   monkeypatch.undo()
   return wd
@@ -292,6 +295,7 @@ def test_second_ctrl_c_aborts_at_once_and_shutdown_is_bounded(
   monkeypatch.setattr(metrics_writer, "CLOSE_TIMEOUT_S", 0.5)
   hook = _SignalInWriter(monkeypatch, at_step=1, count=2, stuck_close=True)
   wd = str(tmp_path / "abort")
+  before = signal.getsignal(signal.SIGINT)   # restored on exit (see _ctrl_c_run)
   t0 = time.monotonic()
   try:
     rc = entrypoints.train_main(fault_config(), wd)
@@ -302,7 +306,7 @@ def test_second_ctrl_c_aborts_at_once_and_shutdown_is_bounded(
   assert rc == 130 and "interrupted again (Ctrl-C) at step 1" in err, err
   assert "stopped without saving" in err and "resumes from the start" in err, err
   assert _steps_on_disk(wd) == []
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is before
   # Compile and one step take a few seconds; the stuck close costs only its 0.5 s timeout.
   assert time.monotonic() - t0 < 60
 
