@@ -9,7 +9,9 @@ uniforms of the documented key use (``k_token, k_order = split(key)``,
 ``io_callback``: the state before every step (hence the tokens committed at every step) and
 the number of backbone calls (exact NFE) are compared, not only the final tokens. Choices
 are compared exactly; the reference reports each kind of choice's smallest margin, which
-must exceed what float32 rounding could move (MARGIN).
+must exceed what float32 rounding could move (MARGIN). With per-row keys (key[B]) the
+reference receives each row's own draws at its generated positions, drawn row by row here
+(``test_row_noise_trajectory_matches_public_rule``).
 """
 
 from __future__ import annotations
@@ -143,6 +145,61 @@ def test_trajectory_matches_public_rule(name):
     # t may differ from torch.linspace's by 1 ulp (test below), p = 1 - s/t and
     # n̄ (1 - s/t) by a few ulps (~1e-7 relative): choices farther than 1e-5 cannot flip.
     assert margin["origin"] > 1e-5 and margin["count"] > 1e-5, margin
+
+
+def _row_draws(keys, p_len, vocab):
+  """Per-row noise (key[B]) as the reference's [B, P + G, ...] draws: row b's documented
+  draws (``split(keys[b])``, ``step_uniforms(k, i, [G, ...])``) at its generated positions,
+  drawn one row at a time (not by the sampler's vmap); 0.5 at the prompt positions, which
+  the reference reads only where masked (the prompts hold no mask)."""
+  def get(i, which):
+    rows = []
+    for b in range(keys.shape[0]):
+      k = jax.random.split(keys[b])[which]
+      rows.append(np.asarray(ds.step_uniforms(k, i, (G, vocab) if which == 0 else (G,),
+                                              jnp.float32)))
+    gen = np.stack(rows)
+    return np.concatenate([np.full((gen.shape[0], p_len) + gen.shape[2:], 0.5, np.float32),
+                           gen], axis=1)
+  return (lambda i: get(i, 0)), (lambda i: get(i, 1))
+
+
+# Per-row noise (key[B]), prompted: the sampled order with tokens drawn through top-p, and
+# the 'origin' transfer draws with top-k.
+ROW_CONFIGS = {
+    "row_entropy_top_p_alg_temp": ("entropy", 0.7, 0.9, None, 0.5, 3, 5),
+    "row_origin_top_k": ("origin", 1.0, None, 5, None, 2, 5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROW_CONFIGS))
+def test_row_noise_trajectory_matches_public_rule(name):
+  """Per-row keys: the public rule fed each row's own draws at its generated positions."""
+  alg, temperature, top_p, top_k, alg_temp, p_len, steps = ROW_CONFIGS[name]
+  total = p_len + G
+  params = _params(3, total)
+  jparams = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+  prompt = _prompt(4, p_len)
+  generate = PROCESS.make_generate(_apply, batch=B, prompt_length=p_len, gen_length=G,
+                                   alg=alg, temperature=temperature, top_p=top_p,
+                                   top_k=top_k, alg_temp=alg_temp)
+  keys = jax.random.split(jax.random.key(steps), B)
+  _seen.clear()
+  res = generate(jparams, jnp.asarray(prompt), keys, steps)
+  tokens = np.asarray(res.tokens)
+  u_token, u_order = _row_draws(keys, p_len, V)
+  ref = diffusion_generate(_raw_torch(params), prompt, mask_id=MASK, gen_length=G,
+                           steps=steps, alg=alg, temperature=temperature, top_p=top_p,
+                           top_k=top_k, alg_temp=alg_temp, u_token=u_token, u_order=u_order)
+  assert len(_seen) == steps == int(res.nfe_model) == ref["calls"]
+  for i, (got, want) in enumerate(zip(_seen, ref["states"])):
+    chex.assert_trees_all_equal(got, want, custom_message=f"{name}: state before step {i}")
+  chex.assert_trees_all_equal(tokens, ref["tokens"])
+  assert not np.any(tokens == MASK)
+  margin = ref["margin"]   # as in test_trajectory_matches_public_rule
+  assert margin["argmax"] > MARGIN and margin["top_p"] > MARGIN, margin
+  assert margin["order"] > MARGIN or alg == "origin", margin
+  assert margin["origin"] > 1e-5 and margin["count"] > 1e-5, margin
 
 
 def test_timesteps_are_torch_linspace_to_one_ulp():

@@ -10,6 +10,9 @@ compared exactly: the reference reports the smallest margin of every argmax and 
 choice, and each test checks that it exceeds what float32 rounding of the denoiser could
 move.
 
+With per-row keys (key[B]) the reference receives each row's own draws at its generated
+positions (``test_row_noise_trajectory_matches_generate_py``), drawn row by row here.
+
 The pieces (transfer_count, gumbel_perturb, select_top) run under ``chex.variants``; the
 whole sampler is a compiled program (make_generate jits it), and
 ``test_cfg_sampler_same_tokens_on_8_devices`` is its sharded variant.
@@ -171,6 +174,53 @@ def test_prompted_trajectory_matches_generate_py(name):
     chex.assert_type(res.tokens, jnp.int32)
     _check_against_reference(res, ref, prompt, steps=steps, cfg=cfg > 0, remasking=remasking,
                              temperature=temperature, masks_left=mask_shift > -4)
+
+
+def _row_draws(keys, p_len):
+  """Per-row noise (key[B]) as the reference's [B, P + G, ...] draws: row b's documented
+  draws (``split(keys[b])``, ``step_uniforms(k, i, [G, ...])``, float64 Gumbel and float32
+  remasking uniforms) at its generated positions, drawn one row at a time (not by the
+  sampler's vmap); 0.5 at the prompt positions, never candidates (the prompts hold no
+  mask)."""
+  def get(i, which):
+    rows = []
+    with jax.enable_x64(True):
+      for b in range(keys.shape[0]):
+        k = jax.random.split(keys[b])[which]
+        rows.append(np.asarray(ls.step_uniforms(k, i, (G, V), jnp.float64) if which == 0
+                               else ls.step_uniforms(k, i, (G,), jnp.float32), np.float64))
+    gen = np.stack(rows)
+    return np.concatenate([np.full((gen.shape[0], p_len) + gen.shape[2:], 0.5), gen], axis=1)
+  return (lambda i: get(i, 0)), (lambda i: get(i, 1))
+
+
+# Per-row noise (key[B]): Gumbel noise with guidance over 2 blocks; random remasking with
+# Gumbel noise over 3 blocks. (remasking, temperature, cfg_scale, block_length, steps).
+ROW_CONFIGS = {
+    "row_gumbel_cfg_2_blocks": ("low_confidence", 0.7, 1.5, 6, 4),
+    "row_random_gumbel_3_blocks": ("random", 1.0, 0.0, 4, 6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROW_CONFIGS))
+def test_row_noise_trajectory_matches_generate_py(name):
+  """Per-row keys: generate.py fed each row's own draws at its generated positions."""
+  remasking, temperature, cfg, block, steps = ROW_CONFIGS[name]
+  params = _params(1)
+  prompt = _prompt(2)
+  gen = ls.make_generate(PROCESS, lambda p, x, s: _jax_logits(p, x, s, record=True),
+                         batch=B, prompt_length=P, gen_length=G, block_length=block,
+                         temperature=temperature, cfg_scale=cfg, remasking=remasking)
+  keys = jax.random.split(jax.random.key(30), B)
+  gumbel_u, remask_u = _row_draws(keys, P)
+  ref = np_llada.generate(np_denoiser(params), prompt, steps=steps, gen_length=G,
+                          block_length=block, temperature=temperature, cfg_scale=cfg,
+                          remasking=remasking, mask_id=MASK, gumbel_u=gumbel_u,
+                          remask_u=remask_u)
+  _seen.clear()
+  res = gen(_jax_params(params), jnp.asarray(prompt, jnp.int32), keys, steps)
+  _check_against_reference(res, ref, prompt, steps=steps, cfg=cfg > 0, remasking=remasking,
+                           temperature=temperature)
 
 
 def test_unconditional_make_sampler_matches_generate_py():

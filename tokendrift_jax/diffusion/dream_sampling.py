@@ -37,6 +37,21 @@ draws (u < p), or, with ``alg_temp`` > 0, the Gumbel-top-k realisation of
 ``torch.multinomial`` without replacement: the k largest of log w − log(−log u). All in
 float32.
 
+Per-row noise (``key`` of shape [B], one PRNG key per row, e.g. ``jax.random.split(key,
+B)``): every draw of row b comes from its own key over its **generated positions only**,
+``k_token[b], k_order[b] = jax.random.split(key[b])`` and ``row_uniforms`` of
+:mod:`llada_sampling`, i.e. ``step_uniforms(k_token[b], i, [G, V])`` and
+``step_uniforms(k_order[b], i, [G])``: the draws span [B, G, V] and [B, G], not
+[B, P + G, ...]; the steps 2-3 then run on the generated positions (the top-k, the
+sampled order's softmax over positions and the 'origin' draws), which are the only
+candidates (a prompt position never is: noise there would depend on the padding;
+``generate`` refuses a prompt holding the mask id). So a row's noise does not depend on
+the padded width P, on B or on the other rows, and a batch of left-padded prompts gives
+row b the completion that prompt b gets alone with key ``key[b:b + 1]``, as long as the
+rows keep equal mask counts (n̄ of the top-k rules is the batch mean, which couples
+rows only once some row has committed the mask id; the 'origin' rule is per row
+always). A single key (shape []) gives the program above, unchanged.
+
 NFE: one backbone call per step, nfe_model = steps exactly (the public loop runs every
 step).
 
@@ -70,7 +85,9 @@ from jax.sharding import Mesh
 from tokendrift_jax import sharding
 from tokendrift_jax.diffusion.base import Process
 from tokendrift_jax.diffusion.llada_sampling import (GenerateResult, check_prompt_mask,
-                                                     select_top, step_uniforms)
+                                                     check_row_key_prompt, is_per_row_key,
+                                                     row_uniforms, select_top, split_keys,
+                                                     step_uniforms)
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 # torch.finfo(float32).min: what top_p_logits / top_k_logits write into removed logits.
@@ -200,7 +217,8 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
       float[B, T, V]; σ is zeros (Dream has no time input). With ``prompt_mask`` it is
       called with the keyword ``attention_mask`` bool [B, T] too.
     prompt: int[B, P] (P may be 0), left-padded when ``prompt_mask`` is given.
-    key: PRNG key (see the module doc for its use).
+    key: one PRNG key, or B keys (key[B]: per-row noise over the generated positions
+      only; see the module doc for both).
     steps: int scalar (may be traced).
     mask_id, gen_length, alg, temperature, top_p, top_k, alg_temp, eps: as
       generation_utils.py (gen_length = max_new_tokens).
@@ -219,7 +237,8 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
   batch, p_len = prompt.shape
   total = p_len + gen_length
   steps = jnp.asarray(steps, jnp.int32)
-  k_token, k_order = jax.random.split(key)
+  per_row = is_per_row_key(key, batch)
+  k_token, k_order = split_keys(key, per_row)
   x = constrain(jnp.concatenate([prompt.astype(jnp.int32),
                                  jnp.full((batch, gen_length), mask_id, jnp.int32)], axis=1))
   sampled_order = bool(alg_temp)   # None or 0: torch.topk
@@ -227,6 +246,29 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
   if prompt_mask is not None:
     real = constrain(jnp.concatenate([prompt_mask, jnp.ones((batch, gen_length), bool)],
                                      axis=1))
+
+  def per_row_step(logits, x, mask_index, i, t, s, last):
+    """Steps 2-3 on the generated positions only (logits [B, G, V], the rest [B, G]),
+    with each row's own draws: the new x int32[B, G]."""
+    u_tok = None
+    if temperature > 0:
+      u_tok = constrain(row_uniforms(k_token, i, logits.shape[1:], jnp.float32))
+    conf, x0 = sample_tokens(logits, alg=alg, temperature=temperature, top_p=top_p,
+                             top_k=top_k, u=u_tok)
+    if alg == "origin":
+      p_transfer = jnp.where(last, jnp.float32(1.0), 1 - s / t)
+      u = constrain(row_uniforms(k_order, i, (gen_length,), jnp.float32))
+      return jnp.where(jnp.logical_and(mask_index, u < p_transfer), x0, x)
+    k = transfer_count(mask_index, t, s, last)
+    full = jnp.where(mask_index, conf, -jnp.inf)
+    if sampled_order:
+      u = constrain(row_uniforms(k_order, i, (gen_length,), jnp.float32))
+      full = (jax.nn.log_softmax(full / jnp.float32(alg_temp), axis=-1)
+              - jnp.log(-jnp.log(u)))
+      # A row without masks has no weights (torch.multinomial would raise): none drawn.
+      full = jnp.where(jnp.isnan(full), -jnp.inf, full)
+    take = select_top(full, jnp.full((batch,), k, jnp.int32))
+    return jnp.where(take, jnp.where(mask_index, x0, mask_id), x)
 
   def body(i, carry):
     x, nfe = carry
@@ -240,6 +282,10 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
       mask_index = jnp.logical_and(mask_index, real)   # a pad is never filled
       logits = constrain(logits_fn(x, sigma, attention_mask=real))
     nfe = nfe + 1
+    if per_row:
+      x_gen = per_row_step(logits[:, p_len:], x[:, p_len:], mask_index[:, p_len:], i, t, s,
+                           last)
+      return constrain(jnp.concatenate([x[:, :p_len], x_gen], axis=1)), nfe
     u_tok = None
     if temperature > 0:
       u_tok = constrain(step_uniforms(k_token, i, logits.shape, jnp.float32))
@@ -292,7 +338,9 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int, prompt_len
     ``generate(params, prompt int[B, P], key, steps: int, prompt_mask=None) ->
     GenerateResult``; ``prompt_mask`` bool [B, P] marks the real tokens of left-padded
     prompts (see the module doc), and ``apply_fn`` is then also given the keyword
-    ``attention_mask`` bool [B, P + G] (the backbone contract's padding mask).
+    ``attention_mask`` bool [B, P + G] (the backbone contract's padding mask). ``key``:
+    one PRNG key, or key[B] for per-row noise (each row's draws over its G generated
+    positions only; module doc).
   """
   if not isinstance(process, Process) or process.mask_id is None:
     raise TypeError(f"process must be a masked Process (a DreamProcess), got "
@@ -326,6 +374,8 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int, prompt_len
                        f"{prompt.dtype}{list(prompt.shape)}")
     check_prompt_mask(prompt_mask, batch, prompt_length)
     check_steps(steps)
+    if is_per_row_key(key, batch):
+      check_row_key_prompt(prompt, prompt_mask, process.mask_id)
     tokens, nfe = jitted(params, jnp.asarray(prompt, jnp.int32), key,
                          jnp.asarray(steps, jnp.int32),
                          None if prompt_mask is None else jnp.asarray(prompt_mask))

@@ -30,6 +30,20 @@ over all blocks) draws :func:`step_uniforms` ``(k_gumbel, i, [B, P + G, V], floa
 Gumbel noise (only when temperature > 0) and ``(k_remask, i, [B, P + G], float32)`` for the
 'random' confidences (only then), float32 like ``torch.rand``.
 
+Per-row noise (``key`` of shape [B], one PRNG key per row, e.g. ``jax.random.split(key,
+B)``): row b draws its own noise from its own key over its **generated positions only**,
+``k_gumbel[b], k_remask[b] = jax.random.split(key[b])`` and :func:`row_uniforms`, i.e.
+``step_uniforms(k_gumbel[b], i, [G, V], float64)`` (float32 without ``float64``) and
+``step_uniforms(k_remask[b], i, [G], float32)``: the draws span [B, G, V] and [B, G], not
+[B, P + G, ...]. So a row's noise does not depend on the padded width P, on the batch size
+or on the other rows, and a batch of left-padded prompts (``prompt_mask``) gives row b
+exactly the completion that prompt b gets alone (batch 1, its own unpadded length, key
+``key[b:b + 1]``). Only the generated positions are candidates in this mode (a prompt
+position never is): generate.py also fills mask ids inside the prompt, and noise drawn
+there would depend on the padding; :func:`make_generate`'s ``generate`` refuses such a
+prompt. The guided logits (cfg_scale > 0) are perturbed the same way. A single key (shape
+[]) gives the program above, unchanged.
+
 NFE: one backbone call per step, so nfe_model = steps exactly. With CFG each call runs the
 backbone on 2B rows (the prompted and un-prompted copy of every row, interleaved so that a
 row's two copies stay on its device under batch sharding); ``forward_rows`` reports the
@@ -59,6 +73,7 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from tokendrift_jax import sharding
@@ -106,6 +121,59 @@ def step_uniforms(key: jax.Array, step: jax.Array | int, shape: tuple[int, ...],
                   ) -> jax.Array:
   """The uniforms of sampler step ``step``: U[0, 1) of ``shape`` from fold_in(key, step)."""
   return jax.random.uniform(jax.random.fold_in(key, step), shape, dtype=dtype)
+
+
+def row_uniforms(keys: jax.Array, step: jax.Array | int, shape: tuple[int, ...], dtype
+                 ) -> jax.Array:
+  """Per-row uniforms, [B, *shape]: row b is ``step_uniforms(keys[b], step, shape, dtype)``
+  (so it does not depend on B or on the other rows' keys).
+
+  Args:
+    keys: B PRNG keys (typed key[B], or raw uint32[B, 2]).
+  """
+  return jax.vmap(lambda k: step_uniforms(k, step, shape, dtype))(keys)
+
+
+def split_keys(key: jax.Array, per_row: bool) -> tuple[jax.Array, jax.Array]:
+  """``jax.random.split(key)``'s two keys; of per-row keys [B], each row's two, as two [B]
+  key arrays (row b's pair is ``jax.random.split(key[b])``)."""
+  if not per_row:
+    a, b = jax.random.split(key)
+    return a, b
+  pairs = jax.vmap(jax.random.split)(key)   # [B, 2] keys
+  return pairs[:, 0], pairs[:, 1]
+
+
+def is_per_row_key(key, batch: int) -> bool:
+  """Whether ``key`` is one PRNG key (False: a typed key of shape [], or a raw uint32[2])
+  or one key per row (True: key[B], or raw uint32[B, 2]); one-line ValueError otherwise."""
+  shape = tuple(getattr(key, "shape", ()))
+  dtype = getattr(key, "dtype", None)
+  typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+  base = 0 if typed else 1   # a raw key has its words on the last axis
+  if len(shape) == base:
+    return False
+  if len(shape) == base + 1 and shape[0] == batch:
+    return True
+  raise ValueError(f"key must be one PRNG key or one per row ([B] = [{batch}] keys, e.g. "
+                   f"jax.random.split(key, {batch})), got {dtype}{list(shape)}")
+
+
+def check_row_key_prompt(prompt, prompt_mask, mask_id: int) -> None:
+  """Per-row noise fills only the generated positions (module doc): a prompt that holds
+  the mask id at a real position is refused with a one-line ValueError (checked when the
+  prompt is on the host or fully addressable; a traced prompt is not checked)."""
+  if isinstance(prompt, jax.core.Tracer) or not getattr(prompt, "is_fully_addressable",
+                                                        True):
+    return
+  holds = np.asarray(prompt) == mask_id
+  if prompt_mask is not None and not isinstance(prompt_mask, jax.core.Tracer):
+    holds = np.logical_and(holds, np.asarray(prompt_mask))
+  if holds.any():
+    rows = np.flatnonzero(holds.any(axis=1)).tolist()
+    raise ValueError(f"per-row noise fills the generated positions only, but prompt rows "
+                     f"{rows} hold the mask id {mask_id} (generate.py would fill it; use "
+                     f"one key for such prompts)")
 
 
 def transfer_count(mask_count: jax.Array, steps_per_block: jax.Array | int,
@@ -233,7 +301,8 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
       zeros (LLaDA has no time input); R = B, or 2B with guidance. With ``prompt_mask``
       it is called with the keyword ``attention_mask`` bool [R, T] too.
     prompt: int[B, P] (P may be 0), left-padded when ``prompt_mask`` is given.
-    key: PRNG key (see the module doc for its use).
+    key: one PRNG key, or B keys (key[B]: per-row noise over the generated positions
+      only; see the module doc for both).
     steps: int scalar, total steps over all blocks.
     mask_id, gen_length, block_length, temperature, cfg_scale, remasking: as generate.py.
     float64: draw and apply the Gumbel noise in float64 (generate.py); False: float32.
@@ -259,7 +328,8 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
   steps = jnp.asarray(steps, jnp.int32)
   per_block = steps // (gen_length // block_length)
   pos = jnp.arange(total, dtype=jnp.int32)
-  k_gumbel, k_remask = jax.random.split(key)
+  per_row = is_per_row_key(key, batch)
+  k_gumbel, k_remask = split_keys(key, per_row)
 
   x = jnp.concatenate([prompt.astype(jnp.int32),
                        jnp.full((batch, gen_length), mask_id, jnp.int32)], axis=1)
@@ -288,6 +358,23 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
     out = out.reshape(batch, 2, total, out.shape[-1])
     return guided_logits(out[:, 0], out[:, 1], cfg_scale)
 
+  def per_row_choice(logits, x, mask_index, pos, i, j, start, block_count):
+    """Steps 2-4 on the generated positions only ([B, G, V] logits, [B, G] the rest),
+    with each row's own draws: (take bool[B, G], x0 int32[B, G])."""
+    if noisy:
+      u = constrain(row_uniforms(k_gumbel, i, (gen_length, logits.shape[-1]), noise_dtype))
+      x0 = jnp.argmax(gumbel_perturb(logits, u, temperature), axis=-1).astype(jnp.int32)
+    else:
+      x0 = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    u_remask = None
+    if remasking == "random":
+      u_remask = constrain(row_uniforms(k_remask, i, (gen_length,), jnp.float32))
+    conf = confidence(logits, x0, remasking, u_remask)
+    conf = jnp.where(pos >= start + block_length, -jnp.inf, conf)
+    conf = jnp.where(mask_index, conf, -jnp.inf)
+    x0 = jnp.where(mask_index, x0, x)
+    return select_top(conf, transfer_count(block_count, per_block, j)), x0
+
   def body(i, carry):
     x, block_count, nfe = carry
     block, j = i // per_block, i % per_block
@@ -301,6 +388,11 @@ def generate_loop(logits_fn: LogitsFn, prompt: jax.Array, key: jax.Array, steps:
 
     logits = constrain(forward(x))
     nfe = nfe + 1
+    if per_row:
+      take, x0 = per_row_choice(logits[:, p_len:], x[:, p_len:], mask_index[:, p_len:],
+                                pos[p_len:], i, j, start, block_count)
+      x = jnp.concatenate([x[:, :p_len], jnp.where(take, x0, x[:, p_len:])], axis=1)
+      return constrain(x), block_count, nfe
     if noisy:
       u = constrain(step_uniforms(k_gumbel, i, logits.shape, noise_dtype))
       x0 = jnp.argmax(gumbel_perturb(logits, u, temperature), axis=-1).astype(jnp.int32)
@@ -351,9 +443,11 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int,
     ``generate(params, prompt int[B, P], key, steps: int, prompt_mask=None) ->
     GenerateResult``; ``prompt_mask`` bool [B, P] marks the real tokens of left-padded
     prompts (see the module doc), and ``apply_fn`` is then also given the keyword
-    ``attention_mask`` bool [R, P + G] (the backbone contract's padding mask).
-    ``generate.lower(params, prompt, key, steps, prompt_mask=None)`` its jit ``Lowered``
-    (planning).
+    ``attention_mask`` bool [R, P + G] (the backbone contract's padding mask). ``key``:
+    one PRNG key, or key[B] for per-row noise (each row's draws over its G generated
+    positions only, so that a padded batch completes every prompt as it is completed
+    alone; module doc). ``generate.lower(params, prompt, key, steps, prompt_mask=None)``
+    its jit ``Lowered`` (planning).
   """
   # Only the mask id is used; a process without one cannot be sampled by remasking.
   if not isinstance(process, Process) or process.mask_id is None:
@@ -390,6 +484,8 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int,
                        f"{prompt.dtype}{list(prompt.shape)}")
     check_prompt_mask(prompt_mask, batch, prompt_length)
     check_steps(steps, gen_length, block_length)
+    if is_per_row_key(key, batch):
+      check_row_key_prompt(prompt, prompt_mask, process.mask_id)
     with jax.enable_x64(float64):
       tokens, nfe = jitted(params, jnp.asarray(prompt, jnp.int32), key,
                            jnp.asarray(steps, jnp.int32),
@@ -398,9 +494,9 @@ def make_generate(process: Process, apply_fn: ApplyFn, *, batch: int,
                           prompt_length=prompt_length)
 
   def lower(params, prompt, key, steps, prompt_mask=None):
-    """The jitted generate.py lowered for ``(params, prompt int32[B, P], key, steps int32
-    scalar[, prompt_mask bool [B, P]])`` (arrays or ShapeDtypeStructs), at its precision
-    (for planning)."""
+    """The jitted generate.py lowered for ``(params, prompt int32[B, P], key (one, or
+    [B]), steps int32 scalar[, prompt_mask bool [B, P]])`` (arrays or ShapeDtypeStructs),
+    at its precision (for planning)."""
     with jax.enable_x64(float64):
       return jitted.lower(params, prompt, key, steps, prompt_mask)
 
@@ -415,7 +511,8 @@ def generate(process: Process, logits_fn: LogitsFn, prompt: jax.Array, key: jax.
              mesh: Mesh | None = None, prompt_mask: jax.Array | None = None
              ) -> GenerateResult:
   """One-off generate.py with a closed-over denoiser ``logits_fn(x, sigma)``
-  (``logits_fn(x, sigma, attention_mask=...)`` with a left-padded prompt's ``prompt_mask``).
+  (``logits_fn(x, sigma, attention_mask=...)`` with a left-padded prompt's ``prompt_mask``);
+  ``key``: one PRNG key, or key[B] for per-row noise (module doc).
 
   Compiles on every call; for repeated use :func:`make_generate`.
   """
