@@ -194,8 +194,9 @@ def _row_draws(keys, p_len):
   return (lambda i: get(i, 0)), (lambda i: get(i, 1))
 
 
-# Per-row noise (key[B]): Gumbel noise with guidance over 2 blocks; random remasking with
-# Gumbel noise over 3 blocks. (remasking, temperature, cfg_scale, block_length, steps).
+# Per-row noise (key[B]): Gumbel noise with guidance over 2 blocks (also batch-sharded
+# over 8 devices); random remasking with Gumbel noise over 3 blocks.
+# (remasking, temperature, cfg_scale, block_length, steps).
 ROW_CONFIGS = {
     "row_gumbel_cfg_2_blocks": ("low_confidence", 0.7, 1.5, 6, 4),
     "row_random_gumbel_3_blocks": ("random", 1.0, 0.0, 4, 6),
@@ -221,6 +222,15 @@ def test_row_noise_trajectory_matches_generate_py(name):
   res = gen(_jax_params(params), jnp.asarray(prompt, jnp.int32), keys, steps)
   _check_against_reference(res, ref, prompt, steps=steps, cfg=cfg > 0, remasking=remasking,
                            temperature=temperature)
+  if cfg:   # the sharded variant: batch-sharded over 8 devices, the same tokens
+    mesh = sharding.make_mesh(devices=jax.devices())
+    res = ls.generate(PROCESS, lambda x, s: _jax_logits(_jax_params(params), x, s,
+                                                        record=False),
+                      jnp.asarray(prompt, jnp.int32), keys, steps=steps, gen_length=G,
+                      block_length=block, temperature=temperature, cfg_scale=cfg,
+                      remasking=remasking, mesh=mesh)
+    assert res.tokens.sharding.is_equivalent_to(sharding.batch_sharding(mesh, 2), 2)
+    chex.assert_trees_all_equal(np.asarray(res.tokens), ref["tokens"])
 
 
 def test_unconditional_make_sampler_matches_generate_py():
