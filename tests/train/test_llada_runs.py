@@ -235,6 +235,7 @@ def test_padded_sft_drift_run(tiny_dir, tmp_path, tiny_llada_run_config):
   rows = np.load(cfg.data.train_tokens)
   plen = np.load(tokens_lib.prompt_lengths_path(cfg.data.train_tokens))
   length, width, pad = rows.shape[1], 6, 251   # 251: neither text (< 250) nor the mask
+  assert len(set(np.minimum(plen, width).tolist())) > 1   # prompts of different lengths
   padded = np.full_like(rows, pad)
   for i, (row, p) in enumerate(zip(rows, np.minimum(plen, width))):
     padded[i, width - p:width] = row[:p]
