@@ -126,3 +126,19 @@ def test_baselines_are_planned_at_the_drift_stage_model_flops(tmp_path, process,
   cfg.refine.baselines = ("continuation",)
   with pytest.raises(trainer.TrainError, match="not a distillation objective"):
     synthetic.plan(cfg, str(tmp_path), data)
+
+
+def test_compiled_programs_are_kept_in_the_workdir_unless_a_cache_is_set(tmp_path):
+  """The experiment's stages share XLA's persistent cache in WORKDIR/xla_cache; a cache
+  the user configured (here the suite's own, set in tests/conftest.py) is left alone."""
+  import jax  # pylint: disable=import-outside-toplevel
+  users = jax.config.jax_compilation_cache_dir
+  assert users  # the suite's cache: the experiment must not replace it
+  synthetic._use_compilation_cache(str(tmp_path))
+  assert jax.config.jax_compilation_cache_dir == users
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    synthetic._use_compilation_cache(str(tmp_path))
+    assert jax.config.jax_compilation_cache_dir == os.path.join(str(tmp_path), "xla_cache")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", users)
