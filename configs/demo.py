@@ -1,6 +1,6 @@
 """Offline end-to-end demo: pretrain -> continuation vs TokenDrift -> few-step samples.
 
-``python launch/train.py --config=configs/demo.py`` (2 CPU cores, a few minutes, no
+``python launch/train.py --config=configs/demo.py`` (2 CPU cores, about 14 minutes, no
 downloads): a synthetic language with an exact likelihood stands in for OpenWebText and
 its exact per-token NLL stands in for GPT-2 Large (docs/SYNTHETIC.md,
 tokendrift_jax/experiments/synthetic.py). Prints a Table-1-shaped table (mean ± SD over
