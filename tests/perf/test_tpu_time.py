@@ -43,40 +43,44 @@ def _sds(shape, dtype, mesh, spec=P()):
   return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
 
 
-def _body(c, _):
-  return jnp.tanh(c @ c.T).astype(c.dtype), None
-
-
-def test_scan_trip_counts_equal_the_unrolled_program(v5p):
+def test_scan_trip_counts_against_the_unrolled_program(v5p):
+  # x -> tanh(x @ w), 4096^2 bf16, as a scan of k steps and unrolled k times (k = 2, 4).
   _, mesh = v5p
-  x = _sds((2048, 2048), jnp.bfloat16, mesh)
+  x = _sds((4096, 4096), jnp.bfloat16, mesh)
   est, opt = {}, {}
   for k in (2, 4):
-    text, cost = _compile(lambda a, k=k: jax.lax.scan(_body, a, None, length=k)[0], x)
-    est[("scan", k)] = tpu_time.estimate(text, "v5p", optimal_seconds=cost["optimal_seconds"])
-    opt[("scan", k)] = cost["optimal_seconds"]
+    def scan(a, w, k=k):
+      return jax.lax.scan(lambda c, _: (jnp.tanh(c @ w).astype(c.dtype), None), a, None,
+                          length=k)[0]
 
-    def unrolled(a, k=k):
+    def unrolled(a, w, k=k):
       for _ in range(k):
-        a = _body(a, None)[0]
+        a = jnp.tanh(a @ w).astype(a.dtype)
       return a
 
-    text, cost = _compile(unrolled, x)
-    est[("unrolled", k)] = tpu_time.estimate(text, "v5p")
-    opt[("unrolled", k)] = cost["optimal_seconds"]
+    for name, fn in (("scan", scan), ("unrolled", unrolled)):
+      text, cost = _compile(fn, x, x)
+      est[(name, k)] = tpu_time.estimate(text, "v5p", optimal_seconds=cost["optimal_seconds"])
+      opt[(name, k)] = cost["optimal_seconds"]
+  s2, s4 = est[("scan", 2)], est[("scan", 4)]
+  assert [n for _, n in s2.loops] == [2] and [n for _, n in s4.loops] == [4]
+  assert not s2.warnings and not s4.warnings
+  # XLA's optimal_seconds counts the loop body once, whatever the trip count ...
+  assert opt[("scan", 4)] == pytest.approx(opt[("scan", 2)], rel=1e-6)
+  assert s2.compute_once_s == pytest.approx(s4.compute_once_s, rel=1e-6)
+  # ... the estimate counts it k times: scan(4) - scan(2) = 2 bodies = 2 (scan(2) - once).
+  body = s2.compute_s - s2.compute_once_s
+  assert body > 0
+  assert s4.compute_s - s2.compute_s == pytest.approx(2 * body, rel=1e-6)
   for k in (2, 4):
     s, u = est[("scan", k)], est[("unrolled", k)]
-    assert s.loops and s.loops[0][1] == k and not s.warnings
-    # XLA's optimal_seconds counts the loop body once, whatever the trip count ...
-    assert opt[("scan", k)] == pytest.approx(opt[("scan", 2)], rel=1e-6)
-    # ... the trip-counted estimate is the unrolled program's, to 10 % (the unrolled body
-    # fuses the convert of one iteration into the next) ...
-    assert s.compute_s == pytest.approx(u.compute_s, rel=0.10), (k, s, u)
-    # ... and the unrolled program's cycles agree with its own optimal_seconds to 25 %.
+    # Against the program whose answer is known, the same work unrolled: the scan costs its
+    # unrolled twin plus a copy of the carried [4096, 4096] per iteration (XLA's loop
+    # carry; 22 % here), and is within 15 % of the unrolled program's own optimal_seconds.
+    assert u.compute_s < s.compute_s < 1.35 * u.compute_s, (k, s.compute_s, u.compute_s)
+    assert s.compute_s == pytest.approx(opt[("unrolled", k)], rel=0.15)
+    # The unrolled program's summed cycles agree with its own optimal_seconds to 25 %.
     assert u.compute_s == pytest.approx(opt[("unrolled", k)], rel=0.25)
-  # Twice the iterations, twice the loop's time (the body dominates the copies around it).
-  ratio = est[("scan", 4)].compute_s / est[("scan", 2)].compute_s
-  assert 1.8 < ratio <= 2.0, ratio
 
 
 def test_matmul_calibrates_the_clock(v5p):
@@ -105,10 +109,15 @@ def test_all_gather_is_timed_by_ici_not_hbm(v5p):
   assert est.by_kind["all-gather"][0] == 1
   assert est.comm_bytes == pytest.approx(received)
   assert est.comm_s == pytest.approx(received / 600e9)     # v5p: 4,800 Gbps per chip
-  # XLA's optimal_seconds, for the whole program (the multiply, the gather, a copy), is
-  # shorter than the gather alone at the chip's interconnect bandwidth: it prices the
-  # collective as memory traffic. Hence the separate ICI term.
-  assert cost["optimal_seconds"] < est.comm_s
+  # XLA's optimal_seconds prices the collective as memory traffic: the program's bytes
+  # accessed per optimal second are those of the same multiply without a collective
+  # (HBM speed, about 2.35 TB/s on v5p), whatever the interconnect. Hence the ICI term.
+  ref_text, ref = _compile(lambda a: a * 2, _sds((n,), jnp.bfloat16, mesh))
+  assert not tpu_time.estimate(ref_text, "v5p").by_kind
+  rate = cost["bytes accessed"] / cost["optimal_seconds"]
+  ref_rate = ref["bytes accessed"] / ref["optimal_seconds"]
+  assert rate == pytest.approx(ref_rate, rel=0.15), (rate, ref_rate)
+  assert ref_rate > 3 * 600e9   # 3.9 times the whole chip's interconnect
 
 
 _HLO = """HloModule m, num_partitions=8
