@@ -16,9 +16,9 @@ of 512 and 8 sequences per micro-step) around the layer scans of every pass.
   not counted on their own (the fusion carries the cycles). Both branches of a
   ``conditional`` are counted (an upper bound; the training step has none on its hot path).
 * **Communication**: XLA:TPU's cost model gives collectives no cycles, and its
-  ``optimal_seconds`` prices them as memory traffic at HBM speed (an all-gather of 128 MiB
-  on 8 v5p chips: 6.4e-5 s, 1.8 TB/s received per chip, three times the chip's whole
-  interconnect; ``tests/perf/test_tpu_time.py``). Each collective is therefore timed here
+  ``optimal_seconds`` prices them as memory traffic at HBM speed (an all-gather's bytes
+  accessed per optimal second are a plain multiply's, 2.35 TB/s on v5p, 3.9 times the
+  chip's whole interconnect; ``tests/perf/test_tpu_time.py``). Each collective is therefore timed here
   from the bytes one device must receive (ring algorithms: all-gather (n-1)/n of the
   output, reduce-scatter (n-1)/n of the input, all-reduce twice that of its data,
   collective-permute its output) over the chip's inter-chip interconnect bandwidth
