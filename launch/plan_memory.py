@@ -11,7 +11,9 @@ accelerator (compile-only devices). One row of docs/SCALING.md per command: para
 shape structs (nothing is allocated), the step is ``train/builder.build_step``'s on the
 target's devices (``tokendrift_jax/perf/memory_plan.py``). Prints per-device memory, whether
 it fits the target's memory, the compile time and, for TPU, XLA:TPU's cost-model
-``optimal_seconds``. ``--out FILE`` appends the row as a JSON line.
+``optimal_seconds``; with ``--time`` (TPU) the step time from that cost model with the loops'
+trip counts applied, the estimated MFU and the paper budget in chip-hours
+(``tokendrift_jax/perf/tpu_time.py``). ``--out FILE`` appends the row as a JSON line.
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ def main(argv=None) -> int:
   p.add_argument("--micro-batch", type=int, default=1, help="sequences per batch shard")
   p.add_argument("--length", type=int, default=1024)
   p.add_argument("--remat", action=argparse.BooleanOptionalAction, default=True)
+  p.add_argument("--remat-policy", default=None,
+                 help="a jax.checkpoint_policies name ('' = save nothing); default: the "
+                      "config's")
+  p.add_argument("--scan-layers", action=argparse.BooleanOptionalAction, default=None,
+                 help="scan the blocks (default: the config's model.scan_layers)")
+  p.add_argument("--time", action="store_true",
+                 help="TPU targets: the step time from XLA:TPU's cost model with loop trip "
+                      "counts (perf/tpu_time.py), MFU and the paper budget's chip-hours")
+  p.add_argument("--hlo-out", default="", help="write the compiled program's HLO text here")
   p.add_argument("--objective", choices=objectives.names(), default="")
   p.add_argument("--global-batch", type=int, default=512, help="the paper's 512")
   p.add_argument("--out", default="", help="append the row to this JSON-lines file")
@@ -59,6 +70,10 @@ def main(argv=None) -> int:
     target = targets.parse(args.target) if args.target else targets.cpu(args.devices)
   except targets.TargetError as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  if args.time and target.platform != "tpu":
+    print(f"error: --time reads XLA:TPU's cost model: give a TPU target, not {target.spec}",
+          file=sys.stderr)
     return 2
   needed = args.mesh[0] * args.mesh[1] * args.mesh[2]
   if needed != target.num_devices:
@@ -83,14 +98,23 @@ def main(argv=None) -> int:
     row = memory_plan.plan(config, name=os.path.basename(args.config), mesh=args.mesh,
                            micro_batch_per_shard=args.micro_batch, length=args.length,
                            remat=args.remat, objective=args.objective or config.objective,
-                           global_batch=args.global_batch, target=target)
+                           global_batch=args.global_batch, target=target,
+                           remat_policy=args.remat_policy, scan_layers=args.scan_layers)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(memory_plan.format_row(row))
+  extra = {}
+  if args.hlo_out and row.compiled is not None:
+    with open(args.hlo_out, "w", encoding="utf-8") as f:
+      f.write(row.compiled.as_text())
+  if args.time and not row.error:
+    from tokendrift_jax.perf import tpu_time  # pylint: disable=import-outside-toplevel
+    extra["time"] = tpu_time.step_estimate(row, target)
+    print(tpu_time.format_estimate(extra["time"]))
   if args.out:
     with open(args.out, "a", encoding="utf-8") as f:
-      f.write(json.dumps({**row.to_dict(), "command": " ".join(["python launch/plan_memory.py"]
+      f.write(json.dumps({**row.to_dict(), **extra, "command": " ".join(["python launch/plan_memory.py"]
                                                                 + (argv or sys.argv[1:]))})
               + "\n")
   return 0

@@ -160,6 +160,10 @@ class MemoryRow:
   xla_peak_bytes: int | None = None
   optimal_seconds: float | None = None
   error: str = ""
+  # Model FLOPs of the step (the analytic count without remat's recompute: what MFU
+  # divides), and whether the blocks were scanned (config.model.scan_layers).
+  model_flops: float | None = None
+  scan_layers: bool = True
   lowered: Any = dataclasses.field(default=None, repr=False, compare=False)
   compiled: Any = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -189,9 +193,12 @@ class MemoryRow:
 
 def configure(config: ml_collections.ConfigDict, *, mesh: tuple[int, ...],
               micro_batch_per_shard: int, length: int, remat: bool, objective: str,
-              global_batch: int) -> ml_collections.ConfigDict:
+              global_batch: int, remat_policy: str | None = None,
+              scan_layers: bool | None = None) -> ml_collections.ConfigDict:
   """``config`` set up for one row: the mesh with rule-based parameter sharding, the
-  micro-batch (per batch shard, i.e. per data x fsdp device), the length, remat."""
+  micro-batch (per batch shard, i.e. per data x fsdp device), the length, remat (and,
+  when given, the remat policy and whether the blocks are scanned; None keeps the
+  config's)."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.objective = objective
   c.mesh.shape = tuple(mesh)
@@ -202,6 +209,10 @@ def configure(config: ml_collections.ConfigDict, *, mesh: tuple[int, ...],
   c.batch.global_batch = global_batch
   c.model.length = length
   c.model.remat = bool(remat)
+  if remat_policy is not None:
+    c.model.remat_policy = str(remat_policy)
+  if scan_layers is not None:
+    c.model.scan_layers = bool(scan_layers)
   return c
 
 
@@ -227,18 +238,21 @@ def _default_target(target):
 
 def plan(config: ml_collections.ConfigDict, *, name: str, mesh: tuple[int, ...],
          micro_batch_per_shard: int, length: int, remat: bool, objective: str,
-         global_batch: int, target=None) -> MemoryRow:
+         global_batch: int, target=None, remat_policy: str | None = None,
+         scan_layers: bool | None = None) -> MemoryRow:
   """Compiles the step of ``config`` for one row and reads XLA's analyses.
 
   ``target``: a :class:`perf.targets.Target` (default: every CPU device of this process);
   the step is ``builder.build_step``'s on the target's devices, the program training runs.
+  ``remat_policy`` / ``scan_layers``: override the config's (None keeps them).
   """
   # pylint: disable=import-outside-toplevel
   from tokendrift_jax.perf import flops as flops_lib
   from tokendrift_jax.train import builder
   target = _default_target(target)
   c = configure(config, mesh=mesh, micro_batch_per_shard=micro_batch_per_shard,
-                length=length, remat=remat, objective=objective, global_batch=global_batch)
+                length=length, remat=remat, objective=objective, global_batch=global_batch,
+                remat_policy=remat_policy, scan_layers=scan_layers)
   parts = builder.build_step(c, devices=target.devices())
   program = compile_program(parts.step_fn.lower, parts.abstract_args(), target)
   micro = int(c.batch.micro_batch)
@@ -257,6 +271,7 @@ def plan(config: ml_collections.ConfigDict, *, name: str, mesh: tuple[int, ...],
       compile_s=program.compile_s, target=target.spec, device_kind=target.device_kind,
       hbm_bytes=target.hbm_bytes, xla_peak_bytes=program.xla_peak_bytes,
       optimal_seconds=program.optimal_seconds, error=program.error,
+      model_flops=float(analytic.model), scan_layers=bool(c.model.scan_layers),
       lowered=program.lowered, compiled=program.compiled)
 
 
