@@ -20,6 +20,8 @@ Everything that places arrays (train step, samplers, evaluators) asks this modul
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Any, Callable, Sequence
 
@@ -375,3 +377,81 @@ def to_host(x: jax.Array) -> np.ndarray:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
+
+
+# ----------------------------------------------------------------------------- activations
+
+# Logical name of an activation dim -> the mesh axes that split it (MaxText's
+# ``logical_axis_rules`` for activations, read by ``nn.with_logical_constraint``). The batch
+# is split over (data, fsdp) inside every block, so an FSDP mesh computes each row on one
+# (data, fsdp) group and gathers the weights (without a constraint XLA may instead split the
+# residual stream by width over fsdp and replicate the batch); heads, kv heads, MLP hidden
+# units and vocabulary entries over ``tensor`` (Megatron); the residual stream's length
+# ("residual_length") is whole here, :data:`SEQUENCE_PARALLEL_RULES` splits it over
+# ``tensor`` (sequence-parallel norms and residuals).
+ACTIVATION_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("batch", BATCH_AXES),
+    ("length", ()),
+    ("residual_length", ()),
+    ("embed", ()),
+    ("heads", (TENSOR,)),
+    ("kv_heads", (TENSOR,)),
+    ("head_dim", ()),
+    ("mlp", (TENSOR,)),
+    ("vocab", (TENSOR,)),
+)
+SEQUENCE_PARALLEL_RULES = tuple((n, (TENSOR,)) if n == "residual_length" else (n, a)
+                                for n, a in ACTIVATION_RULES)
+
+_ACTIVATION_LAYOUT: contextvars.ContextVar = contextvars.ContextVar("activation_layout",
+                                                                    default=None)
+
+
+@contextlib.contextmanager
+def activation_mesh(mesh: Mesh | None, rules=ACTIVATION_RULES):
+  """While tracing inside this context, :func:`constrain` places activations on ``mesh`` by
+  ``rules``. ``None`` or a one-device mesh: :func:`constrain` is the identity, so the traced
+  program is the one built without sharding."""
+  if mesh is not None and mesh.size == 1:
+    mesh = None
+  token = _ACTIVATION_LAYOUT.set(None if mesh is None else (mesh, tuple(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATION_LAYOUT.reset(token)
+
+
+def activation_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules=ACTIVATION_RULES) -> P:
+  """PartitionSpec of an activation whose dims are called ``names``: each dim split over the
+  axes its rule names, minus axes of size 1, axes an earlier dim took, and trailing axes
+  whose product does not divide the dim (an uneven split is never made)."""
+  table = dict(rules)
+  if len(names) != len(shape):
+    raise ValueError(f"activation names {tuple(names)} do not match shape {tuple(shape)}")
+  used: set[str] = set()
+  spec = []
+  for name, size in zip(names, shape):
+    if name is not None and name not in table:
+      raise ValueError(f"activation dim name {name!r} has no rule (known: {sorted(table)})")
+    axes = [a for a in (() if name is None else table[name])
+            if a not in used and mesh.shape[a] > 1]
+    while axes and size % math.prod(mesh.shape[a] for a in axes):
+      axes.pop()
+    used.update(axes)
+    spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+  return P(*spec)
+
+
+def constrain(x: jax.Array, *names: str | None) -> jax.Array:
+  """``x`` constrained to the activation layout of :func:`activation_mesh` (one logical
+  name per dim, :data:`ACTIVATION_RULES`); the identity outside such a context, on one
+  device, or when no dim would be split."""
+  layout = _ACTIVATION_LAYOUT.get()
+  if layout is None:
+    return x
+  mesh, rules = layout
+  spec = activation_spec(names, x.shape, mesh, rules)
+  if all(s is None for s in spec):
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

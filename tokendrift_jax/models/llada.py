@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tokendrift_jax import sharding
 from tokendrift_jax.models import base
 from tokendrift_jax.models.common import (apply_rotary, check_attention_impl,
                                           check_attention_mask, key_mask, mask_for_impl,
@@ -207,6 +208,13 @@ def rotary_cos_sin_at(positions, head_dim: int, theta: float):
 
 # ----------------------------------------------------------------------------- layers
 
+# Logical names of the activations (sharding.ACTIVATION_RULES).
+RESIDUAL = ("batch", "residual_length", "embed")
+HEADS = ("batch", "length", "heads", "head_dim")
+KV_HEADS = ("batch", "length", "kv_heads", "head_dim")
+MLP = ("batch", "length", "mlp")
+LOGITS = ("batch", "length", "vocab")
+
 
 class RMSNorm(nnx.Module):
   def __init__(self, dim: int, eps: float):
@@ -250,11 +258,17 @@ class LLaDABlock(nnx.Module):
     bool [B, 1, 1, L], the keys attended (``common.key_mask``)."""
     b, length, d = x.shape
     rngs = (None, None) if dropout_rng is None else tuple(jax.random.split(dropout_rng))
+    # Activation layout (identity without a sharding.activation_mesh): rows over the batch
+    # axes, heads and MLP hidden units over tensor.
+    x = sharding.constrain(x, *RESIDUAL)
 
     h = self.attn_norm(x)
-    q = self.q_proj(h).reshape(b, length, self.n_heads, self.head_dim)
-    k = self.k_proj(h).reshape(b, length, self.n_kv_heads, self.head_dim)
-    v = self.v_proj(h).reshape(b, length, self.n_kv_heads, self.head_dim)
+    q = sharding.constrain(self.q_proj(h).reshape(b, length, self.n_heads, self.head_dim),
+                           *HEADS)
+    k = sharding.constrain(self.k_proj(h).reshape(b, length, self.n_kv_heads, self.head_dim),
+                           *KV_HEADS)
+    v = sharding.constrain(self.v_proj(h).reshape(b, length, self.n_kv_heads, self.head_dim),
+                           *KV_HEADS)
     # The release rotates in float32 (rope_full_precision) and casts back to q's dtype.
     q = apply_rotary(q.astype(self.rope_dtype), cos, sin).astype(v.dtype)
     k = apply_rotary(k.astype(self.rope_dtype), cos, sin).astype(v.dtype)
@@ -263,11 +277,14 @@ class LLaDABlock(nnx.Module):
     attn = jax.nn.dot_product_attention(
         q, k, v, mask=mask_for_impl(mask, impl, length), is_causal=False,
         implementation=impl)
+    attn = sharding.constrain(attn, *HEADS)
     x = x + _dropout(self.attn_out(attn.reshape(b, length, d)), self.dropout, rngs[0])
+    x = sharding.constrain(x, *RESIDUAL)
 
     h = self.ff_norm(x)
-    out = self.ff_out(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h))
-    return x + _dropout(out, self.dropout, rngs[1])
+    hidden = sharding.constrain(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h), *MLP)
+    out = self.ff_out(hidden)
+    return sharding.constrain(x + _dropout(out, self.dropout, rngs[1]), *RESIDUAL)
 
 
 class LLaDA(nnx.Module):
@@ -320,8 +337,10 @@ class LLaDA(nnx.Module):
     x = self.ln_f(x)
     if self.config.weight_tying:
       table = self.wte.embedding[...].astype(self.dtype)
-      return jnp.einsum("bld,vd->blv", x.astype(self.dtype), table).astype(jnp.float32)
-    return self.ff_out(x).astype(jnp.float32)
+      logits = jnp.einsum("bld,vd->blv", x.astype(self.dtype), table)
+    else:
+      logits = self.ff_out(x)
+    return sharding.constrain(logits.astype(jnp.float32), *LOGITS)
 
   def __call__(self, input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
                return_hidden: bool | int = False, attention_mask=None):

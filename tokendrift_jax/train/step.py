@@ -166,7 +166,12 @@ def make_train_step(ctx: losses.StepContext, objective, optimizer: optax.Gradien
                               ema_params=ema, aux=aux)
     return new_state, metrics
 
-  return step
+  def sharded_step(state: TrainState, batch: jax.Array, frozen):
+    # The models place their activations on ctx.mesh while this traces (sharding.constrain).
+    with sharding.activation_mesh(ctx.mesh):
+      return step(state, batch, frozen)
+
+  return sharded_step
 
 
 def jit_train_step(step_fn: Callable, state_shardings: TrainState, mesh: Mesh,
@@ -185,7 +190,8 @@ def make_eval_step(ctx: losses.StepContext) -> Callable:
   def eval_step(params, batch, key):
     nctx = dataclasses.replace(ctx, dropout=False)
     gen = losses.generator(nctx, params, None)
-    _, metrics = ctx.process.loss(gen, ctx.constrain_batch(batch), key)
+    with sharding.activation_mesh(ctx.mesh):
+      _, metrics = ctx.process.loss(gen, ctx.constrain_batch(batch), key)
     return {"nll_sum": metrics["nll_sum"].astype(jnp.float32),
             "num_tokens": metrics["num_tokens"].astype(jnp.float32)}
 
