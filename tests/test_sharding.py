@@ -258,3 +258,68 @@ def test_rules_shardings_of_a_built_step(tiny_model_config):
   chex.assert_trees_all_equal_structs(parts.frozen_shardings, params)
   assert parts.frozen_shardings == params and parts.state_shardings.ema_params == params
   assert params["blocks"][0]["mlp"][0]["kernel"].spec == P("fsdp", "tensor")
+
+
+# ------------------------------------------------------------------ activations
+
+
+@pytest.mark.parametrize("names,shape,mesh_shape,rules,want", [
+    (("batch", "residual_length", "embed"), (4, 16, 32), (1, 2, 4), None, P("fsdp")),
+    (("batch", "residual_length", "embed"), (8, 16, 32), (2, 2, 2), None,
+     P(("data", "fsdp"))),
+    # Only the axes whose product divides the dim: 2 rows over (data, fsdp) = (2, 2).
+    (("batch", "residual_length", "embed"), (2, 16, 32), (2, 2, 2), None, P("data")),
+    (("batch", "length", "heads", "head_dim"), (4, 16, 8, 4), (1, 2, 4), None,
+     P("fsdp", None, "tensor", None)),
+    (("batch", "length", "mlp"), (4, 16, 6), (1, 2, 4), None, P("fsdp", None, None)),
+    (("batch", "residual_length", "embed"), (4, 16, 32), (1, 2, 4),
+     sharding.SEQUENCE_PARALLEL_RULES, P("fsdp", "tensor", None)),
+    # A name whose axis an earlier dim took stays whole.
+    (("batch", "residual_length", "heads"), (4, 16, 8), (1, 2, 4),
+     sharding.SEQUENCE_PARALLEL_RULES, P("fsdp", "tensor", None)),
+])
+def test_activation_specs(names, shape, mesh_shape, rules, want):
+  rules = sharding.ACTIVATION_RULES if rules is None else rules
+  got = sharding.activation_spec(names, shape, _mesh(mesh_shape), rules)
+  assert tuple(got) + (None,) * (len(shape) - len(got)) == tuple(want) + (None,) * (
+      len(shape) - len(want))
+
+
+def test_activation_names_are_checked():
+  with pytest.raises(ValueError, match="no rule"):
+    sharding.activation_spec(("batch", "width"), (4, 4), _mesh((1, 2, 4)))
+  with pytest.raises(ValueError, match="do not match"):
+    sharding.activation_spec(("batch",), (4, 4), _mesh((1, 2, 4)))
+
+
+def _lowered_llada(mesh):
+  """The tiny LLaDA's forward lowered with its activations placed on ``mesh``."""
+  from tokendrift_jax.models import llada  # pylint: disable=import-outside-toplevel
+  cfg = llada.LLaDAConfig(**llada.FAMILY.sizes["tiny"])
+  gdef = models.graphdef(cfg)
+
+  def forward(params, ids):
+    with sharding.activation_mesh(mesh):
+      return models.merge(gdef, params)(ids)
+
+  ids = jax.ShapeDtypeStruct((4, 16), jnp.int32)
+  return jax.jit(forward).lower(models.abstract_params(cfg), ids).as_text()
+
+
+def test_blocks_constrain_activations_on_a_mesh_only():
+  """On (1, 2, 4) the residual stream is split by rows over fsdp and q/k/v, attention and
+  the MLP hidden units also by heads / units over tensor; on one device (or without a
+  mesh) the program is the one lowered before activation sharding existed."""
+  text = _lowered_llada(_mesh((1, 2, 4)))
+  constraints = [line.split("<@mesh, ")[1].split(">")[0]
+                 for line in text.splitlines() if "sdy.sharding_constraint" in line]
+  # Per block: the residual 3 times, q and attention by heads, k and v (2 kv heads, which
+  # 4 tensor shards do not divide) by rows only, the MLP hidden units; the logits.
+  assert constraints.count('[{"fsdp"}, {}, {}]') == 2 * 3
+  assert constraints.count('[{"fsdp"}, {}, {"tensor"}, {}]') == 2 * 2
+  assert constraints.count('[{"fsdp"}, {}, {}, {}]') == 2 * 2
+  assert constraints.count('[{"fsdp"}, {}, {"tensor"}]') == 2 + 1
+  assert len(constraints) == 2 * 8 + 1
+  plain = _lowered_llada(None)
+  assert "sharding_constraint" not in plain
+  assert _lowered_llada(_mesh((1, 1, 1))) == plain

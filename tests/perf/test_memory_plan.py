@@ -55,6 +55,23 @@ def test_compiled_arguments_are_the_sharded_state(tiny_llada_config):
   _check_plan(cfg, 16, tiny.num_params())
 
 
+def test_step_places_block_activations_by_rows(tiny_llada_config):
+  """The step traces its models inside sharding.activation_mesh: on (1, 2, 4) the residual
+  stream of every block (the scanned ones, the encoder's, the generator's) is constrained
+  to rows over fsdp, so XLA runs FSDP instead of splitting the width and replicating rows."""
+  from configs import llada_drift  # pylint: disable=import-outside-toplevel
+  cfg = llada_drift.get_config()
+  cfg.model.update(tiny_llada_config().to_dict())
+  kw = dict(mesh=(1, 2, 4), micro_batch_per_shard=1, length=16, remat=True,
+            objective="drift", global_batch=8)
+  parts = builder.build_step(memory_plan.configure(cfg, **kw))
+  text = parts.step_fn.lower(*parts.abstract_args()).as_text()
+  residual = [line for line in text.splitlines()
+              if "sdy.sharding_constraint" in line and '<@mesh, [{"fsdp"}, {}, {}]>' in line
+              and "x256xf32>" in line]
+  assert residual
+
+
 @pytest.mark.slow
 def test_compiled_8b_arguments_are_the_sharded_state():
   from configs import llada_drift  # pylint: disable=import-outside-toplevel

@@ -19,6 +19,16 @@ def remat_policy_fn(name: str):
   return getattr(jax.checkpoint_policies, name) if name else None
 
 
+# Logical names of a block's activations, one per dim, for sharding.constrain (the mesh axes
+# they map to: sharding.ACTIVATION_RULES).
+RESIDUAL = ("batch", "residual_length", "embed")
+HEADS = ("batch", "length", "heads", "head_dim")
+KV_HEADS = ("batch", "length", "kv_heads", "head_dim")
+QKV = ("batch", "length", None, "heads", "head_dim")
+MLP = ("batch", "length", "mlp")
+LOGITS = ("batch", "length", "vocab")
+
+
 ATTENTION_IMPLS = (None, "xla", "cudnn", "auto")
 
 

@@ -37,10 +37,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tokendrift_jax import sharding
 from tokendrift_jax.models import base
-from tokendrift_jax.models.common import (apply_rotary, check_attention_impl,
-                                          check_attention_mask, key_mask, mask_for_impl,
-                                          remat_policy_fn, resolve_attention_impl)
+from tokendrift_jax.models.common import (HEADS, MLP, QKV, RESIDUAL, apply_rotary,
+                                          check_attention_impl, check_attention_mask,
+                                          key_mask, mask_for_impl, remat_policy_fn,
+                                          resolve_attention_impl)
 from tokendrift_jax.models.common import dropout as _dropout
 
 FREQ_EMBED_DIM = 256     # TimestepEmbedder.frequency_embedding_size
@@ -231,21 +233,26 @@ class DiTBlock(nnx.Module):
      gate_mlp) = jnp.split(self.adaLN_modulation(c), 6, axis=-1)
     rngs = (None, None) if dropout_rng is None else tuple(jax.random.split(dropout_rng))
 
+    # Activation layout (identity without a sharding.activation_mesh), as LLaDA's.
+    x = sharding.constrain(x, *RESIDUAL)
     qkv = self.attn_qkv(modulate(self.norm1(x), shift_msa, scale_msa))
-    qkv = qkv.reshape(b, length, 3, self.n_heads, d // self.n_heads)
+    qkv = sharding.constrain(qkv.reshape(b, length, 3, self.n_heads, d // self.n_heads), *QKV)
     q = apply_rotary(qkv[:, :, 0], cos, sin)
     k = apply_rotary(qkv[:, :, 1], cos, sin)
     impl = resolve_attention_impl(self.attention_impl, q.dtype, q.shape[-1])
     attn = jax.nn.dot_product_attention(
         q, k, qkv[:, :, 2], mask=mask_for_impl(mask, impl, length), is_causal=False,
         implementation=impl)
+    attn = sharding.constrain(attn, *HEADS)
     out = self.attn_out(attn.reshape(b, length, d))
-    x = x + gate_msa[:, None, :] * _dropout(out, self.dropout, rngs[0])
+    x = sharding.constrain(x + gate_msa[:, None, :] * _dropout(out, self.dropout, rngs[0]),
+                           *RESIDUAL)
 
     hid = jax.nn.gelu(self.mlp[0](modulate(self.norm2(x), shift_mlp, scale_mlp)),
                       approximate=True)
-    out = self.mlp[1](hid)
-    return x + gate_mlp[:, None, :] * _dropout(out, self.dropout, rngs[1])
+    out = self.mlp[1](sharding.constrain(hid, *MLP))
+    return sharding.constrain(x + gate_mlp[:, None, :] * _dropout(out, self.dropout, rngs[1]),
+                              *RESIDUAL)
 
 
 class FinalLayer(nnx.Module):

@@ -61,8 +61,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tokendrift_jax import sharding
 from tokendrift_jax.models import base
-from tokendrift_jax.models.common import (apply_rotary, check_attention_impl,
+from tokendrift_jax.models.common import (HEADS, KV_HEADS, LOGITS, MLP, RESIDUAL,
+                                          apply_rotary, check_attention_impl,
                                           check_attention_mask, key_mask, mask_for_impl,
                                           remat_policy_fn, resolve_attention_impl)
 from tokendrift_jax.models.llada import (LLaDAConfig, LLaDAFlops, RMSNorm, rotary_cos_sin,
@@ -221,10 +223,15 @@ class DreamBlock(nnx.Module):
     [B, L, head_dim/2] (per-row positions); mask: None or bool [B, 1, 1, L], the keys
     attended (``common.key_mask``)."""
     b, length, d = x.shape
+    # Activation layout (identity without a sharding.activation_mesh), as LLaDA's.
+    x = sharding.constrain(x, *RESIDUAL)
     h = self.input_layernorm(x)
-    q = self.q_proj(h).reshape(b, length, self.n_heads, self.head_dim)
-    k = self.k_proj(h).reshape(b, length, self.n_kv_heads, self.head_dim)
-    v = self.v_proj(h).reshape(b, length, self.n_kv_heads, self.head_dim)
+    q = sharding.constrain(self.q_proj(h).reshape(b, length, self.n_heads, self.head_dim),
+                           *HEADS)
+    k = sharding.constrain(self.k_proj(h).reshape(b, length, self.n_kv_heads, self.head_dim),
+                           *KV_HEADS)
+    v = sharding.constrain(self.v_proj(h).reshape(b, length, self.n_kv_heads, self.head_dim),
+                           *KV_HEADS)
     # The release's tables are float32 (autocast off) cast to the activations' dtype; the
     # rotation itself runs in that dtype (apply_rotary casts cos/sin to q's).
     q = apply_rotary(q, cos, sin)
@@ -234,9 +241,11 @@ class DreamBlock(nnx.Module):
     attn = jax.nn.dot_product_attention(
         q, k, v, mask=mask_for_impl(mask, impl, length), is_causal=False,
         implementation=impl)
-    x = x + self.o_proj(attn.reshape(b, length, d))
+    attn = sharding.constrain(attn, *HEADS)
+    x = sharding.constrain(x + self.o_proj(attn.reshape(b, length, d)), *RESIDUAL)
     h = self.post_attention_layernorm(x)
-    return x + self.down_proj(jax.nn.silu(self.gate_proj(h)) * self.up_proj(h))
+    hidden = sharding.constrain(jax.nn.silu(self.gate_proj(h)) * self.up_proj(h), *MLP)
+    return sharding.constrain(x + self.down_proj(hidden), *RESIDUAL)
 
 
 def padded_positions(attention_mask):
@@ -312,8 +321,10 @@ class Dream(nnx.Module):
     x = self.norm(x)
     if self.config.tie_word_embeddings:
       table = self.embed_tokens.embedding[...].astype(self.dtype)
-      return jnp.einsum("bld,vd->blv", x.astype(self.dtype), table).astype(jnp.float32)
-    return self.lm_head(x).astype(jnp.float32)
+      logits = jnp.einsum("bld,vd->blv", x.astype(self.dtype), table)
+    else:
+      logits = self.lm_head(x)
+    return sharding.constrain(logits.astype(jnp.float32), *LOGITS)
 
   def __call__(self, input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
                return_hidden: bool | int = False, align: bool = True, attention_mask=None):

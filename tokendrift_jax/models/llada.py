@@ -46,7 +46,8 @@ from flax import nnx
 
 from tokendrift_jax import sharding
 from tokendrift_jax.models import base
-from tokendrift_jax.models.common import (apply_rotary, check_attention_impl,
+from tokendrift_jax.models.common import (HEADS, KV_HEADS, LOGITS, MLP, RESIDUAL,
+                                          apply_rotary, check_attention_impl,
                                           check_attention_mask, key_mask, mask_for_impl,
                                           remat_policy_fn, resolve_attention_impl)
 from tokendrift_jax.models.common import dropout as _dropout
@@ -207,13 +208,6 @@ def rotary_cos_sin_at(positions, head_dim: int, theta: float):
 
 
 # ----------------------------------------------------------------------------- layers
-
-# Logical names of the activations (sharding.ACTIVATION_RULES).
-RESIDUAL = ("batch", "residual_length", "embed")
-HEADS = ("batch", "length", "heads", "head_dim")
-KV_HEADS = ("batch", "length", "kv_heads", "head_dim")
-MLP = ("batch", "length", "mlp")
-LOGITS = ("batch", "length", "vocab")
 
 
 class RMSNorm(nnx.Module):

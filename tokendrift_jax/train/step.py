@@ -13,6 +13,7 @@ device count.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.struct
@@ -166,6 +167,7 @@ def make_train_step(ctx: losses.StepContext, objective, optimizer: optax.Gradien
                               ema_params=ema, aux=aux)
     return new_state, metrics
 
+  @functools.wraps(step)
   def sharded_step(state: TrainState, batch: jax.Array, frozen):
     # The models place their activations on ctx.mesh while this traces (sharding.constrain).
     with sharding.activation_mesh(ctx.mesh):
