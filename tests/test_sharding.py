@@ -264,19 +264,21 @@ def test_rules_shardings_of_a_built_step(tiny_model_config):
 
 
 @pytest.mark.parametrize("names,shape,mesh_shape,rules,want", [
-    (("batch", "residual_length", "embed"), (4, 16, 32), (1, 2, 4), None, P("fsdp")),
-    (("batch", "residual_length", "embed"), (8, 16, 32), (2, 2, 2), None,
+    (("batch", "residual_length", "embed"), (4, 16, 32), (1, 2, 4),
+     sharding.REPLICATED_RESIDUAL_RULES, P("fsdp")),
+    (("batch", "residual_length", "embed"), (8, 16, 32), (4, 2, 1), None,
      P(("data", "fsdp"))),
-    # Only the axes whose product divides the dim: 2 rows over (data, fsdp) = (2, 2).
-    (("batch", "residual_length", "embed"), (2, 16, 32), (2, 2, 2), None, P("data")),
+    # Only the axes whose product divides the dim: 2 rows over (data, fsdp) = (2, 2); 5
+    # positions stay whole over tensor = 2.
+    (("batch", "residual_length", "embed"), (2, 5, 32), (2, 2, 2), None, P("data")),
     (("batch", "length", "heads", "head_dim"), (4, 16, 8, 4), (1, 2, 4), None,
      P("fsdp", None, "tensor", None)),
     (("batch", "length", "mlp"), (4, 16, 6), (1, 2, 4), None, P("fsdp", None, None)),
-    (("batch", "residual_length", "embed"), (4, 16, 32), (1, 2, 4),
-     sharding.SEQUENCE_PARALLEL_RULES, P("fsdp", "tensor", None)),
+    (("batch", "residual_length", "embed"), (4, 16, 32), (1, 2, 4), None,
+     P("fsdp", "tensor", None)),
     # A name whose axis an earlier dim took stays whole.
-    (("batch", "residual_length", "heads"), (4, 16, 8), (1, 2, 4),
-     sharding.SEQUENCE_PARALLEL_RULES, P("fsdp", "tensor", None)),
+    (("batch", "residual_length", "heads"), (4, 16, 8), (1, 2, 4), None,
+     P("fsdp", "tensor", None)),
 ])
 def test_activation_specs(names, shape, mesh_shape, rules, want):
   rules = sharding.ACTIVATION_RULES if rules is None else rules
@@ -307,15 +309,16 @@ def _lowered_llada(mesh):
 
 
 def test_blocks_constrain_activations_on_a_mesh_only():
-  """On (1, 2, 4) the residual stream is split by rows over fsdp and q/k/v, attention and
-  the MLP hidden units also by heads / units over tensor; on one device (or without a
+  """On (1, 2, 4) the residual stream is split by rows over fsdp and by positions over
+  tensor (sequence parallel), q/k/v, attention and the MLP hidden units by rows and by
+  heads / units over tensor; on one device (or without a
   mesh) the program is the one lowered before activation sharding existed."""
   text = _lowered_llada(_mesh((1, 2, 4)))
   constraints = [line.split("<@mesh, ")[1].split(">")[0]
                  for line in text.splitlines() if "sdy.sharding_constraint" in line]
   # Per block: the residual 3 times, q and attention by heads, k and v (2 kv heads, which
   # 4 tensor shards do not divide) by rows only, the MLP hidden units; the logits.
-  assert constraints.count('[{"fsdp"}, {}, {}]') == 2 * 3
+  assert constraints.count('[{"fsdp"}, {"tensor"}, {}]') == 2 * 3
   assert constraints.count('[{"fsdp"}, {}, {"tensor"}, {}]') == 2 * 2
   assert constraints.count('[{"fsdp"}, {}, {}, {}]') == 2 * 2
   assert constraints.count('[{"fsdp"}, {}, {"tensor"}]') == 2 + 1

@@ -387,12 +387,16 @@ def to_host(x: jax.Array) -> np.ndarray:
 # (data, fsdp) group and gathers the weights (without a constraint XLA may instead split the
 # residual stream by width over fsdp and replicate the batch); heads, kv heads, MLP hidden
 # units and vocabulary entries over ``tensor`` (Megatron); the residual stream's length
-# ("residual_length") is whole here, :data:`SEQUENCE_PARALLEL_RULES` splits it over
-# ``tensor`` (sequence-parallel norms and residuals).
+# ("residual_length": the block's input and output and the stream between its halves, so
+# the norms and residual adds) over ``tensor`` too (sequence parallelism: each tensor shard
+# normalises and adds its quarter of the positions, the stream is gathered before the
+# projections and reduce-scattered after them). :data:`REPLICATED_RESIDUAL_RULES` keeps the
+# residual whole over ``tensor`` (plain Megatron) instead; docs/SCALING.md "Time on TPU"
+# compares them.
 ACTIVATION_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("batch", BATCH_AXES),
     ("length", ()),
-    ("residual_length", ()),
+    ("residual_length", (TENSOR,)),
     ("embed", ()),
     ("heads", (TENSOR,)),
     ("kv_heads", (TENSOR,)),
@@ -400,8 +404,8 @@ ACTIVATION_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("mlp", (TENSOR,)),
     ("vocab", (TENSOR,)),
 )
-SEQUENCE_PARALLEL_RULES = tuple((n, (TENSOR,)) if n == "residual_length" else (n, a)
-                                for n, a in ACTIVATION_RULES)
+REPLICATED_RESIDUAL_RULES = tuple((n, ()) if n == "residual_length" else (n, a)
+                                  for n, a in ACTIVATION_RULES)
 
 _ACTIVATION_LAYOUT: contextvars.ContextVar = contextvars.ContextVar("activation_layout",
                                                                     default=None)

@@ -59,7 +59,8 @@ def test_compiled_arguments_are_the_sharded_state(tiny_llada_config):
 def test_step_places_block_activations_by_rows(tiny_llada_config):
   """The step traces its models inside sharding.activation_mesh: on (1, 2, 4) the residual
   stream of every block (the scanned ones, the encoder's, the generator's) is constrained
-  to rows over fsdp, so XLA runs FSDP instead of splitting the width and replicating rows."""
+  to rows over fsdp (and positions over tensor), so XLA runs FSDP instead of splitting the
+  width and replicating rows."""
   from configs import llada_drift  # pylint: disable=import-outside-toplevel
   cfg = llada_drift.get_config()
   cfg.model.update(tiny_llada_config().to_dict())
@@ -67,7 +68,7 @@ def test_step_places_block_activations_by_rows(tiny_llada_config):
             objective="drift", global_batch=8)
   parts = builder.build_step(memory_plan.configure(cfg, **kw))
   text = parts.step_fn.lower(*parts.abstract_args()).as_text()
-  residual = re.findall(r'sdy.sharding_constraint \S+ <@\w+, \[\{"fsdp"\}, \{\}, \{\}\]> : '
+  residual = re.findall(r'sdy.sharding_constraint \S+ <@\w+, \[\{"fsdp"\}, \{"tensor"\}, \{\}\]> : '
                         r'tensor<2x16x\d+xf32>', text)
   assert residual, [line for line in text.splitlines() if "sharding_constraint" in line][:5]
 
