@@ -259,7 +259,7 @@ class TorchStep:
     if draw is None:
       t, xt = self.draw(x0)
     else:
-      t = torch.as_tensor(np.asarray(draw[0], np.float32))
+      t = torch.as_tensor(np.array(draw[0], np.float32))
       xt = torch.as_tensor(np.array(draw[1])).long()
     self.opt.zero_grad(set_to_none=True)
     if self.objective == "continuation":
