@@ -110,19 +110,8 @@ class StepConfig:
 
 
 def all_finite(*trees) -> jax.Array:
-  """bool []: every floating leaf of ``trees`` is finite.
-
-  Per leaf Σ x·0 is 0 when every entry is finite and NaN as soon as one is ±inf or NaN
-  (inf·0 = NaN, NaN propagates), so ``isfinite`` of that one float is the answer of
-  ``all(isfinite(x))``. It is a single fused read of the leaf, where ``all(isfinite(x))``
-  made XLA:CPU write a bool copy of every leaf and reduce it in a second pass (10 % of the
-  170M TokenDrift step's time on CPU, docs/PERFORMANCE.md).
-  """
-  def finite(x):
-    x = jnp.asarray(x)
-    return jnp.isfinite(jnp.sum(x * jnp.zeros((), x.dtype),
-                                dtype=jnp.promote_types(x.dtype, jnp.float32)))
-  flags = [finite(x) for x in jax.tree.leaves(trees)
+  """bool []: every floating leaf of ``trees`` is finite (one fused reduction)."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)
            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
   return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
@@ -142,6 +131,7 @@ def make_train_step(ctx: losses.StepContext, objective, optimizer: optax.Gradien
   def step(state: TrainState, batch: jax.Array, frozen):
     micro = split_micro_batches(batch, scfg.micro_batch)
     base_key = jax.random.fold_in(state.rng, state.step)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
 
     def body(carry, inp):
       grad_sum, aux = carry
@@ -152,19 +142,9 @@ def make_train_step(ctx: losses.StepContext, objective, optimizer: optax.Gradien
       return (grad_sum, aux), metrics
 
     n_micro = micro.shape[0]
-    if n_micro == 1:
-      # One micro-step: its gradients as they are (0 + g and g / 1 are g, up to the sign
-      # of a zero), without zero-filled accumulators and a one-trip loop (on CPU writing
-      # the zeros alone took 6 % of the 170M step, docs/PERFORMANCE.md).
-      key = jax.random.fold_in(base_key, 0)
-      _, grads, aux, metrics = objective.microstep(ctx, state.params, frozen, state.aux,
-                                                   micro[0], key)
-      per_micro = jax.tree.map(lambda x: x[None], metrics)
-    else:
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
-      (grad_sum, aux), per_micro = jax.lax.scan(
-          body, (zeros, state.aux), (jnp.arange(n_micro, dtype=jnp.int32), micro))
-      grads = jax.tree.map(lambda g: g / n_micro, grad_sum)
+    (grad_sum, aux), per_micro = jax.lax.scan(
+        body, (zeros, state.aux), (jnp.arange(n_micro, dtype=jnp.int32), micro))
+    grads = jax.tree.map(lambda g: g / n_micro, grad_sum)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_step = state.step + 1
