@@ -31,7 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       family="dit", vocab_size=50258, hidden_size=768, cond_dim=128, n_blocks=12, n_heads=12,
       length=1024, dropout=0.1, time_conditioning=False, mlp_ratio=4))
-  c.model.dtype = "bfloat16"        # compute dtype; parameters stay float32
+  # Compute dtype (parameters stay float32): "auto" = bfloat16 on a GPU or TPU, float32 on
+  # CPU (where bf16 products are float32 products after conversions: slower, not faster;
+  # docs/PERFORMANCE.md); "float32" or "bfloat16" on every platform.
+  c.model.dtype = "auto"
   # "" = XLA's choice, "xla", "cudnn" (GPU flash), or "auto" (cudnn on a GPU in bf16,
   # else xla).
   c.model.attention_impl = ""

@@ -15,6 +15,10 @@ analytic model FLOPs per step, MFU, compile time and peak memory; writes
   # (launch/device_check.sh runs this, and batch 32 with remat, on an H200)
   python launch/benchmark.py --config=configs/mdlm_drift.py --size=170m --length=1024 \\
       --batch=2,8 --peak_tflops=989 --measure_peak --config.model.attention_impl=cudnn
+  # CPU: the JAX step against the PyTorch eager port, alternating in one process
+  # (the port calls tests/references/torch_dit.py: run from a repository checkout)
+  python launch/benchmark.py --size=170m --length=128 --batch=2 --steps=5 --warmup=1 \\
+      --torch
   # the bf16-vs-fp32 check of one TokenDrift micro-step instead of timing
   python launch/benchmark.py --smoke --size=tiny --length=64 --batch=4
 
@@ -69,6 +73,11 @@ _SMOKE = flags.DEFINE_bool("smoke", False,
 _SMOKE_VARIANTS = flags.DEFINE_list("smoke_variants", ["bfloat16:xla"],
                                     "dtype:attention_impl variants compared with "
                                     "float32:xla, e.g. bfloat16:xla,bfloat16:cudnn")
+_TORCH = flags.DEFINE_bool("torch", False,
+                           "also time the PyTorch eager port of each step "
+                           "(tokendrift_jax/perf/torch_step.py; MDLM continuation and "
+                           "TokenDrift, float32) alternating with it in this process, and "
+                           "the float32 2048^3 matmul rate of both")
 _OUT = flags.DEFINE_string("out", "benchmark_out", "directory for NAME.json and NAME.md")
 _NAME = flags.DEFINE_string("name", "benchmark", "output file stem")
 
@@ -87,7 +96,9 @@ def main(argv):
       print(f"{head} FAILED {row['error']}", flush=True)
       return
     print(f"{head} compile {row['compile_s']:.1f} s, step {row['step_s'] * 1e3:.1f} ms, "
-          f"{row['tokens_per_s']:.0f} tok/s, {row['achieved_tflops']:.3f} TFLOP/s", flush=True)
+          f"{row['tokens_per_s']:.0f} tok/s, {row['achieved_tflops']:.3f} TFLOP/s"
+          + (f"; PyTorch {row['torch']['step_s'] * 1e3:.1f} ms "
+             f"({row['torch']['speedup']:.2f}x)" if "torch" in row else ""), flush=True)
 
   if _SMOKE.value:
     return _smoke()
@@ -99,7 +110,8 @@ def main(argv):
         peak_tflops=_PEAK.value, measure_peak=_MEASURE_PEAK.value,
         xla_count=_XLA_COUNT.value,
         drift_measure=drift_timing.measure if _DRIFT_SHARE.value else None,
-        queue_sizes=[int(q) for q in _QUEUE_SIZES.value], on_row=show)
+        queue_sizes=[int(q) for q in _QUEUE_SIZES.value], on_row=show,
+        torch_port=_TORCH.value)
   except (benchmark.BenchmarkError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -268,3 +268,18 @@ def test_bfloat16_first_moment_trajectory(tiny_model_config, random_params):
   # Unbiased rounding (<= 2^-9 per step) stays closer to float32 than optax's moment,
   # which loses 1.5% of its average to b1's rounding: an inequality, not a tolerance.
   assert dp["bfloat16"][-1] < dp["optax mu_dtype"][-1]
+
+
+def test_all_finite_sees_every_kind_of_non_finite_entry():
+  """The fused Σ x·0 check: one inf, -inf or NaN anywhere in any leaf (float32, bfloat16,
+  a Python float) makes it False; finite trees (with -0.0 and huge values) are True."""
+  ok = {"a": jnp.asarray([[1.0, -0.0], [3e38, -3e38]]), "b": jnp.ones((5,), jnp.bfloat16),
+        "c": 2.0, "i": jnp.arange(3)}
+  check = jax.jit(step_lib.all_finite)
+  assert bool(check(ok))
+  for bad in (np.inf, -np.inf, np.nan):
+    for leaf in ("a", "b"):
+      tree = dict(ok)
+      tree[leaf] = ok[leaf].reshape(-1).at[-1].set(bad).reshape(ok[leaf].shape)
+      assert not bool(check(tree)), (leaf, bad)
+    assert not bool(check(dict(ok, c=float(bad))))

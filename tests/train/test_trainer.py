@@ -262,7 +262,8 @@ def test_resume_refuses_another_first_moment_dtype(tiny_dir, tmp_path, tiny_run_
 
 
 def _shipped_170m_config():
-  """configs/mdlm_drift.py as shipped (170M, bf16) at length 16, FSDP over 8 devices."""
+  """configs/mdlm_drift.py as shipped (170M; dtype "auto", float32 on CPU) at length 16,
+  FSDP over 8 devices."""
   from configs import mdlm_drift  # pylint: disable=import-outside-toplevel
   c = mdlm_drift.get_config()
   c.model.length = 16

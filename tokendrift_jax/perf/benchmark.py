@@ -261,6 +261,27 @@ def time_calls(call: Callable[[Any], tuple[Any, Any]], carry, steps: int, warmup
   return first, times, carry, out
 
 
+def time_side_by_side(call: Callable[[Any], tuple[Any, Any]], carry, other: Callable[[], Any],
+                      steps: int, warmup: int):
+  """:func:`time_calls` with ``other()`` (e.g. the PyTorch port's step) timed after each
+  call, alternating A B A B in one process. Returns (first-call seconds, timed seconds,
+  other's timed seconds, last carry, last out, other's last value)."""
+  times, other_times, first, out, value = [], [], None, None, None
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    carry, out = call(carry)
+    jax.block_until_ready((carry, out))
+    mid = time.perf_counter()
+    value = other()
+    end = time.perf_counter()
+    if i == 0:
+      first = mid - start
+    if i >= warmup:
+      times.append(mid - start)
+      other_times.append(end - mid)
+  return first, times, other_times, carry, out, value
+
+
 def measure_matmul_peak(dtype=None, n: int | None = None, reps: int = 10) -> dict[str, Any]:
   """Median TFLOP/s of an n×n×n product on random data (bf16 on GPU, f32 elsewhere)."""
   backend = jax.default_backend()
@@ -319,8 +340,12 @@ def xla_flop_count(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_batch: int,
              n_micro: int = 1, steps: int = 5, warmup: int = 2, peak_tflops: float = 0.0,
-             xla_count: bool = False, size: str = "config", seed: int = 0) -> dict[str, Any]:
-  """Builds, compiles and times one case; returns its row (see module docstring)."""
+             xla_count: bool = False, size: str = "config", seed: int = 0,
+             torch_port: bool = False) -> dict[str, Any]:
+  """Builds, compiles and times one case; returns its row (see module docstring).
+
+  ``torch_port``: also time the PyTorch eager port of the step (``perf/torch_step.py``,
+  same weights and tokens) alternating with it call by call."""
   c = case_config(config, objective=objective, per_device_batch=per_device_batch,
                   n_micro=n_micro)
   setup = build_step(c, seed=seed)
@@ -336,7 +361,15 @@ def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_ba
   def call(st):
     return compiled(st, batch, enc)
 
-  first, times, state, metrics = time_calls(call, state, steps, warmup)
+  port = None
+  if torch_port:
+    from tokendrift_jax.perf import torch_step  # pylint: disable=import-outside-toplevel
+    port = torch_step.TorchStep(c, setup.model_cfg, random_params(setup.model_cfg, seed))
+    tokens_np = np.array(jax.device_get(batch))
+    first, times, torch_times, state, metrics, torch_loss = time_side_by_side(
+        call, state, lambda: port(tokens_np), steps, warmup)
+  else:
+    first, times, state, metrics = time_calls(call, state, steps, warmup)
   loss = float(jax.device_get(metrics["loss"]))
   mem = peak_memory()
   ana = analytic_flops(setup)
@@ -349,7 +382,7 @@ def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_ba
       "length": mcfg.length, "per_device_batch": int(per_device_batch),
       "micro_batch": int(c.batch.micro_batch), "n_micro": int(n_micro),
       "global_batch": int(c.batch.global_batch), "num_devices": int(setup.mesh.size),
-      "dtype": str(c.model.dtype), "attention_impl": str(c.model.attention_impl or "default"),
+      "dtype": str(setup.parts.ctx.compute_dtype), "attention_impl": str(c.model.attention_impl or "default"),
       "remat_policy": remat_policy(c) or "none",
       "scan_layers": bool(c.model.get("scan_layers", False)),
       "queue_size": setup.objective.benchmark_fields().get("queue_size"),  # TokenDrift's Q
@@ -365,6 +398,12 @@ def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_ba
       "memory": mem, "program_bytes": program_bytes(compiled),
       "loss": loss, "finite": bool(math.isfinite(loss)),
   }
+  if port is not None:
+    row["torch"] = {"step_s": statistics.median(torch_times), "step_s_all": torch_times,
+                    "loss": torch_loss, "threads": port.torch.get_num_threads(),
+                    "version": port.torch.__version__,
+                    "speedup": statistics.median(torch_times) / step_s}
+    del port
   if xla_count:
     # The timed program serves when it has no loop left (e.g. 2 blocks, one micro-batch).
     row["xla"] = (xla_counts(compiled, ana)
@@ -461,6 +500,21 @@ def markdown(result: dict[str, Any]) -> str:
                    f"{x['analytic_flops']:.4g} | {x['xla_cost_flops']:.4g} | "
                    f"{x['analytic_over_xla']:.4f} | {x['hlo_dot_flops']:.4g} | "
                    f"{x['analytic_over_hlo_dots']:.4f} |")
+  torch_rows = [r for r in result["rows"] if "torch" in r and "error" not in r]
+  if torch_rows:
+    mm = result.get("matmul_fp32") or {}
+    rate = (mm.get("jax") or {}).get("tflops")
+    if mm:
+      lines += ["", f"float32 {mm['jax']['n']}^3 matmul: JAX {1e3 * mm['jax']['tflops']:.1f} "
+                f"GFLOP/s, PyTorch {mm['torch']['gflops']:.1f} GFLOP/s."]
+    lines += ["", "| objective | size | L | batch | dtype | JAX step ms | PyTorch step ms | "
+              "PyTorch / JAX | JAX GFLOP/s | of the fp32 matmul |", "|" + "---|" * 10]
+    for r in torch_rows:
+      lines.append(f"| {r['objective']} | {r['size']} | {r['length']} | {r['micro_batch']} | "
+                   f"{r['dtype']} | {r['step_s'] * 1e3:.0f} | "
+                   f"{r['torch']['step_s'] * 1e3:.0f} | {r['torch']['speedup']:.2f}x | "
+                   f"{1e3 * r['achieved_tflops']:.1f} | "
+                   f"{_fmt(rate and 100 * r['achieved_tflops'] / rate, '.0f')}% |")
   if result.get("drift_share"):
     lines += ["", "| size | L | N | m | Q | drift+queues ms | push ms | drift step ms | "
               "share |", "|" + "---|" * 9]
@@ -489,7 +543,8 @@ def run(config: ml_collections.ConfigDict, *, size: str, lengths: Iterable[int],
         n_micro: int = 1, peak_tflops: float = 0.0, measure_peak: bool = False,
         xla_count: bool = False, drift_measure: Callable | None = None,
         queue_sizes: Sequence[int] = (1024, 65536), drift_iters: int = 5,
-        on_row: Callable[[dict, dict], None] | None = None) -> dict[str, Any]:
+        on_row: Callable[[dict, dict], None] | None = None,
+        torch_port: bool = False) -> dict[str, Any]:
   """Every (length, batch, objective) case; the full result dict (rows, peak, env).
 
   ``on_row(row, result_so_far)`` is called after each case (e.g. to print it and save
@@ -505,6 +560,10 @@ def run(config: ml_collections.ConfigDict, *, size: str, lengths: Iterable[int],
       peak_tflops = p["tflops"]
       result["peak"] = {"tflops": peak_tflops,
                         "source": f"measured {p['dtype']} {p['n']}^3 matmul"}
+  if torch_port:
+    from tokendrift_jax.perf import torch_step  # pylint: disable=import-outside-toplevel
+    result["matmul_fp32"] = {"jax": measure_matmul_peak(jnp.float32, 2048),
+                             "torch": torch_step.matmul_rate(2048)}
   if peak_tflops and "peak" not in result:
     result["peak"] = {"tflops": float(peak_tflops), "source": "given"}
   for length in lengths:
@@ -514,7 +573,8 @@ def run(config: ml_collections.ConfigDict, *, size: str, lengths: Iterable[int],
         try:
           row = run_case(sized, objective=objective, per_device_batch=int(b),
                          n_micro=n_micro, steps=steps, warmup=warmup,
-                         peak_tflops=peak_tflops, xla_count=xla_count, size=size)
+                         peak_tflops=peak_tflops, xla_count=xla_count, size=size,
+                         torch_port=torch_port)
         except BenchmarkError:
           raise
         except Exception as e:  # pylint: disable=broad-except

@@ -146,11 +146,30 @@ def process_for(config, model_cfg):
     raise TrainError(f"config.diffusion: {e}") from e
 
 
-def model_graphdef(config, model_cfg):
-  """The NNX graph of the backbone as config.model asks (dtype, attention, remat, scan)."""
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def compute_dtype(config, platform: str | None = None) -> jnp.dtype:
+  """``config.model.dtype`` as a dtype; "auto" (the base config's) = float32 on CPU,
+  bfloat16 on a GPU or TPU (``platform``: of the devices the step runs on, default
+  ``jax.devices()``'s). On CPU bf16 products run as float32 after conversions (measured
+  slower than float32, docs/PERFORMANCE.md "CPU figures"); a config that names a dtype
+  gets it on every platform."""
+  name = str(config.model.get("dtype", "auto"))
+  if name not in COMPUTE_DTYPES:
+    raise TrainError(f"config.model.dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+  if name == "auto":
+    platform = platform or jax.devices()[0].platform
+    return jnp.dtype(jnp.float32 if platform == "cpu" else jnp.bfloat16)
+  return jnp.dtype(name)
+
+
+def model_graphdef(config, model_cfg, dtype=None):
+  """The NNX graph of the backbone as config.model asks (dtype, attention, remat, scan);
+  ``dtype``: the resolved compute dtype (default :func:`compute_dtype` of the config)."""
   try:
     return models.graphdef(
-        model_cfg, dtype=jnp.dtype(config.model.dtype),
+        model_cfg, dtype=compute_dtype(config) if dtype is None else dtype,
         attention_impl=config.model.attention_impl or None, remat=bool(config.model.remat),
         remat_policy=str(config.model.get("remat_policy", "") or ""),
         scan_layers=bool(config.model.get("scan_layers", False)))
@@ -249,7 +268,8 @@ def build_step(config: ml_collections.ConfigDict, model_cfg=None, *,
     prompt = prompt_lib.from_config(config, model_cfg.length, process)
   except ValueError as e:
     raise TrainError(str(e)) from e
-  gdef = model_graphdef(config, model_cfg)
+  dtype = compute_dtype(config, mesh.devices.flat[0].platform)
+  gdef = model_graphdef(config, model_cfg, dtype)
   total = int(config.train.steps)
   try:
     optimizer = optim.make_optimizer(config.optim, total)
@@ -276,7 +296,7 @@ def build_step(config: ml_collections.ConfigDict, model_cfg=None, *,
         sharding.param_sharding(abstract, mesh, mode, logical_axes=logical_axes))
   ctx = losses.StepContext(graphdef=gdef, process=process, mesh=mesh,
                            dropout=float(model_cfg.dropout) > 0,
-                           compute_dtype=jnp.dtype(config.model.dtype), prompt=prompt)
+                           compute_dtype=dtype, prompt=prompt)
   scfg = step_lib.StepConfig(micro_batch=int(config.batch.micro_batch),
                              ema_decay=float(config.ema.decay) if config.ema.enabled else None,
                              lr_schedule=optim.learning_rate_schedule(config.optim, total),
