@@ -27,6 +27,7 @@ from tokendrift_jax import models
 from tokendrift_jax.diffusion import make_process
 from tokendrift_jax.perf import memory_plan
 from tokendrift_jax.perf import targets
+from tokendrift_jax.perf import tpu_time
 from tokendrift_jax.train import builder
 
 TPU = "tpu:v5e:2x2"
@@ -184,7 +185,12 @@ def _check_tpu_step(row, args):
   # XLA:TPU's (8, 128) tiles pad the tiny model's 32-wide shards: the argument bytes are
   # the shards' bytes only after padding (at 8B widths the padding is negligible).
   assert padded > unpadded
-  assert row.optimal_seconds > 0 and row.xla_flops > 0
+  assert row.xla_flops > 0
+  # XLA:TPU's own time is either a time or absent (it answers -1 for some programs, e.g.
+  # this tiny step with activation sharding); the loop-aware estimate from its
+  # per-instruction cycles is always there.
+  assert row.optimal_seconds is None or row.optimal_seconds > 0
+  assert tpu_time.step_estimate(row, targets.parse(TPU))["step_s"] > 0
 
 
 def test_training_step_compiled_for_a_tpu(tiny_llada_config):

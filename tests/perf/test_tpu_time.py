@@ -187,6 +187,7 @@ def test_mfu_and_chip_hours_by_hand():
   assert tpu_time.chip_hours(2.0, 8) == pytest.approx(57.7778, rel=1e-5)
 
 
+@pytest.mark.slow   # the estimate of a compiled step is checked by test_targets' TPU step
 def test_plan_memory_time_of_a_tiny_step(tmp_path, capsys):
   # The command-line path: a tiny LLaDA continuation step, 4 micro-steps, on 4 v5p chips.
   import os  # pylint: disable=import-outside-toplevel

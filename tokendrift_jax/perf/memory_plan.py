@@ -120,10 +120,17 @@ def compile_program(lowered_fn, args: tuple, target) -> ProgramMemory:
       output_bytes=int(mem.output_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
       temp_bytes=int(mem.temp_size_in_bytes),
       xla_peak_bytes=int(peak) if peak and target.platform == "gpu" else None,
-      optimal_seconds=(float(cost["optimal_seconds"]) if "optimal_seconds" in cost
-                       else None),
+      optimal_seconds=_optimal_seconds(cost),
       xla_flops=float(cost["flops"]) if "flops" in cost else None, compile_s=compile_s,
       lowered=lowered, compiled=compiled)
+
+
+def _optimal_seconds(cost: dict) -> float | None:
+  """XLA:TPU's cost-model time, or None where it gives none: it answers -1 for programs
+  its model cannot price (seen for the tiny LLaDA step with activation sharding on a
+  (1, 2, 2) mesh; the 8B steps are priced), which must not reach a table as a time."""
+  value = cost.get("optimal_seconds")
+  return float(value) if value is not None and float(value) >= 0 else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -411,7 +411,9 @@ def format_estimate(t: dict[str, Any]) -> str:
   lines = [
       f"XLA:TPU cost model, loop trip counts applied: compute {t['compute_s']:.4g} s "
       f"(every loop body once: {t['compute_once_s']:.4g} s; XLA's optimal_seconds "
-      f"{t['optimal_seconds']:.4g} s), collectives {t['comm_s']:.4g} s "
+      + ("none: its model did not price this program"
+         if t['optimal_seconds'] is None else f"{t['optimal_seconds']:.4g} s")
+      + f"), collectives {t['comm_s']:.4g} s "
       f"({t['comm_bytes'] / 1e9:.3g} GB received per device over "
       f"{t['ici_bytes_per_s'] / 1e9:.0f} GB/s ICI)",
       f"estimated step {t['step_s']:.4g} s (no overlap; {t['overlapped_s']:.4g} s if "
