@@ -48,6 +48,7 @@ def _check_plan(cfg, length, n_params):
   print(memory_plan.format_row(row))
 
 
+@pytest.mark.slow   # the same check runs by default for XLA:TPU (tests/perf/test_targets.py)
 def test_compiled_arguments_are_the_sharded_state(tiny_llada_config):
   from configs import llada_drift  # pylint: disable=import-outside-toplevel
   cfg = llada_drift.get_config()

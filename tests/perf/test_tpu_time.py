@@ -43,6 +43,7 @@ def _sds(shape, dtype, mesh, spec=P()):
   return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
 
 
+@pytest.mark.slow   # by default: the parser's nested trip counts and test_targets' TPU step
 def test_scan_trip_counts_against_the_unrolled_program(v5p):
   # x -> tanh(x @ w), 4096^2 bf16, as a scan of k steps and unrolled k times (k = 2, 4).
   _, mesh = v5p
