@@ -20,7 +20,10 @@ from configs import repro_small_mdlm
 def get_config():
   c = repro_small_mdlm.get_config()
   c.workdir = "runs/demo"
-  c.pretrain.steps = 1500
+  # 1000 pretraining steps and 128 samples per (NFE, seed) keep the whole demo near ten
+  # minutes on 2 idle cores (the 1500-step, 256-sample version took 14 min 21 s;
+  # docs/REPRODUCTION.md "The demo").
+  c.pretrain.steps = 1000
   # Three refinement seeds: a 25-step refinement's outcome varies widely with its seed and
   # with the pretrained model, which another CPU's rounding changes over 1500 steps, so one
   # seed's verdict can flip between machines; the printed verdict counts seeds instead
@@ -32,7 +35,7 @@ def get_config():
   # the other's).
   c.refine.baselines = ("sdtt",)
   c.refine.baseline_rounds = {"sdtt": 7}
-  c.evaluation.num_samples = 256
+  c.evaluation.num_samples = 128
   c.train.log_every = 25
   c.train.checkpoint_every = 250
   return c
