@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from tests.references.np_drift import TEMPS, np_drift  # independent float64 reference
+from tests.references.np_drift import TEMPS, np_diagnostics, np_drift  # independent float64 references
 from tokendrift_jax.drift import field
 
 # float32 vs float64 on the same float32 inputs. The dominant error is in the affinities at
@@ -272,6 +272,74 @@ def test_bad_inputs_raise():
     field.drift_field(a, y, y, normalization="rows")
   with pytest.raises(ValueError, match="temperatures"):
     field.drift_field(a, y, y, temperatures=(0.1, 0.0))
+
+
+# ---------------------------------------------------------------- study diagnostics
+
+# Tolerances of the study diagnostics (float32 field vs the float64 reference, same inputs):
+# * nearest-neighbour distances are minima of float32 ‖x‖² + ‖y‖² − 2x·y of unit vectors,
+#   whose cancellation leaves ~4 ulp(2) ≈ 1e-6 (test_pairwise_sq_dists's bound, 2e-6); the
+#   min and the mean over anchors add no error beyond one rounding. Divided by τ, the same
+#   absolute error is divided by τ: compared as (diagnostic · τ) at 2e-6 + rounding.
+NN_ATOL = 2e-6
+# * the mean shares ‖mean_i v_i‖² / mean_i ‖v_i‖² are invariant to the scale of v. With v
+#   normalised to unit RMS, an error δ per component (V: ≤ 1e-5 = ATOL against an RMS ≈ 1
+#   in the final V, ~3e-6 relative in V(τ), see ATOL's comment) moves the ratio by at most
+#   |∂/∂v| · δ ≤ 2(‖mean‖ + RMS)/RMS² · δ ≤ 4δ = 4e-5.
+SHARE_ATOL = 4e-5
+# (Measured worst over CASES: 1e-7 for the distances, 8e-7 for the shares.)
+
+
+@pytest.mark.parametrize("index", [1, 2, 3, 4, 5],
+                         ids=[CASES[i][5] for i in (1, 2, 3, 4, 5)])
+def test_study_diagnostics_match_float64_reference(index):
+  """Nearest-neighbour distances (masked queue slots and self excluded, anchors without a
+  valid reference left out) and the mean shares vs loops in float64, on the masked cases;
+  V itself still matches the reference (the diagnostics do not touch it)."""
+  anchors, pos, neg, pm, nm, temps = build_case(index)
+  n = len(anchors)
+  v, diag = drift_field(anchors, pos, neg, pos_mask=pm, neg_mask=nm, temperatures=temps)
+  want_v, _ = ref_for(anchors, pos, neg, pm, nm, temps)
+  chex.assert_trees_all_close(v, want_v, rtol=0, atol=ATOL)
+  want = np_diagnostics(anchors, pos, neg, expand(pm, n, len(pos)), expand(nm, n, len(neg)),
+                        temps)
+  tau = np.asarray(temps)
+  chex.assert_tree_all_finite(diag)
+  chex.assert_trees_all_close(
+      {k: diag[k] for k in ("nn_dist_pos", "nn_dist_neg")},
+      {k: np.float32(want[k]) for k in ("nn_dist_pos", "nn_dist_neg")}, rtol=0, atol=NN_ATOL)
+  chex.assert_trees_all_close(
+      {k: np.asarray(diag[k]) * tau for k in ("nn_pos_over_tau", "nn_neg_over_tau")},
+      {k: want[k] * tau for k in ("nn_pos_over_tau", "nn_neg_over_tau")},
+      rtol=0, atol=NN_ATOL)
+  chex.assert_trees_all_close(
+      {k: diag[k] for k in ("v_mean_share", "v_tau_mean_share")},
+      {k: np.asarray(want[k], np.float32) for k in ("v_mean_share", "v_tau_mean_share")},
+      rtol=0, atol=SHARE_ATOL)
+  # Not vacuous: the masks matter (the unmasked minimum is smaller: a masked slot is nearer).
+  unmasked = np_diagnostics(anchors, pos, neg, np.ones_like(expand(pm, n, len(pos))),
+                            np.ones_like(expand(nm, n, len(neg))), temps)
+  if index in (1, 2, 3):
+    assert unmasked["nn_dist_neg"] < want["nn_dist_neg"] - 10 * NN_ATOL
+  assert 0.0 < float(diag["v_mean_share"]) < 1.0
+
+
+def test_study_diagnostics_leave_out_anchors_without_references():
+  """An anchor whose references are all masked is left out of the nearest-neighbour mean
+  (not counted as 0 or inf), and with no valid negative at all the mean is a finite 0."""
+  h = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+  u = np.array([[0.6, 0.8], [-1.0, 0.0]], np.float32)
+  pm = np.array([[True, True], [False, False]])          # anchor 1: no positive
+  nm = np.array([[False, True], [False, False]])          # anchor 1: no negative
+  _, diag = drift_field(h, u, h, pos_mask=pm, neg_mask=nm, temperatures=(0.5,))
+  # Anchor 0: ‖(1,0) − (0.6,0.8)‖² = 0.16 + 0.64 = 0.8 (the nearer of 0.8 and 4).
+  # Negatives: anchor 0 sees h_1 at ‖(1,−1)‖² = 2; anchor 1 sees none.
+  got = {k: diag[k] for k in ("nn_dist_pos", "nn_dist_neg", "nn_pos_over_tau")}
+  want = {"nn_dist_pos": np.float32(0.8), "nn_dist_neg": np.float32(2.0),
+          "nn_pos_over_tau": np.array([1.6], np.float32)}
+  chex.assert_trees_all_close(got, want, rtol=1e-6, atol=0)
+  _, diag = drift_field(h, u, h, neg_mask=np.zeros((2, 2), bool), temperatures=(0.5,))
+  chex.assert_trees_all_equal(diag["nn_dist_neg"], jnp.float32(0.0))
 
 
 # ---------------------------------------------------------------- the variants run twice

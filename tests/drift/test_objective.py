@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.references.np_drift import np_drift  # the independent float64 drift reference
+from tests.references.np_drift import np_diagnostics, np_drift  # independent float64 references
 from tokendrift_jax import sharding
 from tokendrift_jax.drift import features as feat
 from tokendrift_jax.drift import field
@@ -185,6 +185,17 @@ def check_drift_from_features(variant, drift_variant, q_size, real_pushes, gen_p
   # Same bound and reasoning as tests/drift/test_field.py (τ = 0.02 logit rounding).
   chex.assert_trees_all_close(v, want, rtol=0, atol=1e-5)
   chex.assert_trees_all_close(diag["scale"], scales, rtol=1e-5)
+  # The study diagnostics on the Alg. 1 sets (self and empty queue slots excluded); their
+  # tolerances: tests/drift/test_field.py (NN_ATOL, SHARE_ATOL).
+  pos_ok = np.ones((8, len(pos)), bool)
+  ref = np_diagnostics(np.asarray(h), pos, neg, pos_ok, neg_ok, normalization=normalization)
+  chex.assert_trees_all_close({k: diag[k] for k in ("nn_dist_pos", "nn_dist_neg")},
+                              {k: np.float32(ref[k]) for k in ("nn_dist_pos", "nn_dist_neg")},
+                              rtol=0, atol=2e-6)
+  chex.assert_trees_all_close({k: diag[k] for k in ("v_mean_share", "v_tau_mean_share")},
+                              {k: np.asarray(ref[k], np.float32)
+                               for k in ("v_mean_share", "v_tau_mean_share")},
+                              rtol=0, atol=4e-5)
   with pytest.raises(ValueError, match="queue_size"):
     obj.drift_from_features(h, u, q_real, q_gen, obj.DriftConfig(queue_size=q_size + 1))
 
@@ -295,7 +306,8 @@ def test_tokendrift_loss_composes_the_pieces():
       c = int(new.count)
       assert c == min(int(old.count) + b, q_size)
       chex.assert_trees_all_close(rows[c - b:c], x, rtol=1e-7, atol=1e-7)
-    chex.assert_shape([aux.metrics[k] for k in ("v_norm", "scale", "pos_weight_frac")], (3,))
+    chex.assert_shape([aux.metrics[k] for k in field.PER_TEMPERATURE_DIAGNOSTICS], (3,))
+    chex.assert_shape([aux.metrics[k] for k in field.SCALAR_DIAGNOSTICS], ())
     chex.assert_trees_all_close(
         {k: aux.metrics[k] for k in ("queue_fill_gen", "queue_fill_real")},
         {"queue_fill_gen": np.float32(1.0), "queue_fill_real": np.float32(0.5)}, rtol=1e-7)

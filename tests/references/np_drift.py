@@ -18,6 +18,63 @@ TEMPS = (0.02, 0.05, 0.2)
 def np_drift(anchors, pos, neg, pos_ok, neg_ok, temps=TEMPS, a=1.0, r=1.0, eps=1e-8,
              normalization="joint", distance="squared"):
   """V [N, m] and s(τ) for per-anchor validity pos_ok [N, P], neg_ok [N, K] (bool)."""
+  out = np_drift_parts(anchors, pos, neg, pos_ok, neg_ok, temps, a=a, r=r, eps=eps,
+                       normalization=normalization, distance=distance)
+  return out["v"], out["scales"]
+
+
+def np_nearest(anchors, refs, ok, distance="squared"):
+  """Per anchor, min_j D(h_i, y_j) over the valid j (ok [N, P]); None where none is valid."""
+  h = np.asarray(anchors, np.float64)
+  y = np.asarray(refs, np.float64)
+  out = []
+  for i in range(len(h)):
+    best = None
+    for j in range(len(y)):
+      if ok[i, j]:
+        d2 = float(np.sum((h[i] - y[j]) ** 2))
+        d = d2 if distance == "squared" else math.sqrt(d2)
+        best = d if best is None else min(best, d)
+    out.append(best)
+  return out
+
+
+def np_diagnostics(anchors, pos, neg, pos_ok, neg_ok, temps=TEMPS, distance="squared",
+                   **kw):
+  """The study diagnostics of the field (nearest-neighbour distances, mean shares)."""
+  parts = np_drift_parts(anchors, pos, neg, pos_ok, neg_ok, temps, distance=distance, **kw)
+
+  def mean_valid(values):
+    vals = [x for x in values if x is not None]
+    return sum(vals) / len(vals) if vals else 0.0
+
+  def share(v):
+    n = len(v)
+    mean = sum(v[i] for i in range(n)) / n
+    second = sum(float(np.dot(v[i], v[i])) for i in range(n)) / n
+    return float(np.dot(mean, mean)) / second if second > 0 else 0.0
+
+  nn_pos = mean_valid(np_nearest(anchors, pos, pos_ok, distance))
+  nn_neg = mean_valid(np_nearest(anchors, neg, neg_ok, distance))
+  tau = np.array(parts["tau_eff"])
+  return {"nn_dist_pos": nn_pos, "nn_dist_neg": nn_neg,
+          "nn_pos_over_tau": nn_pos / tau, "nn_neg_over_tau": nn_neg / tau,
+          "v_mean_share": share(parts["v"]),
+          "v_tau_mean_share": np.array([share(vt) for vt in parts["v_tau"]]),
+          "scale": parts["scales"], "tau_eff": tau,
+          "v_norm": np.array([np.mean([np.linalg.norm(x) for x in vt])
+                              for vt in parts["v_tau"]])}
+
+
+def np_drift_parts(anchors, pos, neg, pos_ok, neg_ok, temps=TEMPS, a=1.0, r=1.0, eps=1e-8,
+                   normalization="joint", distance="squared", scale_mode="rms",
+                   fixed_scale=1.0, temperature_mode="absolute"):
+  """V, the divisors, the unscaled V(τ) and the effective temperatures, as a dict.
+
+  scale_mode "rms": V(τ) / sqrt(mean_i ‖V_i(τ)‖² + ε); "fixed": V(τ) / c_τ (fixed_scale, a
+  number or one per temperature). temperature_mode "relative": τ × the median over anchors
+  (with a valid positive) of the nearest-positive distance.
+  """
   h = np.asarray(anchors, np.float64)
   u = np.asarray(pos, np.float64)
   v = np.asarray(neg, np.float64)
@@ -28,8 +85,17 @@ def np_drift(anchors, pos, neg, pos_ok, neg_ok, temps=TEMPS, a=1.0, r=1.0, eps=1
     d2 = float(np.sum((x - y) ** 2))
     return d2 if distance == "squared" else math.sqrt(d2)
 
-  per_temp, scales = [], []
-  for tau in temps:
+  per_temp, scales, unscaled, taus = [], [], [], []
+  if temperature_mode == "relative":
+    nearest = [x for x in np_nearest(h, u, pos_ok, distance) if x is not None]
+    unit = float(np.median(nearest)) if nearest else 1.0
+  else:
+    unit = 1.0
+  fixed = (list(fixed_scale) if isinstance(fixed_scale, (list, tuple))
+           else [fixed_scale] * len(temps))
+  for t, tau in enumerate(temps):
+    tau = tau * unit
+    taus.append(tau)
     sp = [[-dist(h[i], u[j]) / tau for j in range(num_p)] for i in range(n)]
     sn = [[-dist(h[i], v[k]) / tau for k in range(num_k)] for i in range(n)]
     # Row softmax over each anchor's valid positives and negatives together.
@@ -78,7 +144,12 @@ def np_drift(anchors, pos, neg, pos_ok, neg_ok, temps=TEMPS, a=1.0, r=1.0, eps=1
         vt[i] += a * wp[i, j] * u[j]
       for k in range(num_k):
         vt[i] -= r * wn[i, k] * v[k]
-    s = math.sqrt(np.mean([np.dot(vt[i], vt[i]) for i in range(n)]) + eps)
+    if scale_mode == "rms":
+      s = math.sqrt(np.mean([np.dot(vt[i], vt[i]) for i in range(n)]) + eps)
+    else:
+      s = float(fixed[t])
     per_temp.append(vt / s)
     scales.append(s)
-  return sum(per_temp) / len(temps), np.array(scales)
+    unscaled.append(vt)
+  return {"v": sum(per_temp) / len(temps), "scales": np.array(scales), "v_tau": unscaled,
+          "tau_eff": taus}

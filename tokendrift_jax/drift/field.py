@@ -54,6 +54,10 @@ NORMALIZATIONS = ("joint", "drifting_alg2")
 DISTANCES = ("squared", "euclidean")
 DEFAULT_TEMPERATURES = (0.02, 0.05, 0.2)
 DEFAULT_EPS = 1e-8
+# The keys of drift_field's diagnostics: one value per temperature, and scalars.
+PER_TEMPERATURE_DIAGNOSTICS = ("v_norm", "scale", "pos_weight_frac", "nn_pos_over_tau",
+                               "nn_neg_over_tau", "v_tau_mean_share")
+SCALAR_DIAGNOSTICS = ("v_rms", "nn_dist_pos", "nn_dist_neg", "v_mean_share")
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -231,11 +235,34 @@ def drift_field(
 
   Returns:
     V: [N, m] in the promoted float dtype (at least float32) of the inputs.
-    diagnostics: dict of arrays, each [len(T)] in the order of ``temperatures``:
-      ``v_norm`` mean_i ‖V_i(τ)‖ before scaling; ``scale`` s(τ); ``pos_weight_frac`` the
-      mean over anchors with a valid reference of Σ⁺/(Σ⁺ + Σ⁻) of the normalised kernel
-      mass (joint: the weights W, which sum to 1; Alg. 2: A before cross-weighting, since
-      after it Σ W⁺ = Σ W⁻ always). Plus the scalar ``v_rms`` sqrt(mean_i ‖V_i‖²).
+    diagnostics: dict of arrays. Per temperature ([len(T)], in the order of
+      ``temperatures``; ``PER_TEMPERATURE_DIAGNOSTICS``):
+
+      * ``v_norm``: mean_i ‖V_i(τ)‖, the drift's norm *before* normalisation (the
+        quantity the RMS scale divides out; it can shrink near equilibrium while V cannot);
+      * ``scale``: s(τ);
+      * ``pos_weight_frac``: the mean over anchors with a valid reference of
+        Σ⁺/(Σ⁺ + Σ⁻) of the normalised kernel mass (joint: the weights W, which sum to 1;
+        Alg. 2: A before cross-weighting, since after it Σ W⁺ = Σ W⁻ always);
+      * ``nn_pos_over_tau`` / ``nn_neg_over_tau``: ``nn_dist_pos`` / τ and
+        ``nn_dist_neg`` / τ, i.e. minus the largest logit s⁺ / s⁻ of a typical anchor:
+        how sharp the kernel is at this τ (≫ 1: one neighbour takes all the weight);
+      * ``v_tau_mean_share``: ‖mean_i V_i(τ)‖² / mean_i ‖V_i(τ)‖², the share of V(τ)'s
+        second moment explained by its batch mean (1: every anchor is pushed the same
+        way, a global shift; ≈ 1/N: per-anchor directions; 0 where V(τ) = 0).
+
+      Scalars (``SCALAR_DIAGNOSTICS``):
+
+      * ``v_rms``: sqrt(mean_i ‖V_i‖²);
+      * ``nn_dist_pos`` / ``nn_dist_neg``: mean over anchors of the nearest-neighbour
+        distance min_j D(h_i, u_j) over the *valid* positives (resp. min_k D(h_i, v_k)
+        over the valid negatives: masked queue slots and the anchor itself excluded), in
+        the field's own D (``distance``: squared by default); anchors with no valid
+        reference are left out (0 if none has one);
+      * ``v_mean_share``: ``v_tau_mean_share``'s ratio for the final V.
+
+      All are computed on the anchors passed in (the gathered global micro-batch), under
+      stop_gradient; V does not depend on them.
   """
   anchors = jnp.asarray(anchors)
   if anchors.ndim != 2:
@@ -260,9 +287,11 @@ def drift_field(
   pos = [x.astype(dtype) for x in pos]
   neg = [x.astype(dtype) for x in neg]
 
+  dp = [_distance(h, y, distance) for y in pos]                         # [N, P_b]
+  dn = [_distance(h, y, distance) for y in neg]                         # [N, K_b]
   inv_tau = (1.0 / jnp.asarray(temps, dtype=dtype))[:, None, None]      # [T, 1, 1]
-  sp = [-_distance(h, y, distance)[None] * inv_tau for y in pos]        # [T, N, P_b]
-  sn = [-_distance(h, y, distance)[None] * inv_tau for y in neg]        # [T, N, K_b]
+  sp = [-d[None] * inv_tau for d in dp]                                 # [T, N, P_b]
+  sn = [-d[None] * inv_tau for d in dn]                                 # [T, N, K_b]
   weights = _joint_weights if normalization == "joint" else _alg2_weights
   wp, wn, mass_p, mass_n = weights(sp, sn, mp, mn)
 
@@ -287,8 +316,49 @@ def drift_field(
       "pos_weight_frac": frac,
       "v_rms": jnp.sqrt(jnp.mean(jnp.sum(drift * drift, axis=-1))),
   }
+  diagnostics.update(_study_diagnostics(dp, dn, mp, mn, v_tau, drift, temps))
   # Output contract (trace time): V like the anchors, one diagnostic per temperature.
   chex.assert_shape(drift, anchors.shape)
-  chex.assert_shape([diagnostics[k] for k in ("v_norm", "scale", "pos_weight_frac")],
-                    (len(temps),))
+  chex.assert_shape([diagnostics[k] for k in PER_TEMPERATURE_DIAGNOSTICS], (len(temps),))
+  chex.assert_shape([diagnostics[k] for k in SCALAR_DIAGNOSTICS], ())
   return drift, diagnostics
+
+
+def _masked_mean_nn(dists, masks) -> jax.Array:
+  """Mean over anchors of min_j D_ij over the valid j of all blocks (scalar).
+
+  ``dists``: [N, P_b] blocks; ``masks``: their [1, N|1, P_b] masks. Anchors without a valid
+  reference are left out of the mean; with none at all the result is 0 (a finite value:
+  the trainer stops on non-finite metrics, and this only happens before any reference
+  exists, e.g. one anchor and an empty queue).
+  """
+  nn = functools.reduce(jnp.minimum, [
+      jnp.min(jnp.where(m[0], d, jnp.inf), axis=-1) for d, m in zip(dists, masks)])   # [N]
+  ok = jnp.isfinite(nn)
+  count = jnp.sum(ok)
+  return jnp.sum(jnp.where(ok, nn, 0.0)) / jnp.maximum(count, 1).astype(nn.dtype)
+
+
+def _mean_share(v: jax.Array) -> jax.Array:
+  """‖mean_i v_i‖² / mean_i ‖v_i‖² over the anchor axis (−2) of v [..., N, m]; 0 if v = 0."""
+  mean = jnp.mean(v, axis=-2)
+  num = jnp.sum(mean * mean, axis=-1)
+  den = jnp.mean(jnp.sum(v * v, axis=-1), axis=-1)
+  return num * _safe_inv(den)
+
+
+def _study_diagnostics(dp, dn, mp, mn, v_tau, drift, temps) -> dict[str, jax.Array]:
+  """The diagnostics of the progressive-vs-transient study (issue 24 item 3), under
+  stop_gradient: they are read, never differentiated, and V does not depend on them."""
+  sg = jax.lax.stop_gradient
+  nn_pos = _masked_mean_nn([sg(d) for d in dp], mp)
+  nn_neg = _masked_mean_nn([sg(d) for d in dn], mn)
+  tau = jnp.asarray(temps, dtype=nn_pos.dtype)
+  return {
+      "nn_dist_pos": nn_pos,
+      "nn_dist_neg": nn_neg,
+      "nn_pos_over_tau": nn_pos / tau,
+      "nn_neg_over_tau": nn_neg / tau,
+      "v_mean_share": _mean_share(sg(drift)),
+      "v_tau_mean_share": _mean_share(sg(v_tau)),
+  }

@@ -302,9 +302,12 @@ def tokendrift_loss(
 
   Returns:
     (loss, aux): loss is the drift loss (+ weighted base loss); aux holds the pushed queues,
-    V, h and metrics: ``loss_drift``; ``v_norm``, ``scale``, ``pos_weight_frac`` (each
-    [len(T)]); ``v_rms``; ``queue_fill_real`` / ``queue_fill_gen`` (fill of the queues used
-    as references, i.e. before this push).
+    V, h and metrics: ``loss_drift``; the field's diagnostics (``drift.field.drift_field``:
+    per temperature [len(T)] ``v_norm`` (the drift's norm before normalisation), ``scale``,
+    ``pos_weight_frac``, ``nn_pos_over_tau``, ``nn_neg_over_tau``, ``v_tau_mean_share``;
+    scalars ``v_rms``, ``nn_dist_pos``, ``nn_dist_neg``, ``v_mean_share``; the trainer logs
+    the [T] ones as ``name/tau=0.02`` ...); ``queue_fill_real`` / ``queue_fill_gen`` (fill
+    of the queues used as references, i.e. before this push).
   """
   if config.base_loss_weight > 0 and base_loss is None:
     raise ValueError("DriftConfig.base_loss_weight > 0 needs base_loss=")
