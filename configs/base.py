@@ -60,6 +60,15 @@ def get_config() -> ml_collections.ConfigDict:
   # Positions averaged into the features h and u: "all" (the paper) or "completion" (only
   # the non-prompt positions; needs a prompt, see c.prompt).
   c.drift.pool = "all"
+  # Study options (issue 24 item 3; the defaults are the paper's program). scale_mode: "rms"
+  # (each temperature's V divided by its batch RMS, the paper) or "fixed" (by the constant
+  # fixed_scale: one number, or one per temperature, e.g. the scale/tau=... metric measured
+  # early in a run), which lets the drift shrink near equilibrium. temperature_mode:
+  # "absolute" (the paper) or "relative" (each τ times the batch's median distance from an
+  # anchor to its nearest positive). See tokendrift_jax/drift/field.py.
+  c.drift.scale_mode = "rms"
+  c.drift.fixed_scale = (1.0,)
+  c.drift.temperature_mode = "absolute"
   # The distillation baselines' sections (fields documented in their objective files).
   c.sdtt = sdtt.default_config()
   c.dcd = dcd.default_config()

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from tests.references.np_drift import TEMPS, np_diagnostics, np_drift  # independent float64 references
+from tests.references.np_drift import (  # independent float64 references
+    TEMPS, np_diagnostics, np_drift, np_drift_parts)
 from tokendrift_jax.drift import field
 
 # float32 vs float64 on the same float32 inputs. The dominant error is in the affinities at
@@ -31,7 +32,8 @@ ATOL = 1e-5
 # One compiled program per shape/option set (eager op-by-op dispatch is far slower here).
 # Shapes are shared across tests so most calls hit the compilation cache (2 shared cores).
 drift_field = jax.jit(field.drift_field,
-                      static_argnames=("temperatures", "eps", "normalization", "distance"))
+                      static_argnames=("temperatures", "eps", "normalization", "distance",
+                                       "scale_mode", "fixed_scale", "temperature_mode"))
 
 
 def unit(x):
@@ -340,6 +342,107 @@ def test_study_diagnostics_leave_out_anchors_without_references():
   chex.assert_trees_all_close(got, want, rtol=1e-6, atol=0)
   _, diag = drift_field(h, u, h, neg_mask=np.zeros((2, 2), bool), temperatures=(0.5,))
   chex.assert_trees_all_equal(diag["nn_dist_neg"], jnp.float32(0.0))
+
+
+# ---------------------------------------------------------------- study options
+
+
+@pytest.mark.parametrize("index,normalization,fixed_scale", [
+    (1, "joint", (0.5, 1.5, 4.0)),
+    (3, "joint", 2.0),
+    (2, "drifting_alg2", (3.0,)),
+])
+def test_fixed_scale_matches_float64_reference(index, normalization, fixed_scale):
+  """scale_mode="fixed": V = mean_τ V(τ)/c_τ, c_τ one number or one per temperature."""
+  anchors, pos, neg, pm, nm, temps = build_case(index)
+  n = len(anchors)
+  v, diag = drift_field(anchors, pos, neg, pos_mask=pm, neg_mask=nm, temperatures=temps,
+                        normalization=normalization, scale_mode="fixed",
+                        fixed_scale=fixed_scale)
+  want = np_drift_parts(anchors, pos, neg, expand(pm, n, len(pos)), expand(nm, n, len(neg)),
+                        temps, normalization=normalization, scale_mode="fixed",
+                        fixed_scale=fixed_scale)
+  # ATOL's comment: the float32 V(τ) is within ~3e-6 of the float64 one; dividing by c_τ
+  # (one rounding) scales that error by 1/c_τ, so ATOL / min(c_τ, 1) bounds V here.
+  c_min = min(np.atleast_1d(fixed_scale))
+  chex.assert_trees_all_close(v, want["v"], rtol=0, atol=ATOL / min(c_min, 1.0))
+  chex.assert_trees_all_close(diag["scale"], want["scales"].astype(np.float32), rtol=0,
+                              atol=0)
+  # Not the RMS field: the batch RMS of V(τ) is not c_τ here.
+  v_rms, _ = ref_for(anchors, pos, neg, pm, nm, temps, normalization=normalization)
+  assert np.max(np.abs(want["v"] - v_rms)) > 100 * ATOL
+
+
+@pytest.mark.parametrize("index,normalization", [(1, "joint"), (3, "joint"),
+                                                 (2, "drifting_alg2")])
+def test_relative_temperatures_match_float64_reference(index, normalization):
+  """temperature_mode="relative": τ_eff = τ × the median over anchors (with a valid
+  positive) of the nearest-positive distance; V, τ_eff and the diagnostics vs float64.
+
+  The multipliers 0.1, 0.25, 1 put τ_eff near the absolute cases' 0.02, 0.05, 0.2 (the
+  median nearest-positive distance of these cases is 0.19-0.25), so ATOL's reasoning
+  holds for the logits. The median adds the distances' ~1e-6 absolute error (~5e-6
+  relative in τ_eff); it scales every logit of an anchor alike, so a weight moves by
+  ~5e-6 × the spread of the logits that carry weight (a few units at these τ_eff): ≲ 3e-5
+  relative, ~3e-6 in V(τ) of norm ≲ 0.3, inside ATOL.
+  """
+  anchors, pos, neg, pm, nm, _ = build_case(index)
+  temps = (0.1, 0.25, 1.0)
+  n = len(anchors)
+  v, diag = drift_field(anchors, pos, neg, pos_mask=pm, neg_mask=nm, temperatures=temps,
+                        normalization=normalization, temperature_mode="relative")
+  pm_, nm_ = expand(pm, n, len(pos)), expand(nm, n, len(neg))
+  want = np_drift_parts(anchors, pos, neg, pm_, nm_, temps, normalization=normalization,
+                        temperature_mode="relative")
+  chex.assert_trees_all_close(v, want["v"], rtol=0, atol=ATOL)
+  # τ_eff = τ · d̃ with d̃ a float32 distance (NN_ATOL absolute on d̃ ≈ 0.2: 1e-5 relative).
+  chex.assert_trees_all_close(diag["tau_eff"], np.asarray(want["tau_eff"], np.float32),
+                              rtol=NN_ATOL / 0.19, atol=0)
+  ref = np_diagnostics(anchors, pos, neg, pm_, nm_, temps, normalization=normalization,
+                       temperature_mode="relative")
+  chex.assert_trees_all_close(diag["scale"], ref["scale"].astype(np.float32), rtol=1e-5)
+  chex.assert_trees_all_close(
+      {k: np.asarray(diag[k]) * ref["tau_eff"] for k in ("nn_pos_over_tau", "nn_neg_over_tau")},
+      {k: ref[k] * ref["tau_eff"] for k in ("nn_pos_over_tau", "nn_neg_over_tau")},
+      rtol=2 * NN_ATOL / 0.19, atol=0)
+  # Not vacuous: the unit is not 1, and the absolute field at these τ differs.
+  assert abs(want["tau_eff"][0] / temps[0] - 1.0) > 0.5
+  v_abs, _ = ref_for(anchors, pos, neg, pm, nm, temps, normalization=normalization)
+  assert np.max(np.abs(want["v"] - v_abs)) > 100 * ATOL
+
+
+def test_relative_unit_median_and_fallbacks():
+  """Hand-checkable d̃: the median of the valid anchors only (an anchor without a valid
+  positive left out), 1 (absolute) when no anchor has one, and the default program's
+  τ_eff is τ itself."""
+  h = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], np.float32)
+  u = np.array([[0.8, 0.6], [0.0, 0.5]], np.float32)
+  # Nearest-positive squared distances: h0: 0.04 + 0.36 = 0.4; h1: 0.25 (to (0, 0.5));
+  # h2: masked out. Median of {0.4, 0.25} = 0.325.
+  pm = np.array([[True, True], [True, True], [False, False]])
+  _, diag = drift_field(h, u, h, pos_mask=pm, neg_mask=~np.eye(3, dtype=bool),
+                        temperatures=(0.5, 2.0), temperature_mode="relative")
+  chex.assert_trees_all_close(diag["tau_eff"], np.array([0.1625, 0.65], np.float32),
+                              rtol=1e-6, atol=0)
+  _, diag = drift_field(h, u, h, pos_mask=np.zeros((3, 2), bool),
+                        neg_mask=~np.eye(3, dtype=bool), temperatures=(0.5, 2.0),
+                        temperature_mode="relative")
+  chex.assert_trees_all_equal(diag["tau_eff"], np.array([0.5, 2.0], np.float32))
+  _, diag = drift_field(h, u, h, pos_mask=pm, neg_mask=~np.eye(3, dtype=bool),
+                        temperatures=(0.5, 2.0))
+  chex.assert_trees_all_equal(diag["tau_eff"], np.array([0.5, 2.0], np.float32))
+
+
+def test_study_option_errors():
+  a = np.zeros((4, 8), np.float32)
+  with pytest.raises(ValueError, match="scale_mode"):
+    field.drift_field(a, a, a, scale_mode="batch")
+  with pytest.raises(ValueError, match="temperature_mode"):
+    field.drift_field(a, a, a, temperature_mode="median")
+  with pytest.raises(ValueError, match="fixed_scale"):
+    field.drift_field(a, a, a, scale_mode="fixed", fixed_scale=(1.0, 2.0))
+  with pytest.raises(ValueError, match="fixed_scale"):
+    field.drift_field(a, a, a, scale_mode="fixed", fixed_scale=0.0)
 
 
 # ---------------------------------------------------------------- the variants run twice

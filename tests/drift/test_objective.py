@@ -318,6 +318,20 @@ def test_config_and_argument_errors():
     obj.DriftConfig(objective="feature_l1")
   with pytest.raises(ValueError, match="DriftConfig.temperatures"):
     obj.DriftConfig(temperatures=())
+  # The study options: checked here, passed to the field as given (one c_τ or one per τ).
+  with pytest.raises(ValueError, match="DriftConfig.scale_mode"):
+    obj.DriftConfig(scale_mode="batch")
+  with pytest.raises(ValueError, match="DriftConfig.temperature_mode"):
+    obj.DriftConfig(temperature_mode="median")
+  with pytest.raises(ValueError, match="DriftConfig.fixed_scale"):
+    obj.DriftConfig(fixed_scale=(1.0, 2.0))
+  with pytest.raises(ValueError, match="DriftConfig.fixed_scale"):
+    obj.DriftConfig(fixed_scale=-1.0)
+  kw = obj.DriftConfig(scale_mode="fixed", fixed_scale=[0.5, 1.0, 2.0],
+                       temperature_mode="relative").field_kwargs()
+  assert (kw["scale_mode"], kw["fixed_scale"], kw["temperature_mode"]) == (
+      "fixed", (0.5, 1.0, 2.0), "relative")
+  assert obj.DriftConfig(fixed_scale=2).fixed_scale == (2.0,)
   logits, ids, mask = make_batch(2)
   fn = feature_fn_for(ids, mask)
   q = qlib.init_queue(4, M)

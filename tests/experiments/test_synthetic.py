@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -126,6 +127,27 @@ def test_baselines_are_planned_at_the_drift_stage_model_flops(tmp_path, process,
   cfg.refine.baselines = ("continuation",)
   with pytest.raises(trainer.TrainError, match="not a distillation objective"):
     synthetic.plan(cfg, str(tmp_path), data)
+
+
+def test_study_options_at_their_defaults_keep_the_stage_digests(tmp_path):
+  """The drift options added for the study (scale_mode, fixed_scale, temperature_mode) are
+  left out of the digest at the paper's values, so stages finished before they existed
+  are still reused; set to anything else, they change the drift stages' digests only."""
+  cfg = _tiny_experiment(str(tmp_path))
+  data = {"train": "t.npy", "valid": "v.npy"}
+  now = {s.name: s.digest for s in synthetic.plan(cfg, str(tmp_path), data)}
+  old = copy.deepcopy(cfg)
+  with old.unlocked():
+    for key in ("scale_mode", "fixed_scale", "temperature_mode"):
+      del old.drift[key]
+  assert {s.name: s.digest for s in synthetic.plan(old, str(tmp_path), data)} == now
+  cfg.drift.fixed_scale = (2.0,)     # irrelevant while scale_mode = "rms"
+  assert {s.name: s.digest for s in synthetic.plan(cfg, str(tmp_path), data)} == now
+  for key, value in (("scale_mode", "fixed"), ("temperature_mode", "relative")):
+    c = copy.deepcopy(cfg)
+    c.drift[key] = value
+    moved = {s.name for s in synthetic.plan(c, str(tmp_path), data) if s.digest != now[s.name]}
+    assert moved == {"drift_seed0"}, (key, moved)
 
 
 def test_compiled_programs_are_kept_in_the_workdir_unless_a_cache_is_set(tmp_path):

@@ -92,7 +92,9 @@ def np_drift_parts(anchors, pos, neg, pos_ok, neg_ok, temps=TEMPS, a=1.0, r=1.0,
   else:
     unit = 1.0
   fixed = (list(fixed_scale) if isinstance(fixed_scale, (list, tuple))
-           else [fixed_scale] * len(temps))
+           else [fixed_scale])
+  if len(fixed) == 1:
+    fixed = fixed * len(temps)
   for t, tau in enumerate(temps):
     tau = tau * unit
     taus.append(tau)

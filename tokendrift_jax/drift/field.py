@@ -21,7 +21,21 @@ Two normalisations turn affinities into weights:
 
 Then V(τ)_i = a Σ_j W⁺_ij u_j − r Σ_k W⁻_ik v_k (a = ``attraction``, r = ``repulsion``; the
 Table 6 ratios b⁺ : b⁻), the per-temperature scalar scale s(τ) = sqrt(mean_i ‖V_i(τ)‖² + ε)
-and V_i = mean_τ V_i(τ) / s(τ).
+and V_i = mean_τ V_i(τ) / s(τ) (Sec. 3.2, "Multi-temperature drift"; App. F).
+
+Two study options (issue 24 item 3; the defaults are the paper's program, unchanged):
+
+* ``scale_mode="fixed"``: s(τ) = c_τ, a constant (``fixed_scale``: one number or one per
+  temperature) instead of the batch RMS. The RMS scale keeps mean_i ‖V_i(τ)/s(τ)‖² ≈ 1 at
+  every step, so the step size cannot shrink near equilibrium; with a constant it shrinks
+  with ‖V(τ)‖. Set c_τ to the RMS scale measured early in a run (the ``scale/tau=…``
+  metric) to start with the paper's step size.
+* ``temperature_mode="relative"``: τ_eff = τ × d̃, with d̃ the median over anchors (those
+  with a valid positive) of the nearest-positive distance min_j D(h_i, u_j), computed under
+  stop_gradient; the affinities become s = −D/τ_eff. The median rather than the mean: the
+  temperature is shared by the whole batch, and one outlying anchor (a collapsed or far-off
+  sample, whose nearest positive is far) would move a mean, not the median. With no anchor
+  having a valid positive d̃ = 1 (absolute); d̃ is floored at ``RELATIVE_UNIT_FLOOR``.
 
 Definitions chosen here (the papers are silent on them):
 
@@ -52,11 +66,17 @@ import jax.numpy as jnp
 
 NORMALIZATIONS = ("joint", "drifting_alg2")
 DISTANCES = ("squared", "euclidean")
+SCALE_MODES = ("rms", "fixed")
+TEMPERATURE_MODES = ("absolute", "relative")
+# temperature_mode="relative": the floor of the nearest-neighbour unit, so that τ_eff > 0
+# even if most anchors sit on a positive; 1/(0.02·1e-12)·D stays finite in float32 for any
+# D < 6e24, and the kernel is then the hard nearest-neighbour assignment.
+RELATIVE_UNIT_FLOOR = 1e-12
 DEFAULT_TEMPERATURES = (0.02, 0.05, 0.2)
 DEFAULT_EPS = 1e-8
 # The keys of drift_field's diagnostics: one value per temperature, and scalars.
-PER_TEMPERATURE_DIAGNOSTICS = ("v_norm", "scale", "pos_weight_frac", "nn_pos_over_tau",
-                               "nn_neg_over_tau", "v_tau_mean_share")
+PER_TEMPERATURE_DIAGNOSTICS = ("v_norm", "scale", "pos_weight_frac", "tau_eff",
+                               "nn_pos_over_tau", "nn_neg_over_tau", "v_tau_mean_share")
 SCALAR_DIAGNOSTICS = ("v_rms", "nn_dist_pos", "nn_dist_neg", "v_mean_share")
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -213,6 +233,9 @@ def drift_field(
     eps: float = DEFAULT_EPS,
     normalization: str = "joint",
     distance: str = "squared",
+    scale_mode: str = "rms",
+    fixed_scale: Union[float, Sequence[float]] = 1.0,
+    temperature_mode: str = "absolute",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Multi-temperature drift V for every anchor (TokenDrift Sec. 3.2, Alg. 1 line 7).
 
@@ -232,6 +255,11 @@ def drift_field(
     eps: ε in s(τ) = sqrt(mean_i ‖V_i(τ)‖² + ε).
     normalization: ``"joint"`` (TokenDrift) or ``"drifting_alg2"`` (Deng et al. Alg. 2).
     distance: ``"squared"`` (D = ‖h − y‖², TokenDrift) or ``"euclidean"`` (D = ‖h − y‖).
+    scale_mode: ``"rms"`` (s(τ) the batch RMS, the paper) or ``"fixed"`` (s(τ) = c_τ).
+    fixed_scale: c_τ for ``scale_mode="fixed"``: a number > 0 for every temperature, or a
+      sequence of one or len(T) numbers (static Python floats); ignored for ``"rms"``.
+    temperature_mode: ``"absolute"`` (τ as given, the paper) or ``"relative"`` (τ × the
+      batch's median nearest-positive distance; see the module docstring).
 
   Returns:
     V: [N, m] in the promoted float dtype (at least float32) of the inputs.
@@ -240,12 +268,13 @@ def drift_field(
 
       * ``v_norm``: mean_i ‖V_i(τ)‖, the drift's norm *before* normalisation (the
         quantity the RMS scale divides out; it can shrink near equilibrium while V cannot);
-      * ``scale``: s(τ);
+      * ``scale``: s(τ), the divisor of V(τ) (c_τ for ``scale_mode="fixed"``);
+      * ``tau_eff``: the temperature used, τ (absolute) or τ × d̃ (relative);
       * ``pos_weight_frac``: the mean over anchors with a valid reference of
         Σ⁺/(Σ⁺ + Σ⁻) of the normalised kernel mass (joint: the weights W, which sum to 1;
         Alg. 2: A before cross-weighting, since after it Σ W⁺ = Σ W⁻ always);
-      * ``nn_pos_over_tau`` / ``nn_neg_over_tau``: ``nn_dist_pos`` / τ and
-        ``nn_dist_neg`` / τ, i.e. minus the largest logit s⁺ / s⁻ of a typical anchor:
+      * ``nn_pos_over_tau`` / ``nn_neg_over_tau``: ``nn_dist_pos`` / τ_eff and
+        ``nn_dist_neg`` / τ_eff, i.e. minus the largest logit s⁺ / s⁻ of a typical anchor:
         how sharp the kernel is at this τ (≫ 1: one neighbour takes all the weight);
       * ``v_tau_mean_share``: ‖mean_i V_i(τ)‖² / mean_i ‖V_i(τ)‖², the share of V(τ)'s
         second moment explained by its batch mean (1: every anchor is pushed the same
@@ -281,6 +310,12 @@ def drift_field(
                      f"{tuple(temperatures)}")
   if not eps >= 0:
     raise ValueError(f"eps must be >= 0, got {eps}")
+  if scale_mode not in SCALE_MODES:
+    raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
+  if temperature_mode not in TEMPERATURE_MODES:
+    raise ValueError(f"temperature_mode must be one of {TEMPERATURE_MODES}, got "
+                     f"{temperature_mode!r}")
+  fixed = fixed_scales(fixed_scale, len(temps))
 
   dtype = jnp.promote_types(jnp.result_type(anchors, *pos, *neg), jnp.float32)
   h = anchors.astype(dtype)
@@ -289,7 +324,12 @@ def drift_field(
 
   dp = [_distance(h, y, distance) for y in pos]                         # [N, P_b]
   dn = [_distance(h, y, distance) for y in neg]                         # [N, K_b]
-  inv_tau = (1.0 / jnp.asarray(temps, dtype=dtype))[:, None, None]      # [T, 1, 1]
+  nearest_pos = _nearest([jax.lax.stop_gradient(d) for d in dp], mp)    # [N], inf: none
+  if temperature_mode == "absolute":
+    tau = jnp.asarray(temps, dtype=dtype)                               # [T]
+  else:
+    tau = jnp.asarray(temps, dtype=dtype) * _relative_unit(nearest_pos)
+  inv_tau = (1.0 / tau)[:, None, None]                                  # [T, 1, 1]
   sp = [-d[None] * inv_tau for d in dp]                                 # [T, N, P_b]
   sn = [-d[None] * inv_tau for d in dn]                                 # [T, N, K_b]
   weights = _joint_weights if normalization == "joint" else _alg2_weights
@@ -301,7 +341,10 @@ def drift_field(
   v_tau = attraction * bp - repulsion * bn                             # [T, N, m]
 
   sq = jnp.sum(v_tau * v_tau, axis=-1)                                  # [T, N]
-  scale = jnp.sqrt(jnp.mean(sq, axis=-1) + jnp.asarray(eps, dtype))     # [T]
+  if scale_mode == "rms":
+    scale = jnp.sqrt(jnp.mean(sq, axis=-1) + jnp.asarray(eps, dtype))   # [T]
+  else:
+    scale = jnp.asarray(fixed, dtype)                                   # [T]
   drift = jnp.mean(v_tau / scale[:, None, None], axis=0)                # [N, m]
 
   sum_p = _sum_rows(mass_p)[..., 0]                                     # [T, N]
@@ -316,7 +359,7 @@ def drift_field(
       "pos_weight_frac": frac,
       "v_rms": jnp.sqrt(jnp.mean(jnp.sum(drift * drift, axis=-1))),
   }
-  diagnostics.update(_study_diagnostics(dp, dn, mp, mn, v_tau, drift, temps))
+  diagnostics.update(_study_diagnostics(nearest_pos, dn, mn, v_tau, drift, tau))
   # Output contract (trace time): V like the anchors, one diagnostic per temperature.
   chex.assert_shape(drift, anchors.shape)
   chex.assert_shape([diagnostics[k] for k in PER_TEMPERATURE_DIAGNOSTICS], (len(temps),))
@@ -324,19 +367,50 @@ def drift_field(
   return drift, diagnostics
 
 
-def _masked_mean_nn(dists, masks) -> jax.Array:
-  """Mean over anchors of min_j D_ij over the valid j of all blocks (scalar).
+def fixed_scales(fixed_scale, n_temperatures: int) -> tuple[float, ...]:
+  """c_τ per temperature from one number or a sequence of 1 or ``n_temperatures`` (> 0)."""
+  if isinstance(fixed_scale, (int, float)) and not isinstance(fixed_scale, bool):
+    values = (float(fixed_scale),)
+  else:
+    values = tuple(float(c) for c in fixed_scale)
+  if len(values) == 1:
+    values = values * n_temperatures
+  if len(values) != n_temperatures or not all(c > 0 and c < float("inf") for c in values):
+    raise ValueError(f"fixed_scale must be one finite number > 0 or one per temperature "
+                     f"({n_temperatures}), got {fixed_scale!r}")
+  return values
 
-  ``dists``: [N, P_b] blocks; ``masks``: their [1, N|1, P_b] masks. Anchors without a valid
-  reference are left out of the mean; with none at all the result is 0 (a finite value:
-  the trainer stops on non-finite metrics, and this only happens before any reference
-  exists, e.g. one anchor and an empty queue).
+
+def _nearest(dists, masks) -> jax.Array:
+  """min_j D_ij over the valid j of all blocks, per anchor: [N]; +inf where none is valid.
+
+  ``dists``: [N, P_b] blocks; ``masks``: their [1, N|1, P_b] masks.
   """
-  nn = functools.reduce(jnp.minimum, [
-      jnp.min(jnp.where(m[0], d, jnp.inf), axis=-1) for d, m in zip(dists, masks)])   # [N]
-  ok = jnp.isfinite(nn)
+  return functools.reduce(jnp.minimum, [
+      jnp.min(jnp.where(m[0], d, jnp.inf), axis=-1) for d, m in zip(dists, masks)])
+
+
+def _relative_unit(nearest: jax.Array) -> jax.Array:
+  """d̃: median over the anchors with a valid positive of their nearest-positive distance.
+
+  1 when no anchor has one (the absolute temperatures), floored at RELATIVE_UNIT_FLOOR;
+  stop-gradient (the temperature is a statistic of the batch, not a path for gradients).
+  """
+  nearest = jax.lax.stop_gradient(nearest)
+  med = jnp.nanmedian(jnp.where(jnp.isfinite(nearest), nearest, jnp.nan))
+  med = jnp.where(jnp.isnan(med), jnp.ones_like(med), med)
+  return jnp.maximum(med, jnp.asarray(RELATIVE_UNIT_FLOOR, med.dtype))
+
+
+def _masked_mean_nn(nearest: jax.Array) -> jax.Array:
+  """Mean over anchors of ``nearest`` [N], leaving out the +inf (no valid reference) ones.
+
+  With none valid the result is 0, a finite value: the trainer stops on non-finite
+  metrics, and this happens only before any reference exists (one anchor, empty queue).
+  """
+  ok = jnp.isfinite(nearest)
   count = jnp.sum(ok)
-  return jnp.sum(jnp.where(ok, nn, 0.0)) / jnp.maximum(count, 1).astype(nn.dtype)
+  return jnp.sum(jnp.where(ok, nearest, 0.0)) / jnp.maximum(count, 1).astype(nearest.dtype)
 
 
 def _mean_share(v: jax.Array) -> jax.Array:
@@ -347,14 +421,17 @@ def _mean_share(v: jax.Array) -> jax.Array:
   return num * _safe_inv(den)
 
 
-def _study_diagnostics(dp, dn, mp, mn, v_tau, drift, temps) -> dict[str, jax.Array]:
+def _study_diagnostics(nearest_pos, dn, mn, v_tau, drift, tau) -> dict[str, jax.Array]:
   """The diagnostics of the progressive-vs-transient study (issue 24 item 3), under
-  stop_gradient: they are read, never differentiated, and V does not depend on them."""
+  stop_gradient: they are read, never differentiated, and V does not depend on them
+  (``nearest_pos`` is the stop-gradient nearest-positive distance [N]; ``tau`` the
+  effective temperatures [T])."""
   sg = jax.lax.stop_gradient
-  nn_pos = _masked_mean_nn([sg(d) for d in dp], mp)
-  nn_neg = _masked_mean_nn([sg(d) for d in dn], mn)
-  tau = jnp.asarray(temps, dtype=nn_pos.dtype)
+  nn_pos = _masked_mean_nn(sg(nearest_pos))
+  nn_neg = _masked_mean_nn(_nearest([sg(d) for d in dn], mn))
+  tau = sg(tau)
   return {
+      "tau_eff": tau,
       "nn_dist_pos": nn_pos,
       "nn_dist_neg": nn_neg,
       "nn_pos_over_tau": nn_pos / tau,

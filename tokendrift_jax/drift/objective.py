@@ -72,6 +72,13 @@ class DriftConfig:
     pool: positions averaged into h and u: "all" (the paper) or "completion" (the
       non-prompt positions of prompt-conditioned refinement); used by the caller's
       feature map (``drift.features.pool_features(positions=...)``).
+    scale_mode: "rms" (the paper: each V(τ) divided by its batch RMS) or "fixed" (by the
+      constant c_τ of ``fixed_scale``, so the drift can shrink near equilibrium); a study
+      option, never the default (``drift.field``).
+    fixed_scale: c_τ: one number for every temperature or one per temperature (a tuple
+      of 1 or len(temperatures) numbers > 0); used only by scale_mode="fixed".
+    temperature_mode: "absolute" (the paper) or "relative" (τ × the batch's median
+      nearest-positive distance, stop-gradient; ``drift.field``).
   """
   objective: str = "fixed_point"
   alpha: float = 1.0
@@ -87,9 +94,21 @@ class DriftConfig:
   queue_size: int = 1024
   base_loss_weight: float = 0.0
   pool: str = "all"
+  scale_mode: str = "rms"
+  fixed_scale: tuple[float, ...] = (1.0,)
+  temperature_mode: str = "absolute"
 
   def __post_init__(self):
     object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
+    fixed = self.fixed_scale
+    if isinstance(fixed, (int, float)) and not isinstance(fixed, bool):
+      fixed = (fixed,)
+    try:
+      fixed = tuple(float(c) for c in fixed)
+    except (TypeError, ValueError):
+      raise ValueError(f"DriftConfig.fixed_scale must be a number or a tuple of numbers, "
+                       f"got {self.fixed_scale!r}") from None
+    object.__setattr__(self, "fixed_scale", fixed)
     checks = (
         ("objective", self.objective in OBJECTIVES, f"one of {OBJECTIVES}"),
         ("normalization", self.normalization in field.NORMALIZATIONS,
@@ -106,6 +125,12 @@ class DriftConfig:
         ("eps", self.eps >= 0, ">= 0"),
         ("queue_size", int(self.queue_size) >= 1, ">= 1"),
         ("base_loss_weight", self.base_loss_weight >= 0, ">= 0"),
+        ("scale_mode", self.scale_mode in field.SCALE_MODES, f"one of {field.SCALE_MODES}"),
+        ("temperature_mode", self.temperature_mode in field.TEMPERATURE_MODES,
+         f"one of {field.TEMPERATURE_MODES}"),
+        ("fixed_scale", len(self.fixed_scale) in (1, len(self.temperatures))
+         and all(0 < c < float("inf") for c in self.fixed_scale),
+         f"1 or {len(self.temperatures)} (one per temperature) numbers > 0"),
     )
     for name, ok, want in checks:
       if not ok:
@@ -115,7 +140,8 @@ class DriftConfig:
     """Keyword arguments of ``drift.field.drift_field`` taken from this config."""
     return dict(temperatures=self.temperatures, attraction=self.attraction,
                 repulsion=self.repulsion, eps=self.eps, normalization=self.normalization,
-                distance=self.distance)
+                distance=self.distance, scale_mode=self.scale_mode,
+                fixed_scale=self.fixed_scale, temperature_mode=self.temperature_mode)
 
 
 class References(NamedTuple):

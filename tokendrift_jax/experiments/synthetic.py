@@ -134,18 +134,32 @@ _PRESENTATION = {"train": ("progress", "log_every", "checkpoint_every", "keep_ch
                           "eval_every", "eval_batches", "resume")}
 
 
+# Options added after experiments had run, with the value that reproduces the program
+# they ran: left out of the digest at that value, so finished stages keep their digests.
+# A key maps to (its neutral value, the keys it makes irrelevant at that value).
+_ADDED_AT_DEFAULT = {"drift": {"scale_mode": ("rms", ("fixed_scale",)),
+                               "temperature_mode": ("absolute", ())}}
+
+
 def config_hash(cfg, context: dict) -> str:
   """Digest of everything that determines a stage's result.
 
   The stage config without presentation fields, with its workdir-dependent paths (the
   corpus files, the init checkpoint) replaced by what they stand for (``context``: the
   language and corpus settings, and the digest of the stage it starts from), so that a
-  copied or moved experiment directory keeps its digests.
+  copied or moved experiment directory keeps its digests; options added later are left
+  out at their neutral value (``_ADDED_AT_DEFAULT``).
   """
   d = json.loads(cfg.to_json_best_effort())
   for section, keys in _PRESENTATION.items():
     for k in keys:
       d.get(section, {}).pop(k, None)
+  for section, options in _ADDED_AT_DEFAULT.items():
+    sec = d.get(section, {})
+    for k, (neutral, irrelevant) in options.items():
+      if k in sec and sec[k] == neutral:
+        for gone in (k,) + irrelevant:
+          sec.pop(gone, None)
   for name in objectives.names():  # the sections of the objectives the stage does not run
     section = objectives.get(name).section
     if section and name != d.get("objective"):

@@ -236,6 +236,8 @@ def drift_config(config) -> obj_lib.DriftConfig:
   """``config.drift`` as a DriftConfig (ValueError naming the section)."""
   d = config.drift.to_dict()
   d["temperatures"] = tuple(d["temperatures"])
+  if isinstance(d.get("fixed_scale"), list):
+    d["fixed_scale"] = tuple(d["fixed_scale"])
   try:
     return obj_lib.DriftConfig(**d)
   except (TypeError, ValueError) as e:

@@ -61,6 +61,7 @@ CONFIG_CHECKS = (
     ("drift.eps", config_checks.number(0.0)),
     ("drift.queue_size", config_checks.integer(0)),
     ("drift.base_loss_weight", config_checks.number(0.0)),
+    ("drift.fixed_scale", config_checks.each(config_checks.number(0.0, lo_open=True))),
     ("prompt.length", config_checks.integer(0)),
     ("prompt.pad_id", config_checks.integer(-1)),
 )
