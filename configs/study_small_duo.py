@@ -4,7 +4,8 @@
 
 configs/study_small_mdlm.py's language, corpus, model size and budget with the
 uniform-state backbone (time-conditioned, the language's 500 ids without a mask) and DCD at
-TokenDrift's model FLOPs as its distillation baseline.
+TokenDrift's model FLOPs as its distillation baseline; its refinement curves as MDLM's
+(``refine.curve_every=25``, ``curve_samples=128``, inherited).
 """
 
 from configs import study_small_mdlm

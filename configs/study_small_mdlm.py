@@ -43,4 +43,10 @@ def get_config():
                        seeds=(1, 2, 3), baselines=("sdtt",), baseline_rounds={"sdtt": 7}))
   c.evaluation.update(dict(nfe=(4, 8, 16), num_samples=256, batch=64,
                            temperatures=(0.85, 1.0, 1.15, 1.3)))
+  # Refinement curves (issue 24 item 3: is the gain progressive or transient?): every
+  # refinement stage sampled at steps 0, 25, ..., 200 with 128 samples per NFE and its own
+  # seed, judged exactly; results.json "curves" and WORKDIR/curves_nfe{4,8,16}.png. A stage
+  # finished without them is an error naming its directory (delete it: the retrained
+  # weights are bitwise the same), or pass --config.refine.curve_every=0.
+  c.refine.update(dict(curve_every=25, curve_samples=128))
   return c

@@ -6,10 +6,14 @@ import copy
 import json
 import os
 
+import chex
+import jax
 import ml_collections
+import numpy as np
 import pytest
 
 from configs import demo
+from tokendrift_jax import checkpoints
 from tokendrift_jax.experiments import synthetic
 from tokendrift_jax.train import trainer
 
@@ -42,6 +46,9 @@ def _tiny_experiment(workdir):
 def test_pipeline_every_stage(tmp_path, capsys):
   wd = str(tmp_path / "demo")
   cfg = _tiny_experiment(wd)
+  # Refinement curves at every step (0, 1, 2); 16 samples = the evaluation's batch, so the
+  # curve sampler is the evaluation's program (compiled once).
+  cfg.refine.update(dict(curve_every=1, curve_samples=16))
   assert synthetic.run(cfg, wd) == 0
   printed = capsys.readouterr().out
   assert "| Method |" in printed and "TokenDrift" in printed and "Cont. learning" in printed
@@ -56,7 +63,11 @@ def test_pipeline_every_stage(tmp_path, capsys):
     ev = json.load(open(os.path.join(d, "eval_rows.json")))["rows"]
     assert sorted(r["nfe"] for r in ev) == [2, 4]
   drift_metrics = [json.loads(l) for l in open(os.path.join(wd, "drift_seed0", "metrics.jsonl"))]
-  assert "v_norm/tau=0.02" in drift_metrics[-1] and "queue_fill_gen" in drift_metrics[-1]
+  last = [r for r in drift_metrics if "loss" in r][-1]   # (the curve rows are logged too)
+  assert "v_norm/tau=0.02" in last and "queue_fill_gen" in last
+  # The study diagnostics reach the training metrics (their values: tests/drift/).
+  assert {"nn_pos_over_tau/tau=0.02", "nn_neg_over_tau/tau=0.2", "v_tau_mean_share/tau=0.05",
+          "tau_eff/tau=0.02", "nn_dist_pos", "nn_dist_neg", "v_mean_share"} <= set(last)
 
   res = json.load(open(os.path.join(wd, "results.json")))
   assert set(res["summary"]) == {"pretrained", "continuation", "drift", "sdtt",
@@ -71,11 +82,46 @@ def test_pipeline_every_stage(tmp_path, capsys):
   assert [c["nfe"] for c in res["verdict"]["vs_continuation"]] == [2, 4]
   assert res["verdict"]["verdict"] in printed and res["verdict"]["verdict"] in table
 
+  # Curves: every refinement method, its seed, steps 0..2 at both NFEs, and the figures.
+  assert set(res["curves"]) == {"continuation", "drift", "sdtt"}
+  for method, per_seed in res["curves"].items():
+    assert list(per_seed) == ["0"], method
+    assert [(r["step"], r["nfe"]) for r in per_seed["0"]] == [
+        (s, n) for s in (0, 1, 2) for n in (2, 4)], method
+    assert all(r["num_samples"] == 16 and r["gen_ppl"] > 1.0 for r in per_seed["0"])
+  # Step 0 is the pretrained weights sampled with the stage's seed: the same for every method.
+  step0 = {m: [r["gen_ppl"] for r in c["0"] if r["step"] == 0] for m, c in res["curves"].items()}
+  assert step0["drift"] == step0["continuation"] == step0["sdtt"]
+  for nfe in (2, 4):
+    assert os.path.getsize(os.path.join(wd, f"curves_nfe{nfe}.png")) > 0
+
   # Rerunning skips every finished stage and reprints the same table.
   mtime = os.path.getmtime(os.path.join(wd, "drift_seed0", "DONE"))
   assert synthetic.run(cfg, wd) == 0
   assert os.path.getmtime(os.path.join(wd, "drift_seed0", "DONE")) == mtime
   assert json.load(open(os.path.join(wd, "results.json")))["summary"] == res["summary"]
+
+  # The curves do not touch training: the drift stage trained again without the hook
+  # ends with bitwise the same weights.
+  data = synthetic.prepare_data(cfg, wd, synthetic.language(cfg))
+  stage = next(s for s in synthetic.plan(cfg, wd, data) if s.name == "drift_seed0")
+  plain = str(tmp_path / "drift_without_curves")
+  trainer.train(stage.config, plain)
+  assert not os.path.exists(os.path.join(plain, "eval.jsonl"))
+  _, with_curves, _ = checkpoints.load_backbone_params(os.path.join(wd, "drift_seed0",
+                                                                    "backbone"))
+  _, without, _ = checkpoints.load_backbone_params(os.path.join(plain, "backbone"))
+  chex.assert_trees_all_equal(with_curves, without)
+  _, pretrained, _ = checkpoints.load_backbone_params(os.path.join(wd, "pretrain", "backbone"))
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, with_curves, pretrained)))
+
+  # A finished stage without the curves asked for is an error naming its directory.
+  os.unlink(os.path.join(wd, "drift_seed0", synthetic.CURVE_SETTINGS))
+  with pytest.raises(trainer.TrainError, match=r"delete \S*drift_seed0 to retrain it"):
+    synthetic.run(cfg, wd)
+  cfg.refine.curve_every = 0   # without curves the stage is reused as it is
+  assert synthetic.run(cfg, wd) == 0
+  assert json.load(open(os.path.join(wd, "results.json")))["curves"] is None
 
   # A changed refinement budget is not silently served from the finished stages.
   cfg.refine.lr = 2 * cfg.refine.lr

@@ -1,4 +1,5 @@
-"""Figures: the Fig. 2 training curve and the side-by-side comparison of runs.
+"""Figures: the Fig. 2 training curve, the side-by-side comparison of runs and the
+refinement curves of several methods (mean ± SD over seeds against training step).
 
 matplotlib with the non-interactive Agg backend (no display needed). Figures are saved
 atomically: rendered to a temporary file beside the target, then renamed.
@@ -17,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-posi
 from matplotlib import ticker  # noqa: E402  pylint: disable=wrong-import-position
 
 from tokendrift_jax.eval import frontier  # noqa: E402  pylint: disable=wrong-import-position
+from tokendrift_jax.eval import report  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _save(fig, path: str) -> str:
@@ -152,4 +154,75 @@ def plot_frontier(methods: Sequence[tuple[str, Sequence[dict]]], reference: dict
   axes[0][-1].legend(fontsize=7)
   if title:
     fig.suptitle(title)
+  return _save(fig, path)
+
+
+def refinement_curve_stats(per_seed: dict, nfe: int, metric: str
+                           ) -> list[tuple[int, float, float | None, int]]:
+  """(step, mean, SD with ddof = 1 or None, seeds) per step of one method at one NFE.
+
+  Args:
+    per_seed: seed -> eval.jsonl rows (step, nfe, gen_ppl, entropy, ...) of one method.
+    nfe: the NFE to read.
+    metric: "gen_ppl" or "entropy".
+
+  Only the steps every seed has are kept (a mean over a changing set of seeds would jump).
+  """
+  by_seed = {}
+  for seed, rows in per_seed.items():
+    by_seed[seed] = {int(r["step"]): float(r[metric]) for r in rows if int(r["nfe"]) == nfe}
+  if not by_seed:
+    return []
+  steps = sorted(set.intersection(*(set(v) for v in by_seed.values())))
+  out = []
+  for step in steps:
+    mean, sd = report.mean_sd([v[step] for v in by_seed.values()])
+    out.append((step, mean, sd, len(by_seed)))
+  return out
+
+
+def plot_refinement_curves(methods: Sequence[tuple[str, dict]], nfe: int, path: str, *,
+                           title: str | None = None, judge: str = "GPT-2 Large") -> str:
+  """Gen-PPL (log y) and entropy against training step at one NFE, one line per method:
+  the mean over seeds with a ±SD band (no band for one seed).
+
+  Args:
+    methods: (label, {seed: eval.jsonl rows}) per method.
+    nfe: the NFE of this figure.
+    path: output PNG.
+    title: figure title (default: "NFE = {nfe}").
+    judge: the judge's name for the y label.
+  """
+  if not methods:
+    raise ValueError("plot_refinement_curves: no methods to plot")
+  fig, (ax_ppl, ax_ent) = plt.subplots(1, 2, figsize=(11.0, 4.2))
+  drawn = 0
+  for label, per_seed in methods:
+    for ax, metric in ((ax_ppl, "gen_ppl"), (ax_ent, "entropy")):
+      stats = refinement_curve_stats(per_seed, nfe, metric)
+      if not stats:
+        continue
+      steps = [s[0] for s in stats]
+      means = [s[1] for s in stats]
+      line, = ax.plot(steps, means, marker="o", markersize=3, linewidth=1.5,
+                      label=f"{label} ({stats[0][3]} seeds)" if stats[0][3] > 1 else label)
+      if all(s[2] is not None for s in stats):
+        ax.fill_between(steps, [m - s[2] for m, s in zip(means, stats)],
+                        [m + s[2] for m, s in zip(means, stats)], color=line.get_color(),
+                        alpha=0.2, linewidth=0)
+      drawn += 1
+  if not drawn:
+    plt.close(fig)
+    raise ValueError(f"plot_refinement_curves: no rows at NFE {nfe}")
+  for ax in (ax_ppl, ax_ent):
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("refinement step (0 = pretrained weights)")
+    ax.grid(True, which="both", alpha=0.3)
+  _log_y(ax_ppl)
+  ax_ppl.set_ylabel(f"Gen.-PPL ({judge}, log scale) ↓")
+  ax_ppl.set_title("Gen.-PPL (mean ± SD over seeds)")
+  ax_ent.set_ylabel("entropy (nats) ↑")
+  ax_ent.set_title("Entropy (mean ± SD over seeds)")
+  ax_ppl.legend(fontsize=8)
+  fig.suptitle(title or f"NFE = {nfe}")
   return _save(fig, path)

@@ -22,6 +22,19 @@ interrupted training stage resumes from its last checkpoint):
    (:mod:`tokendrift_jax.eval.frontier`) and the frontier is plotted. Results:
    ``WORKDIR/results.json``, ``results.md``, ``frontier.png``.
 
+Refinement curves (``refine.curve_every`` > 0; off by default): every refinement stage
+runs the in-training sample evaluation (:mod:`tokendrift_jax.eval.hook`) with the
+language's exact judge at ``evaluation.nfe``, ``refine.curve_samples`` samples and the
+stage's seed, every ``curve_every`` steps, at the last step and at step 0 (the pretrained
+weights); its rows (``STAGE/eval.jsonl``) go to results.json (``"curves"``: method -> seed
+-> rows) and ``WORKDIR/curves_nfe{N}.png`` (Gen-PPL and entropy against step, mean ± SD
+over seeds, every method). The curves are presentation: the hook samples with its own key
+and never touches the training state or its RNG (step s trains with fold_in(rng, s)), so a
+stage's weights are bitwise the same with and without them and the curve settings are not
+in its digest. A stage that trained (in part or whole) without the curves now asked for
+cannot have them afterwards (only its last checkpoints are kept): that is an error naming
+the stage directory to delete, never a silently curve-less result.
+
 Seeds: refinement seed s trains continuation / drift with run seed s and samples them
 with sampling seed s; the pretrained model is sampled with every sampling seed. Mean ± SD
 over seeds therefore covers both training and sampling randomness.
@@ -47,9 +60,11 @@ from tokendrift_jax import sharding
 from tokendrift_jax.data import synthetic
 from tokendrift_jax.diffusion import make_process_for_model
 from tokendrift_jax.train import builder
+from tokendrift_jax.train import checkpointing
 from tokendrift_jax.eval import entropy
 from tokendrift_jax.eval import files
 from tokendrift_jax.eval import frontier
+from tokendrift_jax.eval import hook as hook_lib
 from tokendrift_jax.eval import judges
 from tokendrift_jax.eval import plots
 from tokendrift_jax.eval import report
@@ -242,16 +257,104 @@ def matched_baseline(cfg, drift_cfg, rounds: int | None):
   return c
 
 
-def _train_stage(stage: Stage, workdir: str) -> str:
+# The curve settings a stage's eval.jsonl was written with (beside it in the stage dir).
+CURVE_SETTINGS = "curve_settings.json"
+
+
+def curve_settings(config, stage: Stage) -> dict | None:
+  """The refinement-curve settings of ``stage`` (None: no curves for it).
+
+  Curves are drawn for the refinement stages (not the pretraining) when
+  ``refine.curve_every`` > 0: every ``curve_every`` steps, the last step and step 0, at the
+  experiment's NFEs, with ``refine.curve_samples`` samples and the stage's seed.
+  """
+  refine = config.refine
+  every = refine.get("curve_every", 0)
+  samples = refine.get("curve_samples", 64)
+  for field, value, low in (("curve_every", every, 0), ("curve_samples", samples, 1)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise trainer.TrainError(f"config.refine.{field} must be an int >= {low}, got "
+                               f"{value!r}")
+  if every == 0 or stage.method == "pretrain":
+    return None
+  settings = {"every": int(every), "num_samples": int(samples),
+              "nfe": [int(n) for n in config.evaluation.nfe], "seed": int(stage.seeds[0]),
+              "batch": min(int(config.evaluation.batch), int(samples)),
+              "language": config.language.to_dict(), "steps": int(stage.config.train.steps),
+              "digest": stage.digest}
+  return json.loads(json.dumps(settings))   # as read back from CURVE_SETTINGS
+
+
+def curve_steps(settings: dict) -> list[int]:
+  """The steps a complete curve has: 0, every ``every`` steps, and the last step."""
+  total, every = settings["steps"], settings["every"]
+  return sorted({0, total} | set(range(every, total + 1, every)))
+
+
+def _curve_hook(config, stage: Stage, stage_dir: str, settings: dict):
+  """The in-training sample evaluation of ``stage`` with the language's exact judge.
+
+  Built from a copy of the stage config (the stage's own config, and so its digest, does
+  not carry the curve settings).
+  """
+  c = copy.deepcopy(stage.config)
+  with c.unlocked():
+    se = c.sample_eval
+    se.update(dict(enabled=True, every=settings["every"], nfe=tuple(settings["nfe"]),
+                   num_samples=settings["num_samples"], batch=settings["batch"],
+                   seed=settings["seed"], length=0, eval_init=True, progress=False,
+                   judge_kind="synthetic"))
+    se.synthetic = ml_collections.ConfigDict(config.language.to_dict())
+  try:
+    return hook_lib.make_sample_eval_hook(c, stage_dir)
+  except hook_lib.EvalError as e:
+    raise trainer.TrainError(f"refinement curves of stage {stage.name}: {e}") from e
+
+
+def _read_json(path: str):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def curve_rows(stage_dir: str, settings: dict) -> list[dict]:
+  """The complete curve of a finished stage, or a TrainError naming the directory."""
+  path = os.path.join(stage_dir, hook_lib.EVAL_FILE)
+  recorded = _read_json(os.path.join(stage_dir, CURVE_SETTINGS))
+  rows = files.read_jsonl(path) if os.path.exists(path) else []
+  have = {(int(r["step"]), int(r["nfe"])) for r in rows}
+  missing = [(st, n) for st in curve_steps(settings) for n in settings["nfe"]
+             if (st, n) not in have]
+  if recorded != settings or missing:
+    why = ("it was trained without them" if recorded is None else
+           "it was trained with other curve settings" if recorded != settings else
+           f"its {hook_lib.EVAL_FILE} lacks (step, NFE) {missing[:3]}")
+    raise trainer.TrainError(
+        f"refinement curves (config.refine.curve_every={settings['every']}, curve_samples="
+        f"{settings['num_samples']}) are asked for, but stage directory {stage_dir} has "
+        f"none: {why}, and they cannot be drawn after training; delete {stage_dir} to "
+        f"retrain it with curves (the weights come out bitwise the same), or set "
+        f"config.refine.curve_every=0")
+  wanted = set(curve_steps(settings))
+  return sorted((r for r in rows if int(r["step"]) in wanted),
+                key=lambda r: (int(r["step"]), int(r["nfe"])))
+
+
+def _train_stage(stage: Stage, workdir: str, config=None) -> str:
   """Runs (or resumes, or skips) one training stage; returns its exported backbone.
 
   A finished stage is reused only if it was run with the same config (a digest is kept in
-  its DONE file); otherwise this is an error, never a silent reuse of stale results.
+  its DONE file); otherwise this is an error, never a silent reuse of stale results. With
+  refinement curves asked for (``config.refine.curve_every``), a stage is run with the
+  sample-evaluation hook, and a stage that trained without it (or with other curve
+  settings) is an error (:func:`curve_rows`).
   """
   name, cfg, digest = stage.name, stage.config, stage.digest
   stage_dir = os.path.join(workdir, name)
   backbone = os.path.join(stage_dir, "backbone")
   done = os.path.join(stage_dir, "DONE")
+  curves = None if config is None else curve_settings(config, stage)
   if os.path.isdir(backbone) and os.path.exists(done):
     with open(done) as f:
       recorded = json.load(f).get("config_hash")
@@ -259,10 +362,28 @@ def _train_stage(stage: Stage, workdir: str) -> str:
       raise trainer.TrainError(
           f"stage {name!r} in {workdir} was run with a different config (digest {recorded} vs "
           f"{digest}); delete {stage_dir} to rerun it, or use another --workdir")
+    if curves is not None:
+      curve_rows(stage_dir, curves)
     logging.info("stage %s: done, skipping", name)
     return backbone
+  hooks = ()
+  settings_path = os.path.join(stage_dir, CURVE_SETTINGS)
+  if curves is not None:
+    started = checkpointing.peek_latest_meta(stage_dir) is not None
+    if _read_json(settings_path) != curves:
+      if started:
+        curve_rows(stage_dir, curves)   # raises: steps already trained without these curves
+      eval_file = os.path.join(stage_dir, hook_lib.EVAL_FILE)
+      if os.path.exists(eval_file):     # rows of other settings (the hook keeps step 0's)
+        os.unlink(eval_file)
+    hooks = (_curve_hook(config, stage, stage_dir, curves),)
+    os.makedirs(stage_dir, exist_ok=True)
+    files.write_json(settings_path, curves)
+  elif os.path.exists(settings_path):
+    # Training goes on without the hook: the curve on disk will not be complete.
+    os.unlink(settings_path)
   t0 = time.time()
-  summary = trainer.train(cfg, stage_dir)
+  summary = trainer.train(cfg, stage_dir, hooks=hooks)
   if summary.get("preempted"):
     raise KeyboardInterrupt(f"stage {name} preempted at step {summary['step']}")
   with open(done, "w") as f:
@@ -502,7 +623,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   data = prepare_data(config, workdir, lang)
   seeds = tuple(int(s) for s in config.refine.seeds)
   stages = plan(config, workdir, data)
-  backbones = {st.name: _train_stage(st, workdir) for st in stages}
+  backbones = {st.name: _train_stage(st, workdir, config) for st in stages}
+  curves: dict[str, dict[str, list[dict]]] = {}
+  for st in stages:
+    settings = curve_settings(config, st)
+    if settings is not None:
+      curves.setdefault(st.method, {})[str(st.seeds[0])] = curve_rows(
+          os.path.join(workdir, st.name), settings)
 
   mesh = builder.make_mesh(config)
   results: dict[str, list[dict]] = {}
@@ -547,12 +674,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
                for m in ["pretrained", "continuation", "drift", *baselines]}
     plots.plot_frontier(labelled, reference, os.path.join(workdir, "frontier.png"),
                         title=f"{str(config.diffusion.process).upper()}: Gen-PPL vs entropy")
+  if curves:
+    labels = {"continuation": "Cont. learning", "drift": "TokenDrift"}
+    labels.update({b: baseline_label(b) for b in baselines})
+    labelled = [(labels.get(m, m), per_seed) for m, per_seed in curves.items()]
+    for nfe in config.evaluation.nfe:
+      plots.plot_refinement_curves(
+          labelled, int(nfe), os.path.join(workdir, f"curves_nfe{int(nfe)}.png"),
+          judge="synthetic language",
+          title=(f"{str(config.diffusion.process).upper()}, NFE = {int(nfe)}: refinement "
+                 f"curves ({int(config.refine.curve_samples)} samples per point)"))
   timings = _recorded_seconds(workdir, stages)
   payload = {"process": str(config.diffusion.process), "family": str(config.model.family),
              "language": config.language.to_dict(),
              "seeds": list(seeds), "nfe": list(config.evaluation.nfe),
              "rows": results, "summary": summary, "verdict": verdict,
              "matched_entropy": matched,
+             "curves": curves or None,
              "seconds": timings}
   files.write_json(os.path.join(workdir, "results.json"), payload)
   header = (f"# {str(config.diffusion.process).upper()} on the synthetic language: Gen.-PPL (exact "
@@ -579,9 +717,12 @@ def experiment_config() -> ml_collections.ConfigDict:
                                               weights="raw"))
   # baselines: distillation objectives run at the TokenDrift stage's model FLOPs, their
   # teacher rounds (baseline_rounds) spread evenly over it.
+  # curve_every > 0: refinement curves (Gen-PPL and entropy against step) of every
+  # refinement stage, from curve_samples samples per (step, NFE); see the module docstring.
   c.refine = ml_collections.ConfigDict(dict(steps=100, lr=1e-4, warmup_steps=0,
                                             global_batch=64, micro_batch=8, seeds=(0,),
-                                            baselines=(), baseline_rounds=dict(sdtt=7, dcd=5)))
+                                            baselines=(), baseline_rounds=dict(sdtt=7, dcd=5),
+                                            curve_every=0, curve_samples=64))
   c.variants = ml_collections.ConfigDict()
   # temperatures: a sweep > 1 value adds the matched-entropy table and frontier.png.
   c.evaluation = ml_collections.ConfigDict(dict(nfe=(4, 8, 16), num_samples=256, batch=64,
