@@ -117,7 +117,7 @@ def test_pipeline_every_stage(tmp_path, capsys):
 
   # A finished stage without the curves asked for is an error naming its directory.
   os.unlink(os.path.join(wd, "drift_seed0", synthetic.CURVE_SETTINGS))
-  with pytest.raises(trainer.TrainError, match=r"delete \S*drift_seed0 to retrain it"):
+  with pytest.raises(trainer.TrainError, match=r"delete \S*drift_seed0 to retrain them"):
     synthetic.run(cfg, wd)
   cfg.refine.curve_every = 0   # without curves the stage is reused as it is
   assert synthetic.run(cfg, wd) == 0

@@ -341,6 +341,34 @@ def curve_rows(stage_dir: str, settings: dict) -> list[dict]:
                 key=lambda r: (int(r["step"]), int(r["nfe"])))
 
 
+def check_curves_possible(config, stages: list[Stage], workdir: str) -> None:
+  """Before anything trains: with curves asked for, every stage that has trained (in part or
+  whole) must have been trained with these curve settings; one TrainError lists those
+  that were not (their directories to delete), so no stage is trained in vain first."""
+  stale = []
+  for st in stages:
+    settings = curve_settings(config, st)
+    if settings is None:
+      continue
+    stage_dir = os.path.join(workdir, st.name)
+    done = os.path.exists(os.path.join(stage_dir, "DONE"))
+    if done:
+      try:
+        curve_rows(stage_dir, settings)
+      except trainer.TrainError:
+        stale.append(stage_dir)
+    elif (_read_json(os.path.join(stage_dir, CURVE_SETTINGS)) != settings
+          and checkpointing.peek_latest_meta(stage_dir) is not None):
+      stale.append(stage_dir)
+  if stale:
+    raise trainer.TrainError(
+        f"refinement curves (config.refine.curve_every={int(config.refine.curve_every)}, "
+        f"curve_samples={int(config.refine.curve_samples)}) are asked for, but "
+        f"{len(stale)} stage(s) trained without them (they cannot be drawn afterwards): "
+        f"delete {' '.join(stale)} to retrain them with curves (the weights come out "
+        f"bitwise the same), or set config.refine.curve_every=0")
+
+
 def _train_stage(stage: Stage, workdir: str, config=None) -> str:
   """Runs (or resumes, or skips) one training stage; returns its exported backbone.
 
@@ -623,6 +651,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   data = prepare_data(config, workdir, lang)
   seeds = tuple(int(s) for s in config.refine.seeds)
   stages = plan(config, workdir, data)
+  check_curves_possible(config, stages, workdir)
   backbones = {st.name: _train_stage(st, workdir, config) for st in stages}
   curves: dict[str, dict[str, list[dict]]] = {}
   for st in stages:
