@@ -1,17 +1,18 @@
 """Offline end-to-end demo: pretrain -> continuation vs TokenDrift -> few-step samples.
 
-``python launch/train.py --config=configs/demo.py`` (2 CPU cores, about 14 minutes, no
+``python launch/train.py --config=configs/demo.py`` (2 CPU cores, about 10½ minutes, no
 downloads): a synthetic language with an exact likelihood stands in for OpenWebText and
 its exact per-token NLL stands in for GPT-2 Large (docs/SYNTHETIC.md,
 tokendrift_jax/experiments/synthetic.py). Prints a Table-1-shaped table (mean ± SD over
-three refinement seeds), each seed's Gen-PPL, and a verdict line computed from how many
-seeds TokenDrift beat continuation in at each NFE. The same recipe as
-configs/repro_small_mdlm.py with a shorter pretraining, 256 samples per (NFE, seed) and no
+three refinement seeds), each seed's Gen-PPL, a verdict line computed from how many
+seeds TokenDrift beat continuation in at each NFE, and an entropy line (in how many pairs
+TokenDrift's samples were colder). The same recipe as
+configs/repro_small_mdlm.py with a shorter pretraining, 128 samples per (NFE, seed) and no
 ablations, so it fits in minutes, plus SDTT (the distillation baseline the paper could only
 cite) from the same checkpoint at the TokenDrift stage's model FLOPs.
 docs/REPRODUCTION.md has the full comparison, the demo's verdict across machines and the
-same models read at matched entropy (configs/frontier_small_mdlm.py: this demo plus a
-temperature sweep).
+same models read at matched entropy (configs/frontier_small_mdlm.py: the earlier, 1500-step
+demo plus a temperature sweep).
 """
 
 from configs import repro_small_mdlm

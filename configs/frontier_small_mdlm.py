@@ -4,8 +4,9 @@
 ``python launch/train.py --config=configs/frontier_small_mdlm.py``
 
 configs/repro_small_mdlm.py's testbed and refinement budget (25 steps at 1e-4, seeds 1, 2, 3),
-with the demo's pretraining (1500 steps, configs/demo.py: the same stage digest, so a
-workdir holding the demo's pretraining reuses it), without the ablations, plus:
+with the earlier demo's pretraining (1500 steps: configs/demo.py until 2026-12-07 had
+the same stage digest, so a workdir holding that pretraining reuses it), without the
+ablations, plus:
 
 * SDTT (tokendrift_jax/objectives/sdtt.py) from the same pretrained weights and data, at
   the TokenDrift stage's model FLOPs (tokendrift_jax/perf/budget.py), its 7 rounds (a
@@ -24,7 +25,8 @@ def get_config():
   c = repro_small_mdlm.get_config()
   c.workdir = "runs/frontier_small_mdlm"
   c.variants = {}
-  c.pretrain.steps = 1500  # the demo's pretraining (configs/demo.py), same digest
+  # The earlier demo's pretraining (configs/demo.py had 1500 steps until 2026-12-07).
+  c.pretrain.steps = 1500
   c.refine.baselines = ("sdtt",)
   c.refine.baseline_rounds = {"sdtt": 7}
   c.evaluation.temperatures = (0.85, 1.0, 1.15, 1.3)

@@ -7,10 +7,12 @@ import pytest
 from tokendrift_jax.experiments import synthetic
 
 
-def _rows(table: dict[int, list[float]], seeds=(1, 2, 3)) -> list[dict]:
-  """{nfe: [Gen-PPL per seed]} -> (NFE, seed) rows as the evaluator writes them."""
-  return [dict(nfe=nfe, seed=s, gen_ppl=v, entropy=3.0, num_samples=8)
-          for nfe, values in table.items() for s, v in zip(seeds, values)]
+def _rows(table: dict[int, list[float]], seeds=(1, 2, 3), entropy=None) -> list[dict]:
+  """{nfe: [Gen-PPL per seed]} (and optionally {nfe: [entropy per seed]}) -> (NFE, seed)
+  rows as the evaluator writes them."""
+  return [dict(nfe=nfe, seed=s, gen_ppl=v, num_samples=8,
+               entropy=3.0 if entropy is None else entropy[nfe][i])
+          for nfe, values in table.items() for i, (s, v) in enumerate(zip(seeds, values))]
 
 
 def test_pairs_by_seed_and_counts_wins():
@@ -73,8 +75,24 @@ def test_report_lists_every_seed_and_records_the_verdict():
           "TokenDrift lower than continuation in 2 of 3 seeds, than the pretrained model in "
           "2 of 3") in text
   assert "than the pretrained model in 0 of 3" in text       # NFE 8
-  assert text.rstrip().endswith(record["verdict"])
+  assert text.rstrip().endswith(record["verdict"] + "\n" + record["entropy"])
   assert record["verdict"] == (
       "Verdict: TokenDrift had lower Gen-PPL than continuation in every one of 3 seeds at "
       "NFE 8; mixed across seeds (NFE 4: lower in 2 of 3).")
   assert [c["wins"] for c in record["vs_continuation"]] == [2, 3]
+
+
+def test_entropy_line_counts_pairs_and_ratios_to_the_pretrained_model():
+  # TokenDrift's entropy is below continuation's in 3 of 6 pairs (a tie is not lower); its
+  # ratio to the pretrained model's ranges over 2.4/3.2 = 75 % ... 3.3/3.0 = 110 %.
+  drift = _rows({4: [1, 1, 1], 8: [1, 1, 1]}, entropy={4: [2.4, 2.9, 3.1], 8: [2.8, 3.0, 3.3]})
+  cont = _rows({4: [5, 5, 5], 8: [5, 5, 5]}, entropy={4: [3.0, 3.0, 3.0], 8: [3.0, 3.0, 3.2]})
+  pre = _rows({4: [5, 5, 5], 8: [5, 5, 5]}, entropy={4: [3.2, 3.2, 3.2], 8: [3.0, 3.0, 3.0]})
+  line = synthetic.entropy_line(synthetic.paired_gen_ppl(drift, cont, metric="entropy"),
+                                synthetic.paired_gen_ppl(drift, pre, metric="entropy"))
+  assert line.startswith("Entropy: TokenDrift's samples had lower entropy than "
+                         "continuation's in 3 of 6 (NFE, seed) pairs, 75-110 % of the "
+                         "pretrained model's; ")
+  assert "matched entropy" in line
+  with pytest.raises(ValueError, match="no \\(NFE, seed\\) pair"):
+    synthetic.entropy_line([], [])

@@ -519,19 +519,22 @@ def _describe(overrides: dict, prefix: str = "") -> str:
   return ", ".join(parts)
 
 
-def paired_gen_ppl(rows_a: list[dict], rows_b: list[dict]) -> list[dict]:
-  """Per NFE, the Gen-PPL of two methods paired by seed (the seeds both have).
+def paired_gen_ppl(rows_a: list[dict], rows_b: list[dict], *,
+                   metric: str = "gen_ppl") -> list[dict]:
+  """Per NFE, the Gen-PPL (or another ``metric`` of the rows) of two methods paired by seed
+  (the seeds both have).
 
   Args:
-    rows_a, rows_b: (NFE, seed) rows, each a dict with ``nfe``, ``seed`` and ``gen_ppl``
+    rows_a, rows_b: (NFE, seed) rows, each a dict with ``nfe``, ``seed`` and ``metric``
       (the rows of :meth:`SampleEvaluator.evaluate` or of results.json).
+    metric: the row field compared ("gen_ppl"; "entropy" for :func:`entropy_line`).
 
   Returns:
     one dict per NFE that both have, in increasing NFE: ``nfe``, ``seeds`` [n] (sorted),
-    ``a`` [n] and ``b`` [n] (Gen-PPL per seed), ``wins`` (seeds with a < b), ``n``.
+    ``a`` [n] and ``b`` [n] (the metric per seed), ``wins`` (seeds with a < b), ``n``.
   """
   def index(rows):
-    return {(int(r["nfe"]), int(r["seed"])): float(r["gen_ppl"]) for r in rows}
+    return {(int(r["nfe"]), int(r["seed"])): float(r[metric]) for r in rows}
   ia, ib = index(rows_a), index(rows_b)
   out = []
   for nfe in sorted({k[0] for k in ia} & {k[0] for k in ib}):
@@ -621,9 +624,40 @@ def verdict_report(results: dict[str, list[dict]]) -> tuple[str, dict]:
       line += f", than the pretrained model in {pre['wins']} of {pre['n']}"
     lines.append(line)
   verdict = verdict_line(vs_cont)
-  lines += ["", verdict]
+  entropy = entropy_line(paired_gen_ppl(results["drift"], results["continuation"],
+                                        metric="entropy"),
+                         paired_gen_ppl(results["drift"], results["pretrained"],
+                                        metric="entropy"))
+  lines += ["", verdict, entropy]
   return "\n".join(lines) + "\n", {"vs_continuation": vs_cont, "vs_pretrained": vs_pre,
-                                     "verdict": verdict}
+                                     "verdict": verdict, "entropy": entropy}
+
+
+def entropy_line(vs_continuation: list[dict], vs_pretrained: list[dict]) -> str:
+  """The entropy side of the verdict: how often TokenDrift's samples had lower entropy.
+
+  Gen-PPL alone rewards a colder sampler (a lower temperature lowers Gen-PPL and entropy
+  together), so a Gen-PPL count says little without this one; the matched-entropy reading
+  (eval/frontier.py) is the comparison that controls for it.
+
+  Args:
+    vs_continuation, vs_pretrained: :func:`paired_gen_ppl` with ``metric="entropy"`` of
+      (TokenDrift, continuation) and (TokenDrift, pretrained); ``wins`` counts the pairs in
+      which TokenDrift's entropy is the lower.
+  """
+  if not vs_continuation:
+    raise ValueError("no (NFE, seed) pair of TokenDrift and continuation to compare")
+  lower = sum(c["wins"] for c in vs_continuation)
+  total = sum(c["n"] for c in vs_continuation)
+  text = (f"Entropy: TokenDrift's samples had lower entropy than continuation's in {lower} "
+          f"of {total} (NFE, seed) pairs")
+  if vs_pretrained:
+    ratios = [a / b for c in vs_pretrained for a, b in zip(c["a"], c["b"]) if b > 0]
+    if ratios:
+      text += (f", {100 * min(ratios):.0f}-{100 * max(ratios):.0f} % of the pretrained "
+               f"model's")
+  return (text + "; a lower Gen-PPL at lower entropy can be a colder sampler rather than a "
+          "better model (read them at matched entropy: configs/frontier_small_mdlm.py).")
 
 
 def _use_compilation_cache(workdir: str) -> None:
