@@ -293,3 +293,117 @@ def test_plan_memory_refuses_in_one_line(args, message, capsys):
   assert main(argv) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and message in err, err
+
+
+# ------------------------------------------------------------------------------ the CLI: sampler, judge
+
+
+def _plan_memory_main():
+  import runpy  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return runpy.run_path(os.path.join(root, "launch", "plan_memory.py"))["main"]
+
+
+_LLADA = ["--config=configs/llada_drift.py", "--target=tpu:v5p-8", "--mesh=4,1,1"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (_LLADA + ["--batch=8"], "--batch applies to --program=sampler / judge, not --program=step"),
+    (["--program=sampler", "--batch=8", "--micro-batch=2"] + _LLADA,
+     "--micro-batch applies to --program=step, not --program=sampler"),
+    (["--program=judge", "--batch=8"] + _LLADA,
+     "--config applies to --program=step / sampler, not --program=judge"),
+    (["--program=sampler", "--batch=8", "--judge=gpt2-large"] + _LLADA,
+     "--judge applies to --program=judge, not --program=sampler"),
+    (["--program=judge", "--target=tpu:v5p-8", "--mesh=4,1,1"],
+     "--program=judge needs --batch"),
+    (["--program=sampler", "--target=tpu:v5p-8", "--mesh=4,1,1", "--batch=8"],
+     "--program=sampler needs --config"),
+    (["--program=sampler", "--batch=0"] + _LLADA, "--batch=0: give an integer >= 1"),
+    (["--program=sampler", "--batch=8", "--cfg-scale=2"] + _LLADA,
+     "--cfg-scale=2.0 guides by the prompt: give --prompt-length"),
+    (["--program=sampler", "--batch=8", "--cfg-scale=-1", "--prompt-length=8"] + _LLADA,
+     "--cfg-scale=-1.0: give a number >= 0"),
+    (["--program=sampler", "--batch=6"] + _LLADA,
+     "--batch=6 must divide over the mesh's data x fsdp = 4 batch shards"),
+    (["--program=sampler", "--batch=8", "--block-length=64", "--prompt-length=24"] + _LLADA,
+     "--block-length=64 must divide the generated length 1000"),
+    (["--program=sampler", "--batch=8", "--prompt-length=1024"] + _LLADA,
+     "--prompt-length=1024 must be below the sequence length 1024"),
+    (["--program=sampler", "--batch=8", "--block-length=64", "--config=configs/mdlm_drift.py",
+      "--target=tpu:v5p-8", "--mesh=4,1,1"],
+     "--block-length is an option of LLaDA's sampler; configs/mdlm_drift.py's "
+     "diffusion.process is 'mdlm'"),
+    (["--program=judge", "--batch=8", "--length=2048", "--target=gpu:h100x4", "--mesh=4,1,1"],
+     "--length=2048: the judge's context is at most 1024 tokens"),
+    (["--program=judge", "--batch=8", "--judge=gpt2-xl", "--target=gpu:h100x4", "--mesh=4,1,1"],
+     "--judge='gpt2-xl': shapes known: ['gpt2-large']"),
+])
+def test_plan_memory_sampler_and_judge_flags_refused_in_one_line(args, message, capsys):
+  assert _plan_memory_main()(args) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("sampler_target, judge_target", [
+    # The short version: XLA:CPU on 4 of the suite's devices (a few seconds).
+    ("cpu:4", "cpu:4"),
+    # XLA:TPU for the sampler, XLA:GPU for the judge (about 30 s).
+    pytest.param(TPU, GPU, marks=pytest.mark.slow),
+])
+def test_plan_memory_sampler_and_judge_rows(sampler_target, judge_target, tmp_path,
+                                            monkeypatch, capsys):
+  """launch/plan_memory.py --program=sampler (a tiny LLaDA config, its prompted sampler with
+  classifier-free guidance) and --program=judge (a tiny judge shape) write rows that print,
+  beside an old step row of docs/scaling/targets.jsonl."""
+  from tests.helpers import tiny_run  # pylint: disable=import-outside-toplevel
+  config = tmp_path / "tiny_llada.py"
+  config.write_text(
+      "from configs import llada_drift\n"
+      "from tests.helpers import tiny_run\n\n\n"
+      "def get_config():\n"
+      "  c = llada_drift.get_config()\n"
+      "  c.model.update(tiny_run.tiny_llada_config().to_dict())\n"
+      "  return c\n", encoding="utf-8")
+  out = tmp_path / "rows.jsonl"
+  main = _plan_memory_main()
+  length = tiny_run.tiny_llada_config().length
+  assert main(["--program=sampler", f"--config={config}", f"--target={sampler_target}",
+               "--mesh=4,1,1",
+               "--batch=4", "--prompt-length=8", "--cfg-scale=1", "--block-length=4",
+               "--param-sharding=rules", f"--out={out}"]) == 0
+  # The suite's tiny judge shape (tiny_gpt2_judge's: vocabulary 320, EOS 319, context 32).
+  monkeypatch.setitem(memory_plan.JUDGE_SHAPES, "tiny", dict(
+      vocab_size=320, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=319,
+      eos_token_id=319))
+  assert main(["--program=judge", "--judge=tiny", f"--target={judge_target}", "--mesh=4,1,1",
+               "--batch=8", f"--out={out}"]) == 0
+  printed = capsys.readouterr().out
+  assert "llada sampler (tiny_llada.py, batch 4" in printed and "tiny judge (batch 8" in printed
+  import json  # pylint: disable=import-outside-toplevel
+  sampler, judge = [json.loads(line) for line in out.read_text().splitlines()]
+  assert sampler["program"] == "sampler" and judge["program"] == "judge"
+  assert (sampler["process"], sampler["batch"], sampler["length"], sampler["prompt_length"],
+          sampler["options"]) == ("llada", 4, length, 8, {"block_length": 4, "cfg_scale": 1.0})
+  assert (judge["judge"], judge["length"], judge["dtype"]) == ("tiny", 32, "float32")
+  for row, target in ((sampler, sampler_target), (judge, judge_target)):
+    # A CPU row is a plan for the cards of memory_plan.DEVICE_GB, as the step's CPU rows.
+    fits = ({k: True for k in memory_plan.DEVICE_GB} if target.startswith("cpu:")
+            else {target: True})
+    assert row["target"] == target and row["fits"] == fits and not row["error"]
+    assert row["peak_bytes"] == (row["held_bytes"] + row["temp_bytes"] + row["output_bytes"]
+                                 - row["alias_bytes"]) > 0
+    assert row["command"].startswith("python launch/plan_memory.py --program=")
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  with open(os.path.join(root, "docs", "scaling", "targets.jsonl"), encoding="utf-8") as f:
+    step = json.loads(f.readline())
+  assert "program" not in step   # rows written before --program: steps
+  text = memory_plan.markdown_file([step, sampler, judge])
+  steps_table, programs_table = text.split("\n\n")
+  assert steps_table == memory_plan.markdown_targets([step])
+  lines = programs_table.splitlines()
+  assert len(lines) == 4 and lines[0].startswith("| program | config | process / judge |")
+  assert lines[2].startswith(f"| sampler | tiny_llada | llada | {sampler_target} | (4, 1, 1) | 4 | "
+                             f"{length} | float32 | block_length 4, cfg_scale 1.0 |")
+  assert lines[3].startswith(f"| judge | - | tiny | {judge_target} | (4, 1, 1) | 8 | 32 | "
+                             f"float32 | - |")
