@@ -158,6 +158,16 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except RuntimeError as e:
+    # jax.nn.dot_product_attention(implementation="cudnn") asks the cuDNN library for its
+    # version while tracing; compile-only GPU devices come without it.
+    if "cuDNN" not in str(e):
+      raise
+    print(f"error: --attention-impl / config.model.attention_impl="
+          f"{config.model.attention_impl!r}: {str(e).strip().splitlines()[0]} (JAX's cuDNN "
+          f"attention needs the library while tracing, which a compile-only {target.spec} "
+          f"does not load); plan with --attention-impl=xla", file=sys.stderr)
+    return 2
   print(memory_plan.format_row(row))
   extra = {}
   if args.hlo_out and row.compiled is not None:

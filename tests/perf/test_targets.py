@@ -400,6 +400,18 @@ def test_prompted_sampler_refused_where_it_does_not_apply(tiny_model_config,
                              mesh=(4, 1, 1), batch=4, prompt_length=16, cfg_scale=1.0)
 
 
+def test_plan_memory_refuses_cudnn_attention_in_one_line(tiny_llada_config, tmp_path, capsys):
+  # JAX's cuDNN attention asks for the library while tracing (no compile happens).
+  config = _tiny_config_file(tmp_path / "tiny_llada.py", "llada_drift",
+                             tiny_llada_config().to_dict())
+  assert _plan_memory_main()([f"--config={config}", f"--target={GPU}", "--mesh=4,1,1",
+                              "--length=16", "--global-batch=4", "--no-remat",
+                              "--attention-impl=cudnn"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "--attention-impl" in err and "cuDNN" in err, err
+  assert "plan with --attention-impl=xla" in err
+
+
 @pytest.mark.parametrize("target_spec", [
     "cpu:1",   # XLA:CPU, one device: 3-7 s on 2 busy cores
     pytest.param(TPU, marks=pytest.mark.slow),   # 4 s (the TPU compile of this file is the

@@ -532,7 +532,10 @@ def markdown_programs(rows: list[dict[str, Any]]) -> str:
     gpu_peak = "-" if r.get("xla_peak_bytes") is None else f"{r['xla_peak_bytes'] / GIB:.2f}"
     hbm = "-" if r.get("hbm_bytes") is None else f"{r['hbm_bytes'] / GIB:.1f}"
     fits = "yes" if all(r["fits"].values()) else "no"
-    options = ", ".join(f"{k} {v}" for k, v in sorted(r.get("options", {}).items())) or "-"
+    options = [f"{k} {v}" for k, v in sorted(r.get("options", {}).items())]
+    if r.get("prompt_length"):
+      options.append(f"prompt {r['prompt_length']}")
+    options = ", ".join(options) or "-"
     what = r.get("process") or r.get("judge", "-")
     lines.append(
         f"| {r['program']} | {str(r.get('config') or '-').removesuffix('.py')} | {what} | "
