@@ -8,7 +8,8 @@ requirements-dev.txt, so nothing here is skipped when they are missing.
 TPU: v5e:2x2, the smallest slice the compiler takes (one host of 4 chips, 16 GiB each).
 GPU: 4 H100s, the same mesh. In the suite: a tiny LLaDA training step (continuation, no
 remat, one micro-step) for the TPU, the MDLM sampler and the Gen-PPL judge's scoring for
-both; the TokenDrift step (configs/llada_drift.py's settings) for the TPU and for the H100s
+both (through launch/plan_memory.py --program=sampler / judge, with the rows and the table
+they write), LLaDA's guided sampler on XLA:CPU (on XLA:TPU: slow); the TokenDrift step (configs/llada_drift.py's settings) for the TPU and for the H100s
 is slow (XLA:TPU takes 9-14 s of CPU for it, XLA:GPU 20-45 s on 2 cores).
 """
 
@@ -24,7 +25,6 @@ import numpy as np
 import pytest
 
 from tokendrift_jax import models
-from tokendrift_jax.diffusion import make_process
 from tokendrift_jax.perf import memory_plan
 from tokendrift_jax.perf import targets
 from tokendrift_jax.perf import tpu_time
@@ -225,28 +225,76 @@ def test_tokendrift_step_compiled_for_h100s(tiny_llada_config):
 # ------------------------------------------------------------------------------ sampler, judge
 
 
+def _plan_memory_main():
+  import runpy  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return runpy.run_path(os.path.join(root, "launch", "plan_memory.py"))["main"]
+
+
+def _tiny_config_file(path, module: str, fields: dict) -> str:
+  """A config file: configs/<module>.py with the model fields ``fields`` (a tiny model)."""
+  path.write_text(f"from configs import {module}\n\n\ndef get_config():\n"
+                  f"  c = {module}.get_config()\n  c.model.update({fields!r})\n  return c\n",
+                  encoding="utf-8")
+  return str(path)
+
+
+# The shape of the suite's tiny judge (tiny_gpt2_judge: vocabulary 320 with EOS 319,
+# context 32, 2 layers of width 32): only the shapes are compiled, no weights are needed.
+_TINY_JUDGE = dict(vocab_size=320, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                   bos_token_id=319, eos_token_id=319)
+
+
 @pytest.mark.parametrize("target_spec", [TPU, GPU])
-def test_sampler_and_judge_compiled_for(target_spec, tiny_model_config):
-  import transformers  # pylint: disable=import-outside-toplevel
+def test_sampler_and_judge_compiled_for(target_spec, tiny_model_config, tmp_path, monkeypatch,
+                                        capsys):
+  """launch/plan_memory.py --program=sampler (a tiny MDLM config) and --program=judge (the
+  tiny judge's shape) compiled for a TPU / GPU target: the rows they append, and their
+  table beside an old step row of docs/scaling/targets.jsonl."""
+  import json  # pylint: disable=import-outside-toplevel
   target = targets.parse(target_spec)
   model_cfg = tiny_model_config("mdlm")
-  sampler = memory_plan.plan_sampler(model_cfg, make_process("mdlm", model_cfg.vocab_size),
-                                     target=target, mesh=(4, 1, 1), batch=8)
-  # The shape of the suite's tiny judge (tiny_gpt2_judge: vocabulary 320 with EOS 319,
-  # context 32, 2 layers of width 32): only the shapes are compiled, no weights are needed.
-  judge_cfg = transformers.GPT2Config(vocab_size=320, n_positions=32, n_embd=32, n_layer=2,
-                                      n_head=4, bos_token_id=319, eos_token_id=319)
-  judge = memory_plan.plan_judge(judge_cfg, target=target, mesh=(4, 1, 1), batch=8)
-  for what, p in (("MDLM sampler", sampler), ("Gen-PPL judge", judge)):
-    assert not p.error and p.fits_target is True and p.temp_bytes is not None, p
-    assert p.device_kind == target.device_kind and p.hbm_bytes == target.hbm_bytes
-    assert p.argument_bytes >= p.held_bytes > 0
-    assert (p.optimal_seconds is not None) == (target.platform == "tpu")
-    print(memory_plan.format_program(what, p))
+  config = _tiny_config_file(tmp_path / "tiny_mdlm.py", "mdlm_drift", model_cfg.to_dict())
+  out = tmp_path / "rows.jsonl"
+  main = _plan_memory_main()
+  assert main(["--program=sampler", f"--config={config}", f"--target={target_spec}",
+               "--mesh=4,1,1", "--batch=8", f"--out={out}"]) == 0
+  monkeypatch.setitem(memory_plan.JUDGE_SHAPES, "tiny", _TINY_JUDGE)
+  assert main(["--program=judge", "--judge=tiny", f"--target={target_spec}", "--mesh=4,1,1",
+               "--batch=8", f"--out={out}"]) == 0
+  printed = capsys.readouterr().out
+  assert "mdlm sampler (tiny_mdlm.py, batch 8" in printed and "tiny judge (batch 8" in printed
+  sampler, judge = [json.loads(line) for line in out.read_text().splitlines()]
+  assert (sampler["program"], sampler["process"], sampler["batch"], sampler["length"],
+          sampler["prompt_length"], sampler["options"]) == ("sampler", "mdlm", 8,
+                                                            model_cfg.length, 0, {})
+  assert (judge["program"], judge["judge"], judge["length"], judge["dtype"]) == (
+      "judge", "tiny", 32, "float32")
+  for p in (sampler, judge):
+    assert not p["error"] and p["fits"] == {target_spec: True} and p["temp_bytes"] is not None
+    assert p["device_kind"] == target.device_kind and p["hbm_bytes"] == target.hbm_bytes
+    assert p["argument_bytes"] >= p["held_bytes"] > 0
+    assert (p["optimal_seconds"] is not None) == (target.platform == "tpu")
+    assert p["peak_bytes"] == (p["held_bytes"] + p["temp_bytes"] + p["output_bytes"]
+                               - p["alias_bytes"])
+    assert p["command"].startswith("python launch/plan_memory.py --program=")
   # Replicated parameters: each device holds the whole backbone (float32).
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(
       models.abstract_params(model_cfg)))
-  assert sampler.held_bytes >= 4 * n_params
+  assert sampler["held_bytes"] >= 4 * n_params
+  # The table of a file with both kinds of rows: the steps', then the programs'.
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  with open(os.path.join(root, "docs", "scaling", "targets.jsonl"), encoding="utf-8") as f:
+    step = json.loads(f.readline())
+  assert "program" not in step   # rows written before --program: steps
+  steps_table, programs_table = memory_plan.markdown_file([step, sampler, judge]).split("\n\n")
+  assert steps_table == memory_plan.markdown_targets([step])
+  lines = programs_table.splitlines()
+  assert len(lines) == 4 and lines[0].startswith("| program | config | process / judge |")
+  assert lines[2].startswith(f"| sampler | tiny_mdlm | mdlm | {target_spec} | (4, 1, 1) | 8 | "
+                             f"{model_cfg.length} | float32 | - |")
+  assert lines[3].startswith(f"| judge | - | tiny | {target_spec} | (4, 1, 1) | 8 | 32 | "
+                             f"float32 | - |")
 
 
 # ------------------------------------------------------------------------------ too large
@@ -284,12 +332,111 @@ def test_a_program_larger_than_the_card_does_not_fit(target_spec):
                                                "tpu:v5p-16 has 8"),
 ])
 def test_plan_memory_refuses_in_one_line(args, message, capsys):
-  import os  # pylint: disable=import-outside-toplevel
-  import runpy  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  main = runpy.run_path(os.path.join(root, "launch", "plan_memory.py"))["main"]
+  main = _plan_memory_main()
   argv = ["--config=configs/llada_drift.py"] + (
       args if any(a.startswith("--mesh") for a in args) else args + ["--mesh=1,2,4"])
   assert main(argv) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and message in err, err
+
+
+# ------------------------------------------------------------------------------ the CLI: sampler, judge
+
+
+_LLADA = ["--config=configs/llada_drift.py", "--target=tpu:v5p-8", "--mesh=4,1,1"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (_LLADA + ["--batch=8"], "--batch applies to --program=sampler / judge, not --program=step"),
+    (["--program=sampler", "--batch=8", "--micro-batch=2"] + _LLADA,
+     "--micro-batch applies to --program=step, not --program=sampler"),
+    (["--program=judge", "--batch=8"] + _LLADA,
+     "--config applies to --program=step / sampler, not --program=judge"),
+    (["--program=sampler", "--batch=8", "--judge=gpt2-large"] + _LLADA,
+     "--judge applies to --program=judge, not --program=sampler"),
+    (["--program=judge", "--target=tpu:v5p-8", "--mesh=4,1,1"],
+     "--program=judge needs --batch"),
+    (["--program=sampler", "--target=tpu:v5p-8", "--mesh=4,1,1", "--batch=8"],
+     "--program=sampler needs --config"),
+    (["--program=sampler", "--batch=0"] + _LLADA, "--batch=0: give an integer >= 1"),
+    (["--program=sampler", "--batch=8", "--cfg-scale=2"] + _LLADA,
+     "--cfg-scale=2.0 guides by the prompt: give --prompt-length"),
+    (["--program=sampler", "--batch=8", "--cfg-scale=-1", "--prompt-length=8"] + _LLADA,
+     "--cfg-scale=-1.0: give a number >= 0"),
+    (["--program=sampler", "--batch=6"] + _LLADA,
+     "--batch=6 must divide over the mesh's data x fsdp = 4 batch shards"),
+    (["--program=sampler", "--batch=8", "--block-length=64", "--prompt-length=24"] + _LLADA,
+     "--block-length=64 must divide the generated length 1000"),
+    (["--program=sampler", "--batch=8", "--prompt-length=1024"] + _LLADA,
+     "--prompt-length=1024 must be below the sequence length 1024"),
+    (["--program=sampler", "--batch=8", "--block-length=64", "--config=configs/mdlm_drift.py",
+      "--target=tpu:v5p-8", "--mesh=4,1,1"],
+     "--block-length is an option of LLaDA's sampler; configs/mdlm_drift.py's "
+     "diffusion.process is 'mdlm'"),
+    (["--program=judge", "--batch=8", "--length=2048", "--target=gpu:h100x4", "--mesh=4,1,1"],
+     "--length=2048: the judge's context is at most 1024 tokens"),
+    (["--program=judge", "--batch=8", "--judge=gpt2-xl", "--target=gpu:h100x4", "--mesh=4,1,1"],
+     "--judge='gpt2-xl': shapes known: ['gpt2-large']"),
+])
+def test_plan_memory_sampler_and_judge_flags_refused_in_one_line(args, message, capsys):
+  assert _plan_memory_main()(args) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_prompted_sampler_refused_where_it_does_not_apply(tiny_model_config,
+                                                          tiny_llada_config):
+  """memory_plan.plan_sampler's prompt_length checks (nothing is compiled)."""
+  from tokendrift_jax.diffusion import make_process_for_model  # pylint: disable=import-outside-toplevel
+  target = targets.parse(TPU)
+  mdlm = tiny_model_config("mdlm")
+  with pytest.raises(ValueError, match="process 'mdlm' has no prompt-conditioned sampler"):
+    memory_plan.plan_sampler(mdlm, make_process_for_model("mdlm", mdlm), target=target,
+                             mesh=(4, 1, 1), batch=4, prompt_length=8)
+  llada = tiny_llada_config()
+  with pytest.raises(ValueError, match=r"prompt_length=16 must be in \[1, length - 1\] for "
+                                       r"length=16"):
+    memory_plan.plan_sampler(llada, make_process_for_model("llada", llada), target=target,
+                             mesh=(4, 1, 1), batch=4, prompt_length=16, cfg_scale=1.0)
+
+
+def test_plan_memory_refuses_cudnn_attention_in_one_line(tiny_llada_config, tmp_path, capsys):
+  # JAX's cuDNN attention asks for the library while tracing (no compile happens).
+  config = _tiny_config_file(tmp_path / "tiny_llada.py", "llada_drift",
+                             tiny_llada_config().to_dict())
+  assert _plan_memory_main()([f"--config={config}", f"--target={GPU}", "--mesh=4,1,1",
+                              "--length=16", "--global-batch=4", "--no-remat",
+                              "--attention-impl=cudnn"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "--attention-impl" in err and "cuDNN" in err, err
+  assert "plan with --attention-impl=xla" in err
+
+
+@pytest.mark.parametrize("target_spec", [
+    "cpu:1",   # XLA:CPU, one device: 3-7 s on 2 busy cores
+    pytest.param(TPU, marks=pytest.mark.slow),   # 4 s (the TPU compile of this file is the
+                                                 # MDLM sampler's above)
+])
+def test_plan_memory_llada_guided_sampler(target_spec, tiny_llada_config, tmp_path):
+  """--program=sampler --prompt-length --cfg-scale on a (tiny) LLaDA config: the prompted
+  generate.py sampler with classifier-free guidance, whose backbone calls run 2 x batch rows
+  of prompt + completion tokens."""
+  import json  # pylint: disable=import-outside-toplevel
+  llada = tiny_llada_config()
+  config = _tiny_config_file(tmp_path / "tiny_llada.py", "llada_drift", llada.to_dict())
+  out, hlo = tmp_path / "rows.jsonl", tmp_path / "sampler.hlo"
+  devices = targets.parse(target_spec).num_devices
+  assert _plan_memory_main()([
+      "--program=sampler", f"--config={config}", f"--target={target_spec}",
+      f"--mesh={devices},1,1", "--batch=4", "--prompt-length=8", "--cfg-scale=1",
+      "--block-length=4", "--param-sharding=rules", f"--out={out}",
+      f"--hlo-out={hlo}"]) == 0
+  (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+  assert (row["process"], row["batch"], row["length"], row["prompt_length"], row["options"],
+          row["param_sharding"]) == ("llada", 4, llada.length, 8,
+                                     {"block_length": 4, "cfg_scale": 1.0}, "rules")
+  assert not row["error"] and row["peak_bytes"] > row["held_bytes"] > 0
+  # Guided and unguided rows in one call: logits [batch, 2, L, V] (the batch shard of each
+  # device).
+  assert re.search(rf"f32\[{4 // devices},2,{llada.length},{llada.vocab_size}\]",
+                   hlo.read_text())

@@ -284,14 +284,20 @@ def plan(config: ml_collections.ConfigDict, *, name: str, mesh: tuple[int, ...],
 
 def plan_sampler(model_cfg, process, *, target, mesh: tuple[int, ...], batch: int,
                  model_dtype: str = "float32", param_sharding: str = "replicated",
-                 **sampler_options) -> ProgramMemory:
+                 prompt_length: int = 0, **sampler_options) -> ProgramMemory:
   """The unconditional sampler of ``process`` (``diffusion.make_sampler``, as the
   evaluation builds it: backbone apply at ``model_dtype``, float32 as configs/eval.py
   ships, the process's default precision
   and noise removal, cache on) for int32[batch, model_cfg.length] samples, compiled for
   ``target`` on a (data, fsdp, tensor) ``mesh`` with parameters placed by
   ``param_sharding``. The step count is a traced int32 scalar: one program serves every
-  NFE. ``sampler_options``: the process's (temperature; LLaDA block_length, cfg_scale)."""
+  NFE. ``sampler_options``: the process's (temperature; LLaDA block_length, cfg_scale).
+
+  ``prompt_length`` P > 0 (a prompted process, LLaDA): instead the prompt-conditioned
+  sampler (``process.make_generate``, as a prompted evaluation builds it) completing
+  int32[batch, P] prompts with ``model_cfg.length - P`` tokens, the rows the evaluation's
+  classifier-free guidance (``cfg_scale`` > 0) needs: each backbone call then runs
+  2 x batch rows of ``model_cfg.length`` tokens."""
   # pylint: disable=import-outside-toplevel
   import jax
   import jax.numpy as jnp
@@ -301,11 +307,28 @@ def plan_sampler(model_cfg, process, *, target, mesh: tuple[int, ...], batch: in
   mesh_ = sharding.make_mesh(mesh, target.devices())
   gdef = models.graphdef(model_cfg, dtype=jnp.dtype(model_dtype))
 
-  def apply_fn(params, x, sigma):
-    return models.merge(gdef, params)(x, sigma)
+  def apply_fn(params, x, sigma, **kw):
+    return models.merge(gdef, params)(x, sigma, **kw)
 
-  sampler = sampling.make_sampler(process, apply_fn, batch=batch, length=model_cfg.length,
-                                  mesh=mesh_, **sampler_options)
+  prompt_length = int(prompt_length)
+  if prompt_length:
+    if not process.prompted:
+      raise ValueError(f"prompt_length={prompt_length}: process {process.name!r} has no "
+                       f"prompt-conditioned sampler")
+    if not 0 < prompt_length < model_cfg.length:
+      raise ValueError(f"prompt_length={prompt_length} must be in [1, length - 1] for "
+                       f"length={model_cfg.length}")
+    generate = process.make_generate(apply_fn, batch=batch, prompt_length=prompt_length,
+                                     gen_length=model_cfg.length - prompt_length, mesh=mesh_,
+                                     **sampler_options)
+    rows = sharding.batch_sharding(mesh_, ndim=2)
+    prompt = jax.ShapeDtypeStruct((batch, prompt_length), jnp.int32, sharding=rows)
+
+    def lower(params, key, steps):
+      return generate.lower(params, prompt, key, steps)
+  else:
+    lower = sampling.make_sampler(process, apply_fn, batch=batch, length=model_cfg.length,
+                                  mesh=mesh_, **sampler_options).lower
   abstract = models.abstract_params(model_cfg)
   family = models.family_of(model_cfg)
   logical = sharding.check_placement(param_sharding, mesh_, family.logical_axes, family.name)
@@ -314,7 +337,7 @@ def plan_sampler(model_cfg, process, *, target, mesh: tuple[int, ...], batch: in
                         abstract, shardings)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh_))
   steps = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh_))
-  return compile_program(sampler.lower, (params, key, steps), target)
+  return compile_program(lower, (params, key, steps), target)
 
 
 def plan_judge(judge_config, *, target, mesh: tuple[int, ...], batch: int,
@@ -356,6 +379,60 @@ def plan_judge(judge_config, *, target, mesh: tuple[int, ...], batch: int,
       return score.lower(*args)
 
   return compile_program(lowered, (params, tokens, tokens, lengths, lengths), target)
+
+
+# The shape of the paper's judge, GPT-2 Large (genppl.DEFAULT_JUDGE: its config.json,
+# openai-community/gpt2-large): 36 layers of width 1280, 20 heads, context 1024, the GPT-2
+# vocabulary (EOS = BOS = 50256, transformers' GPT2Config default).
+JUDGE_SHAPES = {"gpt2-large": dict(vocab_size=50257, n_positions=1024, n_embd=1280,
+                                   n_layer=36, n_head=20)}
+
+
+def judge_shape(name: str = "gpt2-large"):
+  """A ``transformers.GPT2Config`` with the shape of judge ``name`` (no weights: enough
+  for :func:`plan_judge`)."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  if name not in JUDGE_SHAPES:
+    raise ValueError(f"judge {name!r}: shapes known here: {sorted(JUDGE_SHAPES)}")
+  return transformers.GPT2Config(**JUDGE_SHAPES[name])
+
+
+def plan_config_sampler(config: ml_collections.ConfigDict, *, target, mesh: tuple[int, ...],
+                        batch: int, length: int | None = None, model_dtype: str = "float32",
+                        param_sharding: str = "replicated", prompt_length: int = 0,
+                        **sampler_options) -> tuple[ProgramMemory, str]:
+  """:func:`plan_sampler` for the backbone of a training config (``config.model``, at
+  ``length`` tokens, default the config's ``model.length``) under the config's diffusion
+  process (``config.diffusion.process``, sized for the backbone as the evaluation builds
+  it from a checkpoint). Returns the compiled program's memory and the process name."""
+  # pylint: disable=import-outside-toplevel
+  from tokendrift_jax import diffusion
+  from tokendrift_jax.train import builder
+  c = ml_collections.ConfigDict(config.to_dict())
+  if length is not None:
+    c.model.length = int(length)
+  model_cfg = builder.model_config(c)
+  process = diffusion.make_process_for_model(str(c.diffusion.process), model_cfg)
+  program = plan_sampler(model_cfg, process, target=target, mesh=mesh, batch=batch,
+                         model_dtype=model_dtype, param_sharding=param_sharding,
+                         prompt_length=prompt_length, **sampler_options)
+  return program, process.name
+
+
+def program_row(program: str, memory: ProgramMemory, **settings) -> dict[str, Any]:
+  """A sampler's or the judge's row for docs/scaling/targets.jsonl: ``program`` ("sampler"
+  | "judge"), the ``settings`` it was planned with (config, mesh, batch, length, ...), the
+  fields of ``memory`` and its peak; ``fits`` as in :meth:`MemoryRow.fits`."""
+  d = {"program": program, **settings}
+  d.update({f.name: getattr(memory, f.name) for f in dataclasses.fields(memory)
+            if f.name not in ("lowered", "compiled")})
+  peak = memory.peak_bytes
+  if memory.error or memory.hbm_bytes is not None:
+    fits = {memory.target: bool(memory.fits_target)}
+  else:
+    fits = {k: peak <= gb * 1e9 for k, gb in DEVICE_GB.items()}
+  d.update(peak_bytes=peak, peak_gib=None if peak is None else peak / GIB, fits=fits)
+  return d
 
 
 def _gib(n) -> str:
@@ -440,11 +517,53 @@ def markdown_targets(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def markdown_programs(rows: list[dict[str, Any]]) -> str:
+  """docs/SCALING.md's table of sampler and judge rows (``program_row``'s, written by
+  ``launch/plan_memory.py --program=sampler|judge --out``)."""
+  head = ("| program | config | process / judge | target | mesh (d, f, t) | batch | L | dtype "
+          "| options | arguments GiB | temporaries GiB | peak GiB | device GiB | fits "
+          "| XLA:GPU peak GiB | compile s |")
+  lines = [head, "|" + "---|" * 16]
+  for r in rows:
+    if r.get("error"):
+      temp = peak = "-"
+    else:
+      temp, peak = f"{r['temp_bytes'] / GIB:.2f}", f"{r['peak_bytes'] / GIB:.2f}"
+    gpu_peak = "-" if r.get("xla_peak_bytes") is None else f"{r['xla_peak_bytes'] / GIB:.2f}"
+    hbm = "-" if r.get("hbm_bytes") is None else f"{r['hbm_bytes'] / GIB:.1f}"
+    fits = "yes" if all(r["fits"].values()) else "no"
+    options = [f"{k} {v}" for k, v in sorted(r.get("options", {}).items())]
+    if r.get("prompt_length"):
+      options.append(f"prompt {r['prompt_length']}")
+    options = ", ".join(options) or "-"
+    what = r.get("process") or r.get("judge", "-")
+    lines.append(
+        f"| {r['program']} | {str(r.get('config') or '-').removesuffix('.py')} | {what} | "
+        f"{r['target']} | {tuple(r['mesh'])} | {r['batch']} | {r['length']} | "
+        f"{r['dtype']} | {options} | {r['held_bytes'] / GIB:.2f} | {temp} | {peak} | "
+        f"{hbm} | {fits} | {gpu_peak} | {r['compile_s']:.0f} |")
+  return "\n".join(lines)
+
+
+def markdown_file(rows: list[dict[str, Any]]) -> str:
+  """The tables of a JSON-lines file of rows: the training steps' (rows written with
+  --target have one, :func:`markdown_targets`; the older CPU-only rows of
+  docs/scaling/rows.jsonl do not, :func:`markdown`), then, when there are any, the
+  samplers' and the judge's (:func:`markdown_programs`)."""
+  steps = [r for r in rows if r.get("program", "step") == "step"]
+  others = [r for r in rows if r.get("program", "step") != "step"]
+  tables = []
+  if steps:
+    tables.append(markdown_targets(steps) if all(r.get("target") for r in steps)
+                  else markdown(steps))
+  if others:
+    tables.append(markdown_programs(others))
+  return "\n\n".join(tables)
+
+
 if __name__ == "__main__":
   import json
   import sys
   with open(sys.argv[1], encoding="utf-8") as f:
     rows_ = [json.loads(line) for line in f if line.strip()]
-  # Rows written with --target (docs/scaling/targets.jsonl) have one; the older CPU-only
-  # rows (docs/scaling/rows.jsonl) do not.
-  print(markdown_targets(rows_) if all(r.get("target") for r in rows_) else markdown(rows_))
+  print(markdown_file(rows_))
