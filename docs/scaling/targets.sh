@@ -36,6 +36,7 @@ done
 run --config=configs/llada_drift.py --target=gpu:h100x4 --mesh=1,2,2 --micro-batch=4 --length=1024 --remat
 run --config=configs/llada_drift.py --target=gpu:h100x2 --mesh=1,2,1 --micro-batch=4 --length=1024 --remat
 run --config=configs/llada_drift.py --target=gpu:h200x2 --mesh=1,2,1 --micro-batch=4 --length=1024 --remat
+run --config=configs/llada_drift.py --target=gpu:h200x1 --mesh=1,1,1 --micro-batch=8 --length=1024 --remat
 run --config=configs/llada_drift.py --target=tpu:v5p-8 --mesh=1,2,2 --micro-batch=4 --length=1024 --remat
 # Samplers (--program=sampler: the config's diffusion process at the evaluation's batch,
 # configs/eval.py's 16 for MDLM/DUO; LLaDA at 1 and 8, and 8 with classifier-free guidance
@@ -59,3 +60,7 @@ for objective in drift continuation; do
   done
   dc --objective=$objective --micro-batch=32 --global-batch=32 --remat --remat-policy=dots_with_no_batch_dims_saveable
 done
+# The 170M TokenDrift steps as shipped (no remat) at 8 sequences per micro-step on one H100.
+run --config=configs/mdlm_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=1024 --no-remat
+run --config=configs/duo_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=1024 --no-remat
+run --config=configs/mdlm_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=4096 --no-remat
