@@ -292,8 +292,9 @@ SHARE_ATOL = 4e-5
 # (Measured worst over CASES: 1e-7 for the distances, 8e-7 for the shares.)
 
 
-@pytest.mark.parametrize("index", [1, 2, 3, 4, 5],
-                         ids=[CASES[i][5] for i in (1, 2, 3, 4, 5)])
+@pytest.mark.parametrize("index", [
+    pytest.param(i, id=CASES[i][5], marks=() if i in (1, 3) else pytest.mark.slow)
+    for i in (1, 2, 3, 4, 5)])
 def test_study_diagnostics_match_float64_reference(index):
   """Nearest-neighbour distances (masked queue slots and self excluded, anchors without a
   valid reference left out) and the mean shares vs loops in float64, on the masked cases;
@@ -349,8 +350,8 @@ def test_study_diagnostics_leave_out_anchors_without_references():
 
 @pytest.mark.parametrize("index,normalization,fixed_scale", [
     (1, "joint", (0.5, 1.5, 4.0)),
-    (3, "joint", 2.0),
-    (2, "drifting_alg2", (3.0,)),
+    pytest.param(3, "joint", 2.0, marks=pytest.mark.slow),
+    pytest.param(2, "drifting_alg2", (3.0,), marks=pytest.mark.slow),
 ])
 def test_fixed_scale_matches_float64_reference(index, normalization, fixed_scale):
   """scale_mode="fixed": V = mean_τ V(τ)/c_τ, c_τ one number or one per temperature."""
@@ -373,8 +374,9 @@ def test_fixed_scale_matches_float64_reference(index, normalization, fixed_scale
   assert np.max(np.abs(want["v"] - v_rms)) > 100 * ATOL
 
 
-@pytest.mark.parametrize("index,normalization", [(1, "joint"), (3, "joint"),
-                                                 (2, "drifting_alg2")])
+@pytest.mark.parametrize("index,normalization", [
+    (1, "joint"), pytest.param(3, "joint", marks=pytest.mark.slow),
+    pytest.param(2, "drifting_alg2", marks=pytest.mark.slow)])
 def test_relative_temperatures_match_float64_reference(index, normalization):
   """temperature_mode="relative": τ_eff = τ × the median over anchors (with a valid
   positive) of the nearest-positive distance; V, τ_eff and the diagnostics vs float64.

@@ -101,20 +101,6 @@ def test_pipeline_every_stage(tmp_path, capsys):
   assert os.path.getmtime(os.path.join(wd, "drift_seed0", "DONE")) == mtime
   assert json.load(open(os.path.join(wd, "results.json")))["summary"] == res["summary"]
 
-  # The curves do not touch training: the drift stage trained again without the hook
-  # ends with bitwise the same weights.
-  data = synthetic.prepare_data(cfg, wd, synthetic.language(cfg))
-  stage = next(s for s in synthetic.plan(cfg, wd, data) if s.name == "drift_seed0")
-  plain = str(tmp_path / "drift_without_curves")
-  trainer.train(stage.config, plain)
-  assert not os.path.exists(os.path.join(plain, "eval.jsonl"))
-  _, with_curves, _ = checkpoints.load_backbone_params(os.path.join(wd, "drift_seed0",
-                                                                    "backbone"))
-  _, without, _ = checkpoints.load_backbone_params(os.path.join(plain, "backbone"))
-  chex.assert_trees_all_equal(with_curves, without)
-  _, pretrained, _ = checkpoints.load_backbone_params(os.path.join(wd, "pretrain", "backbone"))
-  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, with_curves, pretrained)))
-
   # A finished stage without the curves asked for is an error naming its directory.
   os.unlink(os.path.join(wd, "drift_seed0", synthetic.CURVE_SETTINGS))
   with pytest.raises(trainer.TrainError, match=r"delete \S*drift_seed0 to retrain them"):
@@ -127,6 +113,28 @@ def test_pipeline_every_stage(tmp_path, capsys):
   cfg.refine.lr = 2 * cfg.refine.lr
   with pytest.raises(trainer.TrainError, match="different config"):
     synthetic.run(cfg, wd)
+
+
+@pytest.mark.slow
+def test_curves_do_not_touch_training(tmp_path):
+  """The curves are presentation (outside the stage digest): the drift stage trained again
+  without the sampling hook ends with bitwise the same weights (~1 min; --runslow). The
+  default suite's pipeline test checks the rest of the curves' contract."""
+  wd = str(tmp_path / "demo")
+  cfg = _tiny_experiment(wd)
+  cfg.refine.update(dict(curve_every=1, curve_samples=16))
+  assert synthetic.run(cfg, wd) == 0
+  data = synthetic.prepare_data(cfg, wd, synthetic.language(cfg))
+  stage = next(s for s in synthetic.plan(cfg, wd, data) if s.name == "drift_seed0")
+  plain = str(tmp_path / "drift_without_curves")
+  trainer.train(stage.config, plain)
+  assert not os.path.exists(os.path.join(plain, "eval.jsonl"))
+  _, with_curves, _ = checkpoints.load_backbone_params(os.path.join(wd, "drift_seed0",
+                                                                    "backbone"))
+  _, without, _ = checkpoints.load_backbone_params(os.path.join(plain, "backbone"))
+  chex.assert_trees_all_equal(with_curves, without)
+  _, pretrained, _ = checkpoints.load_backbone_params(os.path.join(wd, "pretrain", "backbone"))
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, with_curves, pretrained)))
 
 
 def test_variant_overrides_are_checked(tmp_path):
