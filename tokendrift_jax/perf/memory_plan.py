@@ -493,6 +493,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def _memory_cells(r: dict[str, Any]) -> tuple[str, str, str, str, str]:
+  """(temporaries, peak, XLA:GPU peak, device memory, fits) cells of a compiled row of
+  :func:`markdown_targets` / :func:`markdown_programs` ("-" where the row has none)."""
+  if r.get("error"):
+    temp = peak = "-"
+  else:
+    temp, peak = f"{r['temp_bytes'] / GIB:.2f}", f"{r['peak_bytes'] / GIB:.2f}"
+  gpu_peak = "-" if r.get("xla_peak_bytes") is None else f"{r['xla_peak_bytes'] / GIB:.2f}"
+  hbm = "-" if r.get("hbm_bytes") is None else f"{r['hbm_bytes'] / GIB:.1f}"
+  return temp, peak, gpu_peak, hbm, "yes" if all(r["fits"].values()) else "no"
+
+
 def markdown_targets(rows: list[dict[str, Any]]) -> str:
   """docs/SCALING.md's table of rows compiled for a target (``--target``: TPU, GPU or CPU;
   a CPU row's fits compares with the cards of :data:`DEVICE_GB`, "yes" when all fit)."""
@@ -501,14 +513,8 @@ def markdown_targets(rows: list[dict[str, Any]]) -> str:
           "| XLA:TPU optimal s | compile s |")
   lines = [head, "|" + "---|" * 15]
   for r in rows:
-    if r.get("error"):
-      temp = peak = "-"
-    else:
-      temp, peak = f"{r['temp_bytes'] / GIB:.2f}", f"{r['peak_bytes'] / GIB:.2f}"
-    gpu_peak = "-" if r.get("xla_peak_bytes") is None else f"{r['xla_peak_bytes'] / GIB:.2f}"
+    temp, peak, gpu_peak, hbm, fits = _memory_cells(r)
     opt = "-" if r.get("optimal_seconds") is None else f"{r['optimal_seconds']:.3g}"
-    hbm = "-" if r.get("hbm_bytes") is None else f"{r['hbm_bytes'] / GIB:.1f}"
-    fits = "yes" if all(r["fits"].values()) else "no"
     lines.append(
         f"| {r['config'].removesuffix('.py')} | {r['objective']} | {r['target']} | "
         f"{tuple(r['mesh'])} | {r['micro_batch_per_shard'] * r['mesh'][0] * r['mesh'][1]} | "
@@ -525,13 +531,7 @@ def markdown_programs(rows: list[dict[str, Any]]) -> str:
           "| XLA:GPU peak GiB | compile s |")
   lines = [head, "|" + "---|" * 16]
   for r in rows:
-    if r.get("error"):
-      temp = peak = "-"
-    else:
-      temp, peak = f"{r['temp_bytes'] / GIB:.2f}", f"{r['peak_bytes'] / GIB:.2f}"
-    gpu_peak = "-" if r.get("xla_peak_bytes") is None else f"{r['xla_peak_bytes'] / GIB:.2f}"
-    hbm = "-" if r.get("hbm_bytes") is None else f"{r['hbm_bytes'] / GIB:.1f}"
-    fits = "yes" if all(r["fits"].values()) else "no"
+    temp, peak, gpu_peak, hbm, fits = _memory_cells(r)
     options = [f"{k} {v}" for k, v in sorted(r.get("options", {}).items())]
     if r.get("prompt_length"):
       options.append(f"prompt {r['prompt_length']}")
