@@ -218,3 +218,37 @@ def test_compiled_programs_are_kept_in_the_workdir_unless_a_cache_is_set(tmp_pat
     assert jax.config.jax_compilation_cache_dir == os.path.join(str(tmp_path), "xla_cache")
   finally:
     jax.config.update("jax_compilation_cache_dir", users)
+
+
+def test_a_shared_pretraining_stage_is_read_from_its_owner_and_never_trained_there(tmp_path):
+  """config.pretrain.workdir: the refinement stages start from the other workdir's finished
+  pretraining (same digest), which is only read: missing or different is an error."""
+  owner, here = str(tmp_path / "owner"), str(tmp_path / "here")
+  cfg = _tiny_experiment(here)
+  data = {"train": "t.npy", "valid": "v.npy"}
+  own = {s.name: s for s in synthetic.plan(cfg, here, data)}
+  cfg.pretrain.workdir = owner
+  stages = {s.name: s for s in synthetic.plan(cfg, here, data)}
+  # Same digests (the pretraining is the same; the paths are not in the digests).
+  assert {k: s.digest for k, s in stages.items()} == {k: s.digest for k, s in own.items()}
+  pre = stages["pretrain"]
+  assert pre.shared == os.path.abspath(owner) and not stages["drift_seed0"].shared
+  assert synthetic.stage_path(pre, here) == os.path.join(os.path.abspath(owner), "pretrain")
+  assert stages["drift_seed0"].config.init_checkpoint == os.path.join(
+      os.path.abspath(owner), "pretrain", "backbone")
+  with pytest.raises(trainer.TrainError, match=r"pretrain.workdir=.*owner.*not finished"):
+    synthetic._train_stage(pre, here, cfg)
+  assert not os.path.exists(owner)              # nothing was trained or written there
+  d = os.path.join(owner, "pretrain")
+  os.makedirs(os.path.join(d, "backbone"))
+  with open(os.path.join(d, "DONE"), "w") as f:
+    json.dump({"config_hash": "0123456789abcdef"}, f)
+  with pytest.raises(trainer.TrainError, match="holds a different pretraining"):
+    synthetic._train_stage(pre, here, cfg)
+  with open(os.path.join(d, "DONE"), "w") as f:
+    json.dump({"config_hash": pre.digest}, f)
+  assert synthetic._train_stage(pre, here, cfg) == os.path.join(d, "backbone")
+  assert sorted(os.listdir(d)) == ["DONE", "backbone"]
+  # The owner's own config (pretrain.workdir = its workdir) trains there as before.
+  cfg.pretrain.workdir = here
+  assert not synthetic.plan(cfg, here, data)[0].shared

@@ -193,6 +193,26 @@ class Stage:
   config: ml_collections.ConfigDict
   digest: str
   seeds: tuple[int, ...]         # sampling seeds of its evaluation
+  shared: str = ""               # trained in this other experiment's workdir (read only)
+
+
+def pretrain_root(config, workdir: str) -> str:
+  """The workdir whose ``pretrain`` stage this experiment starts from.
+
+  ``config.pretrain.workdir`` ("" = this one) lets experiments on one testbed share a
+  finished pretraining stage (e.g. the study's factor runs start from the main study's
+  model); its digest must match this config's pretraining, and it is only read.
+  """
+  shared = str(config.pretrain.get("workdir", "") or "")
+  if not shared:
+    return workdir
+  shared = os.path.abspath(shared)
+  return workdir if shared == os.path.abspath(workdir) else shared
+
+
+def stage_path(stage: Stage, workdir: str) -> str:
+  """Where ``stage`` trains (its checkpoints, DONE, backbone, curves)."""
+  return os.path.join(stage.shared or workdir, stage.name)
 
 
 def plan(config, workdir: str, data: dict) -> list[Stage]:
@@ -204,8 +224,10 @@ def plan(config, workdir: str, data: dict) -> list[Stage]:
                       data=data, stage=config.pretrain)
   with pre.unlocked():
     pre.ema.evaluate = config.pretrain.weights
-  stages = [Stage("pretrain", "pretrain", pre, config_hash(pre, context), seeds)]
-  init = os.path.join(workdir, "pretrain", "backbone")
+  root = pretrain_root(config, workdir)
+  stages = [Stage("pretrain", "pretrain", pre, config_hash(pre, context), seeds,
+                  shared=root if root != workdir else "")]
+  init = os.path.join(root, "pretrain", "backbone")
   refine_context = dict(context, init=stages[0].digest)
   variants = config.get("variants", ml_collections.ConfigDict()).to_dict()
   baselines = tuple(str(b) for b in config.refine.get("baselines", ()))
@@ -350,7 +372,7 @@ def check_curves_possible(config, stages: list[Stage], workdir: str) -> None:
     settings = curve_settings(config, st)
     if settings is None:
       continue
-    stage_dir = os.path.join(workdir, st.name)
+    stage_dir = stage_path(st, workdir)
     done = os.path.exists(os.path.join(stage_dir, "DONE"))
     if done:
       try:
@@ -379,17 +401,25 @@ def _train_stage(stage: Stage, workdir: str, config=None) -> str:
   settings) is an error (:func:`curve_rows`).
   """
   name, cfg, digest = stage.name, stage.config, stage.digest
-  stage_dir = os.path.join(workdir, name)
+  stage_dir = stage_path(stage, workdir)
   backbone = os.path.join(stage_dir, "backbone")
   done = os.path.join(stage_dir, "DONE")
   curves = None if config is None else curve_settings(config, stage)
+  if stage.shared and not (os.path.isdir(backbone) and os.path.exists(done)):
+    raise trainer.TrainError(
+        f"config.pretrain.workdir={stage.shared!r}: its stage {name!r} is not finished "
+        f"({done} missing); run the experiment that owns it first (this one only reads it)")
   if os.path.isdir(backbone) and os.path.exists(done):
     with open(done) as f:
       recorded = json.load(f).get("config_hash")
     if recorded != digest:
+      where = (f"config.pretrain.workdir={stage.shared!r} holds a different pretraining"
+               if stage.shared else f"stage {name!r} in {workdir} was run with a different "
+               "config")
       raise trainer.TrainError(
-          f"stage {name!r} in {workdir} was run with a different config (digest {recorded} vs "
-          f"{digest}); delete {stage_dir} to rerun it, or use another --workdir")
+          f"{where} (digest {recorded} vs {digest}); "
+          + ("point it at a workdir pretrained with this config" if stage.shared else
+             f"delete {stage_dir} to rerun it, or use another --workdir"))
     if curves is not None:
       curve_rows(stage_dir, curves)
     logging.info("stage %s: done, skipping", name)
@@ -458,11 +488,13 @@ def _evaluate(config, backbone: str, lang, seeds, mesh) -> list[dict]:
   return rows
 
 
-def _eval_stage(name: str, config, backbone: str, lang, seeds, workdir: str, mesh
+def _eval_stage(stage: Stage, config, backbone: str, lang, workdir: str, mesh
                 ) -> list[dict]:
-  """Evaluation rows of one stage (recomputed unless cached for the same settings)."""
-  path = os.path.join(workdir, name, "eval_rows.json")
-  with open(os.path.join(workdir, name, "DONE")) as f:
+  """Evaluation rows of one stage (recomputed unless cached for the same settings), kept
+  in this experiment's workdir (a shared pretraining stage's directory is only read)."""
+  seeds = stage.seeds
+  path = os.path.join(workdir, stage.name, "eval_rows.json")
+  with open(os.path.join(stage_path(stage, workdir), "DONE")) as f:
     trained = json.load(f).get("config_hash")
   key = hashlib.sha256(json.dumps(
       [trained, config.evaluation.to_dict(), config.language.to_dict(), list(seeds)],
@@ -474,6 +506,7 @@ def _eval_stage(name: str, config, backbone: str, lang, seeds, workdir: str, mes
       return cached["rows"]
   t0 = time.time()
   rows = _evaluate(config, backbone, lang, seeds, mesh)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   files.write_json(path, {"key": key, "rows": rows, "seconds": time.time() - t0})
   return rows
 
@@ -496,9 +529,9 @@ def _recorded_seconds(workdir: str, stages: list[Stage]) -> dict[str, float]:
   out: dict[str, float] = {}
   for st in stages:
     method, stage = st.method, st.name
-    with open(os.path.join(workdir, stage, "DONE")) as f:
+    with open(os.path.join(stage_path(st, workdir), "DONE")) as f:
       train_s = json.load(f).get("seconds")
-    if train_s is not None:
+    if train_s is not None and not st.shared:   # a shared stage's time is its owner's
       out[method] = out.get(method, 0.0) + float(train_s)
     ev = os.path.join(workdir, stage, "eval_rows.json")
     if os.path.exists(ev):
@@ -692,14 +725,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     settings = curve_settings(config, st)
     if settings is not None:
       curves.setdefault(st.method, {})[str(st.seeds[0])] = curve_rows(
-          os.path.join(workdir, st.name), settings)
+          stage_path(st, workdir), settings)
 
   mesh = builder.make_mesh(config)
   results: dict[str, list[dict]] = {}
   for st in stages:
     method = "pretrained" if st.method == "pretrain" else st.method
     results.setdefault(method, []).extend(
-        _eval_stage(st.name, config, backbones[st.name], lang, st.seeds, workdir, mesh))
+        _eval_stage(st, config, backbones[st.name], lang, workdir, mesh))
   variants = config.get("variants", ml_collections.ConfigDict()).to_dict()
   baselines = tuple(str(b) for b in config.refine.get("baselines", ()))
   results["language samples"] = reference_rows(config, lang, seeds)
@@ -775,9 +808,11 @@ def experiment_config() -> ml_collections.ConfigDict:
       concentration=1.0, floor=0.01))
   c.corpus = ml_collections.ConfigDict(dict(train_sequences=20_000, valid_sequences=512,
                                             seed=0))
+  # workdir: start from another experiment's finished pretraining stage of the same config
+  # ("" = pretrain here); it is only read (see pretrain_root).
   c.pretrain = ml_collections.ConfigDict(dict(steps=600, lr=1e-3, warmup_steps=50,
                                               global_batch=64, micro_batch=64,
-                                              weights="raw"))
+                                              weights="raw", workdir=""))
   # baselines: distillation objectives run at the TokenDrift stage's model FLOPs, their
   # teacher rounds (baseline_rounds) spread evenly over it.
   # curve_every > 0: refinement curves (Gen-PPL and entropy against step) of every
