@@ -1,4 +1,4 @@
-"""The refinement-curve figure's statistics (mean ± SD over seeds per step) and its file."""
+"""The refinement-curve figure (its statistics: tests/eval/test_report.py)."""
 
 from __future__ import annotations
 
@@ -11,20 +11,6 @@ from tokendrift_jax.eval import plots
 
 def _rows(values, nfe=4):
   return [dict(step=s, nfe=nfe, gen_ppl=v, entropy=v / 100) for s, v in values]
-
-
-def test_refinement_curve_stats_mean_sd_over_seeds_on_common_steps():
-  per_seed = {"1": _rows([(0, 100.0), (25, 80.0), (50, 70.0)]) + _rows([(0, 9.0)], nfe=8),
-              "2": _rows([(0, 100.0), (25, 90.0), (50, 50.0)]),
-              "3": _rows([(0, 100.0), (25, 70.0)])}        # seed 3 stops at step 25
-  got = plots.refinement_curve_stats(per_seed, 4, "gen_ppl")
-  # Step 50 is left out (seed 3 lacks it); SD with ddof = 1: step 25 has 80 ± 10.
-  assert [g[0] for g in got] == [0, 25]
-  assert got[0] == (0, 100.0, 0.0, 3)
-  assert got[1][1] == pytest.approx(80.0) and got[1][2] == pytest.approx(10.0)
-  one = plots.refinement_curve_stats({"1": per_seed["1"]}, 8, "entropy")
-  assert one == [(0, 0.09, None, 1)]
-  assert plots.refinement_curve_stats(per_seed, 16, "gen_ppl") == []
 
 
 def test_plot_refinement_curves_writes_a_png(tmp_path):

@@ -76,8 +76,11 @@ def test_pipeline_every_stage(tmp_path, capsys):
     assert [s["nfe"] for s in summ] == [2, 4], method
     for s in summ:
       assert s["gen_ppl_mean"] > 1.0 and 0.0 < s["entropy_mean"] < 3.1, (method, s)
-  table = open(os.path.join(wd, "results.md")).read()
+  table, curves_md = open(os.path.join(wd, "results.md")).read().split("Refinement curves (")
   assert table.count("\n| ") == 5 and "NFE = 2" in table and "Judge floor" in table
+  # The curves' numbers in results.md: steps 0..2 of three methods at each NFE.
+  assert curves_md.count("| step | Cont. learning (1 seed) Gen.-PPL") == 2
+  assert curves_md.count("\n| 2 | ") == 2 and "SDTT (1 seed)" in curves_md
   # The verdict is computed from these rows, printed and recorded (its logic: test_verdict.py).
   assert [c["nfe"] for c in res["verdict"]["vs_continuation"]] == [2, 4]
   assert res["verdict"]["verdict"] in printed and res["verdict"]["verdict"] in table

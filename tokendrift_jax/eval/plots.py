@@ -157,30 +157,6 @@ def plot_frontier(methods: Sequence[tuple[str, Sequence[dict]]], reference: dict
   return _save(fig, path)
 
 
-def refinement_curve_stats(per_seed: dict, nfe: int, metric: str
-                           ) -> list[tuple[int, float, float | None, int]]:
-  """(step, mean, SD with ddof = 1 or None, seeds) per step of one method at one NFE.
-
-  Args:
-    per_seed: seed -> eval.jsonl rows (step, nfe, gen_ppl, entropy, ...) of one method.
-    nfe: the NFE to read.
-    metric: "gen_ppl" or "entropy".
-
-  Only the steps every seed has are kept (a mean over a changing set of seeds would jump).
-  """
-  by_seed = {}
-  for seed, rows in per_seed.items():
-    by_seed[seed] = {int(r["step"]): float(r[metric]) for r in rows if int(r["nfe"]) == nfe}
-  if not by_seed:
-    return []
-  steps = sorted(set.intersection(*(set(v) for v in by_seed.values())))
-  out = []
-  for step in steps:
-    mean, sd = report.mean_sd([v[step] for v in by_seed.values()])
-    out.append((step, mean, sd, len(by_seed)))
-  return out
-
-
 def plot_refinement_curves(methods: Sequence[tuple[str, dict]], nfe: int, path: str, *,
                            title: str | None = None, judge: str = "GPT-2 Large") -> str:
   """Gen-PPL (log y) and entropy against training step at one NFE, one line per method:
@@ -199,7 +175,7 @@ def plot_refinement_curves(methods: Sequence[tuple[str, dict]], nfe: int, path: 
   drawn = 0
   for label, per_seed in methods:
     for ax, metric in ((ax_ppl, "gen_ppl"), (ax_ent, "entropy")):
-      stats = refinement_curve_stats(per_seed, nfe, metric)
+      stats = report.refinement_curve_stats(per_seed, nfe, metric)
       if not stats:
         continue
       steps = [s[0] for s in stats]

@@ -92,6 +92,30 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
   return out
 
 
+def refinement_curve_stats(per_seed: dict, nfe: int, metric: str
+                           ) -> list[tuple[int, float, float | None, int]]:
+  """(step, mean, SD with ddof = 1 or None, seeds) per step of one method at one NFE.
+
+  Args:
+    per_seed: seed -> eval.jsonl rows (step, nfe, gen_ppl, entropy, ...) of one method.
+    nfe: the NFE to read.
+    metric: "gen_ppl" or "entropy".
+
+  Only the steps every seed has are kept (a mean over a changing set of seeds would jump).
+  """
+  by_seed = {}
+  for seed, rows in per_seed.items():
+    by_seed[seed] = {int(r["step"]): float(r[metric]) for r in rows if int(r["nfe"]) == nfe}
+  if not by_seed:
+    return []
+  steps = sorted(set.intersection(*(set(v) for v in by_seed.values())))
+  out = []
+  for step in steps:
+    mean, sd = mean_sd([v[step] for v in by_seed.values()])
+    out.append((step, mean, sd, len(by_seed)))
+  return out
+
+
 # ----------------------------------------------------------------------------- tables
 
 
@@ -137,6 +161,37 @@ def markdown_table(entries: Sequence[tuple[str, Sequence[dict]]], *, bold_best: 
           cell = f"**{cell}**"
         cells.append(cell)
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def curves_markdown(methods: Sequence[tuple[str, dict]], nfe: int) -> str:
+  """The refinement curves at one NFE as a table (the numbers of ``curves_nfe{N}.png``).
+
+  Args:
+    methods: (label, {seed: eval.jsonl rows}) per method.
+    nfe: the NFE to read.
+
+  One row per step any method has, one (Gen.-PPL, entropy) column pair per method with
+  the mean ± SD over seeds of :func:`refinement_curve_stats` ("—" where a method has no
+  such step, e.g. a baseline run for more steps).
+  """
+  stats = [(label, {m: {s[0]: s for s in refinement_curve_stats(per_seed, nfe, m)}
+                    for m in METRICS}) for label, per_seed in methods]
+  steps = sorted({st for _, by in stats for st in by["gen_ppl"]})
+  if not steps:
+    raise ReportError(f"no refinement-curve rows at NFE {nfe}")
+  seeds = [len(per_seed) for _, per_seed in methods]
+  head = "| step | " + " | ".join(
+      f"{label} ({n} seed{'s' if n != 1 else ''}) {HEADERS[m]}"
+      for (label, _), n in zip(stats, seeds) for m in METRICS) + " |"
+  lines = [head, "|---|" + "---|" * (len(stats) * len(METRICS))]
+  for step in steps:
+    cells = []
+    for _, by in stats:
+      for m in METRICS:
+        s = by[m].get(step)
+        cells.append(fmt(None, None) if s is None else fmt(s[1], s[2]))
+    lines.append(f"| {step} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 

@@ -774,6 +774,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     labels = {"continuation": "Cont. learning", "drift": "TokenDrift"}
     labels.update({b: baseline_label(b) for b in baselines})
     labelled = [(labels.get(m, m), per_seed) for m, per_seed in curves.items()]
+    table += (f"\nRefinement curves ({int(config.refine.curve_samples)} samples per point, "
+              f"the stage's seed; mean ± SD over seeds; WORKDIR/curves_nfe{{N}}.png):\n")
+    for nfe in config.evaluation.nfe:
+      table += f"\nNFE = {int(nfe)}:\n\n" + report.curves_markdown(labelled, int(nfe))
     for nfe in config.evaluation.nfe:
       plots.plot_refinement_curves(
           labelled, int(nfe), os.path.join(workdir, f"curves_nfe{int(nfe)}.png"),
