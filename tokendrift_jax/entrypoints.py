@@ -61,6 +61,7 @@ def train_main(config: ml_collections.ConfigDict, workdir: str | None) -> int:
       module = importlib.import_module(f"tokendrift_jax.experiments.{experiment}")
       return int(module.run(config, workdir) or 0)
     from tokendrift_jax.eval import hook
+    trainer.check_config(config)   # before the hook loads its judge
     hooks = []
     if config.get("sample_eval") and config.sample_eval.enabled:
       hooks.append(hook.make_sample_eval_hook(config, workdir))

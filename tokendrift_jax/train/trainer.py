@@ -243,21 +243,29 @@ def _check_resume_meta(meta: dict, config, model_cfg, objective, where: str) -> 
                      + "; ".join(problems) + "); use another --workdir or delete it")
 
 
-def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Checks everything, then builds the step, the state and the data of a run.
-
-  Every user error is raised (TrainError, CheckpointError, ...) before ``workdir`` is
-  written to.
-  """
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """The checks of the config's own values (no file, device or network is touched):
+  TrainError naming the first refused field. :func:`build` starts with them; callers that
+  prepare something slow before training (the sample-evaluation hook loads a judge) run
+  them first."""
   builder.check_config_values(config)
   builder.check_objective_name(config)
   try:   # the objective's section (config.sdtt, config.dcd, ...), by its own table
     objectives.check_config(config)
   except ValueError as e:
     raise TrainError(str(e)) from e
+  builder.nonfinite_policy(config)
+
+
+def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Checks everything, then builds the step, the state and the data of a run.
+
+  Every user error is raised (TrainError, CheckpointError, ...) before ``workdir`` is
+  written to.
+  """
+  check_config(config)
   workdir = check_workdir(config, workdir)
   model_cfg, init_path = resolve_init_checkpoint(config)
-  builder.nonfinite_policy(config)
   parts = builder.build_step(config, model_cfg)
   train_iter, eval_factory = make_data(config, model_cfg.length, parts.process)
   check_eval_batches(config, eval_factory)
