@@ -87,3 +87,41 @@ def test_frontier_plot_is_written(tmp_path):
   plots.plot_frontier([("A", _rows(0.0)), ("B", _rows(-0.1))], {4: 3.4, 8: 3.45}, path,
                       title="toy")
   assert os.path.getsize(path) > 1000
+
+
+def test_against_reference_reads_the_pretrained_sweep_at_each_methods_entropy():
+  rng = np.random.default_rng(3)
+  taus = (0.5, 0.7, 0.85, 1.0, 1.3)
+  ref, method = [], []
+  for seed in (1, 2, 3):
+    for nfe in (4, 16):
+      ent = np.sort(rng.uniform(2.5, 4.0, size=len(taus)))
+      ppl = np.sort(rng.uniform(100.0, 3000.0, size=len(taus)))
+      ref += [dict(nfe=nfe, seed=seed, temperature=t, entropy=float(h), gen_ppl=float(g))
+              for t, h, g in zip(taus, ent, ppl)]
+      # τ = 1 of the method inside the reference's range, except seed 3 at NFE 16 (below).
+      h_own = float(rng.uniform(ent[0], ent[-1])) if (seed, nfe) != (3, 16) else ent[0] - 0.1
+      method += [dict(nfe=nfe, seed=seed, temperature=1.0, entropy=h_own,
+                      gen_ppl=float(rng.uniform(100, 3000))),
+                 dict(nfe=nfe, seed=seed, temperature=1.3, entropy=h_own + 0.1, gen_ppl=1.0)]
+  got = frontier.against_reference(method, ref)
+  assert [g["nfe"] for g in got] == [4, 16]
+  for g in got:
+    for i, seed in enumerate(g["seeds"]):
+      own = next(r for r in method if (r["nfe"], r["seed"], r["temperature"]) == (g["nfe"], seed,
+                                                                               1.0))
+      pts = [(r["entropy"], r["gen_ppl"]) for r in ref if (r["nfe"], r["seed"]) == (g["nfe"],
+                                                                                   seed)]
+      want = _np_at(pts, own["entropy"])
+      if want is None:
+        assert g["at"][i] is None and g["ratio"][i] is None
+      else:
+        assert g["at"][i] == pytest.approx(want, rel=1e-12)
+        assert g["ratio"][i] == pytest.approx(own["gen_ppl"] / want, rel=1e-12)
+    covered = [x for x in g["ratio"] if x is not None]
+    assert g["covered"] == len(covered)
+    assert g["ratio_mean"] == pytest.approx(np.mean(covered), rel=1e-12)
+    assert g["ratio_sd"] == pytest.approx(np.std(covered, ddof=1), rel=1e-12)
+  assert got[1]["covered"] == 2   # seed 3 at NFE 16 lies below the reference's sweep
+  table = frontier.against_reference_markdown([("TokenDrift", method)], ref, "pretrained")
+  assert "(2/3 seeds)" in table and table.count("\n") == 2

@@ -255,3 +255,39 @@ def test_a_shared_pretraining_stage_is_read_from_its_owner_and_never_trained_the
   # The owner's own config (pretrain.workdir = its workdir) trains there as before.
   cfg.pretrain.workdir = here
   assert not synthetic.plan(cfg, here, data)[0].shared
+
+
+def test_an_extended_temperature_sweep_evaluates_only_the_new_temperatures(tmp_path,
+                                                                           monkeypatch):
+  """eval_rows.json is reused per temperature (each temperature's rows are independent):
+  adding temperatures computes only those; other evaluation settings recompute all."""
+  wd = str(tmp_path)
+  cfg = _tiny_experiment(wd)
+  stage = synthetic.plan(cfg, wd, {"train": "t.npy", "valid": "v.npy"})[1]
+  os.makedirs(os.path.join(wd, stage.name))
+  with open(os.path.join(wd, stage.name, "DONE"), "w") as f:
+    json.dump({"config_hash": stage.digest}, f)
+  calls = []
+
+  def fake_evaluate(config, backbone, lang, seeds, mesh, taus=None):
+    calls.append(tuple(taus))
+    return [dict(temperature=t, nfe=n, seed=s, gen_ppl=100 * t + n, entropy=t)
+            for t in taus for n in config.evaluation.nfe for s in seeds]
+
+  monkeypatch.setattr(synthetic, "_evaluate", fake_evaluate)
+  cfg.evaluation.temperatures = (1.0, 1.3)
+  first = synthetic._eval_stage(stage, cfg, "", None, wd, None)
+  assert calls == [(1.0, 1.3)] and [r["temperature"] for r in first] == [1.0, 1.0, 1.3, 1.3]
+  cfg.evaluation.temperatures = (0.85, 1.0, 1.3, 2.0)
+  rows = synthetic._eval_stage(stage, cfg, "", None, wd, None)
+  assert calls[1:] == [(0.85, 2.0)]
+  assert [(r["temperature"], r["nfe"]) for r in rows] == [
+      (t, n) for t in (0.85, 1.0, 1.3, 2.0) for n in (2, 4)]
+  assert [r for r in rows if r["temperature"] in (1.0, 1.3)] == first
+  cfg.evaluation.temperatures = (1.3,)                # a subset: nothing computed
+  assert synthetic._eval_stage(stage, cfg, "", None, wd, None) == first[2:]
+  assert len(calls) == 2
+  cfg.evaluation.temperatures = (1.0, 1.3)
+  cfg.evaluation.num_samples = 32                     # other settings: everything again
+  synthetic._eval_stage(stage, cfg, "", None, wd, None)
+  assert calls[2:] == [(1.0, 1.3)]

@@ -89,6 +89,74 @@ def matched(rows: Sequence[dict], reference: Mapping[int, float]) -> list[dict]:
   return out
 
 
+def against_reference(rows: Sequence[dict], reference_rows: Sequence[dict],
+                      temperature: float = 1.0) -> list[dict]:
+  """The other direction of the matched reading: the reference model's (pretrained) frontier
+  read at the entropy of each of the method's own points, same NFE and seed.
+
+  A method that lowers entropy (TokenDrift) may leave the pretrained model's entropy out of
+  its own sweep's reach; the pretrained model's sweep, cooled far enough, reaches the
+  method's entropy instead. ratio < 1: the method's sample is better than the pretrained
+  model sampled colder to the same entropy.
+
+  Args:
+    rows: the method's (NFE, seed, temperature) rows; its points at ``temperature`` are read.
+    reference_rows: the reference model's rows, the whole sweep of each seed.
+
+  Returns:
+    per NFE: nfe, seeds, entropy (the method's, per seed), gen_ppl (the method's), at
+    (the reference frontier's Gen-PPL there, None out of its range), ratio (gen_ppl / at,
+    None likewise), covered, and ratio_mean / ratio_sd over the covered seeds (None when
+    none, resp. fewer than two).
+  """
+  sweep: dict[tuple[int, int], list[tuple[float, float]]] = {}
+  for r in reference_rows:
+    sweep.setdefault((int(r["nfe"]), int(r["seed"])), []).append(
+        (float(r["entropy"]), float(r["gen_ppl"])))
+  own: dict[int, dict[int, tuple[float, float]]] = {}
+  for r in rows:
+    if float(r.get("temperature", 1.0)) == temperature:
+      own.setdefault(int(r["nfe"]), {})[int(r["seed"])] = (float(r["entropy"]),
+                                                           float(r["gen_ppl"]))
+  out = []
+  for nfe in sorted(own):
+    seeds = sorted(own[nfe])
+    ent = [own[nfe][s][0] for s in seeds]
+    ppl = [own[nfe][s][1] for s in seeds]
+    at = [at_entropy(sweep.get((nfe, s), []), h) for s, h in zip(seeds, ent)]
+    ratio = [None if a is None else g / a for g, a in zip(ppl, at)]
+    got = [x for x in ratio if x is not None]
+    mean, sd = report.mean_sd(got) if got else (None, None)
+    out.append(dict(nfe=nfe, seeds=seeds, entropy=ent, gen_ppl=ppl, at=at, ratio=ratio,
+                    covered=len(got), ratio_mean=mean, ratio_sd=sd))
+  return out
+
+
+def against_reference_markdown(methods: Sequence[tuple[str, Sequence[dict]]],
+                               reference_rows: Sequence[dict], reference: str) -> str:
+  """One row per method, per NFE: its own τ = 1 Gen-PPL over ``reference``'s Gen-PPL at the
+  same entropy (mean ± SD over the covered seeds; "k/n seeds" when some are out of range)."""
+  readings = [(label, against_reference(rows, reference_rows)) for label, rows in methods]
+  nfes = sorted({r["nfe"] for _, rs in readings for r in rs})
+  head = "| Method | " + " | ".join(
+      f"NFE = {n}: Gen.-PPL / {reference}'s at its entropy ↓" for n in nfes) + " |"
+  lines = [head, "|" + "---|" * (len(nfes) + 1)]
+  for label, rs in readings:
+    by = {r["nfe"]: r for r in rs}
+    cells = []
+    for n in nfes:
+      r = by.get(n)
+      if r is None or r["ratio_mean"] is None:
+        cells.append("out of range")
+        continue
+      cell = report.fmt(r["ratio_mean"], r["ratio_sd"])
+      if r["covered"] < len(r["seeds"]):
+        cell += f" ({r['covered']}/{len(r['seeds'])} seeds)"
+      cells.append(cell)
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def curves(rows: Sequence[dict]) -> dict[int, list[tuple[float, float, float]]]:
   """{nfe: [(temperature, mean entropy, mean Gen-PPL) over seeds]}, in temperature order:
   the points a frontier plot draws."""

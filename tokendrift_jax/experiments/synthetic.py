@@ -467,13 +467,15 @@ def temperatures(config) -> tuple[float, ...]:
   return taus
 
 
-def _evaluate(config, backbone: str, lang, seeds, mesh) -> list[dict]:
+def _evaluate(config, backbone: str, lang, seeds, mesh, taus=None) -> list[dict]:
+  """Rows of ``backbone`` at every (temperature in ``taus``, NFE, seed); ``taus`` defaults
+  to the config's temperatures. Each temperature's rows depend on nothing else."""
   cfg, params, meta = checkpoints.load_backbone_params(backbone)
   ev = config.evaluation
   process_name = checkpoints.checkpoint_process(meta, backbone)
   params = sharding.to_global(params, sharding.replicated(mesh))
   rows = []
-  for tau in temperatures(config):
+  for tau in (temperatures(config) if taus is None else taus):
     # The language by all its fields (two languages of one seed differ in the others).
     language_key = tuple(sorted(synthetic.language_fields(config.language).items()))
     key = (cfg, process_name, language_key, int(ev.batch), id(mesh), tau)
@@ -488,27 +490,64 @@ def _evaluate(config, backbone: str, lang, seeds, mesh) -> list[dict]:
   return rows
 
 
+def _eval_key(trained: str, evaluation: dict, config, seeds) -> str:
+  return hashlib.sha256(json.dumps(
+      [trained, evaluation, config.language.to_dict(), list(seeds)],
+      sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def _row_tau(row: dict) -> float:
+  return float(row.get("temperature", 1.0))
+
+
+def reference_temperatures(config) -> tuple[float, ...]:
+  """The pretrained model's sweep: ``evaluation.temperatures`` plus
+  ``evaluation.reference_temperatures`` (only it is sampled at those: the reference frontier
+  of :func:`frontier.against_reference` must reach the refined models' entropies)."""
+  extra = tuple(float(t) for t in config.evaluation.get("reference_temperatures", ()))
+  if any(not t > 0 for t in extra):
+    raise trainer.TrainError(f"config.evaluation.reference_temperatures must be numbers > 0, "
+                             f"got {extra}")
+  taus = temperatures(config)
+  return taus + tuple(t for t in dict.fromkeys(extra) if t not in taus)
+
+
 def _eval_stage(stage: Stage, config, backbone: str, lang, workdir: str, mesh
                 ) -> list[dict]:
-  """Evaluation rows of one stage (recomputed unless cached for the same settings), kept
-  in this experiment's workdir (a shared pretraining stage's directory is only read)."""
+  """Evaluation rows of one stage, kept in this experiment's workdir (a shared pretraining
+  stage's directory is only read) and reused where they were computed with the same
+  settings: each temperature's rows are independent of the others, so a sweep extended
+  by new temperatures computes only those (the cached rows' own key is recomputed from
+  the temperatures they hold, so files written before this reuse count too)."""
   seeds = stage.seeds
   path = os.path.join(workdir, stage.name, "eval_rows.json")
   with open(os.path.join(stage_path(stage, workdir), "DONE")) as f:
     trained = json.load(f).get("config_hash")
-  key = hashlib.sha256(json.dumps(
-      [trained, config.evaluation.to_dict(), config.language.to_dict(), list(seeds)],
-      sort_keys=True, default=list).encode()).hexdigest()[:16]
-  if os.path.exists(path):
-    with open(path) as f:
-      cached = json.load(f)
-    if isinstance(cached, dict) and cached.get("key") == key:
-      return cached["rows"]
-  t0 = time.time()
-  rows = _evaluate(config, backbone, lang, seeds, mesh)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  files.write_json(path, {"key": key, "rows": rows, "seconds": time.time() - t0})
-  return rows
+  ev = config.evaluation.to_dict()
+  ev.pop("reference_temperatures", None)   # the sweep is per temperature, below
+  wanted = reference_temperatures(config) if stage.method == "pretrain" else temperatures(config)
+
+  def key_of(taus) -> str:   # the file's key: these settings at the temperatures it holds
+    return _eval_key(trained, dict(ev, temperatures=tuple(taus)), config, seeds)
+
+  have, seconds = {}, 0.0
+  cached = _read_json(path)
+  if isinstance(cached, dict) and isinstance(cached.get("rows"), list):
+    held = list(dict.fromkeys(_row_tau(r) for r in cached["rows"]))
+    if cached.get("key") == key_of(held):
+      for r in cached["rows"]:
+        have.setdefault(_row_tau(r), []).append(r)
+      seconds = float(cached.get("seconds") or 0.0)
+  missing = tuple(t for t in wanted if t not in have)
+  if missing:
+    t0 = time.time()
+    for r in _evaluate(config, backbone, lang, seeds, mesh, missing):
+      have.setdefault(_row_tau(r), []).append(r)
+    seconds += time.time() - t0
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    files.write_json(path, {"key": key_of(have), "rows": [r for v in have.values() for r in v],
+                            "seconds": seconds})
+  return [r for t in wanted for r in have[t]]
 
 
 def reference_rows(config, lang, seeds) -> list[dict]:
@@ -757,7 +796,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         ablation)
   comparison, verdict = verdict_report(at_one)
   table += "\n" + comparison
-  matched = None
+  matched = against = None
   if len(temperatures(config)) > 1:
     reference = frontier.reference_entropy(results["pretrained"])
     labelled = [(label, results[m]) for label, m in
@@ -768,6 +807,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
               + frontier.markdown(labelled, reference) + "\n")
     matched = {m: frontier.matched(results[m], reference)
                for m in ["pretrained", "continuation", "drift", *baselines]}
+    table += ("\nThe other direction: each method's τ = 1 Gen.-PPL over the pretrained "
+              "model's frontier (its sweep "
+              f"{list(reference_temperatures(config))}, same seed) read at that sample's "
+              "entropy (< 1: better than the pretrained model cooled or heated to the same "
+              "entropy; never extrapolated):\n\n"
+              + frontier.against_reference_markdown(labelled[1:], results["pretrained"],
+                                                    "pretrained") + "\n")
+    against = {m: frontier.against_reference(results[m], results["pretrained"])
+               for m in ["continuation", "drift", *baselines]}
     plots.plot_frontier(labelled, reference, os.path.join(workdir, "frontier.png"),
                         title=f"{str(config.diffusion.process).upper()}: Gen-PPL vs entropy")
   if curves:
@@ -790,6 +838,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
              "seeds": list(seeds), "nfe": list(config.evaluation.nfe),
              "rows": results, "summary": summary, "verdict": verdict,
              "matched_entropy": matched,
+             "against_pretrained_frontier": against,
              "curves": curves or None,
              "seconds": timings}
   files.write_json(os.path.join(workdir, "results.json"), payload)
@@ -827,6 +876,9 @@ def experiment_config() -> ml_collections.ConfigDict:
                                             curve_every=0, curve_samples=64))
   c.variants = ml_collections.ConfigDict()
   # temperatures: a sweep > 1 value adds the matched-entropy table and frontier.png.
+  # reference_temperatures: more temperatures for the pretrained model only (its frontier
+  # read at the refined models' entropies, frontier.against_reference).
   c.evaluation = ml_collections.ConfigDict(dict(nfe=(4, 8, 16), num_samples=256, batch=64,
-                                                temperatures=(1.0,)))
+                                                temperatures=(1.0,),
+                                                reference_temperatures=()))
   return c
