@@ -809,7 +809,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
                for m in ["pretrained", "continuation", "drift", *baselines]}
     table += ("\nThe other direction: each method's τ = 1 Gen.-PPL over the pretrained "
               "model's frontier (its sweep "
-              f"{list(reference_temperatures(config))}, same seed) read at that sample's "
+              f"{sorted(reference_temperatures(config))}, same seed) read at that sample's "
               "entropy (< 1: better than the pretrained model cooled or heated to the same "
               "entropy; never extrapolated):\n\n"
               + frontier.against_reference_markdown(labelled[1:], results["pretrained"],
