@@ -305,3 +305,12 @@ def test_matched_budget_config():
   assert ours.train.steps == drift_total // step_model_flops(ours)
   assert ours.init_checkpoint == drift.init_checkpoint and ours.data == drift.data
   assert ours.model == drift.model
+
+
+@pytest.mark.parametrize("mode,pad_id,match", [("data", -1, "config.prompt.mode"),
+                                               ("none", 3, "config.prompt.pad_id=3")])
+def test_prompts_and_padding_are_refused_when_the_run_is_built(mode, pad_id, match):
+  c = _config()
+  c.prompt = ml_collections.ConfigDict(dict(mode=mode, length=0, pad_id=pad_id))
+  with pytest.raises(ValueError, match=match):
+    objectives.from_config(c, None, DUOProcess(vocab_size=V))

@@ -312,3 +312,12 @@ def test_matched_budget_config():
   assert ours.train.steps * per_step <= budget < (ours.train.steps + 7) * per_step
   assert ours.init_checkpoint == drift.init_checkpoint and ours.data == drift.data
   assert ours.model == drift.model
+
+
+@pytest.mark.parametrize("mode,pad_id,match", [("prefix", -1, "config.prompt.mode"),
+                                               ("none", 0, "config.prompt.pad_id=0")])
+def test_prompts_and_padding_are_refused_when_the_run_is_built(mode, pad_id, match):
+  c = _config()
+  c.prompt = ml_collections.ConfigDict(dict(mode=mode, length=4, pad_id=pad_id))
+  with pytest.raises(ValueError, match=match):
+    sdtt.SDTT.from_config(c, None, MDLMProcess(vocab_size=33))

@@ -39,6 +39,23 @@ from tokendrift_jax import config_checks
 from tokendrift_jax import sharding
 
 
+def refuse_prompts(name: str, config) -> None:
+  """ValueError when ``config.prompt`` asks for prompts or padded rows, which objective
+  ``name`` does not support: raised while the run is built, before anything is written
+  (the step refuses them again when traced)."""
+  prompt = config.get("prompt", None)
+  if prompt is None:
+    return
+  mode = str(prompt.get("mode", "none"))
+  if mode != "none":
+    raise ValueError(f"objective {name!r} does not support prompts (config.prompt.mode="
+                     f"{mode!r}); set config.prompt.mode='none'")
+  pad_id = int(prompt.get("pad_id", -1))
+  if pad_id >= 0:
+    raise ValueError(f"objective {name!r} does not support padded rows "
+                     f"(config.prompt.pad_id={pad_id}); set it to -1")
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective(abc.ABC):
   """Base class of the registered objectives (frozen dataclasses: hashable, static under jit).

@@ -310,6 +310,7 @@ class DCD(base.Objective):
                        f"{sorted(defaults.keys())})")
     v = {k: _field(section, k, defaults[k]) for k in defaults.keys()}
     cls.check_section(v)
+    base.refuse_prompts("dcd", config)
     if getattr(process, "name", None) != "duo":
       raise ValueError(f"objective 'dcd' distils a DUO (uniform-state) backbone: "
                        f"config.diffusion.process must be 'duo', got "

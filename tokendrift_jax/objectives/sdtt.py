@@ -302,6 +302,7 @@ class SDTT(Objective):
                        f"(fields: {sorted(defaults.keys())})")
     section = ml_collections.ConfigDict(dict(defaults.to_dict(), **section.to_dict()))
     cls.check_section(section)
+    base.refuse_prompts("sdtt", config)
     if getattr(process, "name", None) != "mdlm":
       raise ValueError("config.diffusion.process must be 'mdlm' for objective 'sdtt' (SDTT "
                        f"distils an absorbing-state model), got "
