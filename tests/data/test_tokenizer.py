@@ -18,7 +18,10 @@ def test_tiny_tokenizer_is_gpt2_like(tok):
 
 
 def test_tokenizer_hub_name_not_cached_is_clear_error():
-  with pytest.raises(FileNotFoundError, match=r"data\.tokenizer.*not in the local Hugging Face"):
+  with pytest.raises(FileNotFoundError, match=r"data\.tokenizer.*not in the local Hugging Face"
+                     ) as e:
     tokenizer_lib.load_tokenizer("no-such-org/no-such-tokenizer-xyz")
+  # One line (the launchers print errors as one "error: ..." line), with the command.
+  assert "\n" not in str(e.value) and "save_pretrained('/some/dir/" in str(e.value)
   with pytest.raises(FileNotFoundError, match="does not exist"):
     tokenizer_lib.load_tokenizer("/nonexistent/tokenizer/dir")

@@ -70,9 +70,9 @@ def load_tokenizer(name_or_path: str, *, field: str = TOKENIZER_FIELD
   except OSError as e:
     raise FileNotFoundError(
         f"{field}={name_or_path!r} is not a local directory and is not in the local Hugging "
-        f"Face cache, and this code does not download. On a machine with network run\n"
-        f"  python -c \"import transformers; transformers.AutoTokenizer.from_pretrained("
-        f"'{name_or_path}').save_pretrained('/some/dir/{name_or_path.replace('/', '_')}')\"\n"
+        f"Face cache, and this code does not download: on a machine with network run "
+        f"python -c \"import transformers; transformers.AutoTokenizer.from_pretrained("
+        f"'{name_or_path}').save_pretrained('/some/dir/{name_or_path.replace('/', '_')}')\", "
         f"copy the directory here and set {field}=/some/dir/{name_or_path.replace('/', '_')}"
     ) from e
 
