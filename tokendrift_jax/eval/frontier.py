@@ -132,6 +132,15 @@ def against_reference(rows: Sequence[dict], reference_rows: Sequence[dict],
   return out
 
 
+def _cell(mean: float | None, sd: float | None, covered: int, seeds: int) -> str:
+  """A table cell: mean ± SD over the covered seeds, "k/n seeds" when some are not
+  covered, "out of range" when none is."""
+  if mean is None:
+    return "out of range"
+  cell = report.fmt(mean, sd)
+  return cell + (f" ({covered}/{seeds} seeds)" if covered < seeds else "")
+
+
 def against_reference_markdown(methods: Sequence[tuple[str, Sequence[dict]]],
                                reference_rows: Sequence[dict], reference: str) -> str:
   """One row per method, per NFE: its own τ = 1 Gen-PPL over ``reference``'s Gen-PPL at the
@@ -146,13 +155,8 @@ def against_reference_markdown(methods: Sequence[tuple[str, Sequence[dict]]],
     cells = []
     for n in nfes:
       r = by.get(n)
-      if r is None or r["ratio_mean"] is None:
-        cells.append("out of range")
-        continue
-      cell = report.fmt(r["ratio_mean"], r["ratio_sd"])
-      if r["covered"] < len(r["seeds"]):
-        cell += f" ({r['covered']}/{len(r['seeds'])} seeds)"
-      cells.append(cell)
+      cells.append("out of range" if r is None else
+                   _cell(r["ratio_mean"], r["ratio_sd"], r["covered"], len(r["seeds"])))
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -191,13 +195,7 @@ def markdown(methods: Sequence[tuple[str, Sequence[dict]]], reference: Mapping[i
       lines.append(f"| {label} | " + " | ".join(cells) + " |")
       continue
     for m in matched(rows, reference):
-      if m["mean"] is None:
-        cells.append("out of range")
-        continue
-      cell = report.fmt(m["mean"], m["sd"])
-      if m["covered"] < len(m["seeds"]):
-        cell += f" ({m['covered']}/{len(m['seeds'])} seeds)"
-      cells.append(cell)
+      cells.append(_cell(m["mean"], m["sd"], m["covered"], len(m["seeds"])))
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
