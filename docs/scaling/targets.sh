@@ -64,3 +64,9 @@ done
 run --config=configs/mdlm_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=1024 --no-remat
 run --config=configs/duo_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=1024 --no-remat
 run --config=configs/mdlm_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=4096 --no-remat
+# The smallest fitting slice at the paper's 8 sequences per micro-step (data x fsdp x
+# micro-batch = 8), second pass: the 170M continuation step and L = 4096 (with remat) on one
+# H100; the 8B continuation step's smallest GPU counts; the 8B TokenDrift step at L = 4096 on
+# 8 H100s; the 170M steps on the smallest v5p and v6e slices (4 chips: 2 per device).
+run --config=configs/mdlm_continuation.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=1024 --no-remat
+run --config=configs/mdlm_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=4096 --remat
