@@ -70,3 +70,8 @@ run --config=configs/mdlm_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batc
 # 8 H100s; the 170M steps on the smallest v5p and v6e slices (4 chips: 2 per device).
 run --config=configs/mdlm_continuation.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=1024 --no-remat
 run --config=configs/mdlm_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=4096 --remat
+run --config=configs/llada_continuation.py --target=gpu:h100x2 --mesh=1,2,1 --micro-batch=4 --length=1024 --remat
+run --config=configs/llada_continuation.py --target=gpu:h200x1 --mesh=1,1,1 --micro-batch=8 --length=1024 --remat
+run --config=configs/duo_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=4096 --remat
+run --config=configs/llada_continuation.py --target=gpu:h100x4 --mesh=1,2,2 --micro-batch=4 --length=1024 --remat
+run --config=configs/llada_continuation.py --target=gpu:h200x2 --mesh=1,2,1 --micro-batch=4 --length=1024 --remat
