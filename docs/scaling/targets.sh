@@ -75,3 +75,5 @@ run --config=configs/llada_continuation.py --target=gpu:h200x1 --mesh=1,1,1 --mi
 run --config=configs/duo_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=4096 --remat
 run --config=configs/llada_continuation.py --target=gpu:h100x4 --mesh=1,2,2 --micro-batch=4 --length=1024 --remat
 run --config=configs/llada_continuation.py --target=gpu:h200x2 --mesh=1,2,1 --micro-batch=4 --length=1024 --remat
+run --config=configs/mdlm_continuation.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=4096 --remat
+run --config=configs/llada_drift.py --target=gpu:h100x8 --mesh=1,4,2 --micro-batch=2 --length=4096 --remat
