@@ -82,3 +82,4 @@ run --config=configs/llada_drift.py --target=gpu:h100x4 --mesh=1,4,1 --micro-bat
 run --config=configs/llada_drift.py --target=gpu:h200x2 --mesh=1,2,1 --micro-batch=4 --length=4096 --remat
 run --config=configs/llada_drift.py --target=gpu:h200x4 --mesh=1,4,1 --micro-batch=2 --length=4096 --remat
 run --config=configs/llada_drift.py --target=gpu:h100x4 --mesh=1,2,2 --micro-batch=4 --length=4096 --remat
+run --config=configs/mdlm_continuation.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=1024 --no-remat
