@@ -91,3 +91,4 @@ run --config=configs/llada_drift.py --target=cpu:8 --mesh=1,4,2 --micro-batch=2 
 run --config=configs/mdlm_drift.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=4096 --remat
 run --config=configs/mdlm_continuation.py --target=cpu:1 --mesh=1,1,1 --micro-batch=8 --length=1024 --no-remat
 run --config=configs/mdlm_drift.py --target=cpu:1 --mesh=1,1,1 --micro-batch=8 --length=4096 --remat
+run --config=configs/llada_continuation.py --target=tpu:v5p-8 --mesh=1,2,2 --micro-batch=4 --length=1024 --remat
