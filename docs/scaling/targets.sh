@@ -84,7 +84,9 @@ run --config=configs/llada_drift.py --target=gpu:h100x4 --mesh=1,2,2 --micro-bat
 # The smallest TPU slices (4 chips: v5p-8, v6e-4; the 170M steps 2 per chip).
 run --config=configs/mdlm_drift.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=1024 --no-remat
 run --config=configs/mdlm_continuation.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=1024 --no-remat
+run --config=configs/duo_drift.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=1024 --no-remat
 run --config=configs/mdlm_drift.py --target=tpu:v6e-4 --mesh=4,1,1 --micro-batch=2 --length=1024 --no-remat
+run --config=configs/mdlm_continuation.py --target=tpu:v6e-4 --mesh=4,1,1 --micro-batch=2 --length=1024 --no-remat
 run --config=configs/mdlm_drift.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=4096 --remat
 run --config=configs/llada_continuation.py --target=tpu:v5p-8 --mesh=1,2,2 --micro-batch=4 --length=1024 --remat
 # The v6e fitting slice of the 8B TokenDrift step (v6e-8 does not fit, above).
