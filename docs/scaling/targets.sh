@@ -89,6 +89,7 @@ run --config=configs/mdlm_drift.py --target=tpu:v6e-4 --mesh=4,1,1 --micro-batch
 run --config=configs/mdlm_continuation.py --target=tpu:v6e-4 --mesh=4,1,1 --micro-batch=2 --length=1024 --no-remat
 run --config=configs/mdlm_drift.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=4096 --remat
 run --config=configs/mdlm_continuation.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=4096 --remat
+run --config=configs/duo_drift.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=4096 --remat
 run --config=configs/llada_continuation.py --target=tpu:v5p-8 --mesh=1,2,2 --micro-batch=4 --length=1024 --remat
 # The v6e fitting slice of the 8B TokenDrift step (v6e-8 does not fit, above).
 run --config=configs/llada_drift.py --target=tpu:v6e-16 --mesh=1,4,4 --micro-batch=2 --length=1024 --remat
