@@ -64,3 +64,38 @@ done
 run --config=configs/mdlm_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=1024 --no-remat
 run --config=configs/duo_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=1024 --no-remat
 run --config=configs/mdlm_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=4096 --no-remat
+# The smallest fitting slice at the paper's 8 sequences per micro-step (data x fsdp x
+# micro-batch = 8), second pass: on GPUs the 170M continuation step and L = 4096 (with remat)
+# on one H100, the 8B continuation step's smallest GPU counts, the 8B TokenDrift step at
+# L = 4096 on 8 / 4 H100s and 4 / 2 H200s.
+run --config=configs/mdlm_continuation.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=1024 --no-remat
+run --config=configs/mdlm_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=4096 --remat
+run --config=configs/llada_continuation.py --target=gpu:h100x2 --mesh=1,2,1 --micro-batch=4 --length=1024 --remat
+run --config=configs/llada_continuation.py --target=gpu:h200x1 --mesh=1,1,1 --micro-batch=8 --length=1024 --remat
+run --config=configs/duo_drift.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=4096 --remat
+run --config=configs/llada_continuation.py --target=gpu:h100x4 --mesh=1,2,2 --micro-batch=4 --length=1024 --remat
+run --config=configs/llada_continuation.py --target=gpu:h200x2 --mesh=1,2,1 --micro-batch=4 --length=1024 --remat
+run --config=configs/mdlm_continuation.py --target=gpu:h100x1 --mesh=1,1,1 --micro-batch=8 --length=4096 --remat
+run --config=configs/llada_drift.py --target=gpu:h100x8 --mesh=1,4,2 --micro-batch=2 --length=4096 --remat
+run --config=configs/llada_drift.py --target=gpu:h100x4 --mesh=1,4,1 --micro-batch=2 --length=4096 --remat
+run --config=configs/llada_drift.py --target=gpu:h200x2 --mesh=1,2,1 --micro-batch=4 --length=4096 --remat
+run --config=configs/llada_drift.py --target=gpu:h200x4 --mesh=1,4,1 --micro-batch=2 --length=4096 --remat
+run --config=configs/llada_drift.py --target=gpu:h100x4 --mesh=1,2,2 --micro-batch=4 --length=4096 --remat
+# The smallest TPU slices (4 chips: v5p-8, v6e-4; the 170M steps 2 per chip).
+run --config=configs/mdlm_drift.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=1024 --no-remat
+run --config=configs/mdlm_continuation.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=1024 --no-remat
+run --config=configs/duo_drift.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=1024 --no-remat
+run --config=configs/mdlm_drift.py --target=tpu:v6e-4 --mesh=4,1,1 --micro-batch=2 --length=1024 --no-remat
+run --config=configs/mdlm_continuation.py --target=tpu:v6e-4 --mesh=4,1,1 --micro-batch=2 --length=1024 --no-remat
+run --config=configs/mdlm_drift.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=4096 --remat
+run --config=configs/mdlm_continuation.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=4096 --remat
+run --config=configs/duo_drift.py --target=tpu:v5p-8 --mesh=4,1,1 --micro-batch=2 --length=4096 --remat
+run --config=configs/llada_continuation.py --target=tpu:v5p-8 --mesh=1,2,2 --micro-batch=4 --length=1024 --remat
+# The v6e fitting slice of the 8B TokenDrift step (v6e-8 does not fit, above).
+run --config=configs/llada_drift.py --target=tpu:v6e-16 --mesh=1,4,4 --micro-batch=2 --length=1024 --remat
+# XLA:CPU's plan of the same rows (cpu:N simulated devices), for the comparison.
+run --config=configs/llada_continuation.py --target=cpu:4 --mesh=1,2,2 --micro-batch=4 --length=1024 --remat
+run --config=configs/llada_continuation.py --target=cpu:2 --mesh=1,2,1 --micro-batch=4 --length=1024 --remat
+run --config=configs/llada_drift.py --target=cpu:8 --mesh=1,4,2 --micro-batch=2 --length=4096 --remat
+run --config=configs/mdlm_continuation.py --target=cpu:1 --mesh=1,1,1 --micro-batch=8 --length=1024 --no-remat
+run --config=configs/mdlm_drift.py --target=cpu:1 --mesh=1,1,1 --micro-batch=8 --length=4096 --remat
