@@ -99,3 +99,10 @@ run --config=configs/llada_continuation.py --target=cpu:2 --mesh=1,2,1 --micro-b
 run --config=configs/llada_drift.py --target=cpu:8 --mesh=1,4,2 --micro-batch=2 --length=4096 --remat
 run --config=configs/mdlm_continuation.py --target=cpu:1 --mesh=1,1,1 --micro-batch=8 --length=1024 --no-remat
 run --config=configs/mdlm_drift.py --target=cpu:1 --mesh=1,1,1 --micro-batch=8 --length=4096 --remat
+# The 8B continuation step at L = 4096, 8 sequences per micro-step: 4 H100s / H200s and 2.
+for target in gpu:h100x4 gpu:h200x4; do
+  run --config=configs/llada_continuation.py --target=$target --mesh=1,2,2 --micro-batch=4 --length=4096 --remat
+done
+for target in gpu:h100x2 gpu:h200x2; do
+  run --config=configs/llada_continuation.py --target=$target --mesh=1,2,1 --micro-batch=4 --length=4096 --remat
+done
