@@ -106,3 +106,7 @@ done
 for target in gpu:h100x2 gpu:h200x2; do
   run --config=configs/llada_continuation.py --target=$target --mesh=1,2,1 --micro-batch=4 --length=4096 --remat
 done
+# The 8B steps at L = 4096 on the smallest v5p slice (v5p-8: 4 chips), 4 per batch shard.
+for config in llada_drift llada_continuation; do
+  run --config=configs/$config.py --target=tpu:v5p-8 --mesh=1,2,2 --micro-batch=4 --length=4096 --remat
+done
