@@ -123,5 +123,5 @@ def test_against_reference_reads_the_pretrained_sweep_at_each_methods_entropy():
     assert g["ratio_mean"] == pytest.approx(np.mean(covered), rel=1e-12)
     assert g["ratio_sd"] == pytest.approx(np.std(covered, ddof=1), rel=1e-12)
   assert got[1]["covered"] == 2   # seed 3 at NFE 16 lies below the reference's sweep
-  table = frontier.against_reference_markdown([("TokenDrift", method)], ref, "pretrained")
+  table = frontier.against_reference_markdown([("TokenDrift", got)], "pretrained")
   assert "(2/3 seeds)" in table and table.count("\n") == 2

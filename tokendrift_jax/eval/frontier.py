@@ -141,11 +141,12 @@ def _cell(mean: float | None, sd: float | None, covered: int, seeds: int) -> str
   return cell + (f" ({covered}/{seeds} seeds)" if covered < seeds else "")
 
 
-def against_reference_markdown(methods: Sequence[tuple[str, Sequence[dict]]],
-                               reference_rows: Sequence[dict], reference: str) -> str:
+def against_reference_markdown(readings: Sequence[tuple[str, Sequence[dict]]],
+                               reference: str) -> str:
   """One row per method, per NFE: its own τ = 1 Gen-PPL over ``reference``'s Gen-PPL at the
-  same entropy (mean ± SD over the covered seeds; "k/n seeds" when some are out of range)."""
-  readings = [(label, against_reference(rows, reference_rows)) for label, rows in methods]
+  same entropy (mean ± SD over the covered seeds; "k/n seeds" when some are out of range).
+
+  ``readings``: (label, :func:`against_reference` of the method) per row."""
   nfes = sorted({r["nfe"] for _, rs in readings for r in rs})
   head = "| Method | " + " | ".join(
       f"NFE = {n}: Gen.-PPL / {reference}'s at its entropy ↓" for n in nfes) + " |"

@@ -807,15 +807,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
               + frontier.markdown(labelled, reference) + "\n")
     matched = {m: frontier.matched(results[m], reference)
                for m in ["pretrained", "continuation", "drift", *baselines]}
+    refined = ["continuation", "drift", *baselines]   # the rows of labelled[1:]
+    against = {m: frontier.against_reference(results[m], results["pretrained"])
+               for m in refined}
     table += ("\nThe other direction: each method's τ = 1 Gen.-PPL over the pretrained "
               "model's frontier (its sweep "
               f"{sorted(reference_temperatures(config))}, same seed) read at that sample's "
               "entropy (< 1: better than the pretrained model cooled or heated to the same "
               "entropy; never extrapolated):\n\n"
-              + frontier.against_reference_markdown(labelled[1:], results["pretrained"],
-                                                    "pretrained") + "\n")
-    against = {m: frontier.against_reference(results[m], results["pretrained"])
-               for m in ["continuation", "drift", *baselines]}
+              + frontier.against_reference_markdown(
+                  [(label, against[m]) for (label, _), m in zip(labelled[1:], refined)],
+                  "pretrained") + "\n")
     plots.plot_frontier(labelled, reference, os.path.join(workdir, "frontier.png"),
                         title=f"{str(config.diffusion.process).upper()}: Gen-PPL vs entropy")
   if curves:
