@@ -18,6 +18,7 @@ import argparse
 
 import jax
 
+from tokendrift_jax import malloc
 from tokendrift_jax.perf import drift_timing
 
 
@@ -38,4 +39,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  malloc.use_huge_pages()   # re-executes under glibc's huge-page tunable (tokendrift_jax/malloc.py)
   main()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from tokendrift_jax import malloc
 from tokendrift_jax.eval import eval_config
 from tokendrift_jax.perf import judge_cost
 
@@ -37,4 +38,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  malloc.use_huge_pages()   # re-executes under glibc's huge-page tunable (tokendrift_jax/malloc.py)
   main()

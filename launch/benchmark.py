@@ -35,6 +35,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from tokendrift_jax import malloc
 from tokendrift_jax import runtime
 
 try:
@@ -145,5 +146,6 @@ def _smoke() -> int:
 
 
 if __name__ == "__main__":
+  malloc.use_huge_pages()   # re-executes under glibc's huge-page tunable (tokendrift_jax/malloc.py)
   app.run(lambda argv: sys.exit(main(argv)),
           flags_parser=runtime.flags_parser("configs/mdlm_drift.py"))

@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from tokendrift_jax import malloc
 from tokendrift_jax import runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file",
@@ -30,5 +31,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  malloc.use_huge_pages()   # re-executes under glibc's huge-page tunable (tokendrift_jax/malloc.py)
   flags.mark_flag_as_required("config")
   app.run(main, flags_parser=runtime.flags_parser("configs/mdlm_drift.py"))
