@@ -251,12 +251,18 @@ def test_builder_placement_errors(tiny_model_config, monkeypatch):
 
 
 def test_rules_shardings_of_a_built_step(tiny_model_config):
-  """build_step with "rules": the encoder is placed like the generator's params and the
-  state's moments and EMA like the params (no compile: shardings only)."""
+  """build_step with "rules": the encoder is placed like the generator's params (its output
+  layer, which it does not hold, as replicated placeholders) and the state's moments and
+  EMA like the params (no compile: shardings only)."""
   parts = builder.build_step(_step_config(tiny_model_config, (1, 2, 4), "rules"))
   params = parts.state_shardings.params
   chex.assert_trees_all_equal_structs(parts.frozen_shardings, params)
-  assert parts.frozen_shardings == params and parts.state_shardings.ema_params == params
+  head = models.get_family("dit").head_keys
+  assert head == ("output_layer",)
+  assert {k: v for k, v in parts.frozen_shardings.items() if k not in head} == {
+      k: v for k, v in params.items() if k not in head}
+  assert all(s.spec == P() for s in jax.tree.leaves(parts.frozen_shardings["output_layer"]))
+  assert parts.state_shardings.ema_params == params
   assert params["blocks"][0]["mlp"][0]["kernel"].spec == P("fsdp", "tensor")
 
 

@@ -229,3 +229,88 @@ def test_completion_pooling_needs_a_prompt(tiny_llada_config):
     TokenDrift.from_config(c, cfg, process)
   c.prompt.mode, c.prompt.length = "prefix", 4
   assert TokenDrift.from_config(c, cfg, process).config.pool == "completion"
+
+
+# ------------------------------------------------------------------ the encoder without its head
+
+
+def _family_config(family, tiny_model_config, tiny_llada_config):
+  from tests.helpers import tiny_run  # pylint: disable=import-outside-toplevel
+  from tokendrift_jax.models.dream import DreamConfig  # pylint: disable=import-outside-toplevel
+  if family == "dit":
+    return tiny_model_config("duo"), make_process("duo", tiny_model_config("duo").vocab_size)
+  cfg = tiny_llada_config() if family == "llada" else DreamConfig(**tiny_run.TINY_DREAM)
+  return cfg, make_process(family, cfg.vocab_size, mask_id=cfg.mask_id)
+
+
+# The whole micro-step per family (8-12 s each on 2 cores); the suite keeps the DiT's and,
+# for every family, the cheaper forward check below.
+@pytest.mark.parametrize("family", ["dit", pytest.param("llada", marks=pytest.mark.slow),
+                                    pytest.param("dream", marks=pytest.mark.slow)])
+def test_encoder_without_its_output_layer_gives_the_same_step(
+    family, tiny_model_config, tiny_llada_config, random_params):
+  """The frozen encoder's copy holds no output layer (placeholders of 0 elements under the
+  family's ``head_keys``), and the micro-step with it equals the one with the whole
+  network: ϕ's features are block outputs, so the head never entered the step. Equal to
+  float32 rounding (XLA may fuse the pruned program differently): 1e-6 relative."""
+  cfg, process = _family_config(family, tiny_model_config, tiny_llada_config)
+  fam = models.family_of(cfg)
+  assert fam.head_keys
+  params, encoder = random_params(cfg, seed=3), random_params(cfg, seed=4)
+  objective = TokenDrift.from_config(_drift_section(), cfg, process)
+  assert objective.head_keys == fam.head_keys
+  dropped = objective.frozen(encoder)
+  held = lambda t: sum(np.size(x) for x in jax.tree.leaves(t))
+  head = sum(np.size(x) for k in fam.head_keys if k in encoder for x in jax.tree.leaves(encoder[k]))
+  assert head > 0 and held(dropped) == held(encoder) - head
+  for k in encoder:
+    if k not in fam.head_keys:
+      assert dropped[k] is encoder[k]
+  text_vocab = cfg.vocab_size - 6 if family != "dit" else cfg.vocab_size
+  x0 = np.random.default_rng(5).integers(0, text_vocab, (8, cfg.length)).astype(np.int32)
+  ctx = losses.StepContext(graphdef=models.graphdef(cfg, scan_layers=True), process=process,
+                           mesh=None, dropout=False)
+  queues = _partial_queues(cfg.feature_dim)
+  key = jax.random.PRNGKey(11)
+  run = lambda enc, only: jax.device_get(jax.jit(
+      lambda p, e, q, x, k: tokendrift.drift_microstep(ctx, objective.config, p, e, q, x, k,
+                                                       features_only=only))(
+          params, enc, queues, x0, key))
+  whole, without = run(encoder, False), run(dropped, True)
+  assert np.isfinite(whole[0])
+  chex.assert_trees_all_close(without[:3], whole[:3], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["dit", "llada", "dream"])
+def test_encoder_without_its_output_layer_gives_the_same_features(
+    family, tiny_model_config, tiny_llada_config, random_params):
+  """ϕ's last two block outputs from the dropped-head copy (``head=False``) equal the whole
+  network's, on soft-token inputs as the lift makes them (exactly: the same blocks run)."""
+  cfg, _ = _family_config(family, tiny_model_config, tiny_llada_config)
+  fam = models.family_of(cfg)
+  encoder = random_params(cfg, seed=4)
+  gdef = models.graphdef(cfg, scan_layers=True)
+  embeds = np.random.default_rng(2).standard_normal((2, cfg.length, cfg.feature_dim // 2))
+  embeds = embeds.astype(np.float32)
+  sigma = np.full((2,), 0.3, np.float32)
+  whole = jax.jit(lambda e, x: models.merge(gdef, e)(None, sigma, embeds=x,
+                                                     return_hidden=2)[1])(encoder, embeds)
+  without = jax.jit(lambda e, x: models.merge(gdef, e)(None, sigma, embeds=x, return_hidden=2,
+                                                       head=False))(
+      tokendrift.drop_head(encoder, fam.head_keys), embeds)
+  assert without[0] is None
+  chex.assert_trees_all_equal(list(without[1]), list(whole))
+
+
+def _drift_section():
+  from configs import mdlm_drift  # pylint: disable=import-outside-toplevel
+  c = mdlm_drift.get_config()
+  c.drift.queue_size = 16
+  return c
+
+
+def test_head_false_needs_return_hidden(tiny_model_config, random_params):
+  cfg = tiny_model_config("mdlm")
+  net = models.merge(models.graphdef(cfg), random_params(cfg, seed=1))
+  with pytest.raises(ValueError, match="head=False returns only hidden states"):
+    net(np.zeros((1, cfg.length), np.int32), head=False)

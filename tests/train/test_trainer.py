@@ -171,17 +171,20 @@ def test_one_device_equals_tensor_meshes(objective, shape, remat_policy, tiny_di
   print(f"{objective} step on {shape}: {time.time() - t0:.1f} s")
 
   # Placement: the arrays are where the rules put them; Adam's moments and the EMA sit
-  # with their parameters; the frozen encoder is the generator's placement and holds no
-  # optimizer state.
+  # with their parameters; the frozen encoder is the generator's placement less its output
+  # layer (replicated 0-element placeholders) and holds no optimizer state.
   param_shardings = parts.state_shardings.params
   assert jax.tree.map(lambda a: a.sharding, state.params) == param_shardings
   assert jax.tree.map(lambda a: a.sharding, state.ema_params) == param_shardings
   adam = state.opt_state[1][0]
   assert jax.tree.map(lambda a: a.sharding, (adam.mu, adam.nu)) == (param_shardings,) * 2
   if encoder is not None:
-    assert parts.frozen_shardings == param_shardings
-    assert jax.tree.map(lambda a: a.sharding, encoder) == param_shardings
+    body = lambda t: {k: v for k, v in t.items() if k != "output_layer"}
+    assert body(parts.frozen_shardings) == body(param_shardings)
+    assert jax.tree.map(lambda a: a.sharding, encoder) == parts.frozen_shardings
     chex.assert_trees_all_equal_structs(encoder, state.params)
+    assert all(a.size == 0 and a.sharding.spec == jax.sharding.PartitionSpec()
+               for a in jax.tree.leaves(encoder["output_layer"]))
   block = state.params["blocks"][0]
   d, t = shape[1], shape[2]   # fsdp and tensor sizes; the tiny DiT has d = 32, 4d = 128
   assert _shard_shape(block["attn_qkv"]["kernel"]) == (32 // d, 96 // t)

@@ -134,6 +134,12 @@ class Family:
       the family offers only the "replicated" and "fsdp" placements.
     tokenizer: hub name of the released checkpoints' tokenizer, what an evaluation decodes
       samples with when its config names none ("" = none: the config must name one).
+    head_keys: top-level keys of the pure parameter dict that only the output layer reads
+      (its final norm and projection; never the embedding table, which a tied output layer
+      shares). A family that declares them also accepts ``head=False`` in ``__call__``
+      (with ``return_hidden``: returns ``(None, hidden)`` and never reads them), and
+      TokenDrift's frozen encoder, which needs only the hidden states, does not hold them
+      (``objectives.tokendrift.drop_head``). () = the family has no such option.
     skip_special_tokens: how the family's released code decodes samples to text: MDLM and
       DUO keep special tokens (plain ``batch_decode``), LLaDA's ``generate.py`` drops them
       (``skip_special_tokens=True``). An evaluation's default.
@@ -148,3 +154,4 @@ class Family:
   logical_axes: Callable[[tuple[str, ...], tuple[int, ...]], tuple[str | None, ...]] | None = None
   tokenizer: str = ""
   skip_special_tokens: bool = False
+  head_keys: tuple[str, ...] = ()

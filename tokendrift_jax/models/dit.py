@@ -318,7 +318,7 @@ class DiT(nnx.Module):
     return self.vocab_embed.embedding[...]
 
   def __call__(self, input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
-               return_hidden: bool | int = False, attention_mask=None):
+               return_hidden: bool | int = False, attention_mask=None, head: bool = True):
     """Raw backbone output (before SUBS / log-softmax).
 
     Args:
@@ -332,11 +332,15 @@ class DiT(nnx.Module):
       attention_mask: optional bool [B, L], True at real tokens: padded keys are attended
         by no query (see the module doc); outputs at padded positions are meaningless.
         None = every position is real (the same program as without the argument).
+      head: False (with ``return_hidden``) skips the output layer: logits are None and
+        ``output_layer``'s parameters are never read (``FAMILY.head_keys``).
 
     Returns:
       float32[B, L, V] logits, or (logits, hidden) when ``return_hidden``.
     """
     cfg = self.config
+    if not head and not return_hidden:
+      raise ValueError("head=False returns only hidden states: pass return_hidden")
     if embeds is None:
       if input_ids is None:
         raise ValueError("DiT needs input_ids or embeds")
@@ -387,6 +391,8 @@ class DiT(nnx.Module):
       x = run_block(self.blocks[i], x, keys[i])
       if i >= cfg.n_blocks - n_keep:
         hidden.append(x)
+    if not head:
+      return None, hidden
     logits = self.output_layer(x, c).astype(jnp.float32)
     return (logits, hidden) if return_hidden else logits
 
@@ -576,7 +582,7 @@ FAMILY = base.Family(
     compatible_fields=("dropout",), logical_axes=logical_axes,
     hub_names={"mdlm": "kuleshov-group/mdlm-owt", "duo": "s-sahoo/duo"},
     # Both releases use GPT-2's tokenizer (DUO's get_tokenizer adds [PAD] to it).
-    tokenizer="gpt2", skip_special_tokens=False,
+    tokenizer="gpt2", skip_special_tokens=False, head_keys=("output_layer",),
     # tiny: head dim 64 (cuDNN flash attention needs a multiple of 8, at most 128). 170m:
     # the releases; its 50258 ids are GPT-2 + mask for MDLM, GPT-2 + [PAD] for DUO.
     sizes={"tiny": dict(vocab_size=1024, hidden_size=256, cond_dim=64, n_blocks=2, n_heads=4),

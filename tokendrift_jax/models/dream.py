@@ -327,7 +327,8 @@ class Dream(nnx.Module):
     return sharding.constrain(logits.astype(jnp.float32), *LOGITS)
 
   def __call__(self, input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
-               return_hidden: bool | int = False, align: bool = True, attention_mask=None):
+               return_hidden: bool | int = False, align: bool = True, attention_mask=None,
+               head: bool = True):
     """Dream's logits, aligned as its sampler reads them (see the module doc).
 
     Args:
@@ -344,12 +345,16 @@ class Dream(nnx.Module):
         from each row's first real token and padded keys are attended by no query (see
         the module doc); outputs at padded positions are meaningless. None = every
         position is real (the same program as without the argument).
+      head: False (with ``return_hidden``) skips the output layer: logits are None and
+        its parameters are never read (``FAMILY.head_keys``).
 
     Returns:
       float32[B, L, V] logits, or (logits, hidden) when ``return_hidden``.
     """
     del sigma, dropout_rng
     cfg = self.config
+    if not head and not return_hidden:
+      raise ValueError("head=False returns only hidden states: pass return_hidden")
     if embeds is None:
       if input_ids is None:
         raise ValueError("Dream needs input_ids or embeds")
@@ -396,6 +401,8 @@ class Dream(nnx.Module):
       x = run_block(self.layers[i], x)
       if i >= n_layers - n_keep:
         hidden.append(x)
+    if not head:
+      return None, hidden
     # The output layer is position-wise, so aligning its input aligns the logits.
     logits = self.output_layer(align_shift(x, attention_mask) if align else x)
     return (logits, hidden) if return_hidden else logits
@@ -475,7 +482,7 @@ FAMILY = base.Family(
     logical_axes=logical_axes,
     # demo_completion.py decodes with tokenizer.decode(...) (special tokens kept) and cuts
     # at the EOS text.
-    tokenizer=HUB_7B, skip_special_tokens=False,
+    tokenizer=HUB_7B, skip_special_tokens=False, head_keys=("norm", "lm_head"),
     # tiny: head dim 64, GQA 4 -> 2, the mask id inside the vocabulary but not its last id
     # (as the 7B's). 7b: Dream-v0-Base-7B's config.json (docs/MODEL.md).
     sizes={"tiny": dict(vocab_size=1024, hidden_size=256, intermediate_size=688,

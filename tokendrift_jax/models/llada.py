@@ -337,7 +337,7 @@ class LLaDA(nnx.Module):
     return sharding.constrain(logits.astype(jnp.float32), *LOGITS)
 
   def __call__(self, input_ids=None, sigma=None, *, embeds=None, dropout_rng=None,
-               return_hidden: bool | int = False, attention_mask=None):
+               return_hidden: bool | int = False, attention_mask=None, head: bool = True):
     """Raw backbone output (LLaDA's logits, before any softmax).
 
     Args:
@@ -351,12 +351,16 @@ class LLaDA(nnx.Module):
       attention_mask: optional bool [B, L], True at real tokens: padded keys are attended
         by no query (see the module doc); outputs at padded positions are meaningless.
         None = every position is real (the same program as without the argument).
+      head: False (with ``return_hidden``) skips the output layer: logits are None and
+        its parameters are never read (``FAMILY.head_keys``).
 
     Returns:
       float32[B, L, V] logits, or (logits, hidden) when ``return_hidden``.
     """
     del sigma
     cfg = self.config
+    if not head and not return_hidden:
+      raise ValueError("head=False returns only hidden states: pass return_hidden")
     if embeds is None:
       if input_ids is None:
         raise ValueError("LLaDA needs input_ids or embeds")
@@ -406,6 +410,8 @@ class LLaDA(nnx.Module):
       x = run_block(self.blocks[i], x, keys[i])
       if i >= cfg.n_layers - n_keep:
         hidden.append(x)
+    if not head:
+      return None, hidden
     logits = self.output_layer(x)
     return (logits, hidden) if return_hidden else logits
 
@@ -558,6 +564,7 @@ FAMILY = base.Family(
     hub_names={"llada": "GSAI-ML/LLaDA-8B-Base"},
     logical_axes=logical_axes,
     tokenizer="GSAI-ML/LLaDA-8B-Base", skip_special_tokens=True,
+    head_keys=("ln_f", "ff_out"),   # ff_out is absent when weight_tying
     # tiny: head dim 64 (cuDNN flash attention needs a multiple of 8, at most 128), GQA
     # 4 -> 2, the mask id inside the vocabulary but not its last id (as the 8B's). 8b:
     # LLaDA-8B-Base's config.json.

@@ -117,15 +117,43 @@ class FrozenEncoder:
   sigma: jax.Array
 
 
+def drop_head(params, head_keys: tuple[str, ...]):
+  """The frozen encoder's copy of ``params``: every leaf under the top-level ``head_keys``
+  (the family's output layer, ``models.base.Family.head_keys``) replaced by a float32[0]
+  placeholder, so the device does not hold weights that ϕ never reads (its features are
+  block outputs, App. F). At 170M: the [768, 50258] output projection and its adaLN,
+  0.155 GB; at 8B: LLaDA's 2.07 GB ``ff_out``. The placeholders keep the tree's structure,
+  which ``models.merge`` needs; the encoder runs with ``head=False`` and never reads them.
+  """
+  if not head_keys:
+    return params
+  return {k: (jax.tree.map(lambda x: jnp.zeros((0,), jnp.float32), v) if k in head_keys
+              else v) for k, v in params.items()}
+
+
+def drop_head_shardings(param_shardings, head_keys: tuple[str, ...]):
+  """Shardings of :func:`drop_head`'s tree: the placeholders replicated on the same mesh."""
+  if not head_keys:
+    return param_shardings
+  rep = lambda s: jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec())
+  return {k: (jax.tree.map(rep, v) if k in head_keys else v)
+          for k, v in param_shardings.items()}
+
+
 def frozen_encoder(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig, encoder_params,
-                   batch: int) -> FrozenEncoder:
-  """ϕ = the generator's network with ``encoder_params`` (stop-gradient), its E and [b] σ."""
+                   batch: int, *, features_only: bool = False) -> FrozenEncoder:
+  """ϕ = the generator's network with ``encoder_params`` (stop-gradient), its E and [b] σ.
+
+  ``features_only``: ``encoder_params`` went through :func:`drop_head` (the family declares
+  ``head_keys``): the network is called with ``head=False``.
+  """
   encoder = models.merge(ctx.graphdef, jax.lax.stop_gradient(encoder_params))
+  head = {"head": False} if features_only else {}
 
   def encoder_hidden(embeds, s, **padding):
     # Only the last two block outputs feed the features (App. F); ``padding``: the
     # attention_mask of padded rows, when there is one.
-    return encoder(None, s, embeds=embeds, return_hidden=2, **padding)[1]
+    return encoder(None, s, embeds=embeds, return_hidden=2, **head, **padding)[1]
 
   return FrozenEncoder(table=encoder.embedding_table(), hidden=encoder_hidden,
                        sigma=feat_lib.encoder_sigma(batch, dcfg.encoder_sigma))
@@ -183,12 +211,13 @@ def drift_loss_from_logits(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig,
 
 
 def drift_microstep(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig, params, encoder_params,
-                    queues, batch, key):
+                    queues, batch, key, *, features_only: bool = False):
   """One TokenDrift micro-step: corrupt -> generator -> lift -> encoder -> gather -> drift.
 
   Args:
     params: generator parameters (differentiated).
-    encoder_params: the frozen encoder (a copy of the initial checkpoint; constant).
+    encoder_params: the frozen encoder (a copy of the initial checkpoint; constant), its
+      output layer dropped (:func:`drop_head`) when ``features_only``.
     queues: {"real": FeatureQueue, "gen": FeatureQueue} before this micro-step.
     batch: int32 [b, L] clean global micro-batch ([b, L + 1] with per-row prompt lengths,
       ``ctx.prompt.mode == "data"``), padded with ``ctx.prompt.pad_id`` when it is set.
@@ -207,7 +236,7 @@ def drift_microstep(ctx: losses.StepContext, dcfg: obj_lib.DriftConfig, params, 
   x0 = ctx.constrain_batch(x0)
   real = prompt_lib.real_positions(ctx.prompt, x0)
   draw = drift_draw(ctx, dcfg, x0, keep, k_t, k_x, real)
-  enc = frozen_encoder(ctx, dcfg, encoder_params, x0.shape[0])
+  enc = frozen_encoder(ctx, dcfg, encoder_params, x0.shape[0], features_only=features_only)
   u = clean_features(enc, draw)
 
   def loss_fn(p):
@@ -249,6 +278,7 @@ class TokenDrift(Objective):
   """The TokenDrift objective of ``config`` for features of width ``feature_dim`` (2d)."""
   config: obj_lib.DriftConfig
   feature_dim: int
+  head_keys: tuple[str, ...] = ()   # the family's output layer, not held by the encoder
   name = "drift"
   label = "TokenDrift"
   section = "drift"
@@ -263,7 +293,8 @@ class TokenDrift(Objective):
     if dcfg.pool == "completion" and not prompted:
       raise ValueError("config.drift.pool='completion' pools the non-prompt positions: it "
                        "needs a prompt (config.prompt.mode 'prefix' or 'data')")
-    return cls(config=dcfg, feature_dim=int(model_cfg.feature_dim))
+    return cls(config=dcfg, feature_dim=int(model_cfg.feature_dim),
+               head_keys=tuple(models.family_of(model_cfg).head_keys))
 
   def init_aux(self, params):
     del params
@@ -271,11 +302,15 @@ class TokenDrift(Objective):
             "gen": queue_lib.init_queue(self.config.queue_size, self.feature_dim)}
 
   def frozen(self, params):
-    # ϕ is the generator's network at the initial checkpoint.
-    return params
+    # ϕ is the generator's network at the initial checkpoint, less its output layer.
+    return drop_head(params, self.head_keys)
+
+  def frozen_shardings(self, param_shardings):
+    return drop_head_shardings(param_shardings, self.head_keys)
 
   def microstep(self, ctx, params, frozen, aux, batch, key):
-    return drift_microstep(ctx, self.config, params, frozen, aux, batch, key)
+    return drift_microstep(ctx, self.config, params, frozen, aux, batch, key,
+                           features_only=bool(self.head_keys))
 
   def end_step(self, aux, params, step):
     del params, step
