@@ -79,6 +79,10 @@ _TORCH = flags.DEFINE_bool("torch", False,
                            "(tokendrift_jax/perf/torch_step.py; MDLM continuation and "
                            "TokenDrift, float32) alternating with it in this process, and "
                            "the float32 2048^3 matmul rate of both")
+_PROFILE = flags.DEFINE_bool("profile", False,
+                             "after timing each case, trace one more step (XLA:CPU thunk "
+                             "events; tokendrift_jax/perf/cpu_profile.py) into "
+                             "OUT/profile/ and print where it spent its time by thread")
 _OUT = flags.DEFINE_string("out", "benchmark_out", "directory for NAME.json and NAME.md")
 _NAME = flags.DEFINE_string("name", "benchmark", "output file stem")
 
@@ -86,6 +90,9 @@ _NAME = flags.DEFINE_string("name", "benchmark", "output file stem")
 def main(argv):
   del argv
   # pylint: disable=import-outside-toplevel
+  if _PROFILE.value:   # before the backend starts: XLA reads its flags once
+    from tokendrift_jax.perf import cpu_profile
+    cpu_profile.enable_traceme(os.environ)
   from tokendrift_jax.perf import benchmark
   from tokendrift_jax.perf import drift_timing
 
@@ -100,6 +107,9 @@ def main(argv):
           f"{row['tokens_per_s']:.0f} tok/s, {row['achieved_tflops']:.3f} TFLOP/s"
           + (f"; PyTorch {row['torch']['step_s'] * 1e3:.1f} ms "
              f"({row['torch']['speedup']:.2f}x)" if "torch" in row else ""), flush=True)
+    if "profile" in row:
+      from tokendrift_jax.perf import cpu_profile
+      print(cpu_profile.markdown(row["profile"]), flush=True)
 
   if _SMOKE.value:
     return _smoke()
@@ -112,7 +122,8 @@ def main(argv):
         xla_count=_XLA_COUNT.value,
         drift_measure=drift_timing.measure if _DRIFT_SHARE.value else None,
         queue_sizes=[int(q) for q in _QUEUE_SIZES.value], on_row=show,
-        torch_port=_TORCH.value)
+        torch_port=_TORCH.value,
+        profile_dir=os.path.join(_OUT.value, "profile") if _PROFILE.value else None)
   except (benchmark.BenchmarkError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -341,11 +341,12 @@ def xla_flop_count(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_batch: int,
              n_micro: int = 1, steps: int = 5, warmup: int = 2, peak_tflops: float = 0.0,
              xla_count: bool = False, size: str = "config", seed: int = 0,
-             torch_port: bool = False) -> dict[str, Any]:
+             torch_port: bool = False, profile_dir: str | None = None) -> dict[str, Any]:
   """Builds, compiles and times one case; returns its row (see module docstring).
 
   ``torch_port``: also time the PyTorch eager port of the step (``perf/torch_step.py``,
-  same weights and tokens) alternating with it call by call."""
+  same weights and tokens) alternating with it call by call. ``profile_dir``: then trace
+  one more step there and add its thread summary (``perf/cpu_profile.py``) to the row."""
   c = case_config(config, objective=objective, per_device_batch=per_device_batch,
                   n_micro=n_micro)
   setup = build_step(c, seed=seed)
@@ -370,6 +371,21 @@ def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_ba
         call, state, lambda: port(tokens_np), steps, warmup)
   else:
     first, times, state, metrics = time_calls(call, state, steps, warmup)
+  profile = None
+  if profile_dir is not None:
+    from tokendrift_jax.perf import cpu_profile  # pylint: disable=import-outside-toplevel
+    holder = {"state": state}
+
+    def one_step():
+      holder["state"], out = call(holder["state"])
+      jax.block_until_ready((holder["state"], out))
+
+    where = os.path.join(profile_dir, f"{objective}_L{setup.model_cfg.length}_b{per_device_batch}")
+    trace_path = cpu_profile.trace(one_step, where)
+    state = holder["state"]
+    profile = cpu_profile.summarize(cpu_profile.load_events(trace_path),
+                                    cpu_profile.op_names(compiled.as_text()))
+    profile["trace"] = trace_path
   loss = float(jax.device_get(metrics["loss"]))
   mem = peak_memory()
   ana = analytic_flops(setup)
@@ -398,6 +414,8 @@ def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_ba
       "memory": mem, "program_bytes": program_bytes(compiled),
       "loss": loss, "finite": bool(math.isfinite(loss)),
   }
+  if profile is not None:
+    row["profile"] = profile
   if port is not None:
     row["torch"] = {"step_s": statistics.median(torch_times), "step_s_all": torch_times,
                     "loss": torch_loss, "threads": port.torch.get_num_threads(),
@@ -544,7 +562,7 @@ def run(config: ml_collections.ConfigDict, *, size: str, lengths: Iterable[int],
         xla_count: bool = False, drift_measure: Callable | None = None,
         queue_sizes: Sequence[int] = (1024, 65536), drift_iters: int = 5,
         on_row: Callable[[dict, dict], None] | None = None,
-        torch_port: bool = False) -> dict[str, Any]:
+        torch_port: bool = False, profile_dir: str | None = None) -> dict[str, Any]:
   """Every (length, batch, objective) case; the full result dict (rows, peak, env).
 
   ``on_row(row, result_so_far)`` is called after each case (e.g. to print it and save
@@ -574,7 +592,7 @@ def run(config: ml_collections.ConfigDict, *, size: str, lengths: Iterable[int],
           row = run_case(sized, objective=objective, per_device_batch=int(b),
                          n_micro=n_micro, steps=steps, warmup=warmup,
                          peak_tflops=peak_tflops, xla_count=xla_count, size=size,
-                         torch_port=torch_port)
+                         torch_port=torch_port, profile_dir=profile_dir)
         except BenchmarkError:
           raise
         except Exception as e:  # pylint: disable=broad-except
