@@ -141,8 +141,8 @@ def summarize(events: list[Event], ops: dict[str, str] | None = None) -> dict[st
 
 def markdown(summary: dict[str, Any], top: int = 15) -> str:
   busy = ", ".join(f"{k} busy {v:.0f} ms" for k, v in summary["busy_ms"].items())
-  lines = [f"step span {summary['span_ms']:.0f} ms on {summary['threads']} threads with thunk events "
-           f"({busy}); thunk time {summary['thunk_ms']:.0f} ms", "",
+  lines = [f"step span {summary['span_ms']:.0f} ms on {summary['threads']} threads with "
+           f"thunk events ({busy}); thunk time {summary['thunk_ms']:.0f} ms", "",
            "| kind | total ms | solo ms (no other thread busy) |", "|---|---|---|"]
   lines += [f"| {r['kind']} | {r['total_ms']:.1f} | {r['solo_ms']:.1f} |"
             for r in summary["kinds"][:top]]
