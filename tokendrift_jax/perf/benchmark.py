@@ -380,7 +380,8 @@ def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_ba
       holder["state"], out = call(holder["state"])
       jax.block_until_ready((holder["state"], out))
 
-    where = os.path.join(profile_dir, f"{objective}_L{setup.model_cfg.length}_b{per_device_batch}")
+    where = os.path.join(profile_dir,
+                         f"{objective}_L{setup.model_cfg.length}_b{per_device_batch}")
     trace_path = cpu_profile.trace(one_step, where)
     state = holder["state"]
     profile = cpu_profile.summarize(cpu_profile.load_events(trace_path),
