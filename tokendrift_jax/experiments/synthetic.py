@@ -53,6 +53,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
+from tqdm.auto import tqdm
 
 from tokendrift_jax import checkpoints
 from tokendrift_jax import objectives
@@ -768,7 +769,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
 
   mesh = builder.make_mesh(config)
   results: dict[str, list[dict]] = {}
-  for st in stages:
+  # Minutes per stage on a CPU (every temperature x NFE x seed), so a bar; cached stages
+  # pass at once.
+  bar = tqdm(stages, desc="evaluation", unit="stage")
+  for st in bar:
+    bar.set_postfix_str(st.name)
     method = "pretrained" if st.method == "pretrain" else st.method
     results.setdefault(method, []).extend(
         _eval_stage(st, config, backbones[st.name], lang, workdir, mesh))
