@@ -110,3 +110,11 @@ done
 for config in llada_drift llada_continuation; do
   run --config=configs/$config.py --target=tpu:v5p-8 --mesh=1,2,2 --micro-batch=4 --length=4096 --remat
 done
+# The 8B steps on v6e (32 GiB per chip), 8 sequences per micro-step (2026-12-07): continuation
+# at L = 1024 on v6e-8 and v6e-4; both steps at L = 4096 on v6e-16; continuation at 4096 on v6e-8.
+run --config=configs/llada_continuation.py --target=tpu:v6e-8 --mesh=1,2,4 --micro-batch=4 --length=1024 --remat
+run --config=configs/llada_continuation.py --target=tpu:v6e-4 --mesh=1,2,2 --micro-batch=4 --length=1024 --remat
+for config in llada_drift llada_continuation; do
+  run --config=configs/$config.py --target=tpu:v6e-16 --mesh=1,4,4 --micro-batch=2 --length=4096 --remat
+done
+run --config=configs/llada_continuation.py --target=tpu:v6e-8 --mesh=1,2,4 --micro-batch=4 --length=4096 --remat
