@@ -139,8 +139,9 @@ class MemoryRow:
 
   ``held_bytes``: what one device holds of the step's arguments (state, batch, frozen
   encoder), from their shardings. ``argument_bytes``: what the compiled program takes, which
-  is less when jit prunes an unused argument (the frozen encoder's final norm and output
-  layer: its features are the last blocks' outputs), though the caller still holds them.
+  is less when jit prunes an argument the step never reads (rows compiled before the frozen
+  encoder stopped holding its output layer, ``objectives.tokendrift.drop_head``, show that
+  layer here), though the caller still holds it.
   The fields from ``target`` on are :class:`ProgramMemory`'s (None: see there).
   """
   config: str
