@@ -374,16 +374,15 @@ def run_case(config: ml_collections.ConfigDict, *, objective: str, per_device_ba
   profile = None
   if profile_dir is not None:
     from tokendrift_jax.perf import cpu_profile  # pylint: disable=import-outside-toplevel
-    holder = {"state": state}
 
     def one_step():
-      holder["state"], out = call(holder["state"])
-      jax.block_until_ready((holder["state"], out))
+      nonlocal state
+      state, out = call(state)
+      jax.block_until_ready((state, out))
 
     where = os.path.join(profile_dir,
                          f"{objective}_L{setup.model_cfg.length}_b{per_device_batch}")
     trace_path = cpu_profile.trace(one_step, where)
-    state = holder["state"]
     profile = cpu_profile.summarize(cpu_profile.load_events(trace_path),
                                     cpu_profile.op_names(compiled.as_text()))
     profile["trace"] = trace_path
