@@ -197,6 +197,28 @@ def test_nonfinite_state_is_never_saved_and_the_rerun_resumes_finite(
   assert [(r["step"], r["skipped_steps"]) for r in rows] == [(2, 1.0), (3, 2.0)]
 
 
+def test_a_nonfinite_starting_state_is_refused(tmp_path, fault_config, monkeypatch, capsys):
+  """A NaN in the EMA of the starting state (where no step's loss reads it, so the step's
+  finite flag, update_finite, would not see it) stops the run before step 1, naming
+  where the state came from (the base case of that flag)."""
+  real = trainer.maybe_resume
+
+  def resume_with_a_nan_ema(run):
+    start = real(run)
+    leaves, treedef = jax.tree.flatten(run.state.ema_params)
+    leaves[-1] = leaves[-1].reshape(-1).at[-1].set(np.nan).reshape(leaves[-1].shape)
+    run.state = run.state.replace(ema_params=jax.tree.unflatten(treedef, leaves))
+    return start
+
+  monkeypatch.setattr(trainer, "maybe_resume", resume_with_a_nan_ema)
+  wd = str(tmp_path / "nan_ema")
+  rc = entrypoints.train_main(fault_config(), wd)
+  err = _one_error_line(capsys.readouterr().err)
+  assert rc == 2 and "starting training state is not finite" in err, err
+  assert "from config.init_checkpoint=" in err and "nothing was trained" in err, err
+  assert _steps_on_disk(wd) == []
+
+
 def test_sigterm_save_is_checked_too(tmp_path, fault_config):
   """The same NaN run, no periodic checkpoint, SIGTERM during step 2 (sent by a hook): the
   preemption save refuses the NaN state (issue 15.1) and writes its metrics row."""

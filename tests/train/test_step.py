@@ -308,3 +308,44 @@ def test_all_finite_sees_a_non_finite_entry_in_every_lane(dtype):
       x[p] = bad
       got = bool(check({"x": jnp.asarray(x, dtype).reshape(1, 4099), "e": tree["e"]}))
       assert got is False, (bad, p)
+
+
+def test_update_finite_is_the_whole_new_state_checked(tiny_model_config, random_params):
+  """The step's ``finite`` flag (update_finite: new params, aux, metrics) equals
+  all_finite over the whole new state (params, both Adam moments, EMA, aux) on steps from
+  a finite state: an ordinary step (True), the fault tests' lr = 1e6 whose second step
+  turns NaN, and parameters scaled by 1e30 (finite, but the forward pass overflows); the
+  last two False. Each flag is also checked against NumPy's float64 isfinite."""
+  cfg = tiny_model_config("mdlm", dropout=0.0)
+  params0 = random_params(cfg, seed=3)
+  process = make_process("mdlm", cfg.vocab_size)
+  batch = jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size - 1,
+                                                        (4, cfg.length)), jnp.int32)
+  ctx = losses.StepContext(graphdef=models.graphdef(cfg), process=process, mesh=None,
+                           dropout=False)
+
+  def numpy_finite(tree):
+    return all(np.all(np.isfinite(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)
+               if np.issubdtype(np.asarray(x).dtype, np.inexact))
+
+  seen = []
+  for lr, scale in ((LR, 1.0), (1e6, 1.0), (LR, 1e30)):
+    ocfg = ml_collections.ConfigDict(dict(lr=lr, b1=B1, b2=B2, eps=EPS, weight_decay=WD,
+                                          warmup_steps=0, grad_clip=CLIP, schedule="constant"))
+    optimizer = optim.make_optimizer(ocfg, total_steps=10)
+    scfg = step_lib.StepConfig(micro_batch=4, ema_decay=DECAY,
+                               lr_schedule=optim.learning_rate_schedule(ocfg, 10))
+    step_fn = jax.jit(step_lib.make_train_step(ctx, Continuation(), optimizer, scfg))
+    state = step_lib.init_state(jax.tree.map(lambda a: a * scale, params0), optimizer,
+                                seed=5, ema=True)
+    for _ in range(2):
+      assert numpy_finite(state)   # every step below starts from a finite state
+      new, metrics = step_fn(state, batch, None)
+      whole = numpy_finite((new.params, new.opt_state, new.ema_params, new.aux,
+                            {k: v for k, v in metrics.items() if k != "finite"}))
+      assert bool(metrics["finite"]) == whole, (lr, scale)
+      seen.append(whole)
+      if not whole:
+        break
+      state = new
+  assert seen == [True, True, True, False, False], seen

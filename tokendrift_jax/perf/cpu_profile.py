@@ -5,11 +5,15 @@ XLA:CPU's per-thunk trace events on (:data:`TRACEME_FLAG`, set before the backen
 into a Perfetto trace (``jax.profiler.trace(..., create_perfetto_trace=True)``), and writes
 what :func:`summarize` reads from it next to the trace:
 
-* the step's span, and how long 0, 1, 2, ... worker threads were busy at once (on a
-  2-core host, time with one busy worker is time the other core idles);
+* the step's span, and how long 0, 1, 2, ... worker threads were running a thunk at once;
 * per kind of thunk (a fusion's kind, or for library fusions and dots the HLO operation
   they come from, e.g. ``ynn_fusion:dot_general``): total time, and its *solo* time,
   the part during which no other thread ran any thunk.
+
+Only XLA's own threads emit thunk events. A library fusion (YNNPACK's dots) is one thunk
+on one of them but runs on the library's own thread pool, which emits none: "one thread
+busy" is not "one core idle" (the dots of the 170M step use both cores of a 2-core host;
+docs/PERFORMANCE.md measures it with ``taskset``).
 
 Event names are the HLO instruction names of the compiled program, so the kinds are read
 from its text (:func:`op_names`). docs/PERFORMANCE.md ("On an idle host") is one reading.
@@ -143,7 +147,7 @@ def markdown(summary: dict[str, Any], top: int = 15) -> str:
   busy = ", ".join(f"{k} busy {v:.0f} ms" for k, v in summary["busy_ms"].items())
   lines = [f"step span {summary['span_ms']:.0f} ms on {summary['threads']} threads with "
            f"thunk events ({busy}); thunk time {summary['thunk_ms']:.0f} ms", "",
-           "| kind | total ms | solo ms (no other thread busy) |", "|---|---|---|"]
+           "| kind | total ms | solo ms (no other thunk running) |", "|---|---|---|"]
   lines += [f"| {r['kind']} | {r['total_ms']:.1f} | {r['solo_ms']:.1f} |"
             for r in summary["kinds"][:top]]
   return "\n".join(lines)

@@ -117,6 +117,28 @@ def all_finite(*trees) -> jax.Array:
   return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
+def update_finite(params, aux, metrics) -> jax.Array:
+  """bool []: the state a step wrote from a finite state is finite, read from the three
+  things whose arithmetic can leave the finite numbers: the new ``params`` (p + u, u
+  unbounded: Adam's division, the learning rate), the new auxiliary state (queues,
+  teachers) and ``metrics``, which hold the loss and ``grad_norm`` (||g||, the averaged
+  gradient before clipping).
+
+  The rest follows, so it is not read again (at 170M the full-state pass read 4 trees of
+  0.68 GB, a tenth of the CPU step; docs/PERFORMANCE.md): ||g|| finite means every g and
+  the sum of the g^2 finite, so Adam's moments m' = b1 m + (1 - b1) g and
+  v' = b2 v + (1 - b2) g^2 (of g or of its clipped copy) and the EMA
+  (1 - d) p' + d ema are convex combinations of finite numbers; such a combination is
+  bounded by its largest operand and can round past float32's largest value (3.4e38;
+  bfloat16's 3.39e38 for a bfloat16 first moment) only from an operand within a few ulps
+  of it. A finite starting state is the trainer's
+  check (:func:`tokendrift_jax.train.trainer.train` reads the whole initial or restored
+  state once with :func:`all_finite`); with ``nonfinite="skip"`` a step that fails keeps
+  the previous state, so every step starts from a finite one.
+  """
+  return all_finite(params, aux, metrics)
+
+
 def make_train_step(ctx: losses.StepContext, objective, optimizer: optax.GradientTransformation,
                     scfg: StepConfig) -> Callable:
   """Returns ``step(state, batch, frozen) -> (state, metrics)`` (not jitted).
@@ -124,8 +146,9 @@ def make_train_step(ctx: losses.StepContext, objective, optimizer: optax.Gradien
   ``objective`` is an :class:`tokendrift_jax.objectives.Objective`; ``frozen`` its frozen
   tree (``objective.frozen``; None when it has none). ``metrics["finite"]`` (bool []) says
   whether the update (params, optimizer state, EMA, auxiliary state) and the metrics are
-  all finite: the trainer reads that one scalar before logging and saving instead of
-  copying the state to the host. With ``scfg.nonfinite == "skip"`` a non-finite update is
+  all finite (:func:`update_finite`: exact for a step from a finite state): the trainer
+  reads that one scalar before logging and saving instead of copying the state to the
+  host. With ``scfg.nonfinite == "skip"`` a non-finite update is
   not applied.
   """
 
@@ -157,7 +180,7 @@ def make_train_step(ctx: losses.StepContext, objective, optimizer: optax.Gradien
     metrics.update(step_metrics)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["lr"] = scfg.lr_schedule(state.step)
-    finite = all_finite(params, opt_state, ema, aux, metrics)
+    finite = update_finite(params, aux, metrics)
     if scfg.nonfinite == "skip":
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
       params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)

@@ -360,6 +360,24 @@ def maybe_resume(run: Run) -> int:
   return int(latest)
 
 
+def check_start_finite(run: Run, start: int) -> None:
+  """TrainError unless the whole starting state (parameters, optimizer state, EMA,
+  auxiliary state) is finite: the base case of the step's finite flag
+  (:func:`tokendrift_jax.train.step.update_finite` reads only what a step can make
+  non-finite from a finite state). One pass, once per run."""
+  if bool(jax.jit(step_lib.all_finite)(run.state)):
+    return
+  if start:
+    source = f"the checkpoint of step {start} in {run.checkpointer.directory}"
+  elif run.config.get("init_checkpoint"):
+    source = f"config.init_checkpoint={run.config.init_checkpoint!r}"
+  else:
+    source = "the initialisation"
+  raise TrainError(f"the starting training state is not finite (an inf or NaN in the "
+                   f"parameters, optimizer state, EMA or auxiliary state from {source}); "
+                   f"nothing was trained")
+
+
 def save(run: Run, step: int) -> None:
   """Checkpoints ``run.state`` (the caller has checked that it is finite)."""
   # A step that is already on disk (e.g. the last periodic save) is not written twice.
@@ -414,6 +432,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
   run = build(config, workdir)
   try:
     start = maybe_resume(run)
+    check_start_finite(run, start)
   except BaseException:
     run.checkpointer.close()
     run.writer.close()
