@@ -32,10 +32,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # chips when it loads; compile-only use needs none, and the suite's processes (or two
 # sessions) may load it at once.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-# The launch scripts re-execute themselves under glibc's huge-page tunable
-# (tokendrift_jax/malloc.py). Set here, test subprocesses start with it instead of
-# re-executing, and a script run in this process (runpy) never re-executes pytest;
-# tests/test_malloc.py checks the re-execution itself in a child without it.
+# The launch scripts re-execute themselves under glibc's allocator tunables
+# (tokendrift_jax/malloc.py). One of them set here (huge pages only: the suite's many
+# short programs would keep every freed page under heap reuse), test subprocesses start
+# as they are instead of re-executing, and a script run in this process (runpy) never
+# re-executes pytest; tests/test_malloc.py checks the re-execution itself in a child
+# without it.
 if "glibc.malloc.hugetlb" not in os.environ.get("GLIBC_TUNABLES", ""):
   os.environ["GLIBC_TUNABLES"] = ":".join(
       t for t in (os.environ.get("GLIBC_TUNABLES", ""), "glibc.malloc.hugetlb=1") if t)
