@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import pytest
 
+from tokendrift_jax import checkpoints
 from tokendrift_jax import entrypoints
 from tokendrift_jax.train import builder
 from tokendrift_jax.train import checkpointing
@@ -197,25 +198,26 @@ def test_nonfinite_state_is_never_saved_and_the_rerun_resumes_finite(
   assert [(r["step"], r["skipped_steps"]) for r in rows] == [(2, 1.0), (3, 2.0)]
 
 
-def test_a_nonfinite_starting_state_is_refused(tmp_path, fault_config, monkeypatch, capsys):
-  """A NaN in the EMA of the starting state (where no step's loss reads it, so the step's
-  finite flag, update_finite, would not see it) stops the run before step 1, naming
-  where the state came from (the base case of that flag)."""
-  real = trainer.maybe_resume
+def test_a_nonfinite_init_checkpoint_is_refused(tmp_path, fault_config, monkeypatch, capsys):
+  """A NaN in the parameters loaded from config.init_checkpoint (the one outside source
+  of a starting state: the base case of the step's finite flag, update_finite) stops the
+  run before step 1, naming the checkpoint, the leaf and the count."""
+  real = checkpoints.load_backbone_params
 
-  def resume_with_a_nan_ema(run):
-    start = real(run)
-    leaves, treedef = jax.tree.flatten(run.state.ema_params)
-    leaves[-1] = leaves[-1].reshape(-1).at[-1].set(np.nan).reshape(leaves[-1].shape)
-    run.state = run.state.replace(ema_params=jax.tree.unflatten(treedef, leaves))
-    return start
+  def load_with_a_nan(path):
+    config, params, meta = real(path)
+    leaves, treedef = jax.tree.flatten(params)
+    bad = np.array(leaves[-1], copy=True)
+    bad.reshape(-1)[-1] = np.nan
+    leaves[-1] = bad
+    return config, jax.tree.unflatten(treedef, leaves), meta
 
-  monkeypatch.setattr(trainer, "maybe_resume", resume_with_a_nan_ema)
-  wd = str(tmp_path / "nan_ema")
+  monkeypatch.setattr(checkpoints, "load_backbone_params", load_with_a_nan)
+  wd = str(tmp_path / "nan_init")
   rc = entrypoints.train_main(fault_config(), wd)
   err = _one_error_line(capsys.readouterr().err)
-  assert rc == 2 and "starting training state is not finite" in err, err
-  assert "from config.init_checkpoint=" in err and "nothing was trained" in err, err
+  assert rc == 2 and "config.init_checkpoint=" in err, err
+  assert "holds 1 inf or NaN entry; nothing was trained" in err, err
   assert _steps_on_disk(wd) == []
 
 

@@ -131,10 +131,11 @@ def update_finite(params, aux, metrics) -> jax.Array:
   (1 - d) p' + d ema are convex combinations of finite numbers; such a combination is
   bounded by its largest operand and can round past float32's largest value (3.4e38;
   bfloat16's 3.39e38 for a bfloat16 first moment) only from an operand within a few ulps
-  of it. A finite starting state is the trainer's
-  check (:func:`tokendrift_jax.train.trainer.train` reads the whole initial or restored
-  state once with :func:`all_finite`); with ``nonfinite="skip"`` a step that fails keeps
-  the previous state, so every step starts from a finite one.
+  of it. The trainer starts from a finite state: a fresh initialisation, a checkpoint it
+  saved (only ever with this flag true), or an init checkpoint whose parameters it checks
+  when it loads them (:func:`tokendrift_jax.train.trainer.check_finite_params`); with
+  ``nonfinite="skip"`` a step that fails keeps the previous state, so every step starts
+  from a finite one.
   """
   return all_finite(params, aux, metrics)
 

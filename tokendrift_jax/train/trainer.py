@@ -129,6 +129,23 @@ def resolve_init_checkpoint(config: ml_collections.ConfigDict) -> tuple[Any, str
   return want, path
 
 
+def check_finite_params(params, path: str) -> None:
+  """TrainError naming the first leaf of the (host, numpy) ``params`` loaded from
+  ``config.init_checkpoint`` that holds an inf or NaN.
+
+  The base case of the step's finite flag (:func:`tokendrift_jax.train.step.update_finite`
+  reads only what a step can make non-finite from a finite state): a fresh initialisation
+  is finite by construction and a checkpoint this trainer wrote was saved only with a true
+  flag, so what enters from outside is checked here, once, where it is loaded."""
+  for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    x = np.asarray(leaf)
+    if np.issubdtype(x.dtype, np.inexact) and not np.all(np.isfinite(x)):
+      bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+      raise TrainError(f"config.init_checkpoint={path!r}: parameter "
+                       f"{jax.tree_util.keystr(keypath)} {list(x.shape)} holds {bad} inf or "
+                       f"NaN entr{'y' if bad == 1 else 'ies'}; nothing was trained")
+
+
 def make_data(config, seq_len: int, process):
   """(train iterator, eval iterator factory or None).
 
@@ -289,6 +306,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
     if init_path is not None:
       _, params, _ = checkpoints.load_backbone_params(init_path)
+      check_finite_params(params, init_path)
     else:
       params = models.init_params(model_cfg, int(config.seed))
     state = sharding.to_global(parts.init_state(params), parts.state_shardings)
@@ -360,24 +378,6 @@ def maybe_resume(run: Run) -> int:
   return int(latest)
 
 
-def check_start_finite(run: Run, start: int) -> None:
-  """TrainError unless the whole starting state (parameters, optimizer state, EMA,
-  auxiliary state) is finite: the base case of the step's finite flag
-  (:func:`tokendrift_jax.train.step.update_finite` reads only what a step can make
-  non-finite from a finite state). One pass, once per run."""
-  if bool(jax.jit(step_lib.all_finite)(run.state)):
-    return
-  if start:
-    source = f"the checkpoint of step {start} in {run.checkpointer.directory}"
-  elif run.config.get("init_checkpoint"):
-    source = f"config.init_checkpoint={run.config.init_checkpoint!r}"
-  else:
-    source = "the initialisation"
-  raise TrainError(f"the starting training state is not finite (an inf or NaN in the "
-                   f"parameters, optimizer state, EMA or auxiliary state from {source}); "
-                   f"nothing was trained")
-
-
 def save(run: Run, step: int) -> None:
   """Checkpoints ``run.state`` (the caller has checked that it is finite)."""
   # A step that is already on disk (e.g. the last periodic save) is not written twice.
@@ -432,7 +432,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[Hook]
   run = build(config, workdir)
   try:
     start = maybe_resume(run)
-    check_start_finite(run, start)
   except BaseException:
     run.checkpointer.close()
     run.writer.close()
