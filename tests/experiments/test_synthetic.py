@@ -291,3 +291,44 @@ def test_an_extended_temperature_sweep_evaluates_only_the_new_temperatures(tmp_p
   cfg.evaluation.num_samples = 32                     # other settings: everything again
   synthetic._eval_stage(stage, cfg, "", None, wd, None)
   assert calls[2:] == [(1.0, 1.3)]
+
+
+def test_ablations_are_read_at_matched_entropy(tmp_path, monkeypatch):
+  """An ablation variant sits in both matched-entropy tables and in results.json beside
+  the main methods, read against the same pretrained sweep. Stages are marked finished and
+  the evaluation is replaced by rows on known frontiers (entropy 3 + τ for every method;
+  Gen-PPL 100 (1 + τ) pretrained, 80 (1 + τ) TokenDrift, 120 (1 + τ) the variant), so
+  each τ = 1 point is read at the pretrained frontier's own entropy: ratios 0.8 and 1.2."""
+  wd = str(tmp_path / "ablate")
+  cfg = _tiny_experiment(wd)
+  cfg.refine.baselines = ()
+  cfg.variants = {"queue_4": {"drift": {"queue_size": 4}}}
+  cfg.evaluation.temperatures = (0.85, 1.0, 1.3)
+  cfg.evaluation.reference_temperatures = (0.6, 0.85, 1.0, 1.3, 1.6)
+  lang = synthetic.language(cfg)
+  stages = synthetic.plan(cfg, wd, synthetic.prepare_data(cfg, wd, lang))
+  assert {st.method for st in stages} == {"pretrain", "continuation", "drift", "queue_4"}
+  for st in stages:
+    os.makedirs(os.path.join(wd, st.name, "backbone"))
+    with open(os.path.join(wd, st.name, "DONE"), "w") as f:
+      json.dump({"config_hash": st.digest}, f)
+  scale = {"pretrain": 100.0, "continuation": 90.0, "drift": 80.0, "queue_4": 120.0}
+
+  def fake_evaluate(config, backbone, lang, seeds, mesh, taus=None):
+    method = os.path.basename(os.path.dirname(backbone)).rsplit("_seed", 1)[0]
+    return [dict(temperature=t, nfe=n, seed=s, gen_ppl=scale[method] * (1 + t),
+                 entropy=3.0 + t, num_samples=16) for t in taus
+            for n in config.evaluation.nfe for s in seeds]
+
+  monkeypatch.setattr(synthetic, "_evaluate", fake_evaluate)
+  assert synthetic.run(cfg, wd) == 0
+  res = json.load(open(os.path.join(wd, "results.json")))
+  assert set(res["against_pretrained_frontier"]) == {"continuation", "drift", "queue_4"}
+  for method, want in (("drift", 0.8), ("queue_4", 1.2), ("continuation", 0.9)):
+    for cell in res["against_pretrained_frontier"][method]:
+      np.testing.assert_allclose(cell["ratio_mean"], want, rtol=1e-9)
+  assert set(res["matched_entropy"]) == {"pretrained", "continuation", "drift", "queue_4"}
+  md = open(os.path.join(wd, "results.md")).read()
+  matched_md, against_md = md.split("At matched entropy")[1].split("The other direction")
+  assert "| queue_4 (ablation) |" in matched_md
+  assert "| queue_4 (ablation) | 1.20 | 1.20 |" in against_md   # one seed: no SD

@@ -804,25 +804,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   matched = against = None
   if len(temperatures(config)) > 1:
     reference = frontier.reference_entropy(results["pretrained"])
-    labelled = [(label, results[m]) for label, m in
-                [("Pretrained", "pretrained"), ("Cont. learning", "continuation"),
-                 ("TokenDrift", "drift")] + [(baseline_label(b), b) for b in baselines]]
+    methods = [("Pretrained", "pretrained"), ("Cont. learning", "continuation"),
+               ("TokenDrift", "drift")] + [(baseline_label(b), b) for b in baselines]
+    labelled = [(label, results[m]) for label, m in methods]
+    # The ablations are read at matched entropy too (tables only: the figure stays the
+    # main methods'), each against the same pretrained sweep.
+    with_variants = methods + [(f"{v} (ablation)", v) for v in variants]
     table += (f"\nAt matched entropy (temperatures {list(temperatures(config))}; each seed's "
               f"sweep read at the pretrained model's τ = 1 entropy, never extrapolated):\n\n"
-              + frontier.markdown(labelled, reference) + "\n")
-    matched = {m: frontier.matched(results[m], reference)
-               for m in ["pretrained", "continuation", "drift", *baselines]}
-    refined = ["continuation", "drift", *baselines]   # the rows of labelled[1:]
+              + frontier.markdown([(label, results[m]) for label, m in with_variants],
+                                  reference) + "\n")
+    matched = {m: frontier.matched(results[m], reference) for _, m in with_variants}
+    refined = with_variants[1:]
     against = {m: frontier.against_reference(results[m], results["pretrained"])
-               for m in refined}
+               for _, m in refined}
     table += ("\nThe other direction: each method's τ = 1 Gen.-PPL over the pretrained "
               "model's frontier (its sweep "
               f"{sorted(reference_temperatures(config))}, same seed) read at that sample's "
               "entropy (< 1: better than the pretrained model cooled or heated to the same "
               "entropy; never extrapolated):\n\n"
               + frontier.against_reference_markdown(
-                  [(label, against[m]) for (label, _), m in zip(labelled[1:], refined)],
-                  "pretrained") + "\n")
+                  [(label, against[m]) for label, m in refined], "pretrained") + "\n")
     plots.plot_frontier(labelled, reference, os.path.join(workdir, "frontier.png"),
                         title=f"{str(config.diffusion.process).upper()}: Gen-PPL vs entropy")
   if curves:
