@@ -50,7 +50,8 @@ def _reference_grads(ctx, params, batch, rng, step, micro, grad_fn):
   return jax.tree.map(lambda a: a / n, total)
 
 
-def test_two_steps_match_numpy_adamw_clip_and_ema(tiny_model_config, random_params):
+@pytest.mark.parametrize("micro", [4, 8])   # 2 micro-batches (the scan), 1 (no accumulator)
+def test_two_steps_match_numpy_adamw_clip_and_ema(tiny_model_config, random_params, micro):
   cfg = tiny_model_config("mdlm", dropout=0.0)
   params0 = random_params(cfg, seed=21)
   process = make_process("mdlm", cfg.vocab_size)
@@ -61,7 +62,7 @@ def test_two_steps_match_numpy_adamw_clip_and_ema(tiny_model_config, random_para
   optimizer = optim.make_optimizer(ocfg, total_steps=10)
   ctx = losses.StepContext(graphdef=models.graphdef(cfg), process=process, mesh=None,
                            dropout=False)
-  scfg = step_lib.StepConfig(micro_batch=4, ema_decay=DECAY,
+  scfg = step_lib.StepConfig(micro_batch=micro, ema_decay=DECAY,
                              lr_schedule=optim.learning_rate_schedule(ocfg, 10))
   step_fn = jax.jit(step_lib.make_train_step(ctx, Continuation(), optimizer, scfg))
   state = step_lib.init_state(params0, optimizer, seed=5, ema=True)
@@ -77,7 +78,7 @@ def test_two_steps_match_numpy_adamw_clip_and_ema(tiny_model_config, random_para
   for s in range(2):
     state, metrics = step_fn(state, jnp.asarray(batch), None)
     g = _reference_grads(ctx, jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), p),
-                         jnp.asarray(batch), rng, s, micro=4, grad_fn=grad_fn)
+                         jnp.asarray(batch), rng, s, micro=micro, grad_fn=grad_fn)
     norm = np.sqrt(sum(np.sum(a * a) for a in jax.tree.leaves(g)))
     chex.assert_trees_all_close(float(metrics["grad_norm"]), norm, rtol=1e-5, atol=0)
     if norm > CLIP:
