@@ -39,5 +39,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  malloc.use_huge_pages()   # re-executes under glibc's allocator tunables (tokendrift_jax/malloc.py)
+  malloc.use_allocator_tunables()   # re-executes under glibc's allocator tunables (tokendrift_jax/malloc.py)
   main()

@@ -157,6 +157,6 @@ def _smoke() -> int:
 
 
 if __name__ == "__main__":
-  malloc.use_huge_pages()   # re-executes under glibc's allocator tunables (tokendrift_jax/malloc.py)
+  malloc.use_allocator_tunables()   # re-executes under glibc's allocator tunables (tokendrift_jax/malloc.py)
   app.run(lambda argv: sys.exit(main(argv)),
           flags_parser=runtime.flags_parser("configs/mdlm_drift.py"))

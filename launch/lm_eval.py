@@ -19,6 +19,6 @@ import sys
 from tokendrift_jax import malloc
 
 if __name__ == "__main__":
-  malloc.use_huge_pages()   # re-executes under glibc's allocator tunables (tokendrift_jax/malloc.py)
+  malloc.use_allocator_tunables()   # re-executes under glibc's allocator tunables (tokendrift_jax/malloc.py)
   from tokendrift_jax.eval import lm_eval_cli  # pylint: disable=import-outside-toplevel
   sys.exit(lm_eval_cli.run(sys.argv[1:]))

@@ -29,6 +29,6 @@ def _loader(path, weights):
 
 
 if __name__ == "__main__":
-  malloc.use_huge_pages()   # re-executes under glibc's allocator tunables (tokendrift_jax/malloc.py)
+  malloc.use_allocator_tunables()   # re-executes under glibc's allocator tunables (tokendrift_jax/malloc.py)
   from tokendrift_jax.eval import samples_cli  # pylint: disable=import-outside-toplevel
   sys.exit(samples_cli.run(sys.argv[1:], reader=_reader, loader=_loader))

@@ -31,6 +31,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  malloc.use_huge_pages()   # re-executes under glibc's allocator tunables (tokendrift_jax/malloc.py)
+  malloc.use_allocator_tunables()   # re-executes under glibc's allocator tunables (tokendrift_jax/malloc.py)
   flags.mark_flag_as_required("config")
   app.run(main, flags_parser=runtime.flags_parser("configs/mdlm_drift.py"))

@@ -1,4 +1,4 @@
-"""tokendrift_jax/malloc.py: when a launch script re-executes under glibc's huge pages."""
+"""tokendrift_jax/malloc.py: when a launch script re-executes under glibc's allocator tunables."""
 
 import os
 import subprocess
@@ -16,13 +16,13 @@ REUSE = ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.arena_max=
 
 
 def test_adds_the_tunables_and_keeps_the_users():
-  assert malloc.huge_page_env({}, GLIBC)["GLIBC_TUNABLES"] == REUSE
-  assert malloc.huge_page_env({"TOKENDRIFT_MALLOC": "reuse"}, GLIBC)["GLIBC_TUNABLES"] == REUSE
-  env = malloc.huge_page_env({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "A": "b"},
+  assert malloc.allocator_env({}, GLIBC)["GLIBC_TUNABLES"] == REUSE
+  assert malloc.allocator_env({"TOKENDRIFT_MALLOC": "reuse"}, GLIBC)["GLIBC_TUNABLES"] == REUSE
+  env = malloc.allocator_env({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "A": "b"},
                              GLIBC)
   assert env["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=0:" + REUSE
   assert env["A"] == "b"
-  env = malloc.huge_page_env({"TOKENDRIFT_MALLOC": "hugetlb"}, GLIBC)
+  env = malloc.allocator_env({"TOKENDRIFT_MALLOC": "hugetlb"}, GLIBC)
   assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
 
 
@@ -35,12 +35,12 @@ def test_adds_the_tunables_and_keeps_the_users():
     ({}, None),      # not glibc (macOS, musl)
 ])
 def test_runs_as_it_is(environ, glibc):
-  assert malloc.huge_page_env(environ, glibc) is None
+  assert malloc.allocator_env(environ, glibc) is None
 
 
 def test_rejects_an_unknown_choice():
   with pytest.raises(ValueError, match="TOKENDRIFT_MALLOC='tcmalloc'"):
-    malloc.huge_page_env({"TOKENDRIFT_MALLOC": "tcmalloc"}, GLIBC)
+    malloc.allocator_env({"TOKENDRIFT_MALLOC": "tcmalloc"}, GLIBC)
 
 
 @pytest.mark.skipif(malloc._glibc_version() is None  # pylint: disable=protected-access
@@ -53,7 +53,7 @@ def test_reexecutes_the_same_command(tmp_path, choice, expected):
   script.write_text("import os, sys\n"
                     "from tokendrift_jax import malloc\n"
                     "print('started', flush=True)\n"
-                    "malloc.use_huge_pages()\n"
+                    "malloc.use_allocator_tunables()\n"
                     "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])\n")
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",
                                                            "TOKENDRIFT_MALLOC")}

@@ -23,7 +23,7 @@ same process TokenDrift 2060 -> 1708 ms. ``TOKENDRIFT_MALLOC=hugetlb`` sets huge
 only; ``system`` leaves glibc's defaults. An allocator setting changes no arithmetic.
 
 glibc reads its tunables once, at process start, so setting them from Python is too late:
-:func:`use_huge_pages` re-executes the running command with them added to the environment,
+:func:`use_allocator_tunables` re-executes the running command with them added to the environment,
 before anything heavy is imported. It is a no-op where it cannot help or the user decided:
 not Linux with glibc >= 2.35, ``GLIBC_TUNABLES`` already naming one of the four (the
 user's settings are kept as they are), or ``TOKENDRIFT_MALLOC=system``.
@@ -61,7 +61,7 @@ def _glibc_version() -> tuple[int, int] | None:
   return major, minor
 
 
-def huge_page_env(environ: dict[str, str], glibc: tuple[int, int] | None
+def allocator_env(environ: dict[str, str], glibc: tuple[int, int] | None
                   ) -> dict[str, str] | None:
   """The environment to re-execute under, or None when the process should run as it is.
 
@@ -84,14 +84,14 @@ def huge_page_env(environ: dict[str, str], glibc: tuple[int, int] | None
   return env
 
 
-def use_huge_pages() -> None:
-  """Re-executes this process with the allocator's tunables set (:func:`huge_page_env`),
+def use_allocator_tunables() -> None:
+  """Re-executes this process with the allocator's tunables set (:func:`allocator_env`),
   when it helps.
 
   Call first thing in a launch script. ``sys.orig_argv`` is the command exactly as typed
   (``python -m ...``, ``-X`` options included), so the new process is the same command.
   """
-  env = huge_page_env(dict(os.environ), _glibc_version())
+  env = allocator_env(dict(os.environ), _glibc_version())
   if env is None:
     return
   sys.stdout.flush()

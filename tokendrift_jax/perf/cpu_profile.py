@@ -1,9 +1,10 @@
 """Where an XLA:CPU step spends its time: one traced step, summarised by worker thread.
 
-``launch/benchmark.py --profile=DIR`` traces one step of each case after its timing, with
+``launch/benchmark.py --profile`` traces one step of each case after its timing, with
 XLA:CPU's per-thunk trace events on (:data:`TRACEME_FLAG`, set before the backend starts),
-into a Perfetto trace (``jax.profiler.trace(..., create_perfetto_trace=True)``), and writes
-what :func:`summarize` reads from it next to the trace:
+into a Perfetto trace under ``OUT/profile/`` (``jax.profiler.trace(...,
+create_perfetto_trace=True)``), and adds what :func:`summarize` reads from it to the case's
+row:
 
 * the step's span, and how long 0, 1, 2, ... worker threads were running a thunk at once;
 * per kind of thunk (a fusion's kind, or for library fusions and dots the HLO operation
